@@ -1,0 +1,52 @@
+//! # coord-core
+//!
+//! The traits, shared algorithms and in-process backend of
+//! [coord](https://docs.rs/coord), a distributed coordination SDK with Redis,
+//! etcd and memory backends that all pass one conformance suite.
+//!
+//! Most users depend on the `coord` facade crate instead. Backend authors
+//! implement [`LockBackend`]; everything backend-agnostic (waiting, the
+//! watchdog, retries, metrics, validation) lives once in [`LockClient`].
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use coord_core::{LockClient, memory::MemoryBackend};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let client = LockClient::new(Arc::new(MemoryBackend::new()));
+//! let lock = client.lock("orders/42").ttl(Duration::from_secs(10)).build();
+//! let guard = lock.acquire().await?;
+//! assert!(lock.try_acquire().await?.is_none(), "held until released");
+//! let token = guard.fencing_token();
+//! guard.release().await?;
+//! let again = lock.acquire().await?;
+//! assert!(again.fencing_token() > token);
+//! # again.release().await?;
+//! # Ok::<_, coord_core::Error>(()) }).unwrap();
+//! ```
+
+mod capabilities;
+mod error;
+mod health;
+pub mod lock;
+pub mod memory;
+mod metrics;
+mod retry;
+mod settings;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use capabilities::Capabilities;
+pub use error::{BoxError, Error, Result};
+pub use health::{ComponentHealth, HealthStatus};
+pub use lock::{
+    AcquireOutcome, FencingToken, Lock, LockBackend, LockBuilder, LockClient, LockClientBuilder,
+    LockGrant, LockGuard, LockOwner, ReleaseEvents,
+};
+pub use metrics::Metrics;
+pub use retry::RetryPolicy;
+pub use settings::{LockSettings, RetrySettings, Settings};
+
+/// Re-exported so backend crates and users implement traits with the same version.
+pub use async_trait::async_trait;

@@ -1,0 +1,282 @@
+//! `LockClient`: one client's view of a lock backend, shared by all its locks.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::capabilities::Capabilities;
+use crate::error::{Error, Result};
+use crate::health::ComponentHealth;
+use crate::lock::backend::LockBackend;
+use crate::lock::guard::GuardShared;
+use crate::lock::handle::LockBuilder;
+use crate::lock::types::LockOwner;
+use crate::metrics::Metrics;
+use crate::retry::RetryPolicy;
+use crate::settings::{LockSettings, Settings};
+
+/// Builds locks on one backend. Cheap to clone; clones share the backend
+/// connection, the client id and the set of held locks.
+///
+/// ```
+/// # tokio_test_block(async {
+/// use std::sync::Arc;
+/// use coord_core::{LockClient, memory::MemoryBackend};
+///
+/// let client = LockClient::new(Arc::new(MemoryBackend::new()));
+/// let guard = client.lock("orders/42").build().acquire().await?;
+/// println!("fencing token {}", guard.fencing_token());
+/// guard.release().await?;
+/// # Ok::<_, coord_core::Error>(()) });
+/// # fn tokio_test_block<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Runtime::new().unwrap().block_on(f) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct LockClient {
+    pub(crate) shared: Arc<ClientShared>,
+}
+
+#[derive(Debug)]
+pub(crate) struct ClientShared {
+    pub(crate) backend: Arc<dyn LockBackend>,
+    pub(crate) backend_name: &'static str,
+    pub(crate) client_id: Arc<str>,
+    pub(crate) defaults: LockSettings,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) metrics: Option<Metrics>,
+    waiting: AtomicUsize,
+    next_guard: AtomicU64,
+    held: Mutex<HashMap<u64, Arc<GuardShared>>>,
+}
+
+/// Options of a [`LockClient`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct LockClientBuilder {
+    backend: Arc<dyn LockBackend>,
+    client_id: Option<String>,
+    defaults: LockSettings,
+    retry: RetryPolicy,
+    metrics: Option<Metrics>,
+}
+
+impl LockClientBuilder {
+    /// This client's id, stored with every lock it holds (no `:`).
+    /// Default: a random id.
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.client_id = Some(id.into());
+        self
+    }
+
+    /// Lock defaults and retry policy from SDK settings.
+    pub fn settings(mut self, settings: &Settings) -> Self {
+        self.defaults = settings.lock.clone();
+        self.retry = RetryPolicy::new(&settings.retry);
+        self
+    }
+
+    /// Lock defaults only.
+    pub fn lock_defaults(mut self, defaults: LockSettings) -> Self {
+        self.defaults = defaults;
+        self
+    }
+
+    /// The retry policy of backend calls.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Record Prometheus metrics.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The client. Fails when the client id is not usable.
+    pub fn build(self) -> Result<LockClient> {
+        let client_id = match self.client_id {
+            Some(id) => {
+                LockOwner::new(&id, "probe")?;
+                id
+            }
+            None => format!("{:016x}", fastrand::u64(..)),
+        };
+        let backend_name = self.backend.capabilities().backend;
+        Ok(LockClient {
+            shared: Arc::new(ClientShared {
+                backend: self.backend,
+                backend_name,
+                client_id: client_id.into(),
+                defaults: self.defaults,
+                retry: self.retry,
+                metrics: self.metrics,
+                waiting: AtomicUsize::new(0),
+                next_guard: AtomicU64::new(0),
+                held: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+}
+
+impl LockClient {
+    /// A client with default settings and a random client id.
+    pub fn new(backend: Arc<dyn LockBackend>) -> Self {
+        LockClient::builder(backend)
+            .build()
+            .expect("a random client id is always valid")
+    }
+
+    /// A builder for a client with options.
+    pub fn builder(backend: Arc<dyn LockBackend>) -> LockClientBuilder {
+        LockClientBuilder {
+            backend,
+            client_id: None,
+            defaults: LockSettings::default(),
+            retry: RetryPolicy::default(),
+            metrics: None,
+        }
+    }
+
+    /// A lock named `name`, with this client's defaults until changed.
+    pub fn lock(&self, name: impl Into<String>) -> LockBuilder {
+        LockBuilder::new(self.clone(), name.into())
+    }
+
+    /// This client's id.
+    pub fn client_id(&self) -> &str {
+        &self.shared.client_id
+    }
+
+    /// What the backend promises.
+    pub fn capabilities(&self) -> &Capabilities {
+        self.shared.backend.capabilities()
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn LockBackend> {
+        &self.shared.backend
+    }
+
+    /// How many `acquire()` calls of this client are waiting for a holder to
+    /// release right now.
+    pub fn waiting(&self) -> usize {
+        self.shared.waiting.load(Ordering::Acquire)
+    }
+
+    /// How many locks this client holds (guards not yet released or dropped).
+    pub fn held(&self) -> usize {
+        self.shared.held.lock().map(|h| h.len()).unwrap_or(0)
+    }
+
+    /// The backend's health (one round trip).
+    pub async fn health(&self) -> ComponentHealth {
+        self.shared.backend.health().await
+    }
+
+    /// Releases every lock this client holds, then closes the backend.
+    /// Guards still alive afterwards report their lock as lost.
+    pub async fn shutdown(&self) -> Result<()> {
+        let held: Vec<_> = match self.shared.held.lock() {
+            Ok(mut h) => h.drain().map(|(_, g)| g).collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut first_error = None;
+        for guard in held {
+            guard.mark_lost("the client was shut down");
+            if let Err(e) = self.shared.release_once(&guard.name, &guard.owner).await
+                && !matches!(e, Error::NotHeld(_))
+            {
+                first_error.get_or_insert(e);
+            }
+        }
+        self.shared.backend.close().await;
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl ClientShared {
+    /// Runs one backend call with metrics.
+    pub(crate) async fn call<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match &self.metrics {
+            None => fut.await,
+            Some(m) => {
+                let start = Instant::now();
+                let r = fut.await;
+                m.backend_request(self.backend_name, op, start.elapsed(), &r);
+                r
+            }
+        }
+    }
+
+    /// Releases with retries. A `NotHeld` after an ambiguous failed attempt
+    /// counts as released: the lost reply was most likely the success.
+    pub(crate) async fn release_once(&self, name: &str, owner: &LockOwner) -> Result<()> {
+        let ambiguous = std::sync::atomic::AtomicBool::new(false);
+        let result = self
+            .retry
+            .run(|| async {
+                let r = self.call("release", self.backend.release(name, owner)).await;
+                if r.as_ref().is_err_and(Error::is_retryable) {
+                    ambiguous.store(true, Ordering::Relaxed);
+                }
+                r
+            })
+            .await;
+        match result {
+            Err(Error::NotHeld(_)) if ambiguous.load(Ordering::Relaxed) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Releases `owner`'s hold on `name` in the background (a dropped guard,
+    /// or an acquisition whose reply was lost and so may have succeeded).
+    pub(crate) fn release_in_background(self: &Arc<Self>, name: Arc<str>, owner: LockOwner) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(lock = %name, "no tokio runtime to release a dropped lock; it expires with its TTL");
+            return;
+        };
+        let shared = self.clone();
+        handle.spawn(async move {
+            match shared.release_once(&name, &owner).await {
+                Ok(()) | Err(Error::NotHeld(_)) => {}
+                Err(e) => tracing::warn!(lock = %name, error = %e, "background release failed; the lock expires with its TTL"),
+            }
+        });
+    }
+
+    pub(crate) fn track(&self, guard: Arc<GuardShared>) -> u64 {
+        let id = self.next_guard.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut held) = self.held.lock() {
+            held.insert(id, guard);
+        }
+        id
+    }
+
+    pub(crate) fn untrack(&self, id: u64) {
+        if let Ok(mut held) = self.held.lock() {
+            held.remove(&id);
+        }
+    }
+
+    pub(crate) fn waiting_enter(self: &Arc<Self>) -> WaitingMark {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        WaitingMark(self.clone())
+    }
+}
+
+/// Counts a waiting `acquire()` while alive.
+#[derive(Debug)]
+pub(crate) struct WaitingMark(Arc<ClientShared>);
+
+impl Drop for WaitingMark {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,234 @@
+//! `LockGuard`: a held lock, its fencing token, its validity and its loss.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::lock::client::ClientShared;
+use crate::lock::types::{FencingToken, LockGrant, LockOwner};
+use crate::lock::watchdog;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum GuardState {
+    Held,
+    Lost(String),
+}
+
+/// What a guard, its watchdog and the client's shutdown share.
+#[derive(Debug)]
+pub(crate) struct GuardShared {
+    pub(crate) client: Arc<ClientShared>,
+    pub(crate) name: Arc<str>,
+    pub(crate) owner: LockOwner,
+    pub(crate) token: FencingToken,
+    pub(crate) ttl: Duration,
+    base: Instant,
+    valid_for_nanos: AtomicU64,
+    state: watch::Sender<GuardState>,
+    pub(crate) stop: CancellationToken,
+}
+
+impl GuardShared {
+    pub(crate) fn valid_until(&self) -> Instant {
+        self.base + Duration::from_nanos(self.valid_for_nanos.load(Ordering::Acquire))
+    }
+
+    /// Moves the end of validity to `until` (from a renewal sent at `until - ttl`).
+    pub(crate) fn extend(&self, until: Instant) {
+        let nanos = until.saturating_duration_since(self.base).as_nanos() as u64;
+        self.valid_for_nanos.fetch_max(nanos, Ordering::AcqRel);
+    }
+
+    pub(crate) fn is_lost(&self) -> bool {
+        matches!(*self.state.borrow(), GuardState::Lost(_))
+    }
+
+    /// Marks the lock lost (once), stops renewal and wakes `lost()` waiters.
+    pub(crate) fn mark_lost(&self, reason: &str) {
+        let changed = self.state.send_if_modified(|s| {
+            if *s == GuardState::Held {
+                *s = GuardState::Lost(reason.to_owned());
+                true
+            } else {
+                false
+            }
+        });
+        self.stop.cancel();
+        if changed {
+            tracing::warn!(lock = %self.name, token = %self.token, reason, "lock lost");
+            if let Some(m) = &self.client.metrics {
+                m.lock_lost(self.client.backend_name);
+            }
+        }
+    }
+}
+
+/// A held lock. Pass [`LockGuard::fencing_token`] with every write to the
+/// resource it protects, and stop working when [`LockGuard::lost`] resolves.
+///
+/// Dropping the guard releases the lock in the background; call
+/// [`LockGuard::release`] to release it and see the result.
+#[derive(Debug)]
+#[must_use = "dropping the guard releases the lock"]
+pub struct LockGuard {
+    shared: Arc<GuardShared>,
+    id: u64,
+    done: bool,
+}
+
+impl LockGuard {
+    pub(crate) fn new(
+        client: Arc<ClientShared>,
+        name: Arc<str>,
+        owner: LockOwner,
+        grant: LockGrant,
+        sent_at: Instant,
+        watchdog_on: bool,
+    ) -> Self {
+        let (state, _) = watch::channel(GuardState::Held);
+        let shared = Arc::new(GuardShared {
+            client: client.clone(),
+            name,
+            owner,
+            token: grant.token,
+            ttl: grant.ttl,
+            base: sent_at,
+            valid_for_nanos: AtomicU64::new(grant.ttl.as_nanos() as u64),
+            state,
+            stop: CancellationToken::new(),
+        });
+        let id = client.track(shared.clone());
+        if watchdog_on {
+            tokio::spawn(watchdog::run(shared.clone()));
+        }
+        LockGuard {
+            shared,
+            id,
+            done: false,
+        }
+    }
+
+    /// The fencing token of this grant: strictly greater than every earlier
+    /// grant's token of the same lock.
+    pub fn fencing_token(&self) -> FencingToken {
+        self.shared.token
+    }
+
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Who holds it.
+    pub fn owner(&self) -> &LockOwner {
+        &self.shared.owner
+    }
+
+    /// The lease TTL the backend granted.
+    pub fn ttl(&self) -> Duration {
+        self.shared.ttl
+    }
+
+    /// Until when the lock is surely held, counted from an instant taken
+    /// before the grant (or the last renewal) was requested.
+    pub fn valid_until(&self) -> Instant {
+        self.shared.valid_until()
+    }
+
+    /// Whether the lock is still held: not lost, and within its validity.
+    pub fn is_held(&self) -> bool {
+        !self.shared.is_lost() && Instant::now() < self.shared.valid_until()
+    }
+
+    /// Resolves when the lock is lost: a renewal was refused or failed until
+    /// the lease ran out, the validity passed without renewal, or the client
+    /// shut down. Returns [`Error::LockLost`] with the reason.
+    pub async fn lost(&self) -> Error {
+        let mut rx = self.shared.state.subscribe();
+        loop {
+            if let GuardState::Lost(reason) = &*rx.borrow_and_update() {
+                return Error::LockLost(format!("{:?}: {reason}", &*self.shared.name));
+            }
+            let until = self.shared.valid_until();
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() {
+                    std::future::pending::<()>().await;
+                },
+                _ = tokio::time::sleep_until(until) => {
+                    if Instant::now() >= self.shared.valid_until() {
+                        self.shared.mark_lost("the lease ran out without renewal");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Renews the lease now (the watchdog does this by itself at a third of
+    /// the TTL). Returns [`Error::NotHeld`] when the backend no longer has
+    /// this owner's lock, and marks the guard lost.
+    pub async fn renew(&self) -> Result<()> {
+        if let GuardState::Lost(reason) = &*self.shared.state.borrow() {
+            return Err(Error::LockLost(reason.clone()));
+        }
+        let client = &self.shared.client;
+        let sent_at = Instant::now();
+        let result = client
+            .retry
+            .run(|| {
+                client.call(
+                    "renew",
+                    client
+                        .backend
+                        .renew(&self.shared.name, &self.shared.owner, self.shared.ttl),
+                )
+            })
+            .await;
+        match &result {
+            Ok(()) => self.shared.extend(sent_at + self.shared.ttl),
+            Err(Error::NotHeld(_)) => self.shared.mark_lost("renewal refused: not held"),
+            Err(_) => {}
+        }
+        if let Some(m) = &client.metrics {
+            let outcome = result.as_ref().map_or_else(Error::kind_label, |_| "ok");
+            m.lock_op(client.backend_name, "renew", outcome);
+        }
+        result
+    }
+
+    /// Releases the lock. Returns [`Error::NotHeld`] when this owner no
+    /// longer holds it (it expired or was force-released).
+    pub async fn release(mut self) -> Result<()> {
+        self.done = true;
+        self.shared.stop.cancel();
+        let client = self.shared.client.clone();
+        client.untrack(self.id);
+        let span = tracing::debug_span!("coord.lock.release", backend = client.backend_name, lock = %self.shared.name);
+        let result = tracing::Instrument::instrument(
+            client.release_once(&self.shared.name, &self.shared.owner),
+            span,
+        )
+        .await;
+        if let Some(m) = &client.metrics {
+            let outcome = result.as_ref().map_or_else(Error::kind_label, |_| "ok");
+            m.lock_op(client.backend_name, "release", outcome);
+        }
+        result
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.shared.stop.cancel();
+        let client = &self.shared.client;
+        client.untrack(self.id);
+        client.release_in_background(self.shared.name.clone(), self.shared.owner.clone());
+    }
+}

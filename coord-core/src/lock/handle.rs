@@ -1,0 +1,266 @@
+//! `Lock`: a named lock with its options, and the acquire/wait loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::error::{Error, Result};
+use crate::lock::backend::ReleaseEvents;
+use crate::lock::client::LockClient;
+use crate::lock::guard::LockGuard;
+use crate::lock::types::{AcquireOutcome, LockGrant, LockOwner, validate_lock_request};
+
+/// Options of one lock; start from [`LockClient::lock`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct LockBuilder {
+    client: LockClient,
+    name: String,
+    ttl: Duration,
+    wait_timeout: Option<Duration>,
+    poll_interval: Duration,
+    watchdog: bool,
+    owner: Option<String>,
+}
+
+impl LockBuilder {
+    pub(crate) fn new(client: LockClient, name: String) -> Self {
+        let d = &client.shared.defaults;
+        LockBuilder {
+            ttl: d.ttl,
+            wait_timeout: d.wait_timeout,
+            poll_interval: d.poll_interval,
+            watchdog: d.watchdog,
+            owner: None,
+            client,
+            name,
+        }
+    }
+
+    /// The lease TTL. A holder that stops renewing loses the lock after it.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How long `acquire()` waits before returning [`Error::Timeout`].
+    pub fn wait_timeout(mut self, timeout: Duration) -> Self {
+        self.wait_timeout = Some(timeout);
+        self
+    }
+
+    /// Wait forever in `acquire()` (the default unless settings say otherwise).
+    pub fn wait_forever(mut self) -> Self {
+        self.wait_timeout = None;
+        self
+    }
+
+    /// How often a waiter retries when no release notification arrives.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Whether the guard renews its lease at a third of the TTL (default on).
+    pub fn watchdog(mut self, on: bool) -> Self {
+        self.watchdog = on;
+        self
+    }
+
+    /// A fixed logical owner instead of a fresh one per acquisition. Two
+    /// acquisitions with the same owner are the same hold (idempotent).
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// The lock. Its options are checked when it is first acquired.
+    pub fn build(self) -> Lock {
+        Lock {
+            client: self.client,
+            name: self.name.into(),
+            ttl: self.ttl,
+            wait_timeout: self.wait_timeout,
+            poll_interval: self.poll_interval.max(Duration::from_millis(1)),
+            watchdog: self.watchdog,
+            owner: self.owner,
+        }
+    }
+}
+
+/// A named lease lock. Acquire it to get a [`LockGuard`].
+#[derive(Debug, Clone)]
+pub struct Lock {
+    client: LockClient,
+    name: Arc<str>,
+    ttl: Duration,
+    wait_timeout: Option<Duration>,
+    poll_interval: Duration,
+    watchdog: bool,
+    owner: Option<String>,
+}
+
+enum Attempt {
+    Granted(LockGrant, Instant),
+    Held(Option<Duration>),
+}
+
+impl Lock {
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Acquires the lock, waiting while someone else holds it: woken by the
+    /// backend's release notification, or at the holder's lease end, or at
+    /// the poll interval at the latest. Returns [`Error::Timeout`] when the
+    /// wait timeout passes first.
+    pub async fn acquire(&self) -> Result<LockGuard> {
+        let span = tracing::debug_span!("coord.lock.acquire", backend = self.client.shared.backend_name, lock = %self.name);
+        let result = self.acquire_inner().instrument(span).await;
+        self.record("acquire", &result);
+        result
+    }
+
+    /// One attempt: the guard if the lock was free, `None` if it is held.
+    pub async fn try_acquire(&self) -> Result<Option<LockGuard>> {
+        let span = tracing::debug_span!("coord.lock.try_acquire", backend = self.client.shared.backend_name, lock = %self.name);
+        let result: Result<Option<LockGuard>> = async {
+            let owner = self.check_and_owner()?;
+            let started = Instant::now();
+            Ok(match self.attempt(&owner).await? {
+                Attempt::Granted(grant, sent_at) => Some(self.guard(owner, grant, sent_at, started)),
+                Attempt::Held(_) => None,
+            })
+        }
+        .instrument(span)
+        .await;
+        if let Some(m) = &self.client.shared.metrics {
+            let outcome = match &result {
+                Ok(Some(_)) => "ok",
+                Ok(None) => "busy",
+                Err(e) => e.kind_label(),
+            };
+            m.lock_op(self.client.shared.backend_name, "try_acquire", outcome);
+        }
+        result
+    }
+
+    fn record<T>(&self, op: &str, result: &Result<T>) {
+        if let Some(m) = &self.client.shared.metrics {
+            let outcome = result.as_ref().map_or_else(Error::kind_label, |_| "ok");
+            m.lock_op(self.client.shared.backend_name, op, outcome);
+        }
+    }
+
+    fn check_and_owner(&self) -> Result<LockOwner> {
+        validate_lock_request(&self.name, self.ttl)?;
+        match &self.owner {
+            Some(o) => LockOwner::new(&self.client.shared.client_id, o),
+            None => Ok(LockOwner::unique(&self.client.shared.client_id)),
+        }
+    }
+
+    async fn acquire_inner(&self) -> Result<LockGuard> {
+        let owner = self.check_and_owner()?;
+        let started = Instant::now();
+        let deadline = self.wait_timeout.map(|t| started + t);
+        let shared = &self.client.shared;
+        let mut events: Option<ReleaseEvents> = None;
+        let mut _waiting = None;
+        loop {
+            let retry_after = match self.attempt(&owner).await? {
+                Attempt::Granted(grant, sent_at) => {
+                    return Ok(self.guard(owner, grant, sent_at, started));
+                }
+                Attempt::Held(retry_after) => retry_after,
+            };
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(Error::Timeout(format!(
+                    "lock {:?} still held by another owner after waiting {:?}",
+                    &*self.name,
+                    now - started
+                )));
+            }
+            let Some(listening) = events.as_mut() else {
+                // Listen first, then try again at once: a release between the
+                // failed attempt and the subscription is not missed.
+                events = Some(match shared.backend.subscribe(&self.name).await {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot listen for releases; polling");
+                        ReleaseEvents::never()
+                    }
+                });
+                _waiting = Some(shared.waiting_enter());
+                continue;
+            };
+            let mut wake = now + self.poll_interval;
+            if let Some(after) = retry_after {
+                wake = wake.min(now + after + Duration::from_millis(1));
+            }
+            if let Some(d) = deadline {
+                wake = wake.min(d);
+            }
+            tokio::select! {
+                alive = listening.next() => if !alive {
+                    tracing::debug!("release notifications ended; polling");
+                    events = Some(ReleaseEvents::never());
+                },
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    async fn attempt(&self, owner: &LockOwner) -> Result<Attempt> {
+        let shared = &self.client.shared;
+        // Validity counts from before the request is sent (before the first
+        // retry, which only makes it shorter), never from wall-clock time.
+        let sent_at = Instant::now();
+        let result = shared
+            .retry
+            .run(|| {
+                shared.call(
+                    "try_acquire",
+                    shared.backend.try_acquire(&self.name, owner, self.ttl),
+                )
+            })
+            .await;
+        match result {
+            Ok(AcquireOutcome::Granted(grant)) => Ok(Attempt::Granted(grant, sent_at)),
+            Ok(AcquireOutcome::Held { retry_after }) => Ok(Attempt::Held(retry_after)),
+            Err(e) => {
+                if !matches!(e, Error::InvalidArgument(_) | Error::Unsupported(_)) {
+                    // The request may have been applied: clean up, never
+                    // assume "not acquired".
+                    shared.release_in_background(self.name.clone(), owner.clone());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn guard(
+        &self,
+        owner: LockOwner,
+        grant: LockGrant,
+        sent_at: Instant,
+        started: Instant,
+    ) -> LockGuard {
+        let shared = &self.client.shared;
+        if let Some(m) = &shared.metrics {
+            m.lock_acquired(shared.backend_name, started.elapsed());
+        }
+        LockGuard::new(
+            shared.clone(),
+            self.name.clone(),
+            owner,
+            grant,
+            sent_at,
+            self.watchdog,
+        )
+    }
+}

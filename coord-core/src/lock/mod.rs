@@ -1,0 +1,16 @@
+//! Distributed locks: the backend trait, the shared client, guards and the watchdog.
+
+mod backend;
+mod client;
+mod guard;
+mod handle;
+mod types;
+mod watchdog;
+
+pub use backend::{LockBackend, ReleaseEvents};
+pub use client::{LockClient, LockClientBuilder};
+pub use guard::LockGuard;
+pub use handle::{Lock, LockBuilder};
+pub use types::{
+    AcquireOutcome, FencingToken, LockGrant, LockOwner, MAX_LOCK_NAME_LEN, validate_lock_request,
+};

@@ -1,0 +1,196 @@
+//! Values shared by every lock kind and backend.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Who holds a lock: the client's id plus a logical owner inside that client.
+///
+/// Backends store its [`Display`](fmt::Display) form (`client_id:owner`) and
+/// compare it on release and renew, so nobody releases someone else's lock.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct LockOwner {
+    full: Arc<str>,
+    split: usize,
+}
+
+impl LockOwner {
+    /// An owner made of a client id (no `:` allowed) and a logical owner.
+    pub fn new(client_id: &str, owner: &str) -> Result<Self> {
+        if client_id.is_empty() || client_id.contains(':') {
+            return Err(Error::invalid(format!(
+                "client id {client_id:?} must be non-empty and contain no ':'"
+            )));
+        }
+        if owner.is_empty() {
+            return Err(Error::invalid("lock owner must be non-empty"));
+        }
+        Ok(LockOwner {
+            full: format!("{client_id}:{owner}").into(),
+            split: client_id.len(),
+        })
+    }
+
+    /// An owner unique to one acquisition: the client id plus a random suffix.
+    pub fn unique(client_id: &str) -> Self {
+        let owner = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        LockOwner {
+            full: format!("{client_id}:{owner}").into(),
+            split: client_id.len(),
+        }
+    }
+
+    /// Parses the stored form `client_id:owner`.
+    pub fn parse(stored: &str) -> Result<Self> {
+        match stored.split_once(':') {
+            Some((client, owner)) => LockOwner::new(client, owner),
+            None => Err(Error::codec(
+                format!("stored lock owner {stored:?} is not of the form client_id:owner"),
+                None,
+            )),
+        }
+    }
+
+    /// The client id part.
+    pub fn client_id(&self) -> &str {
+        &self.full[..self.split]
+    }
+
+    /// The logical owner part.
+    pub fn owner(&self) -> &str {
+        &self.full[self.split + 1..]
+    }
+
+    /// The stored form, `client_id:owner`.
+    pub fn as_str(&self) -> &str {
+        &self.full
+    }
+}
+
+impl fmt::Display for LockOwner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.full)
+    }
+}
+
+impl fmt::Debug for LockOwner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LockOwner({})", self.full)
+    }
+}
+
+/// A number handed out with every grant of a lock, strictly increasing per
+/// lock name across holders, clients and server restarts. Pass it to the
+/// resource you protect; the resource refuses writes carrying an older token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FencingToken(u64);
+
+impl FencingToken {
+    /// A token with this value.
+    pub const fn new(value: u64) -> Self {
+        FencingToken(value)
+    }
+
+    /// Its value.
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for FencingToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What a backend returns for a granted lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockGrant {
+    /// The fencing token of this grant.
+    pub token: FencingToken,
+    /// The TTL the backend applied (at least the backend's minimum TTL).
+    pub ttl: Duration,
+}
+
+/// The answer to one acquisition attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcquireOutcome {
+    /// The caller holds the lock now.
+    Granted(LockGrant),
+    /// Someone else holds it.
+    Held {
+        /// How long the current holder's lease still runs, when the backend
+        /// knows: a waiter retries no later than that even without a
+        /// notification (the holder may have died).
+        retry_after: Option<Duration>,
+    },
+}
+
+/// The longest lock name accepted, in bytes.
+pub const MAX_LOCK_NAME_LEN: usize = 1024;
+
+/// Checks a lock name and TTL the way every backend needs them.
+pub fn validate_lock_request(name: &str, ttl: Duration) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid("lock name is empty"));
+    }
+    if name.len() > MAX_LOCK_NAME_LEN {
+        return Err(Error::invalid(format!(
+            "lock name is {} bytes; the limit is {MAX_LOCK_NAME_LEN}",
+            name.len()
+        )));
+    }
+    if name.contains('\0') {
+        return Err(Error::invalid("lock name contains a NUL byte"));
+    }
+    if ttl.is_zero() {
+        return Err(Error::invalid("lock TTL is zero; give a positive TTL such as 10s"));
+    }
+    if ttl > Duration::from_secs(365 * 24 * 3600) {
+        return Err(Error::invalid(format!("lock TTL {ttl:?} is longer than a year")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_round_trips() {
+        let o = LockOwner::new("c1", "worker:7").unwrap();
+        assert_eq!(o.client_id(), "c1");
+        assert_eq!(o.owner(), "worker:7");
+        assert_eq!(LockOwner::parse(o.as_str()).unwrap(), o);
+        assert!(LockOwner::new("a:b", "x").is_err());
+        assert!(LockOwner::new("a", "").is_err());
+        assert!(matches!(LockOwner::parse("nocolon"), Err(Error::Codec { .. })));
+    }
+
+    #[test]
+    fn unique_owners_differ() {
+        let a = LockOwner::unique("c");
+        let b = LockOwner::unique("c");
+        assert_ne!(a, b);
+        assert_eq!(a.client_id(), "c");
+    }
+
+    #[test]
+    fn bad_requests_are_invalid_arguments() {
+        let ok = Duration::from_secs(1);
+        assert!(validate_lock_request("a", ok).is_ok());
+        for (name, ttl) in [
+            ("", ok),
+            ("a", Duration::ZERO),
+            ("a\0b", ok),
+            (&"x".repeat(MAX_LOCK_NAME_LEN + 1)[..], ok),
+        ] {
+            assert!(matches!(
+                validate_lock_request(name, ttl),
+                Err(Error::InvalidArgument(_))
+            ));
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Lease locks in process memory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use crate::capabilities::Capabilities;
+use crate::error::{Error, Result};
+use crate::health::ComponentHealth;
+use crate::lock::{
+    AcquireOutcome, FencingToken, LockBackend, LockGrant, LockOwner, ReleaseEvents,
+};
+
+/// An in-process store. Clones share the same data; use one clone per
+/// simulated client.
+#[derive(Debug, Clone)]
+pub struct MemoryBackend {
+    store: Arc<Mutex<Store>>,
+    caps: Arc<Capabilities>,
+}
+
+#[derive(Debug, Default)]
+struct Store {
+    locks: HashMap<String, Held>,
+    fences: HashMap<String, u64>,
+    listeners: HashMap<String, broadcast::Sender<()>>,
+}
+
+#[derive(Debug)]
+struct Held {
+    owner: String,
+    token: u64,
+    expires: Instant,
+}
+
+impl Store {
+    /// The live holder of `name`, dropping an expired one (and waking waiters).
+    fn holder(&mut self, name: &str, now: Instant) -> Option<&mut Held> {
+        if self.locks.get(name).is_some_and(|h| h.expires <= now) {
+            self.locks.remove(name);
+            self.notify(name);
+        }
+        self.locks.get_mut(name)
+    }
+
+    fn notify(&mut self, name: &str) {
+        if let Some(tx) = self.listeners.get(name)
+            && tx.send(()).is_err()
+        {
+            self.listeners.remove(name);
+        }
+    }
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryBackend {
+    /// A new, empty store.
+    pub fn new() -> Self {
+        let mut caps = Capabilities::new("memory");
+        caps.linearizable = true;
+        caps.fencing = true;
+        caps.native_ttl = true;
+        caps.watch = true;
+        MemoryBackend {
+            store: Arc::default(),
+            caps: Arc::new(caps),
+        }
+    }
+
+    /// Whether two handles share one store.
+    pub fn same_store(&self, other: &MemoryBackend) -> bool {
+        Arc::ptr_eq(&self.store, &other.store)
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        // A panic while holding the lock cannot leave the maps half-updated
+        // in a way that matters more than losing the process' locks.
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl LockBackend for MemoryBackend {
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    async fn try_acquire(
+        &self,
+        name: &str,
+        owner: &LockOwner,
+        ttl: Duration,
+    ) -> Result<AcquireOutcome> {
+        let now = Instant::now();
+        let ttl = self.caps.effective_ttl(ttl);
+        let mut store = self.store();
+        if let Some(held) = store.holder(name, now) {
+            if held.owner == owner.as_str() {
+                held.expires = now + ttl;
+                return Ok(AcquireOutcome::Granted(LockGrant {
+                    token: FencingToken::new(held.token),
+                    ttl,
+                }));
+            }
+            return Ok(AcquireOutcome::Held {
+                retry_after: Some(held.expires.saturating_duration_since(now)),
+            });
+        }
+        let fence = store.fences.entry(name.to_owned()).or_insert(0);
+        *fence += 1;
+        let token = *fence;
+        store.locks.insert(
+            name.to_owned(),
+            Held {
+                owner: owner.as_str().to_owned(),
+                token,
+                expires: now + ttl,
+            },
+        );
+        Ok(AcquireOutcome::Granted(LockGrant {
+            token: FencingToken::new(token),
+            ttl,
+        }))
+    }
+
+    async fn renew(&self, name: &str, owner: &LockOwner, ttl: Duration) -> Result<()> {
+        let now = Instant::now();
+        let ttl = self.caps.effective_ttl(ttl);
+        match self.store().holder(name, now) {
+            Some(held) if held.owner == owner.as_str() => {
+                held.expires = now + ttl;
+                Ok(())
+            }
+            _ => Err(Error::NotHeld(format!("lock {name:?} is not held by {owner}"))),
+        }
+    }
+
+    async fn release(&self, name: &str, owner: &LockOwner) -> Result<()> {
+        let now = Instant::now();
+        let mut store = self.store();
+        match store.holder(name, now) {
+            Some(held) if held.owner == owner.as_str() => {
+                store.locks.remove(name);
+                store.notify(name);
+                Ok(())
+            }
+            _ => Err(Error::NotHeld(format!("lock {name:?} is not held by {owner}"))),
+        }
+    }
+
+    async fn subscribe(&self, name: &str) -> Result<ReleaseEvents> {
+        let rx = self
+            .store()
+            .listeners
+            .entry(name.to_owned())
+            .or_insert_with(|| broadcast::channel(16).0)
+            .subscribe();
+        Ok(ReleaseEvents::new(futures::stream::unfold(rx, |mut rx| async move {
+            match rx.recv().await {
+                Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => Some(((), rx)),
+                Err(broadcast::error::RecvError::Closed) => None,
+            }
+        })))
+    }
+
+    async fn force_release(&self, name: &str) -> Result<bool> {
+        let now = Instant::now();
+        let mut store = self.store();
+        let was_held = store.holder(name, now).is_some();
+        if was_held {
+            store.locks.remove(name);
+            store.notify(name);
+        }
+        Ok(was_held)
+    }
+
+    async fn health(&self) -> ComponentHealth {
+        let start = std::time::Instant::now();
+        drop(self.store());
+        ComponentHealth::healthy("memory", start.elapsed())
+    }
+}

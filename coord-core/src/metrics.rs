@@ -1,0 +1,135 @@
+//! Prometheus metrics, registered on a caller-provided registry.
+
+use std::time::Duration;
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+use crate::error::{Error, Result};
+
+/// The SDK's metrics (prefix `coord_`). Create once per registry with
+/// [`Metrics::register`] and hand it to the client builder.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    backend_requests: IntCounterVec,
+    backend_duration: HistogramVec,
+    lock_ops: IntCounterVec,
+    lock_wait: HistogramVec,
+    lock_lost: IntCounterVec,
+}
+
+fn prom(e: prometheus::Error) -> Error {
+    Error::invalid(format!("cannot register coord metrics: {e}"))
+}
+
+impl Metrics {
+    /// Registers every coord metric on `registry`. Fails if they are
+    /// registered there already.
+    pub fn register(registry: &Registry) -> Result<Self> {
+        let latency_buckets = prometheus::exponential_buckets(0.000_05, 2.0, 18).map_err(prom)?;
+        let m = Metrics {
+            backend_requests: IntCounterVec::new(
+                Opts::new(
+                    "coord_backend_requests_total",
+                    "Backend requests by backend, operation and outcome",
+                ),
+                &["backend", "op", "outcome"],
+            )
+            .map_err(prom)?,
+            backend_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "coord_backend_request_duration_seconds",
+                    "Backend request latency by backend and operation",
+                )
+                .buckets(latency_buckets.clone()),
+                &["backend", "op"],
+            )
+            .map_err(prom)?,
+            lock_ops: IntCounterVec::new(
+                Opts::new(
+                    "coord_lock_operations_total",
+                    "Lock acquire/release/renew calls by outcome",
+                ),
+                &["backend", "op", "outcome"],
+            )
+            .map_err(prom)?,
+            lock_wait: HistogramVec::new(
+                HistogramOpts::new(
+                    "coord_lock_acquire_duration_seconds",
+                    "Time from acquire() to grant, waiting included",
+                )
+                .buckets(latency_buckets),
+                &["backend"],
+            )
+            .map_err(prom)?,
+            lock_lost: IntCounterVec::new(
+                Opts::new("coord_lock_lost_total", "Locks lost while held"),
+                &["backend"],
+            )
+            .map_err(prom)?,
+        };
+        registry
+            .register(Box::new(m.backend_requests.clone()))
+            .map_err(prom)?;
+        registry
+            .register(Box::new(m.backend_duration.clone()))
+            .map_err(prom)?;
+        registry.register(Box::new(m.lock_ops.clone())).map_err(prom)?;
+        registry.register(Box::new(m.lock_wait.clone())).map_err(prom)?;
+        registry.register(Box::new(m.lock_lost.clone())).map_err(prom)?;
+        Ok(m)
+    }
+
+    /// Records one backend request.
+    pub fn backend_request<T>(
+        &self,
+        backend: &str,
+        op: &str,
+        elapsed: Duration,
+        result: &Result<T>,
+    ) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(e) => e.kind_label(),
+        };
+        self.backend_requests
+            .with_label_values(&[backend, op, outcome])
+            .inc();
+        self.backend_duration
+            .with_label_values(&[backend, op])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records a lock operation (`acquire`, `release`, `renew`) and its outcome.
+    pub fn lock_op(&self, backend: &str, op: &str, outcome: &str) {
+        self.lock_ops.with_label_values(&[backend, op, outcome]).inc();
+    }
+
+    /// Records the time an acquire took, waiting included.
+    pub fn lock_acquired(&self, backend: &str, waited: Duration) {
+        self.lock_wait
+            .with_label_values(&[backend])
+            .observe(waited.as_secs_f64());
+    }
+
+    /// Records a lost lock.
+    pub fn lock_lost(&self, backend: &str) {
+        self.lock_lost.with_label_values(&[backend]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_once_per_registry() {
+        let registry = Registry::new();
+        let m = Metrics::register(&registry).unwrap();
+        m.lock_op("memory", "acquire", "ok");
+        m.backend_request::<()>("memory", "try_acquire", Duration::from_micros(80), &Ok(()));
+        let names: Vec<_> = registry.gather().iter().map(|f| f.name().to_owned()).collect();
+        assert!(names.contains(&"coord_lock_operations_total".to_owned()), "{names:?}");
+        assert!(names.contains(&"coord_backend_requests_total".to_owned()));
+        assert!(Metrics::register(&registry).is_err());
+    }
+}

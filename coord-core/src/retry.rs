@@ -1,0 +1,114 @@
+//! Retries of retryable errors with exponential backoff and jitter.
+
+use std::future::Future;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+
+use crate::error::{Error, Result};
+use crate::settings::RetrySettings;
+
+/// How retryable errors are retried: exponential backoff with full jitter,
+/// bounded by a number of attempts and a total delay.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    backoff: ExponentialBuilder,
+}
+
+impl RetryPolicy {
+    /// A policy from settings.
+    pub fn new(settings: &RetrySettings) -> Self {
+        RetryPolicy {
+            backoff: ExponentialBuilder::default()
+                .with_min_delay(settings.initial_backoff)
+                .with_max_delay(settings.max_backoff)
+                .with_max_times(settings.max_retries)
+                .with_total_delay(Some(settings.max_elapsed))
+                .with_jitter(),
+        }
+    }
+
+    /// No retries at all.
+    pub fn none() -> Self {
+        RetryPolicy {
+            backoff: ExponentialBuilder::default().with_max_times(0),
+        }
+    }
+
+    /// The same policy whose total delay ends by `budget`.
+    pub fn within(&self, budget: Duration) -> Self {
+        RetryPolicy {
+            backoff: self.backoff.with_total_delay(Some(budget)),
+        }
+    }
+
+    /// Runs `op` until it succeeds, fails with an error that is not
+    /// retryable, or the policy is exhausted; returns the last result.
+    pub async fn run<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        op.retry(self.backoff)
+            .when(Error::is_retryable)
+            .notify(|err: &Error, delay: Duration| {
+                tracing::debug!(error = %err, ?delay, "retrying after a retryable error");
+            })
+            .await
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy::new(&RetrySettings::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_retryable_errors_then_succeeds() {
+        let calls = AtomicUsize::new(0);
+        let policy = RetryPolicy::default();
+        let out = policy
+            .run(|| async {
+                if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                    Err(Error::unavailable("down", None))
+                } else {
+                    Ok(7)
+                }
+            })
+            .await;
+        assert_eq!(out.unwrap(), 7);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn does_not_retry_permanent_errors() {
+        let calls = AtomicUsize::new(0);
+        let out: Result<()> = RetryPolicy::default()
+            .run(|| async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(Error::NotHeld("k".into()))
+            })
+            .await;
+        assert!(matches!(out, Err(Error::NotHeld(_))));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gives_up_after_max_retries() {
+        let calls = AtomicUsize::new(0);
+        let out: Result<()> = RetryPolicy::default()
+            .run(|| async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(Error::Timeout("slow".into()))
+            })
+            .await;
+        assert!(matches!(out, Err(Error::Timeout(_))));
+        assert_eq!(calls.load(Ordering::SeqCst), 6);
+    }
+}

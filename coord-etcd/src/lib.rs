@@ -1,0 +1,1 @@
+//! The etcd backend of coord (work in progress).

@@ -1,0 +1,1 @@
+//! The redis backend of coord (work in progress).
