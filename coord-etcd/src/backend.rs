@@ -1,0 +1,212 @@
+//! `EtcdBackend`: one client of an etcd cluster and its shared leases.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use coord_core::{Capabilities, ComponentHealth, Error, Result, Settings};
+use etcd_client::{Client, ConnectOptions, GetOptions};
+use tracing::Instrument;
+
+use crate::config::EtcdConfig;
+use crate::error::{call, deadline, map};
+use crate::lease::{LeasePool, MIN_LEASE_SECS, PooledLease};
+
+/// A client of an etcd cluster implementing coord's backend traits. Cheap to
+/// clone; clones share the connection and the leases.
+///
+/// Locks live at `{namespace}/lock/{name}`; their fencing token is the key's
+/// create revision. All locks of one client with the same TTL (rounded up to
+/// whole seconds) share one etcd lease, kept alive by the lock watchdog's
+/// renewals, like a session of etcd's `concurrency` package.
+#[derive(Clone)]
+pub struct EtcdBackend {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) client: Client,
+    pub(crate) config: EtcdConfig,
+    pub(crate) prefix: String,
+    pub(crate) timeout: Duration,
+    pub(crate) leases: LeasePool,
+    /// The locks this client holds: key → (owner, TTL bucket of their lease).
+    holds: Mutex<HashMap<String, (String, u64)>>,
+    pub(crate) caps: Capabilities,
+}
+
+impl EtcdBackend {
+    /// Connects to the cluster of an `etcd://[user:password@]h1:2379,h2:2379`
+    /// (or `etcds://`, with the `tls` feature) URL, using the connect and
+    /// request timeouts and the key namespace of `settings`. Makes one
+    /// request to check that etcd answers.
+    pub async fn connect(url: &str, settings: &Settings) -> Result<EtcdBackend> {
+        let config = EtcdConfig::from_url(url)?;
+        EtcdBackend::connect_with(config, settings).await
+    }
+
+    /// Connects with an already parsed configuration.
+    pub async fn connect_with(config: EtcdConfig, settings: &Settings) -> Result<EtcdBackend> {
+        let span = tracing::info_span!("coord.etcd.connect", endpoints = ?config.hosts);
+        connect(config, settings).instrument(span).await
+    }
+
+    /// The configuration this client was connected with.
+    pub fn config(&self) -> &EtcdConfig {
+        &self.inner.config
+    }
+
+    /// The etcd-client connection, to run your own requests on it.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// The leases this client holds right now, at most one per TTL bucket.
+    pub fn leases(&self) -> Vec<PooledLease> {
+        self.inner.leases.list()
+    }
+
+    /// The etcd key of lock `name`.
+    pub fn lock_key(&self, name: &str) -> String {
+        format!("{}lock/{name}", self.inner.prefix)
+    }
+
+    /// One timed round trip (a linearizable read, so a cluster without a
+    /// leader reports unhealthy).
+    pub async fn ping(&self) -> ComponentHealth {
+        let span = tracing::debug_span!("coord.etcd.health");
+        async {
+            let start = Instant::now();
+            let mut kv = self.inner.client.kv_client();
+            let probe = kv.get(
+                format!("{}health", self.inner.prefix),
+                Some(GetOptions::new().with_count_only()),
+            );
+            match call("health check", self.inner.timeout, probe).await {
+                Ok(_) => ComponentHealth::healthy("etcd", start.elapsed()),
+                Err(e) => {
+                    tracing::debug!(error = %e, "etcd is unhealthy");
+                    ComponentHealth::unhealthy("etcd", e.to_string())
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    pub(crate) fn hold(&self, key: &str, owner: &str, bucket: u64) {
+        holds(&self.inner.holds).insert(key.to_owned(), (owner.to_owned(), bucket));
+    }
+
+    /// The TTL bucket of the lease `owner`'s lock on `key` was granted with.
+    pub(crate) fn held_bucket(&self, key: &str, owner: &str) -> Option<u64> {
+        holds(&self.inner.holds)
+            .get(key)
+            .filter(|(o, _)| o == owner)
+            .map(|(_, b)| *b)
+    }
+
+    pub(crate) fn forget(&self, key: &str, owner: Option<&str>) {
+        let mut holds = holds(&self.inner.holds);
+        if owner.is_none_or(|owner| holds.get(key).is_some_and(|(o, _)| o == owner)) {
+            holds.remove(key);
+        }
+    }
+}
+
+async fn connect(config: EtcdConfig, settings: &Settings) -> Result<EtcdBackend> {
+    let timeout = settings.request_timeout;
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(settings.connect_timeout)
+        .with_timeout(timeout)
+        // etcd answers pings on idle connections with GOAWAY, so only
+        // while streams (watches, keep-alives) are open.
+        .with_keep_alive(Duration::from_secs(10), timeout)
+        .with_keep_alive_while_idle(false);
+    if let Some((user, password)) = &config.credentials {
+        options = options
+            .with_user(user.clone(), password.clone())
+            .with_auto_token_refresh(true);
+    }
+    #[cfg(feature = "tls")]
+    if config.tls {
+        options = options.with_tls(etcd_client::TlsOptions::new().with_enabled_roots());
+    }
+    let endpoints = config.endpoints();
+    let unavailable = |e: Error| match e {
+        Error::Unavailable { source, .. } => Error::unavailable(
+            format!(
+                "cannot reach etcd at {}: check that etcd is running and reachable",
+                endpoints.join(", ")
+            ),
+            source,
+        ),
+        Error::Timeout(_) => Error::unavailable(
+            format!(
+                "no answer from etcd at {} within {:?}: check that etcd is running and reachable",
+                endpoints.join(", "),
+                settings.connect_timeout
+            ),
+            None,
+        ),
+        other => other,
+    };
+    let wait = settings.connect_timeout.max(Duration::from_millis(1));
+    let client = call(
+        "connect to etcd",
+        wait,
+        Client::connect(endpoints.clone(), Some(options)),
+    )
+    .await
+    .map_err(unavailable)?;
+    let prefix = match settings.namespace.trim_end_matches('/') {
+        "" => String::new(),
+        ns => format!("{ns}/"),
+    };
+    // Client::connect opens connections lazily: make one request to be sure.
+    let mut kv = client.kv_client();
+    let probe = kv.get(
+        format!("{prefix}health"),
+        Some(GetOptions::new().with_count_only()),
+    );
+    match deadline("reach etcd", wait, probe).await.map_err(unavailable)? {
+        Ok(_) => {}
+        Err(e) => return Err(unavailable(map("reach etcd", e))),
+    }
+    tracing::debug!("connected to etcd");
+    let mut caps = Capabilities::new("etcd");
+    caps.linearizable = true;
+    caps.fencing = true;
+    caps.fair_ordering = true;
+    caps.native_ttl = true;
+    caps.watch = true;
+    caps.min_ttl = Duration::from_secs(MIN_LEASE_SECS);
+    caps.distributed = true;
+    Ok(EtcdBackend {
+        inner: Arc::new(Inner {
+            leases: LeasePool::new(client.lease_client(), timeout),
+            client,
+            config,
+            prefix,
+            timeout,
+            holds: Mutex::new(HashMap::new()),
+            caps,
+        }),
+    })
+}
+
+fn holds(m: &Mutex<HashMap<String, (String, u64)>>) -> MutexGuard<'_, HashMap<String, (String, u64)>> {
+    // Every update is a single insert or remove, so a panicked holder leaves it consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl fmt::Debug for EtcdBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdBackend")
+            .field("config", &self.inner.config)
+            .field("prefix", &self.inner.prefix)
+            .field("leases", &self.inner.leases)
+            .finish_non_exhaustive()
+    }
+}

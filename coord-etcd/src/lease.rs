@@ -1,0 +1,265 @@
+//! Leases shared by every lock of one client, one per TTL bucket, like the
+//! session of etcd's `concurrency` package.
+//!
+//! Nothing here keeps a lease alive on its own: the lock watchdog's
+//! `renew()` calls do, so a client that stops renewing really loses its locks
+//! after their TTL.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use coord_core::{Error, Result};
+use etcd_client::{LeaseClient, LeaseKeepAliveStream, LeaseKeeper};
+use tokio::time::Instant;
+
+use crate::error::{call, is_lease_not_found, map};
+
+/// The shortest lease etcd grants (its minimum TTL is 1.5 × the election timeout).
+pub(crate) const MIN_LEASE_SECS: u64 = 2;
+
+/// A lease of the pool, as [`EtcdBackend::leases`](crate::EtcdBackend::leases) reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PooledLease {
+    /// etcd's lease id.
+    pub id: i64,
+    /// The TTL etcd granted.
+    pub ttl: Duration,
+}
+
+/// The TTL bucket (whole seconds, at least [`MIN_LEASE_SECS`]) of a lock TTL.
+pub(crate) fn bucket(ttl: Duration) -> u64 {
+    let secs = ttl.as_nanos().div_ceil(1_000_000_000);
+    u64::try_from(secs).unwrap_or(u64::MAX).max(MIN_LEASE_SECS)
+}
+
+/// One shared lease.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    pub(crate) id: i64,
+    pub(crate) ttl: Duration,
+    /// A lower bound of when etcd expires the lease: the instant before the
+    /// last successful grant or keep-alive request was sent, plus the TTL.
+    alive_until: Mutex<Instant>,
+    /// The keep-alive stream, opened on first use. Its lock also coalesces
+    /// concurrent keep-alives.
+    keeper: tokio::sync::Mutex<Option<(LeaseKeeper, LeaseKeepAliveStream)>>,
+}
+
+impl Lease {
+    pub(crate) fn alive_until(&self) -> Instant {
+        *lock(&self.alive_until)
+    }
+
+    fn set_alive_until(&self, until: Instant) {
+        let mut a = lock(&self.alive_until);
+        *a = (*a).max(until);
+    }
+
+    /// How long the lease surely lives from `now`.
+    pub(crate) fn remaining(&self, now: Instant) -> Duration {
+        self.alive_until().saturating_duration_since(now)
+    }
+}
+
+/// Whether a keep-alive found the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeepAlive {
+    Alive,
+    Gone,
+}
+
+/// The leases of one client, keyed by TTL bucket.
+pub(crate) struct LeasePool {
+    client: LeaseClient,
+    timeout: Duration,
+    leases: Mutex<HashMap<u64, Arc<Lease>>>,
+    /// Serialises grants, so concurrent first acquisitions share one lease.
+    granting: tokio::sync::Mutex<()>,
+}
+
+impl LeasePool {
+    pub(crate) fn new(client: LeaseClient, timeout: Duration) -> Self {
+        LeasePool {
+            client,
+            timeout,
+            leases: Mutex::new(HashMap::new()),
+            granting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The bucket's lease if the pool has one.
+    pub(crate) fn get(&self, bucket: u64) -> Option<Arc<Lease>> {
+        lock(&self.leases).get(&bucket).cloned()
+    }
+
+    /// The bucket's lease, alive for at least `min_remaining` from `now`:
+    /// kept alive first when it would not be, granted when there is none or
+    /// etcd no longer knows it. In steady use this makes no request.
+    pub(crate) async fn fresh(
+        &self,
+        bucket: u64,
+        now: Instant,
+        min_remaining: Duration,
+    ) -> Result<Arc<Lease>> {
+        if let Some(lease) = self.get(bucket) {
+            if lease.remaining(now) >= min_remaining {
+                return Ok(lease);
+            }
+            match self.keep_alive(&lease, Duration::ZERO).await? {
+                KeepAlive::Alive => return Ok(lease),
+                KeepAlive::Gone => self.discard(&lease),
+            }
+        }
+        self.grant(bucket).await
+    }
+
+    /// Grants a new lease for `bucket` unless another task just did.
+    pub(crate) async fn grant(&self, bucket: u64) -> Result<Arc<Lease>> {
+        let _granting = self.granting.lock().await;
+        if let Some(lease) = self.get(bucket)
+            && lease.remaining(Instant::now()) > Duration::ZERO
+        {
+            return Ok(lease);
+        }
+        let secs = i64::try_from(bucket).unwrap_or(i64::MAX);
+        let sent_at = Instant::now();
+        let mut client = self.client.clone();
+        let resp = call("grant a lease", self.timeout, client.grant(secs, None)).await?;
+        let ttl = Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0).max(1));
+        let lease = Arc::new(Lease {
+            id: resp.id(),
+            ttl,
+            alive_until: Mutex::new(sent_at + ttl),
+            keeper: tokio::sync::Mutex::new(None),
+        });
+        tracing::debug!(lease = lease.id, ttl = ?ttl, "granted an etcd lease");
+        lock(&self.leases).insert(bucket, lease.clone());
+        Ok(lease)
+    }
+
+    /// Forgets a lease etcd no longer knows (unless it was replaced already).
+    pub(crate) fn discard(&self, lease: &Lease) {
+        let mut leases = lock(&self.leases);
+        leases.retain(|_, l| l.id != lease.id);
+    }
+
+    /// Keeps `lease` alive unless that was done within the last `skip_within`.
+    /// Concurrent calls share one request.
+    pub(crate) async fn keep_alive(&self, lease: &Lease, skip_within: Duration) -> Result<KeepAlive> {
+        let seen = lease.alive_until();
+        let mut keeper = lease.keeper.lock().await;
+        let now = Instant::now();
+        // Another task kept it alive while this one waited, or it was kept
+        // alive recently enough.
+        if lease.alive_until() > seen || seen + skip_within > now + lease.ttl {
+            return Ok(KeepAlive::Alive);
+        }
+        let sent_at = now;
+        let result = tokio::time::timeout(self.timeout, self.keep_alive_once(&mut keeper, lease.id, lease.ttl)).await;
+        match result {
+            Ok(Ok(Some(ttl))) => {
+                lease.set_alive_until(sent_at + ttl);
+                Ok(KeepAlive::Alive)
+            }
+            Ok(Ok(None)) => {
+                *keeper = None;
+                tracing::debug!(lease = lease.id, "etcd lease has expired");
+                Ok(KeepAlive::Gone)
+            }
+            Ok(Err(e)) => {
+                *keeper = None;
+                Err(e)
+            }
+            Err(_) => {
+                // A late answer would be read as the next one's: start afresh.
+                *keeper = None;
+                Err(Error::Timeout(format!(
+                    "keep-alive of etcd lease {:x}: no answer within {:?}",
+                    lease.id, self.timeout
+                )))
+            }
+        }
+    }
+
+    /// One keep-alive request on the open stream, or on a new one. `None`
+    /// when etcd no longer knows the lease.
+    async fn keep_alive_once(
+        &self,
+        keeper: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+        id: i64,
+        ttl: Duration,
+    ) -> Result<Option<Duration>> {
+        if let Some((k, stream)) = keeper.as_mut() {
+            let answer = match k.keep_alive().await {
+                Ok(()) => stream.message().await,
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(Some(resp)) if resp.ttl() > 0 => {
+                    return Ok(Some(Duration::from_secs(resp.ttl().unsigned_abs())));
+                }
+                Ok(Some(_)) => return Ok(None),
+                // The stream broke (server restart, connection reset): open a new one.
+                Ok(None) | Err(_) => *keeper = None,
+            }
+        }
+        let mut client = self.client.clone();
+        match client.keep_alive(id).await {
+            Ok((k, stream)) => {
+                // Opening the stream sent one keep-alive and checked its answer.
+                *keeper = Some((k, stream));
+                Ok(Some(ttl))
+            }
+            Err(e) if is_lease_not_found(&e) => Ok(None),
+            Err(e) => Err(map("keep an etcd lease alive", e)),
+        }
+    }
+
+    /// The pool's leases.
+    pub(crate) fn list(&self) -> Vec<PooledLease> {
+        let mut v: Vec<_> = lock(&self.leases)
+            .values()
+            .map(|l| PooledLease { id: l.id, ttl: l.ttl })
+            .collect();
+        v.sort_by_key(|l| l.ttl);
+        v
+    }
+
+    /// Revokes every lease of the pool (their keys go with them).
+    pub(crate) async fn revoke_all(&self) {
+        let leases: Vec<_> = lock(&self.leases).drain().map(|(_, l)| l).collect();
+        for lease in leases {
+            let mut client = self.client.clone();
+            if let Err(e) = call("revoke a lease", self.timeout, client.revoke(lease.id)).await {
+                tracing::debug!(lease = lease.id, error = %e, "could not revoke an etcd lease; it expires with its TTL");
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for LeasePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeasePool").field("leases", &self.list()).finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data stays consistent even if a holder panicked: every update is one assignment.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_round_up_to_whole_seconds_of_at_least_two() {
+        assert_eq!(bucket(Duration::from_millis(1)), 2);
+        assert_eq!(bucket(Duration::from_secs(2)), 2);
+        assert_eq!(bucket(Duration::from_millis(2001)), 3);
+        assert_eq!(bucket(Duration::from_secs(10)), 10);
+        assert_eq!(bucket(Duration::from_millis(9500)), 10);
+    }
+}
