@@ -170,7 +170,10 @@ async fn connect(config: EtcdConfig, settings: &Settings) -> Result<EtcdBackend>
         format!("{prefix}health"),
         Some(GetOptions::new().with_count_only()),
     );
-    match deadline("reach etcd", wait, probe).await.map_err(unavailable)? {
+    match deadline("reach etcd", wait, probe)
+        .await
+        .map_err(unavailable)?
+    {
         Ok(_) => {}
         Err(e) => return Err(unavailable(map("reach etcd", e))),
     }
@@ -196,7 +199,9 @@ async fn connect(config: EtcdConfig, settings: &Settings) -> Result<EtcdBackend>
     })
 }
 
-fn holds(m: &Mutex<HashMap<String, (String, u64)>>) -> MutexGuard<'_, HashMap<String, (String, u64)>> {
+fn holds(
+    m: &Mutex<HashMap<String, (String, u64)>>,
+) -> MutexGuard<'_, HashMap<String, (String, u64)>> {
     // Every update is a single insert or remove, so a panicked holder leaves it consistent.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -80,7 +80,10 @@ impl EtcdConfig {
     /// The endpoints as etcd-client takes them (`http://host:port` or `https://…`).
     pub fn endpoints(&self) -> Vec<String> {
         let scheme = if self.tls { "https" } else { "http" };
-        self.hosts.iter().map(|h| format!("{scheme}://{h}")).collect()
+        self.hosts
+            .iter()
+            .map(|h| format!("{scheme}://{h}"))
+            .collect()
     }
 
     /// The user name, when credentials were given.
@@ -215,7 +218,10 @@ mod tests {
         assert_eq!(c.credentials, Some(("u@x".to_owned(), "p:w".to_owned())));
         assert!(!c.tls);
         let debug = format!("{c:?}");
-        assert!(!debug.contains("p:w") && debug.contains("redacted"), "{debug}");
+        assert!(
+            !debug.contains("p:w") && debug.contains("redacted"),
+            "{debug}"
+        );
     }
 
     #[test]

@@ -41,7 +41,9 @@ pub(crate) fn map(what: &str, err: etcd_client::Error) -> Error {
                 }
                 UNAUTHENTICATED | PERMISSION_DENIED => Error::backend(
                     BACKEND,
-                    format!("{message} (check the user and password in the etcd URL, and the user's role)"),
+                    format!(
+                        "{message} (check the user and password in the etcd URL, and the user's role)"
+                    ),
                     false,
                     boxed(err),
                 ),
@@ -66,9 +68,15 @@ pub(crate) fn map(what: &str, err: etcd_client::Error) -> Error {
 
 fn is_transport_message(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    ["transport", "connection", "broken pipe", "stream", "leader changed"]
-        .iter()
-        .any(|s| m.contains(s))
+    [
+        "transport",
+        "connection",
+        "broken pipe",
+        "stream",
+        "leader changed",
+    ]
+    .iter()
+    .any(|s| m.contains(s))
 }
 
 /// Whether etcd said a lease is gone (`requested lease not found`).
@@ -133,9 +141,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_without_answer_times_out() {
-        let e = call("get", Duration::from_millis(10), futures::future::pending::<Result<(), _>>())
-            .await
-            .unwrap_err();
+        let e = call(
+            "get",
+            Duration::from_millis(10),
+            futures::future::pending::<Result<(), _>>(),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(e, Error::Timeout(_)), "{e:?}");
         assert!(e.is_retryable());
     }

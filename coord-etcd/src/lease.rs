@@ -147,7 +147,11 @@ impl LeasePool {
 
     /// Keeps `lease` alive unless that was done within the last `skip_within`.
     /// Concurrent calls share one request.
-    pub(crate) async fn keep_alive(&self, lease: &Lease, skip_within: Duration) -> Result<KeepAlive> {
+    pub(crate) async fn keep_alive(
+        &self,
+        lease: &Lease,
+        skip_within: Duration,
+    ) -> Result<KeepAlive> {
         let seen = lease.alive_until();
         let mut keeper = lease.keeper.lock().await;
         let now = Instant::now();
@@ -157,7 +161,11 @@ impl LeasePool {
             return Ok(KeepAlive::Alive);
         }
         let sent_at = now;
-        let result = tokio::time::timeout(self.timeout, self.keep_alive_once(&mut keeper, lease.id, lease.ttl)).await;
+        let result = tokio::time::timeout(
+            self.timeout,
+            self.keep_alive_once(&mut keeper, lease.id, lease.ttl),
+        )
+        .await;
         match result {
             Ok(Ok(Some(ttl))) => {
                 lease.set_alive_until(sent_at + ttl);
@@ -221,7 +229,10 @@ impl LeasePool {
     pub(crate) fn list(&self) -> Vec<PooledLease> {
         let mut v: Vec<_> = lock(&self.leases)
             .values()
-            .map(|l| PooledLease { id: l.id, ttl: l.ttl })
+            .map(|l| PooledLease {
+                id: l.id,
+                ttl: l.ttl,
+            })
             .collect();
         v.sort_by_key(|l| l.ttl);
         v
@@ -241,7 +252,9 @@ impl LeasePool {
 
 impl std::fmt::Debug for LeasePool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeasePool").field("leases", &self.list()).finish()
+        f.debug_struct("LeasePool")
+            .field("leases", &self.list())
+            .finish()
     }
 }
 

@@ -8,7 +8,7 @@ use coord_core::{
     LockOwner, ReleaseEvents, Result, async_trait,
 };
 use etcd_client::{
-    Compare, CompareOp, EventType, PutOptions, TxnOp, TxnOpResponse, TxnResponse, Txn,
+    Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
     WatchFilterType, WatchOptions, WatchStream,
 };
 use tokio::time::Instant;
@@ -68,7 +68,9 @@ impl LockBackend for EtcdBackend {
             .unwrap_or_else(|| bucket(ttl));
         let not_held = |why: &str| {
             self.forget(&key, Some(owner.as_str()));
-            Err(Error::NotHeld(format!("lock {name:?} is not held by {owner}: {why}")))
+            Err(Error::NotHeld(format!(
+                "lock {name:?} is not held by {owner}: {why}"
+            )))
         };
         let Some(lease) = self.inner.leases.get(bucket) else {
             return not_held("its lease is gone");
@@ -92,7 +94,11 @@ impl LockBackend for EtcdBackend {
     async fn release(&self, name: &str, owner: &LockOwner) -> Result<()> {
         let key = self.lock_key(name);
         let txn = Txn::new()
-            .when([Compare::value(key.clone(), CompareOp::Equal, owner.as_str())])
+            .when([Compare::value(
+                key.clone(),
+                CompareOp::Equal,
+                owner.as_str(),
+            )])
             .and_then([TxnOp::delete(key.clone(), None)]);
         let mut kv = self.inner.client.kv_client();
         let resp = call("release a lock", self.inner.timeout, kv.txn(txn)).await?;
@@ -100,7 +106,9 @@ impl LockBackend for EtcdBackend {
         if resp.succeeded() {
             Ok(())
         } else {
-            Err(Error::NotHeld(format!("lock {name:?} is not held by {owner}")))
+            Err(Error::NotHeld(format!(
+                "lock {name:?} is not held by {owner}"
+            )))
         }
     }
 
@@ -131,13 +139,21 @@ impl LockBackend for EtcdBackend {
             }
         };
         let stream = call("watch a lock", self.inner.timeout, created).await?;
-        Ok(ReleaseEvents::new(futures::stream::unfold(stream, next_delete)))
+        Ok(ReleaseEvents::new(futures::stream::unfold(
+            stream,
+            next_delete,
+        )))
     }
 
     async fn force_release(&self, name: &str) -> Result<bool> {
         let key = self.lock_key(name);
         let mut kv = self.inner.client.kv_client();
-        let resp = call("force-release a lock", self.inner.timeout, kv.delete(key.clone(), None)).await?;
+        let resp = call(
+            "force-release a lock",
+            self.inner.timeout,
+            kv.delete(key.clone(), None),
+        )
+        .await?;
         self.forget(&key, None);
         Ok(resp.deleted() > 0)
     }
@@ -194,7 +210,10 @@ fn granted_token(resp: &TxnResponse) -> Result<Option<FencingToken>> {
             _ => return Err(malformed("no read of the held lock")),
         }
     };
-    match revision.and_then(|r| u64::try_from(r).ok()).filter(|r| *r > 0) {
+    match revision
+        .and_then(|r| u64::try_from(r).ok())
+        .filter(|r| *r > 0)
+    {
         Some(r) => Ok(Some(FencingToken::new(r))),
         None => Err(malformed("no positive create revision")),
     }

@@ -1,0 +1,291 @@
+//! Test fixtures: a real etcd server for your tests, and the harness that
+//! runs coord's conformance suite against it.
+//!
+//! ```no_run
+//! # async fn run() -> coord_etcd::Result<()> {
+//! use coord_etcd::{EtcdBackend, Settings, testkit::EtcdServer};
+//!
+//! let server = EtcdServer::start().await?; // or COORD_TEST_ETCD_ENDPOINTS
+//! let backend = EtcdBackend::connect(&server.url(), &Settings::default()).await?;
+//! # Ok(()) }
+//! ```
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use coord_core::testkit::{LockHarness, ServerProcess};
+use coord_core::{Error, LockBackend, Result, Settings};
+
+use crate::EtcdBackend;
+
+/// The environment variable naming an existing etcd to test against
+/// (`host:port[,host:port…]`, `http://` optional) instead of spawning one.
+pub const ENDPOINTS_ENV: &str = "COORD_TEST_ETCD_ENDPOINTS";
+
+const INSTALL_HINT: &str = "install etcd (`apt-get install etcd-server`) or set \
+    COORD_TEST_ETCD_ENDPOINTS to the endpoints of a running etcd";
+
+/// How long a spawned etcd may take to answer requests.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// An etcd server for tests: the one named by `COORD_TEST_ETCD_ENDPOINTS`, or
+/// an `etcd` process spawned on free loopback ports with a temporary data
+/// directory (in `/dev/shm` when it exists), killed on drop.
+#[derive(Debug)]
+pub struct EtcdServer {
+    endpoints: Vec<String>,
+    spawned: Option<Spawned>,
+}
+
+#[derive(Debug)]
+struct Spawned {
+    process: Mutex<ServerProcess>,
+    // Kept until the process is gone: dropped after `process`.
+    _data_dir: tempfile::TempDir,
+}
+
+impl EtcdServer {
+    /// The server named by `COORD_TEST_ETCD_ENDPOINTS`, or a new `etcd`
+    /// process. Returns once etcd answers a request (at most 20 s).
+    pub async fn start() -> Result<EtcdServer> {
+        if let Ok(list) = std::env::var(ENDPOINTS_ENV)
+            && !list.trim().is_empty()
+        {
+            let endpoints = list
+                .split(',')
+                .map(|e| e.trim().trim_start_matches("http://").to_owned())
+                .collect();
+            let server = EtcdServer {
+                endpoints,
+                spawned: None,
+            };
+            server.wait_ready().await?;
+            return Ok(server);
+        }
+        let mut last_error = None;
+        // Another process may take a free port before etcd binds it: retry.
+        for _ in 0..3 {
+            match tokio::task::spawn_blocking(spawn_etcd).await {
+                Ok(Ok(server)) => {
+                    server.wait_ready().await?;
+                    return Ok(server);
+                }
+                Ok(Err(e @ Error::Unavailable { .. }))
+                    if e.to_string().contains("cannot start") =>
+                {
+                    return Err(e);
+                }
+                Ok(Err(e)) => last_error = Some(e),
+                Err(e) => {
+                    return Err(Error::unavailable(
+                        "the etcd spawner panicked",
+                        Some(e.into()),
+                    ));
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::unavailable("could not start etcd", None)))
+    }
+
+    /// One server shared by every caller while any of them holds it; a new
+    /// one is started when the last holder dropped it.
+    pub async fn shared() -> Result<Arc<EtcdServer>> {
+        static SHARED: OnceLock<tokio::sync::Mutex<Weak<EtcdServer>>> = OnceLock::new();
+        let slot = SHARED.get_or_init(|| tokio::sync::Mutex::new(Weak::new()));
+        let mut slot = slot.lock().await;
+        if let Some(server) = slot.upgrade() {
+            return Ok(server);
+        }
+        let server = Arc::new(EtcdServer::start().await?);
+        *slot = Arc::downgrade(&server);
+        Ok(server)
+    }
+
+    /// The client endpoints, `host:port`.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// The URL to connect to: `etcd://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("etcd://{}", self.endpoints.join(","))
+    }
+
+    /// Whether this fixture spawned the server (and so can stop, pause and restart it).
+    pub fn is_spawned(&self) -> bool {
+        self.spawned.is_some()
+    }
+
+    /// The process id of a spawned, running server.
+    pub fn pid(&self) -> Option<u32> {
+        self.spawned.as_ref().and_then(|s| process(s).pid())
+    }
+
+    /// Kills the server (SIGKILL). Its data stays for [`restart`](Self::restart).
+    pub fn stop(&self) -> Result<()> {
+        process(self.spawned()?).stop()
+    }
+
+    /// Starts a stopped server again on the same ports with the same data
+    /// (restarting a running one first), and waits until it answers.
+    pub async fn restart(&self) -> Result<()> {
+        let spawned = self.spawned()?;
+        let mut p = process(spawned);
+        p.stop()?;
+        // Waits (blocking, at most 20 s) for the port: fine in a test.
+        p.start()?;
+        drop(p);
+        self.wait_ready().await
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) -> Result<()> {
+        process(self.spawned()?).pause()
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        process(self.spawned()?).resume()
+    }
+
+    fn spawned(&self) -> Result<&Spawned> {
+        self.spawned.as_ref().ok_or_else(|| {
+            Error::Unsupported(format!(
+                "the etcd at {} comes from {ENDPOINTS_ENV}; only a spawned server can be stopped, paused or restarted",
+                self.endpoints.join(",")
+            ))
+        })
+    }
+
+    /// Waits until etcd answers a linearizable read.
+    async fn wait_ready(&self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut settings = Settings::default();
+        settings.connect_timeout = Duration::from_secs(1);
+        settings.request_timeout = Duration::from_secs(1);
+        loop {
+            let err = match EtcdBackend::connect(&self.url(), &settings).await {
+                Ok(backend) => match backend.ping().await {
+                    h if h.is_healthy() => return Ok(()),
+                    h => h.detail.unwrap_or_default(),
+                },
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                return Err(Error::unavailable(
+                    format!(
+                        "etcd at {} did not answer within {READY_TIMEOUT:?}: {err}",
+                        self.url()
+                    ),
+                    None,
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn spawn_etcd() -> Result<EtcdServer> {
+    let shm = Path::new("/dev/shm");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("coord-etcd-test-");
+    let data_dir = if shm.is_dir() {
+        builder.tempdir_in(shm)
+    } else {
+        builder.tempdir()
+    }
+    .map_err(|e| Error::unavailable("cannot create a data directory for etcd", Some(e.into())))?;
+    let client_port = ServerProcess::free_port()?;
+    let peer_port = ServerProcess::free_port()?;
+    let client = format!("http://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let args = [
+        "--name",
+        "coord-test",
+        "--data-dir",
+        &data_dir.path().join("data").to_string_lossy(),
+        "--listen-client-urls",
+        &client,
+        "--advertise-client-urls",
+        &client,
+        "--listen-peer-urls",
+        &peer,
+        "--initial-advertise-peer-urls",
+        &peer,
+        "--initial-cluster",
+        &format!("coord-test={peer}"),
+        "--initial-cluster-state",
+        "new",
+        "--logger",
+        "zap",
+        "--log-level",
+        "error",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let process = ServerProcess::spawn("etcd", args, client_port, INSTALL_HINT)?;
+    Ok(EtcdServer {
+        endpoints: vec![format!("127.0.0.1:{client_port}")],
+        spawned: Some(Spawned {
+            process: Mutex::new(process),
+            _data_dir: data_dir,
+        }),
+    })
+}
+
+fn process(spawned: &Spawned) -> MutexGuard<'_, ServerProcess> {
+    spawned.process.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs coord's conformance suite against etcd: every
+/// [`new_backend`](LockHarness::new_backend) is a new, independent
+/// [`EtcdBackend`] connection to one [shared](EtcdServer::shared) server.
+///
+/// ```text
+/// coord_core::lock_conformance_tests!(etcd, coord_etcd::testkit::EtcdHarness::start().await);
+/// ```
+#[derive(Debug, Clone)]
+pub struct EtcdHarness {
+    server: Arc<EtcdServer>,
+    settings: Settings,
+}
+
+impl EtcdHarness {
+    /// A harness over the shared test server. Panics, failing the test, when
+    /// etcd cannot be started: a conformance test must not silently skip.
+    pub async fn start() -> EtcdHarness {
+        match EtcdHarness::try_start().await {
+            Ok(h) => h,
+            Err(e) => panic!("cannot run the etcd tests: {e}"),
+        }
+    }
+
+    /// Like [`start`](Self::start), returning the error.
+    pub async fn try_start() -> Result<EtcdHarness> {
+        Ok(EtcdHarness {
+            server: EtcdServer::shared().await?,
+            settings: Settings::default(),
+        })
+    }
+
+    /// The server under test.
+    pub fn server(&self) -> &EtcdServer {
+        &self.server
+    }
+
+    /// A new client with these settings (namespace, timeouts).
+    pub async fn connect(&self) -> Result<EtcdBackend> {
+        EtcdBackend::connect(&self.server.url(), &self.settings).await
+    }
+}
+
+#[coord_core::async_trait]
+impl LockHarness for EtcdHarness {
+    async fn new_backend(&self) -> Arc<dyn LockBackend> {
+        match self.connect().await {
+            Ok(b) => Arc::new(b),
+            Err(e) => panic!("cannot connect to the etcd under test: {e}"),
+        }
+    }
+}

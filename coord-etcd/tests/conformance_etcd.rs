@@ -1,0 +1,4 @@
+//! coord's lock conformance suite against a real etcd (spawned, or
+//! `COORD_TEST_ETCD_ENDPOINTS`). Fails, never skips, when etcd cannot start.
+
+coord_core::lock_conformance_tests!(etcd, coord_etcd::testkit::EtcdHarness::start().await);
