@@ -130,12 +130,12 @@ impl EtcdServer {
     /// Starts a stopped server again on the same ports with the same data
     /// (restarting a running one first), and waits until it answers.
     pub async fn restart(&self) -> Result<()> {
-        let spawned = self.spawned()?;
-        let mut p = process(spawned);
-        p.stop()?;
-        // Waits (blocking, at most 20 s) for the port: fine in a test.
-        p.start()?;
-        drop(p);
+        {
+            let mut p = process(self.spawned()?);
+            p.stop()?;
+            // Waits (blocking, at most 20 s) for the port: fine in a test.
+            p.start()?;
+        }
         self.wait_ready().await
     }
 
