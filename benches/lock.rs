@@ -143,7 +143,9 @@ fn redis_benches(c: &mut Criterion, rt: &Runtime, samples: &Samples, url: &str) 
     };
     let client = rt.block_on(async {
         LockClient::new(Arc::new(
-            RedisBackend::connect(url, &settings).await.expect("coord redis"),
+            RedisBackend::connect(url, &settings)
+                .await
+                .expect("coord redis"),
         ))
     });
     let locks: Arc<Vec<Lock>> = Arc::new(
@@ -153,16 +155,22 @@ fn redis_benches(c: &mut Criterion, rt: &Runtime, samples: &Samples, url: &str) 
     );
 
     let r = raw_cycle.clone();
-    sequential(c, rt, samples, "redis/raw_setnx_evalsha/seq", move |_| r("bench:raw:seq".into()));
+    sequential(c, rt, samples, "redis/raw_setnx_evalsha/seq", move |_| {
+        r("bench:raw:seq".into())
+    });
     let l = locks.clone();
     sequential(c, rt, samples, "redis/coord_lease_lock/seq", move |_| {
         let l = l.clone();
         async move { lock_cycle(&l[0]).await }
     });
     let r = raw_cycle.clone();
-    concurrent(c, rt, samples, "redis/raw_setnx_evalsha/64tasks", move |t| {
-        r(format!("bench:raw:{t}"))
-    });
+    concurrent(
+        c,
+        rt,
+        samples,
+        "redis/raw_setnx_evalsha/64tasks",
+        move |t| r(format!("bench:raw:{t}")),
+    );
     let l = locks.clone();
     concurrent(c, rt, samples, "redis/coord_lease_lock/64tasks", move |t| {
         let l = l.clone();
@@ -186,7 +194,11 @@ fn etcd_benches(c: &mut Criterion, rt: &Runtime, samples: &Samples, url: &str, e
             async move {
                 let val = owner_value(0);
                 client
-                    .put(key.clone(), val.clone(), Some(PutOptions::new().with_lease(lease)))
+                    .put(
+                        key.clone(),
+                        val.clone(),
+                        Some(PutOptions::new().with_lease(lease)),
+                    )
                     .await
                     .expect("put");
                 let txn = Txn::new()
@@ -205,13 +217,18 @@ fn etcd_benches(c: &mut Criterion, rt: &Runtime, samples: &Samples, url: &str, e
                     .lock(key, Some(LockOptions::new().with_lease(lease)))
                     .await
                     .expect("native lock");
-                client.unlock(resp.key().to_vec()).await.expect("native unlock");
+                client
+                    .unlock(resp.key().to_vec())
+                    .await
+                    .expect("native unlock");
             }
         }
     };
     let client = rt.block_on(async {
         LockClient::new(Arc::new(
-            EtcdBackend::connect(url, &settings).await.expect("coord etcd"),
+            EtcdBackend::connect(url, &settings)
+                .await
+                .expect("coord etcd"),
         ))
     });
     let locks: Arc<Vec<Lock>> = Arc::new(
@@ -221,22 +238,34 @@ fn etcd_benches(c: &mut Criterion, rt: &Runtime, samples: &Samples, url: &str, e
     );
 
     let r = raw_cycle.clone();
-    sequential(c, rt, samples, "etcd/raw_leaseput_txndel/seq", move |_| r("bench/raw/seq".into()));
+    sequential(c, rt, samples, "etcd/raw_leaseput_txndel/seq", move |_| {
+        r("bench/raw/seq".into())
+    });
     let n = native_cycle.clone();
-    sequential(c, rt, samples, "etcd/native_lock_unlock/seq", move |_| n("bench/native/seq".into()));
+    sequential(c, rt, samples, "etcd/native_lock_unlock/seq", move |_| {
+        n("bench/native/seq".into())
+    });
     let l = locks.clone();
     sequential(c, rt, samples, "etcd/coord_lease_lock/seq", move |_| {
         let l = l.clone();
         async move { lock_cycle(&l[0]).await }
     });
     let r = raw_cycle.clone();
-    concurrent(c, rt, samples, "etcd/raw_leaseput_txndel/64tasks", move |t| {
-        r(format!("bench/raw/{t}"))
-    });
+    concurrent(
+        c,
+        rt,
+        samples,
+        "etcd/raw_leaseput_txndel/64tasks",
+        move |t| r(format!("bench/raw/{t}")),
+    );
     let n = native_cycle.clone();
-    concurrent(c, rt, samples, "etcd/native_lock_unlock/64tasks", move |t| {
-        n(format!("bench/native/{t}"))
-    });
+    concurrent(
+        c,
+        rt,
+        samples,
+        "etcd/native_lock_unlock/64tasks",
+        move |t| n(format!("bench/native/{t}")),
+    );
     let l = locks.clone();
     concurrent(c, rt, samples, "etcd/coord_lease_lock/64tasks", move |t| {
         let l = l.clone();
@@ -276,12 +305,42 @@ fn main() {
     c.final_summary();
 
     println!("\nratios (median time per acquire+release; lower time is better):");
-    ratio(&samples, "redis coord vs raw SET NX PX + EVALSHA, sequential", "redis/coord_lease_lock/seq", "redis/raw_setnx_evalsha/seq");
-    ratio(&samples, "redis coord vs raw, 64 tasks on one client", "redis/coord_lease_lock/64tasks", "redis/raw_setnx_evalsha/64tasks");
-    ratio(&samples, "etcd coord vs native lock/unlock, sequential", "etcd/coord_lease_lock/seq", "etcd/native_lock_unlock/seq");
-    ratio(&samples, "etcd coord vs native lock/unlock, 64 tasks", "etcd/coord_lease_lock/64tasks", "etcd/native_lock_unlock/64tasks");
-    ratio(&samples, "etcd coord vs raw lease-put + txn delete, sequential", "etcd/coord_lease_lock/seq", "etcd/raw_leaseput_txndel/seq");
-    ratio(&samples, "etcd coord vs raw, 64 tasks", "etcd/coord_lease_lock/64tasks", "etcd/raw_leaseput_txndel/64tasks");
+    ratio(
+        &samples,
+        "redis coord vs raw SET NX PX + EVALSHA, sequential",
+        "redis/coord_lease_lock/seq",
+        "redis/raw_setnx_evalsha/seq",
+    );
+    ratio(
+        &samples,
+        "redis coord vs raw, 64 tasks on one client",
+        "redis/coord_lease_lock/64tasks",
+        "redis/raw_setnx_evalsha/64tasks",
+    );
+    ratio(
+        &samples,
+        "etcd coord vs native lock/unlock, sequential",
+        "etcd/coord_lease_lock/seq",
+        "etcd/native_lock_unlock/seq",
+    );
+    ratio(
+        &samples,
+        "etcd coord vs native lock/unlock, 64 tasks",
+        "etcd/coord_lease_lock/64tasks",
+        "etcd/native_lock_unlock/64tasks",
+    );
+    ratio(
+        &samples,
+        "etcd coord vs raw lease-put + txn delete, sequential",
+        "etcd/coord_lease_lock/seq",
+        "etcd/raw_leaseput_txndel/seq",
+    );
+    ratio(
+        &samples,
+        "etcd coord vs raw, 64 tasks",
+        "etcd/coord_lease_lock/64tasks",
+        "etcd/raw_leaseput_txndel/64tasks",
+    );
     drop(rt);
     drop((redis, etcd));
 }

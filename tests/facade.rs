@@ -38,16 +38,25 @@ async fn lock_through_facade(url: &str, backend: &str) {
     first.release().await.expect("release");
     let second = lock.acquire().await.expect("acquire again");
     assert!(second.fencing_token() > token);
-    coord.shutdown(Duration::from_secs(5)).await.expect("shutdown");
+    coord
+        .shutdown(Duration::from_secs(5))
+        .await
+        .expect("shutdown");
     assert!(!second.is_held());
 
     let text = prometheus::TextEncoder::new()
         .encode_to_string(&registry.gather())
         .expect("encode");
     for needle in [
-        format!("coord_lock_operations_total{{backend=\"{backend}\",op=\"acquire\",outcome=\"ok\"}} 2"),
-        format!("coord_lock_operations_total{{backend=\"{backend}\",op=\"try_acquire\",outcome=\"busy\"}} 1"),
-        format!("coord_backend_requests_total{{backend=\"{backend}\",op=\"try_acquire\",outcome=\"ok\"}} 3"),
+        format!(
+            "coord_lock_operations_total{{backend=\"{backend}\",op=\"acquire\",outcome=\"ok\"}} 2"
+        ),
+        format!(
+            "coord_lock_operations_total{{backend=\"{backend}\",op=\"try_acquire\",outcome=\"busy\"}} 1"
+        ),
+        format!(
+            "coord_backend_requests_total{{backend=\"{backend}\",op=\"try_acquire\",outcome=\"ok\"}} 3"
+        ),
     ] {
         assert!(text.contains(&needle), "missing {needle} in\n{text}");
     }
@@ -83,7 +92,12 @@ async fn malformed_urls_are_invalid_arguments() {
         "etcd://h1:99999",
         "memory://a/b",
     ] {
-        match Coord::builder().settings(settings()).url(url).connect().await {
+        match Coord::builder()
+            .settings(settings())
+            .url(url)
+            .connect()
+            .await
+        {
             Err(Error::InvalidArgument(msg)) => assert!(!msg.is_empty()),
             Err(other) => panic!("{url:?}: expected InvalidArgument, got {other}"),
             Ok(_) => panic!("{url:?}: expected InvalidArgument, connected"),
@@ -99,7 +113,12 @@ async fn a_server_that_is_not_there_is_unavailable() {
         format!("etcd://127.0.0.1:{port}"),
     ] {
         let started = std::time::Instant::now();
-        match Coord::builder().settings(settings()).url(&url).connect().await {
+        match Coord::builder()
+            .settings(settings())
+            .url(&url)
+            .connect()
+            .await
+        {
             Err(e @ (Error::Unavailable { .. } | Error::Timeout(_))) => {
                 assert!(e.is_retryable());
                 assert!(e.to_string().contains(&port.to_string()), "{url}: {e}");
@@ -107,7 +126,11 @@ async fn a_server_that_is_not_there_is_unavailable() {
             Err(other) => panic!("{url}: expected Unavailable, got {other}"),
             Ok(_) => panic!("{url}: connected to nothing"),
         }
-        assert!(started.elapsed() < Duration::from_secs(15), "{url} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{url} took {:?}",
+            started.elapsed()
+        );
     }
 }
 
@@ -116,6 +139,10 @@ async fn settings_pick_the_backend() {
     let server = RedisServer::start().expect("redis-server");
     let mut s = settings();
     s.url = server.url().to_owned();
-    let coord = Coord::builder().settings(s).connect().await.expect("connect");
+    let coord = Coord::builder()
+        .settings(s)
+        .connect()
+        .await
+        .expect("connect");
     assert_eq!(coord.capabilities().backend, "redis");
 }
