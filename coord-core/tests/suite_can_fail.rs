@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use coord_core::testkit::{LockHarness, lock};
 use coord_core::{
-    AcquireOutcome, Capabilities, ComponentHealth, FencingToken, LockBackend, LockGrant,
-    LockOwner, ReleaseEvents, Result,
+    AcquireOutcome, Capabilities, ComponentHealth, FencingToken, LockBackend, LockGrant, LockOwner,
+    ReleaseEvents, Result,
 };
 
 /// Grants every request and accepts every release: no exclusion at all.
