@@ -5,13 +5,13 @@
 //! # async fn run() -> coord_etcd::Result<()> {
 //! use coord_etcd::{EtcdBackend, Settings, testkit::EtcdServer};
 //!
-//! let server = EtcdServer::start().await?; // or COORD_TEST_ETCD_ENDPOINTS
+//! let server = EtcdServer::start()?; // or COORD_TEST_ETCD_ENDPOINTS
 //! let backend = EtcdBackend::connect(&server.url(), &Settings::default()).await?;
 //! # Ok(()) }
 //! ```
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use coord_core::testkit::{LockHarness, ServerProcess};
@@ -47,8 +47,9 @@ struct Spawned {
 
 impl EtcdServer {
     /// The server named by `COORD_TEST_ETCD_ENDPOINTS`, or a new `etcd`
-    /// process. Returns once etcd answers a request (at most 20 s).
-    pub async fn start() -> Result<EtcdServer> {
+    /// process. Returns once etcd answers a request (at most 20 s). Blocks
+    /// the calling thread meanwhile; works inside and outside a runtime.
+    pub fn start() -> Result<EtcdServer> {
         if let Ok(list) = std::env::var(ENDPOINTS_ENV)
             && !list.trim().is_empty()
         {
@@ -60,44 +61,36 @@ impl EtcdServer {
                 endpoints,
                 spawned: None,
             };
-            server.wait_ready().await?;
+            server.wait_ready()?;
             return Ok(server);
         }
         let mut last_error = None;
         // Another process may take a free port before etcd binds it: retry.
         for _ in 0..3 {
-            match tokio::task::spawn_blocking(spawn_etcd).await {
-                Ok(Ok(server)) => {
-                    server.wait_ready().await?;
+            match spawn_etcd() {
+                Ok(server) => {
+                    server.wait_ready()?;
                     return Ok(server);
                 }
-                Ok(Err(e @ Error::Unavailable { .. }))
-                    if e.to_string().contains("cannot start") =>
-                {
+                // The binary is missing: retrying cannot help.
+                Err(e @ Error::Unavailable { .. }) if e.to_string().contains("cannot start") => {
                     return Err(e);
                 }
-                Ok(Err(e)) => last_error = Some(e),
-                Err(e) => {
-                    return Err(Error::unavailable(
-                        "the etcd spawner panicked",
-                        Some(e.into()),
-                    ));
-                }
+                Err(e) => last_error = Some(e),
             }
         }
         Err(last_error.unwrap_or_else(|| Error::unavailable("could not start etcd", None)))
     }
 
     /// One server shared by every caller while any of them holds it; a new
-    /// one is started when the last holder dropped it.
-    pub async fn shared() -> Result<Arc<EtcdServer>> {
-        static SHARED: OnceLock<tokio::sync::Mutex<Weak<EtcdServer>>> = OnceLock::new();
-        let slot = SHARED.get_or_init(|| tokio::sync::Mutex::new(Weak::new()));
-        let mut slot = slot.lock().await;
+    /// one is started when the last holder dropped it. Blocks like [`start`](Self::start).
+    pub fn shared() -> Result<Arc<EtcdServer>> {
+        static SHARED: Mutex<Weak<EtcdServer>> = Mutex::new(Weak::new());
+        let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(server) = slot.upgrade() {
             return Ok(server);
         }
-        let server = Arc::new(EtcdServer::start().await?);
+        let server = Arc::new(EtcdServer::start()?);
         *slot = Arc::downgrade(&server);
         Ok(server)
     }
@@ -128,15 +121,15 @@ impl EtcdServer {
     }
 
     /// Starts a stopped server again on the same ports with the same data
-    /// (restarting a running one first), and waits until it answers.
-    pub async fn restart(&self) -> Result<()> {
+    /// (killing a running one first), and waits until it answers. Blocks
+    /// the calling thread meanwhile.
+    pub fn restart(&self) -> Result<()> {
         {
             let mut p = process(self.spawned()?);
             p.stop()?;
-            // Waits (blocking, at most 20 s) for the port: fine in a test.
             p.start()?;
         }
-        self.wait_ready().await
+        self.wait_ready()
     }
 
     /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
@@ -158,31 +151,45 @@ impl EtcdServer {
         })
     }
 
-    /// Waits until etcd answers a linearizable read.
-    async fn wait_ready(&self) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut settings = Settings::default();
-        settings.connect_timeout = Duration::from_secs(1);
-        settings.request_timeout = Duration::from_secs(1);
-        loop {
-            let err = match EtcdBackend::connect(&self.url(), &settings).await {
-                Ok(backend) => match backend.ping().await {
-                    h if h.is_healthy() => return Ok(()),
-                    h => h.detail.unwrap_or_default(),
-                },
-                Err(e) => e.to_string(),
-            };
-            if Instant::now() >= deadline {
-                return Err(Error::unavailable(
-                    format!(
-                        "etcd at {} did not answer within {READY_TIMEOUT:?}: {err}",
-                        self.url()
-                    ),
-                    None,
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    /// Waits until etcd answers a linearizable read, on a runtime of its own
+    /// in a thread of its own (so it works inside and outside a runtime).
+    fn wait_ready(&self) -> Result<()> {
+        let url = self.url();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| Error::unavailable("cannot start a runtime", Some(e.into())))?
+                        .block_on(wait_ready(&url))
+                })
+                .join()
+                .unwrap_or_else(|_| Err(Error::unavailable("the readiness check panicked", None)))
+        })
+    }
+}
+
+async fn wait_ready(url: &str) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut settings = Settings::default();
+    settings.connect_timeout = Duration::from_secs(1);
+    settings.request_timeout = Duration::from_secs(1);
+    loop {
+        let err = match EtcdBackend::connect(url, &settings).await {
+            Ok(backend) => match backend.ping().await {
+                h if h.is_healthy() => return Ok(()),
+                h => h.detail.unwrap_or_default(),
+            },
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            return Err(Error::unavailable(
+                format!("etcd at {url} did not answer within {READY_TIMEOUT:?}: {err}"),
+                None,
+            ));
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -264,7 +271,7 @@ impl EtcdHarness {
     /// Like [`start`](Self::start), returning the error.
     pub async fn try_start() -> Result<EtcdHarness> {
         Ok(EtcdHarness {
-            server: EtcdServer::shared().await?,
+            server: EtcdServer::shared()?,
             settings: Settings::default(),
         })
     }

@@ -204,7 +204,7 @@ async fn bad_urls_are_invalid_arguments() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_keep_increasing_across_a_server_restart() {
-    let server = EtcdServer::start().await.unwrap();
+    let server = EtcdServer::start().unwrap();
     if !server.is_spawned() {
         // COORD_TEST_ETCD_ENDPOINTS names a server this test cannot restart.
         return;
@@ -218,7 +218,7 @@ async fn tokens_keep_increasing_across_a_server_restart() {
     let o = owner("r");
     let before = grant(&b, &name, &o, Duration::from_secs(5)).await;
     b.release(&name, &o).await.unwrap();
-    server.restart().await.unwrap();
+    server.restart().unwrap();
     // The same client reconnects by itself.
     let after = within(Duration::from_secs(15), "acquire after restart", async {
         loop {
@@ -237,7 +237,7 @@ async fn tokens_keep_increasing_across_a_server_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_server_gives_retryable_errors_then_recovers() {
-    let server = EtcdServer::start().await.unwrap();
+    let server = EtcdServer::start().unwrap();
     if !server.is_spawned() {
         return;
     }
