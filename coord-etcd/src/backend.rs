@@ -107,6 +107,10 @@ impl EtcdBackend {
             .map(|(_, b)| *b)
     }
 
+    pub(crate) fn forget_all(&self) {
+        holds(&self.inner.holds).clear();
+    }
+
     pub(crate) fn forget(&self, key: &str, owner: Option<&str>) {
         let mut holds = holds(&self.inner.holds);
         if owner.is_none_or(|owner| holds.get(key).is_some_and(|(o, _)| o == owner)) {

@@ -107,7 +107,7 @@ impl LeasePool {
             if lease.remaining(now) >= min_remaining {
                 return Ok(lease);
             }
-            match self.keep_alive(&lease, Duration::ZERO).await? {
+            match self.keep_alive(&lease, now + min_remaining).await? {
                 KeepAlive::Alive => return Ok(lease),
                 KeepAlive::Gone => self.discard(&lease),
             }
@@ -145,21 +145,22 @@ impl LeasePool {
         leases.retain(|_, l| l.id != lease.id);
     }
 
-    /// Keeps `lease` alive unless that was done within the last `skip_within`.
-    /// Concurrent calls share one request.
+    /// Makes sure `lease` lives at least until `needed_until`: sends a
+    /// keep-alive unless an earlier one (possibly another task's, which this
+    /// call waits for instead of sending its own) already guarantees it.
     pub(crate) async fn keep_alive(
         &self,
         lease: &Lease,
-        skip_within: Duration,
+        needed_until: Instant,
     ) -> Result<KeepAlive> {
-        let seen = lease.alive_until();
-        let mut keeper = lease.keeper.lock().await;
-        let now = Instant::now();
-        // Another task kept it alive while this one waited, or it was kept
-        // alive recently enough.
-        if lease.alive_until() > seen || seen + skip_within > now + lease.ttl {
+        if lease.alive_until() >= needed_until {
             return Ok(KeepAlive::Alive);
         }
+        let mut keeper = lease.keeper.lock().await;
+        if lease.alive_until() >= needed_until {
+            return Ok(KeepAlive::Alive);
+        }
+        let now = Instant::now();
         let sent_at = now;
         let result = tokio::time::timeout(
             self.timeout,

@@ -9,7 +9,9 @@
 //! * Locks are attached to **leases shared per client and TTL bucket** (like
 //!   a session of etcd's `concurrency` package). The lock watchdog's renewals
 //!   keep them alive; a client that stops renewing loses its locks after
-//!   their TTL, and etcd deletes them.
+//!   their TTL, and etcd deletes them. A grant's TTL (what the guard counts
+//!   as valid) is 5/6 of the lease's at most, so it never outlasts the
+//!   lease and renewals of several locks can share one keep-alive.
 //! * Waiters are woken by a **watch** on the key (releases and expiries).
 //!
 //! Most users reach this through the `coord` facade (`Coord::connect("etcd://…")`).

@@ -55,8 +55,14 @@ impl LockBackend for EtcdBackend {
                 return Ok(AcquireOutcome::Held { retry_after: None });
             };
             self.hold(&key, owner.as_str(), bucket);
-            // Core's guard is valid until its start + grant.ttl: never past the lease.
-            let ttl = lease.ttl.min(lease.remaining(start));
+            // Core counts the guard valid until (its instant before this call)
+            // + grant.ttl: never past the lease, and with a margin of a sixth
+            // of the lease so that renewals within that much of a keep-alive
+            // another lock already sent need none of their own.
+            let ttl = lease
+                .ttl
+                .min(lease.remaining(start))
+                .saturating_sub(lease.ttl / 6);
             return Ok(AcquireOutcome::Granted(LockGrant { token, ttl }));
         }
     }
@@ -76,8 +82,13 @@ impl LockBackend for EtcdBackend {
             return not_held("its lease is gone");
         };
         let pool = &self.inner.leases;
+        // Core counts the guard valid until (its instant before this call) + ttl:
+        // the lease must surely live that long. A keep-alive sent for another
+        // lock in the last sixth of the lease guarantees it (grants leave that
+        // margin); then none is sent.
+        let needed_until = Instant::now() + ttl.min(lease.ttl);
         let (alive, owned) = tokio::join!(
-            pool.keep_alive(&lease, lease.ttl / 6),
+            pool.keep_alive(&lease, needed_until),
             self.owned(&key, owner)
         );
         match (alive, owned) {
@@ -163,6 +174,7 @@ impl LockBackend for EtcdBackend {
     }
 
     async fn close(&self) {
+        self.forget_all();
         self.inner.leases.revoke_all().await;
     }
 }

@@ -35,6 +35,9 @@ async fn tokens_are_create_revisions_and_increase() {
     for i in 0..3 {
         let o = owner(&format!("o{i}"));
         let g = grant(&b, &name, &o, Duration::from_secs(10)).await;
+        // Valid for at most 5/6 of the lease: renewals can share keep-alives.
+        assert!(g.ttl <= Duration::from_millis(8_334), "{:?}", g.ttl);
+        assert!(g.ttl >= Duration::from_secs(10) / 2, "{:?}", g.ttl);
         let stored = kv(&b, &name).await.expect("the lock key exists");
         assert_eq!(g.token.as_u64(), stored.create_revision() as u64);
         assert_eq!(stored.value_str().unwrap(), o.as_str());
@@ -260,4 +263,44 @@ async fn a_paused_server_gives_retryable_errors_then_recovers() {
     let again = grant(&b, &name, &o, Duration::from_secs(10)).await;
     assert_eq!(again.token, g.token);
     b.release(&name, &o).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_acquisitions_share_one_lease() {
+    let h = EtcdHarness::start().await;
+    let b = Arc::new(h.connect().await.unwrap());
+    let o = owner("many");
+    let names: Vec<_> = (0..16).map(|_| unique_name("concurrent-grant")).collect();
+    let tasks: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let (b, o, name) = (b.clone(), o.clone(), name.clone());
+            tokio::spawn(async move { grant(&b, &name, &o, Duration::from_secs(7)).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(b.leases().len(), 1, "{:?}", b.leases());
+    for name in &names {
+        b.release(name, &o).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_outlives_the_request_timeout() {
+    let h = EtcdHarness::start().await;
+    let mut settings = Settings::default();
+    settings.request_timeout = Duration::from_millis(500);
+    let b = EtcdBackend::connect(&h.server().url(), &settings)
+        .await
+        .unwrap();
+    let name = unique_name("long-watch");
+    let o = owner("w");
+    grant(&b, &name, &o, Duration::from_secs(10)).await;
+    let mut events = b.subscribe(&name).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    b.release(&name, &o).await.unwrap();
+    let woke = within(Duration::from_secs(2), "the release is seen", events.next()).await;
+    assert!(woke, "the watch ended instead of reporting the release");
 }
