@@ -1,1 +1,28 @@
-//! coord facade
+#![doc = include_str!("../README.md")]
+
+mod connect;
+mod coord;
+
+pub use crate::coord::{Coord, CoordBuilder};
+pub use coord_core::{
+    AcquireOutcome, Capabilities, ComponentHealth, Error, FencingToken, HealthStatus, Lock,
+    LockBackend, LockBuilder, LockClient, LockGrant, LockGuard, LockOwner, LockSettings, Metrics,
+    Result, RetryPolicy, RetrySettings, Settings,
+};
+
+/// The in-process backend (`memory://`).
+#[cfg(feature = "memory")]
+pub use coord_core::memory;
+
+/// The Redis backend (`redis://`), with its test fixtures under `testkit`.
+#[cfg(feature = "redis")]
+pub use coord_redis as redis;
+
+/// The etcd backend (`etcd://`), with its test fixtures under `testkit`.
+#[cfg(feature = "etcd")]
+pub use coord_etcd as etcd;
+
+/// The conformance suite and server fixtures, for testing your own backend
+/// or your own services against real servers.
+#[cfg(feature = "testkit")]
+pub use coord_core::testkit;

@@ -73,9 +73,15 @@ impl Metrics {
         registry
             .register(Box::new(m.backend_duration.clone()))
             .map_err(prom)?;
-        registry.register(Box::new(m.lock_ops.clone())).map_err(prom)?;
-        registry.register(Box::new(m.lock_wait.clone())).map_err(prom)?;
-        registry.register(Box::new(m.lock_lost.clone())).map_err(prom)?;
+        registry
+            .register(Box::new(m.lock_ops.clone()))
+            .map_err(prom)?;
+        registry
+            .register(Box::new(m.lock_wait.clone()))
+            .map_err(prom)?;
+        registry
+            .register(Box::new(m.lock_lost.clone()))
+            .map_err(prom)?;
         Ok(m)
     }
 
@@ -101,7 +107,9 @@ impl Metrics {
 
     /// Records a lock operation (`acquire`, `release`, `renew`) and its outcome.
     pub fn lock_op(&self, backend: &str, op: &str, outcome: &str) {
-        self.lock_ops.with_label_values(&[backend, op, outcome]).inc();
+        self.lock_ops
+            .with_label_values(&[backend, op, outcome])
+            .inc();
     }
 
     /// Records the time an acquire took, waiting included.
@@ -127,8 +135,15 @@ mod tests {
         let m = Metrics::register(&registry).unwrap();
         m.lock_op("memory", "acquire", "ok");
         m.backend_request::<()>("memory", "try_acquire", Duration::from_micros(80), &Ok(()));
-        let names: Vec<_> = registry.gather().iter().map(|f| f.name().to_owned()).collect();
-        assert!(names.contains(&"coord_lock_operations_total".to_owned()), "{names:?}");
+        let names: Vec<_> = registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect();
+        assert!(
+            names.contains(&"coord_lock_operations_total".to_owned()),
+            "{names:?}"
+        );
         assert!(names.contains(&"coord_backend_requests_total".to_owned()));
         assert!(Metrics::register(&registry).is_err());
     }

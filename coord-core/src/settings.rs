@@ -159,7 +159,7 @@ mod tests {
             jail.set_env("COORD_LOCK__TTL", "soon");
             let err = Settings::load().unwrap_err();
             assert!(matches!(err, Error::InvalidArgument(_)));
-            assert!(err.to_string().contains("ttl"), "{err}");
+            assert!(err.to_string().to_lowercase().contains("lock.ttl"), "{err}");
             Ok(())
         });
     }

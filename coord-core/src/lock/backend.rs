@@ -26,8 +26,12 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     /// One acquisition attempt. Must be idempotent for the same `owner`: when
     /// `owner` already holds `name`, return `Granted` with the same token and
     /// extend the lease, so a retry after an ambiguous reply is safe.
-    async fn try_acquire(&self, name: &str, owner: &LockOwner, ttl: Duration)
-    -> Result<AcquireOutcome>;
+    async fn try_acquire(
+        &self,
+        name: &str,
+        owner: &LockOwner,
+        ttl: Duration,
+    ) -> Result<AcquireOutcome>;
 
     /// Extends the lease of a lock `owner` holds to `ttl` from now.
     /// Returns [`Error::NotHeld`](crate::Error::NotHeld) when `owner` does not hold it.

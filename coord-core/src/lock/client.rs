@@ -222,7 +222,9 @@ impl ClientShared {
         let result = self
             .retry
             .run(|| async {
-                let r = self.call("release", self.backend.release(name, owner)).await;
+                let r = self
+                    .call("release", self.backend.release(name, owner))
+                    .await;
                 if r.as_ref().is_err_and(Error::is_retryable) {
                     ambiguous.store(true, Ordering::Relaxed);
                 }

@@ -131,7 +131,9 @@ impl Lock {
             let owner = self.check_and_owner()?;
             let started = Instant::now();
             Ok(match self.attempt(&owner).await? {
-                Attempt::Granted(grant, sent_at) => Some(self.guard(owner, grant, sent_at, started)),
+                Attempt::Granted(grant, sent_at) => {
+                    Some(self.guard(owner, grant, sent_at, started))
+                }
                 Attempt::Held(_) => None,
             })
         }

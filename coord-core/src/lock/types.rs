@@ -146,10 +146,14 @@ pub fn validate_lock_request(name: &str, ttl: Duration) -> Result<()> {
         return Err(Error::invalid("lock name contains a NUL byte"));
     }
     if ttl.is_zero() {
-        return Err(Error::invalid("lock TTL is zero; give a positive TTL such as 10s"));
+        return Err(Error::invalid(
+            "lock TTL is zero; give a positive TTL such as 10s",
+        ));
     }
     if ttl > Duration::from_secs(365 * 24 * 3600) {
-        return Err(Error::invalid(format!("lock TTL {ttl:?} is longer than a year")));
+        return Err(Error::invalid(format!(
+            "lock TTL {ttl:?} is longer than a year"
+        )));
     }
     Ok(())
 }
@@ -166,7 +170,10 @@ mod tests {
         assert_eq!(LockOwner::parse(o.as_str()).unwrap(), o);
         assert!(LockOwner::new("a:b", "x").is_err());
         assert!(LockOwner::new("a", "").is_err());
-        assert!(matches!(LockOwner::parse("nocolon"), Err(Error::Codec { .. })));
+        assert!(matches!(
+            LockOwner::parse("nocolon"),
+            Err(Error::Codec { .. })
+        ));
     }
 
     #[test]

@@ -11,9 +11,7 @@ use tokio::time::Instant;
 use crate::capabilities::Capabilities;
 use crate::error::{Error, Result};
 use crate::health::ComponentHealth;
-use crate::lock::{
-    AcquireOutcome, FencingToken, LockBackend, LockGrant, LockOwner, ReleaseEvents,
-};
+use crate::lock::{AcquireOutcome, FencingToken, LockBackend, LockGrant, LockOwner, ReleaseEvents};
 
 /// An in-process store. Clones share the same data; use one clone per
 /// simulated client.
@@ -140,7 +138,9 @@ impl LockBackend for MemoryBackend {
                 held.expires = now + ttl;
                 Ok(())
             }
-            _ => Err(Error::NotHeld(format!("lock {name:?} is not held by {owner}"))),
+            _ => Err(Error::NotHeld(format!(
+                "lock {name:?} is not held by {owner}"
+            ))),
         }
     }
 
@@ -153,7 +153,9 @@ impl LockBackend for MemoryBackend {
                 store.notify(name);
                 Ok(())
             }
-            _ => Err(Error::NotHeld(format!("lock {name:?} is not held by {owner}"))),
+            _ => Err(Error::NotHeld(format!(
+                "lock {name:?} is not held by {owner}"
+            ))),
         }
     }
 
@@ -164,12 +166,15 @@ impl LockBackend for MemoryBackend {
             .entry(name.to_owned())
             .or_insert_with(|| broadcast::channel(16).0)
             .subscribe();
-        Ok(ReleaseEvents::new(futures::stream::unfold(rx, |mut rx| async move {
-            match rx.recv().await {
-                Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => Some(((), rx)),
-                Err(broadcast::error::RecvError::Closed) => None,
-            }
-        })))
+        Ok(ReleaseEvents::new(futures::stream::unfold(
+            rx,
+            |mut rx| async move {
+                match rx.recv().await {
+                    Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => Some(((), rx)),
+                    Err(broadcast::error::RecvError::Closed) => None,
+                }
+            },
+        )))
     }
 
     async fn force_release(&self, name: &str) -> Result<bool> {

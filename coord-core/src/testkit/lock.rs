@@ -1,0 +1,427 @@
+//! The lock conformance suite: every case runs unchanged on every backend.
+//!
+//! Each case takes a [`LockHarness`] and panics with a message on failure.
+//! [`lock_conformance_tests!`](crate::lock_conformance_tests) expands them
+//! into one named test per case.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::lock::{AcquireOutcome, LockClient, LockOwner};
+use crate::testkit::{ExclusionChecker, LockHarness, unique_name, within};
+
+/// Every case's name, in the order the macro expands them.
+pub const CASES: &[&str] = &[
+    "mutual_exclusion",
+    "fencing_tokens_strictly_increase",
+    "non_owner_release_and_renew_refused",
+    "renew_after_expiry_refused",
+    "lost_fires_when_lock_removed",
+    "wait_timeout_returns_timeout",
+    "waiter_woken_by_release",
+    "dropped_guard_is_released",
+    "bad_input_is_invalid_argument",
+    "try_acquire_reports_busy",
+    "reacquire_by_same_owner_is_idempotent",
+    "shutdown_releases_held_locks",
+    "health_reports_healthy",
+];
+
+async fn client(h: &dyn LockHarness) -> LockClient {
+    LockClient::new(h.new_backend().await)
+}
+
+/// A TTL short enough to wait out in a test, long enough for the backend.
+fn short_ttl(c: &LockClient) -> Duration {
+    c.capabilities().effective_ttl(Duration::from_millis(600))
+}
+
+/// 16 contenders, each with its own client, take one lock 200 times each;
+/// a shared checker fails on any overlap or any token not greater than the last.
+pub async fn mutual_exclusion(h: &dyn LockHarness) {
+    mutual_exclusion_with(h, 16, 200).await;
+}
+
+/// [`mutual_exclusion`] with a chosen number of contenders and rounds.
+pub async fn mutual_exclusion_with(h: &dyn LockHarness, contenders: usize, rounds: usize) {
+    let name = unique_name("mutex");
+    let checker = Arc::new(ExclusionChecker::new());
+    let mut tasks = Vec::new();
+    for _ in 0..contenders {
+        let lock = client(h)
+            .await
+            .lock(name.clone())
+            .ttl(Duration::from_secs(30))
+            .wait_timeout(Duration::from_secs(120))
+            .poll_interval(Duration::from_secs(1))
+            .build();
+        let checker = checker.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..rounds {
+                let guard = lock.acquire().await.expect("acquire");
+                checker.enter(guard.fencing_token());
+                tokio::task::yield_now().await;
+                checker.exit(guard.fencing_token());
+                guard.release().await.expect("release by the holder");
+            }
+        }));
+    }
+    within(Duration::from_secs(600), "all contenders finish", async {
+        for t in tasks {
+            t.await.expect("contender panicked");
+        }
+    })
+    .await;
+    assert_eq!(checker.violations(), Vec::<String>::new());
+    assert_eq!(checker.entries(), (contenders * rounds) as u64);
+}
+
+/// Tokens grow strictly across holders, clients and force-releases.
+pub async fn fencing_tokens_strictly_increase(h: &dyn LockHarness) {
+    let name = unique_name("fence");
+    let a = client(h).await;
+    let b = client(h).await;
+    let mut last = None;
+    for round in 0..20 {
+        let c = if round % 2 == 0 { &a } else { &b };
+        let guard = c
+            .lock(name.clone())
+            .build()
+            .acquire()
+            .await
+            .expect("acquire");
+        let token = guard.fencing_token();
+        if let Some(prev) = last {
+            assert!(token > prev, "token {token} after {prev}");
+        }
+        last = Some(token);
+        if round % 5 == 4 {
+            assert!(
+                a.backend()
+                    .force_release(&name)
+                    .await
+                    .expect("force release")
+            );
+            drop(guard);
+        } else {
+            guard.release().await.expect("release");
+        }
+    }
+}
+
+/// Release and renew by someone who does not hold the lock are refused with
+/// `NotHeld` and leave the holder's lock in place; a second release is `NotHeld`.
+pub async fn non_owner_release_and_renew_refused(h: &dyn LockHarness) {
+    let name = unique_name("owner");
+    let a = client(h).await;
+    let b = client(h).await;
+    let guard = a
+        .lock(name.clone())
+        .build()
+        .acquire()
+        .await
+        .expect("acquire");
+    let intruder = LockOwner::unique(b.client_id());
+    let ttl = Duration::from_secs(30);
+    assert!(matches!(
+        b.backend().release(&name, &intruder).await,
+        Err(Error::NotHeld(_))
+    ));
+    assert!(matches!(
+        b.backend().renew(&name, &intruder, ttl).await,
+        Err(Error::NotHeld(_))
+    ));
+    assert!(
+        b.lock(name.clone())
+            .build()
+            .try_acquire()
+            .await
+            .expect("try")
+            .is_none(),
+        "the holder's lock must survive a non-owner's release"
+    );
+    let owner = guard.owner().clone();
+    guard.release().await.expect("release by the owner");
+    assert!(matches!(
+        a.backend().release(&name, &owner).await,
+        Err(Error::NotHeld(_))
+    ));
+    assert!(matches!(
+        a.backend().renew(&name, &owner, ttl).await,
+        Err(Error::NotHeld(_))
+    ));
+}
+
+/// A holder that does not renew loses the lock after its TTL: another
+/// client gets it, and the old holder's renew is refused with `NotHeld`.
+pub async fn renew_after_expiry_refused(h: &dyn LockHarness) {
+    let name = unique_name("expiry");
+    let a = client(h).await;
+    let b = client(h).await;
+    let ttl = short_ttl(&a);
+    let guard = a
+        .lock(name.clone())
+        .ttl(ttl)
+        .watchdog(false)
+        .build()
+        .acquire()
+        .await
+        .expect("acquire");
+    let started = Instant::now();
+    let taken = b
+        .lock(name.clone())
+        .ttl(Duration::from_secs(30))
+        .wait_timeout(ttl + Duration::from_secs(5))
+        .poll_interval(Duration::from_millis(100))
+        .build()
+        .acquire()
+        .await
+        .expect("another client acquires after the TTL");
+    assert!(
+        started.elapsed() + Duration::from_millis(50) >= ttl.min(guard.ttl()),
+        "acquired after {:?}, before the TTL {ttl:?} ran out",
+        started.elapsed()
+    );
+    assert!(taken.fencing_token() > guard.fencing_token());
+    assert!(!guard.is_held());
+    assert!(matches!(
+        guard.renew().await,
+        Err(Error::NotHeld(_) | Error::LockLost(_))
+    ));
+    let lost = within(Duration::from_secs(1), "lost() after expiry", guard.lost()).await;
+    assert!(matches!(lost, Error::LockLost(_)));
+    taken.release().await.expect("release");
+}
+
+/// When the lock is removed behind the holder's back, the watchdog's next
+/// renewal is refused and `lost()` resolves.
+pub async fn lost_fires_when_lock_removed(h: &dyn LockHarness) {
+    let name = unique_name("lost");
+    let a = client(h).await;
+    let admin = client(h).await;
+    let ttl = short_ttl(&a).max(Duration::from_secs(1));
+    let guard = a
+        .lock(name.clone())
+        .ttl(ttl)
+        .build()
+        .acquire()
+        .await
+        .expect("acquire");
+    assert!(
+        admin
+            .backend()
+            .force_release(&name)
+            .await
+            .expect("force release")
+    );
+    let err = within(ttl + Duration::from_secs(2), "lost() fires", guard.lost()).await;
+    assert!(matches!(err, Error::LockLost(_)), "{err}");
+    assert!(!guard.is_held());
+    assert!(matches!(guard.release().await, Err(Error::NotHeld(_))));
+}
+
+/// `acquire()` gives up with `Timeout` when the wait timeout passes.
+pub async fn wait_timeout_returns_timeout(h: &dyn LockHarness) {
+    let name = unique_name("timeout");
+    let a = client(h).await;
+    let b = client(h).await;
+    let guard = a
+        .lock(name.clone())
+        .build()
+        .acquire()
+        .await
+        .expect("acquire");
+    let wait = Duration::from_millis(300);
+    let started = Instant::now();
+    let result = b
+        .lock(name.clone())
+        .wait_timeout(wait)
+        .build()
+        .acquire()
+        .await;
+    let waited = started.elapsed();
+    assert!(matches!(result, Err(Error::Timeout(_))), "{result:?}");
+    assert!(waited >= wait, "gave up after {waited:?}");
+    assert!(waited < wait + Duration::from_secs(3), "took {waited:?}");
+    guard.release().await.expect("release");
+}
+
+/// A waiter is woken by the release notification long before its 30 s poll.
+pub async fn waiter_woken_by_release(h: &dyn LockHarness) {
+    let name = unique_name("wake");
+    let a = client(h).await;
+    let b = client(h).await;
+    let guard = a
+        .lock(name.clone())
+        .ttl(Duration::from_secs(30))
+        .build()
+        .acquire()
+        .await
+        .expect("acquire");
+    let lock = b
+        .lock(name.clone())
+        .poll_interval(Duration::from_secs(30))
+        .wait_timeout(Duration::from_secs(60))
+        .build();
+    let waiter = tokio::spawn(async move {
+        let g = lock.acquire().await;
+        (g, Instant::now())
+    });
+    within(
+        Duration::from_secs(10),
+        "the waiter starts waiting",
+        async {
+            while b.waiting() == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        },
+    )
+    .await;
+    let released = Instant::now();
+    guard.release().await.expect("release");
+    let (got, at) = within(Duration::from_secs(10), "the waiter acquires", waiter)
+        .await
+        .expect("waiter task");
+    let got = got.expect("the waiter acquires");
+    let woke = at - released;
+    assert!(woke < Duration::from_secs(2), "woken after {woke:?}");
+    got.release().await.expect("release");
+}
+
+/// Dropping a guard releases the lock in the background.
+pub async fn dropped_guard_is_released(h: &dyn LockHarness) {
+    let name = unique_name("drop");
+    let a = client(h).await;
+    let b = client(h).await;
+    let guard = a
+        .lock(name.clone())
+        .ttl(Duration::from_secs(30))
+        .build()
+        .acquire()
+        .await
+        .expect("acquire");
+    drop(guard);
+    let started = Instant::now();
+    let got = b
+        .lock(name.clone())
+        .poll_interval(Duration::from_secs(30))
+        .wait_timeout(Duration::from_secs(10))
+        .build()
+        .acquire()
+        .await
+        .expect("acquire after the drop");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(a.held(), 0);
+    got.release().await.expect("release");
+}
+
+/// Empty and oversized names and a zero TTL are `InvalidArgument`.
+pub async fn bad_input_is_invalid_argument(h: &dyn LockHarness) {
+    let c = client(h).await;
+    let huge = "k".repeat(crate::lock::MAX_LOCK_NAME_LEN + 1);
+    for (name, ttl) in [
+        ("", Duration::from_secs(1)),
+        (huge.as_str(), Duration::from_secs(1)),
+        ("ok", Duration::ZERO),
+    ] {
+        let lock = c.lock(name).ttl(ttl).build();
+        assert!(
+            matches!(lock.acquire().await, Err(Error::InvalidArgument(_))),
+            "{name:.8}/{ttl:?}"
+        );
+        assert!(matches!(
+            lock.try_acquire().await,
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+    assert_eq!(c.held(), 0);
+}
+
+/// `try_acquire()` returns `None` while held and the guard once free.
+pub async fn try_acquire_reports_busy(h: &dyn LockHarness) {
+    let name = unique_name("try");
+    let a = client(h).await;
+    let b = client(h).await;
+    let guard = a
+        .lock(name.clone())
+        .build()
+        .try_acquire()
+        .await
+        .expect("try")
+        .expect("free");
+    let other = b.lock(name.clone()).build();
+    assert!(other.try_acquire().await.expect("try").is_none());
+    guard.release().await.expect("release");
+    let got = other
+        .try_acquire()
+        .await
+        .expect("try")
+        .expect("free after release");
+    got.release().await.expect("release");
+}
+
+/// The backend contract: a second attempt by the same owner is the same
+/// grant (same token), so a retry after a lost reply is safe.
+pub async fn reacquire_by_same_owner_is_idempotent(h: &dyn LockHarness) {
+    let name = unique_name("idem");
+    let backend = h.new_backend().await;
+    let owner = LockOwner::new("conformance", "same-owner").expect("owner");
+    let ttl = Duration::from_secs(10);
+    let first = backend
+        .try_acquire(&name, &owner, ttl)
+        .await
+        .expect("first");
+    let second = backend
+        .try_acquire(&name, &owner, ttl)
+        .await
+        .expect("second");
+    match (first, second) {
+        (AcquireOutcome::Granted(a), AcquireOutcome::Granted(b)) => assert_eq!(a.token, b.token),
+        other => panic!("expected two grants, got {other:?}"),
+    }
+    let stranger = LockOwner::new("conformance", "other").expect("owner");
+    assert!(matches!(
+        backend
+            .try_acquire(&name, &stranger, ttl)
+            .await
+            .expect("third"),
+        AcquireOutcome::Held { .. }
+    ));
+    backend.release(&name, &owner).await.expect("release");
+}
+
+/// `shutdown()` releases every lock the client holds.
+pub async fn shutdown_releases_held_locks(h: &dyn LockHarness) {
+    let a = client(h).await;
+    let b = client(h).await;
+    let names = [unique_name("shut"), unique_name("shut")];
+    let mut guards = Vec::new();
+    for n in &names {
+        guards.push(a.lock(n.clone()).build().acquire().await.expect("acquire"));
+    }
+    assert_eq!(a.held(), 2);
+    a.shutdown().await.expect("shutdown");
+    for (n, g) in names.iter().zip(&guards) {
+        assert!(!g.is_held());
+        let got = b.lock(n.clone()).build().try_acquire().await.expect("try");
+        got.expect("free after shutdown")
+            .release()
+            .await
+            .expect("release");
+    }
+}
+
+/// `health()` is healthy and measures a latency.
+pub async fn health_reports_healthy(h: &dyn LockHarness) {
+    let c = client(h).await;
+    let health = c.health().await;
+    assert!(health.is_healthy(), "{health:?}");
+    assert!(health.latency.is_some());
+}

@@ -1,0 +1,105 @@
+//! The conformance testkit: one suite per primitive, run unchanged against
+//! every backend, plus helpers to run real servers in tests.
+//!
+//! A backend crate's test file is one line:
+//!
+//! ```ignore
+//! coord_core::lock_conformance_tests!(redis, coord_redis::testkit::RedisHarness::start().await);
+//! ```
+//!
+//! which expands to one `#[tokio::test]` per case, named
+//! `conformance_lock_<case>_<backend>`.
+
+mod checker;
+pub mod lock;
+mod process;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use checker::ExclusionChecker;
+pub use process::ServerProcess;
+
+#[doc(hidden)]
+pub use pastey as __pastey;
+
+use crate::lock::LockBackend;
+use crate::memory::MemoryBackend;
+
+/// How the suite reaches the backend under test.
+#[async_trait::async_trait]
+pub trait LockHarness: Send + Sync + 'static {
+    /// A new, independent client of the backend under test (its own
+    /// connections), sharing the store with every other client it made.
+    async fn new_backend(&self) -> Arc<dyn LockBackend>;
+}
+
+/// The memory backend under the suite: one store, a handle per client.
+#[derive(Debug, Default)]
+pub struct MemoryHarness {
+    store: MemoryBackend,
+}
+
+impl MemoryHarness {
+    /// A harness over a fresh store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait::async_trait]
+impl LockHarness for MemoryHarness {
+    async fn new_backend(&self) -> Arc<dyn LockBackend> {
+        Arc::new(self.store.clone())
+    }
+}
+
+/// A name no other test uses, so cases never see each other's keys.
+pub fn unique_name(case: &str) -> String {
+    format!("conformance/{case}/{:016x}", fastrand::u64(..))
+}
+
+/// Awaits `fut`, failing the test with `what` if it takes longer than `limit`.
+pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {limit:?} waiting until {what}"),
+    }
+}
+
+/// Expands the lock conformance suite into one `#[tokio::test]` per case,
+/// named `conformance_lock_<case>_<backend>`. `$harness` is an expression
+/// (evaluated inside each test, so it may `.await`) whose value implements
+/// [`LockHarness`].
+#[macro_export]
+macro_rules! lock_conformance_tests {
+    ($backend:ident, $harness:expr) => {
+        $crate::lock_conformance_tests!(@cases $backend, $harness,
+            mutual_exclusion,
+            fencing_tokens_strictly_increase,
+            non_owner_release_and_renew_refused,
+            renew_after_expiry_refused,
+            lost_fires_when_lock_removed,
+            wait_timeout_returns_timeout,
+            waiter_woken_by_release,
+            dropped_guard_is_released,
+            bad_input_is_invalid_argument,
+            try_acquire_reports_busy,
+            reacquire_by_same_owner_is_idempotent,
+            shutdown_releases_held_locks,
+            health_reports_healthy,
+        );
+    };
+    (@cases $backend:ident, $harness:expr, $($case:ident),+ $(,)?) => {
+        $crate::testkit::__pastey::paste! {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn [<conformance_lock_ $case _ $backend>]() {
+                    let harness = $harness;
+                    $crate::testkit::lock::$case(&harness).await;
+                }
+            )+
+        }
+    };
+}

@@ -1,0 +1,184 @@
+//! A server process for tests: spawned on a loopback port, killed on drop.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+/// How long a spawned server may take to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A child server process (redis-server, etcd, ...) listening on a loopback
+/// port. Killed on drop; can be stopped, restarted with the same command,
+/// paused and resumed, for fault tests.
+#[derive(Debug)]
+pub struct ServerProcess {
+    program: String,
+    args: Vec<String>,
+    port: u16,
+    install_hint: String,
+    child: Option<Child>,
+}
+
+impl ServerProcess {
+    /// A TCP port on 127.0.0.1 that was free a moment ago.
+    pub fn free_port() -> Result<u16> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .map_err(|e| Error::unavailable("cannot bind a loopback port", Some(e.into())))?;
+        listener
+            .local_addr()
+            .map(|a| a.port())
+            .map_err(|e| Error::unavailable("cannot read a loopback port", Some(e.into())))
+    }
+
+    /// Spawns `program args…` and waits until 127.0.0.1:`port` accepts TCP
+    /// connections. A missing program is an [`Error::Unavailable`] whose
+    /// message includes `install_hint`.
+    pub fn spawn(
+        program: &str,
+        args: Vec<String>,
+        port: u16,
+        install_hint: &str,
+    ) -> Result<ServerProcess> {
+        let mut server = ServerProcess {
+            program: program.to_owned(),
+            args,
+            port,
+            install_hint: install_hint.to_owned(),
+            child: None,
+        };
+        server.start()?;
+        Ok(server)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Starts the server again with the same command (after [`stop`](Self::stop)),
+    /// and waits until its port accepts connections.
+    pub fn start(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                Error::unavailable(
+                    format!(
+                        "cannot start `{}`: {e}. {}",
+                        self.program, self.install_hint
+                    ),
+                    Some(e.into()),
+                )
+            })?;
+        self.child = Some(child);
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(Error::unavailable(
+                    format!(
+                        "`{} {}` exited with {status} before listening on {addr}",
+                        self.program,
+                        self.args.join(" ")
+                    ),
+                    None,
+                ));
+            }
+            if Instant::now() >= deadline {
+                let _ = self.stop();
+                return Err(Error::Timeout(format!(
+                    "`{}` did not listen on {addr} within {START_TIMEOUT:?}",
+                    self.program
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            child.wait().map_err(|e| {
+                Error::unavailable("cannot reap the server process", Some(e.into()))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) -> Result<()> {
+        self.signal("STOP")
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        self.signal("CONT")
+    }
+
+    fn signal(&self, sig: &str) -> Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| Error::invalid("the server is not running"))?;
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .map_err(|e| Error::unavailable("cannot run kill", Some(e.into())))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(Error::unavailable(
+                format!("kill -{sig} {pid} failed: {status}"),
+                None,
+            ))
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // A paused process still dies of SIGKILL.
+        let _ = self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_program_names_the_install_hint() {
+        let port = ServerProcess::free_port().unwrap();
+        let err = ServerProcess::spawn("coord-no-such-server", vec![], port, "apt-get install it")
+            .unwrap_err();
+        assert!(matches!(err, Error::Unavailable { .. }));
+        assert!(err.to_string().contains("apt-get install it"), "{err}");
+    }
+
+    #[test]
+    fn a_program_that_exits_is_reported() {
+        let port = ServerProcess::free_port().unwrap();
+        let err = ServerProcess::spawn("true", vec![], port, "").unwrap_err();
+        assert!(err.to_string().contains("exited"), "{err}");
+    }
+}

@@ -1,0 +1,9 @@
+//! The lock conformance suite on the in-process memory backend.
+
+coord_core::lock_conformance_tests!(memory, coord_core::testkit::MemoryHarness::new());
+
+/// The suite lists every case the macro runs.
+#[test]
+fn every_case_is_listed() {
+    assert_eq!(coord_core::testkit::lock::CASES.len(), 13);
+}

@@ -1,0 +1,94 @@
+//! Picks the backend from a URL's scheme.
+
+use std::sync::Arc;
+
+use coord_core::{Error, LockBackend, Result, Settings};
+
+/// The schemes `Coord::connect` understands, for error messages.
+const SCHEMES: &str = "memory://, redis://, rediss://, redis+cluster://, etcd://, etcds://";
+
+/// The error for a scheme whose cargo feature is off.
+pub(crate) fn feature_missing(scheme: &str, feature: &str) -> Error {
+    Error::Unsupported(format!(
+        "`{scheme}://` URLs need the `{feature}` feature of coord; \
+         enable it in Cargo.toml: coord = {{ version = \"0.1\", features = [\"{feature}\"] }}"
+    ))
+}
+
+/// Splits `scheme://rest`, with errors that say what is wrong.
+pub(crate) fn split_scheme(url: &str) -> Result<(String, &str)> {
+    let url = url.trim();
+    if url.is_empty() {
+        return Err(Error::invalid(format!("the backend URL is empty; use one of {SCHEMES}")));
+    }
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+        Error::invalid(format!(
+            "backend URL {url:?} has no scheme; use one of {SCHEMES} (e.g. redis://127.0.0.1:6379)"
+        ))
+    })?;
+    Ok((scheme.to_ascii_lowercase(), rest))
+}
+
+/// Connects the lock backend named by `url`.
+pub(crate) async fn lock_backend(url: &str, settings: &Settings) -> Result<Arc<dyn LockBackend>> {
+    let (scheme, rest) = split_scheme(url)?;
+    let _ = (rest, settings);
+    match scheme.as_str() {
+        "memory" => {
+            #[cfg(feature = "memory")]
+            {
+                let name = rest.trim_end_matches('/');
+                if name.contains(['/', '?', '@', ':']) {
+                    return Err(Error::invalid(format!(
+                        "memory URL {url:?}: give a plain store name (memory://name) or none"
+                    )));
+                }
+                Ok(Arc::new(coord_core::memory::MemoryBackend::named(name)))
+            }
+            #[cfg(not(feature = "memory"))]
+            Err(feature_missing("memory", "memory"))
+        }
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
+            #[cfg(feature = "redis")]
+            {
+                Ok(Arc::new(coord_redis::RedisBackend::connect(url, settings).await?))
+            }
+            #[cfg(not(feature = "redis"))]
+            Err(feature_missing(&scheme, "redis"))
+        }
+        "etcd" | "etcds" => {
+            #[cfg(feature = "etcd")]
+            {
+                Ok(Arc::new(coord_etcd::EtcdBackend::connect(url, settings).await?))
+            }
+            #[cfg(not(feature = "etcd"))]
+            Err(feature_missing(&scheme, "etcd"))
+        }
+        "redis+sentinel" => Err(Error::Unsupported(
+            "redis+sentinel:// is not supported yet; connect to the current master with redis://".into(),
+        )),
+        other => Err(Error::invalid(format!(
+            "unknown backend scheme `{other}://` in {url:?}; use one of {SCHEMES}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_feature_names_it() {
+        let e = feature_missing("redis", "redis");
+        assert!(matches!(e, Error::Unsupported(_)));
+        assert!(e.to_string().contains("features = [\"redis\"]"), "{e}");
+    }
+
+    #[test]
+    fn scheme_is_required() {
+        for bad in ["", "   ", "localhost:6379", "redis:/x"] {
+            assert!(matches!(split_scheme(bad), Err(Error::InvalidArgument(_))), "{bad:?}");
+        }
+        assert_eq!(split_scheme("ReDiS://h").unwrap().0, "redis");
+    }
+}

@@ -1,0 +1,168 @@
+//! `Coord`: the entry point — one connection to one backend.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use coord_core::{
+    Capabilities, ComponentHealth, Error, LockBuilder, LockClient, Metrics, Result, Settings,
+};
+
+use crate::connect;
+
+/// A connection to a coordination backend, chosen by URL. Cheap to clone.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let coord = coord::Coord::connect("memory://").await?;
+/// let guard = coord.lock("orders/42").build().acquire().await?;
+/// println!("fencing token {}", guard.fencing_token());
+/// guard.release().await?;
+/// # Ok::<_, coord::Error>(()) }).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct Coord {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    locks: LockClient,
+    settings: Settings,
+}
+
+/// Options of a [`Coord`]: settings, metrics registry, client id.
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct CoordBuilder {
+    settings: Option<Settings>,
+    url: Option<String>,
+    registry: Option<prometheus::Registry>,
+    client_id: Option<String>,
+}
+
+impl CoordBuilder {
+    /// Settings to use instead of [`Settings::load`] (`coord.toml`, `COORD_*`).
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = Some(settings);
+        self
+    }
+
+    /// The backend URL, overriding the settings' `url`.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    /// Registers coord's Prometheus metrics (prefix `coord_`) on `registry`.
+    pub fn metrics(mut self, registry: &prometheus::Registry) -> Self {
+        self.registry = Some(registry.clone());
+        self
+    }
+
+    /// This client's id, stored with every lock it holds. Default: random.
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.client_id = Some(id.into());
+        self
+    }
+
+    /// Connects to the backend.
+    pub async fn connect(self) -> Result<Coord> {
+        let mut settings = match self.settings {
+            Some(s) => s,
+            None => Settings::load()?,
+        };
+        if let Some(url) = self.url {
+            settings.url = url;
+        }
+        let span = tracing::debug_span!("coord.connect", url = %redact(&settings.url));
+        let backend = tracing::Instrument::instrument(
+            connect::lock_backend(&settings.url, &settings),
+            span,
+        )
+        .await?;
+        let mut locks = LockClient::builder(backend).settings(&settings);
+        if let Some(registry) = &self.registry {
+            locks = locks.metrics(Metrics::register(registry)?);
+        }
+        if let Some(id) = self.client_id {
+            locks = locks.client_id(id);
+        }
+        Ok(Coord {
+            inner: Arc::new(Inner {
+                locks: locks.build()?,
+                settings,
+            }),
+        })
+    }
+}
+
+/// The URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+impl Coord {
+    /// Connects to the backend named by `url` (`memory://`,
+    /// `redis://host:6379`, `redis+cluster://h1,h2`, `etcd://h1:2379,h2:2379`),
+    /// with other settings from `coord.toml` and `COORD_*` variables.
+    ///
+    /// A malformed URL is [`Error::InvalidArgument`] saying what is wrong; a
+    /// scheme whose cargo feature is off is [`Error::Unsupported`] naming it.
+    pub async fn connect(url: &str) -> Result<Coord> {
+        Coord::builder().url(url).connect().await
+    }
+
+    /// Options beyond the URL.
+    pub fn builder() -> CoordBuilder {
+        CoordBuilder::default()
+    }
+
+    /// A lock named `name`; set its options, then `.build()`.
+    pub fn lock(&self, name: impl Into<String>) -> LockBuilder {
+        self.inner.locks.lock(name)
+    }
+
+    /// The lock client (held locks, waiting count, backend).
+    pub fn locks(&self) -> &LockClient {
+        &self.inner.locks
+    }
+
+    /// What the backend promises.
+    pub fn capabilities(&self) -> &Capabilities {
+        self.inner.locks.capabilities()
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// The backend's health, from one timed round trip.
+    pub async fn health(&self) -> ComponentHealth {
+        self.inner.locks.health().await
+    }
+
+    /// Releases every held lock and closes the backend, within `timeout`.
+    pub async fn shutdown(&self, timeout: Duration) -> Result<()> {
+        match tokio::time::timeout(timeout, self.inner.locks.shutdown()).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout(format!(
+                "shutdown did not finish within {timeout:?}; unreleased locks expire with their TTL"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("redis://u:secret@h:1"), "redis://***@h:1");
+        assert_eq!(redact("memory://"), "memory://");
+    }
+}
