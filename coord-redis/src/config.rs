@@ -125,11 +125,15 @@ impl RedisConfig {
                     Some((user, pass)) => (user, Some(pass)),
                     None => (u, None),
                 };
-                let user = decode(user).ok_or_else(|| bad("user name is not valid percent-encoding"))?;
+                let user =
+                    decode(user).ok_or_else(|| bad("user name is not valid percent-encoding"))?;
                 let pass = pass
                     .map(|p| decode(p).ok_or_else(|| bad("password is not valid percent-encoding")))
                     .transpose()?;
-                ((!user.is_empty()).then_some(user), pass.filter(|p| !p.is_empty()))
+                (
+                    (!user.is_empty()).then_some(user),
+                    pass.filter(|p| !p.is_empty()),
+                )
             }
         };
         if hosts.is_empty() {
@@ -146,9 +150,11 @@ impl RedisConfig {
         }
         let db = match path.trim_end_matches('/') {
             "" => 0,
-            db => db.parse::<i64>().ok().filter(|d| *d >= 0).ok_or_else(|| {
-                bad(&format!("database {db:?} is not a non-negative number"))
-            })?,
+            db => db
+                .parse::<i64>()
+                .ok()
+                .filter(|d| *d >= 0)
+                .ok_or_else(|| bad(&format!("database {db:?} is not a non-negative number")))?,
         };
         if mode == RedisMode::Cluster && db != 0 {
             return Err(bad("Redis Cluster has only database 0"));
@@ -214,7 +220,10 @@ fn parse_node(s: &str) -> std::result::Result<RedisNode, String> {
             "" => (host, None),
             p => (
                 host,
-                Some(p.strip_prefix(':').ok_or_else(|| format!("bad text after ']' in {s:?}"))?),
+                Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| format!("bad text after ']' in {s:?}"))?,
+                ),
             ),
         }
     } else {
@@ -227,7 +236,9 @@ fn parse_node(s: &str) -> std::result::Result<RedisNode, String> {
         return Err(format!("empty host in {s:?}"));
     }
     if host.contains(['/', '@', ' ', '[', ']']) {
-        return Err(format!("host {host:?} contains a character not allowed in a host name"));
+        return Err(format!(
+            "host {host:?} contains a character not allowed in a host name"
+        ));
     }
     let port = match port {
         None => DEFAULT_PORT,
@@ -282,8 +293,17 @@ mod tests {
     #[test]
     fn parses_standalone_urls() {
         let c = RedisConfig::from_url("redis://127.0.0.1").unwrap();
-        assert_eq!(c.nodes, vec![RedisNode { host: "127.0.0.1".into(), port: 6379 }]);
-        assert_eq!((c.db, c.tls, c.username.as_deref(), c.password.as_deref()), (0, false, None, None));
+        assert_eq!(
+            c.nodes,
+            vec![RedisNode {
+                host: "127.0.0.1".into(),
+                port: 6379
+            }]
+        );
+        assert_eq!(
+            (c.db, c.tls, c.username.as_deref(), c.password.as_deref()),
+            (0, false, None, None)
+        );
 
         let c = RedisConfig::from_url("redis://u%40x:p%3Aw@[::1]:7000/3").unwrap();
         assert_eq!(c.nodes[0].host, "::1");
@@ -337,7 +357,10 @@ mod tests {
         assert!(!err.to_string().contains("hunter2"), "{err}");
         let c = RedisConfig::from_url("redis://u:hunter2@h").unwrap();
         let dbg = format!("{c:?}");
-        assert!(!dbg.contains("hunter2") && dbg.contains("<redacted>"), "{dbg}");
+        assert!(
+            !dbg.contains("hunter2") && dbg.contains("<redacted>"),
+            "{dbg}"
+        );
     }
 
     #[cfg(not(feature = "tls"))]

@@ -76,7 +76,10 @@ mod tests {
         assert!(matches!(mapped, Error::Unavailable { .. }), "{mapped:?}");
         assert!(mapped.is_retryable());
         let msg = mapped.to_string();
-        assert!(msg.contains("127.0.0.1:1") && msg.contains("redis-server is running"), "{msg}");
+        assert!(
+            msg.contains("127.0.0.1:1") && msg.contains("redis-server is running"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -90,7 +93,10 @@ mod tests {
         let err = RedisError::from((ErrorKind::AuthenticationFailed, "bad password"));
         let mapped = map_err(err, "h:1");
         assert!(!mapped.is_retryable());
-        assert!(mapped.to_string().contains("username and password"), "{mapped}");
+        assert!(
+            mapped.to_string().contains("username and password"),
+            "{mapped}"
+        );
     }
 
     #[test]
@@ -99,7 +105,14 @@ mod tests {
         assert!(map_err(busy, "h:1").is_retryable());
         let other = RedisError::from((ErrorKind::Server(ServerErrorKind::ResponseError), "wrong"));
         let mapped = map_err(other, "h:1");
-        assert!(matches!(mapped, Error::Backend { backend: "redis", retryable: false, .. }));
+        assert!(matches!(
+            mapped,
+            Error::Backend {
+                backend: "redis",
+                retryable: false,
+                ..
+            }
+        ));
         assert!(std::error::Error::source(&mapped).is_some());
     }
 }

@@ -213,12 +213,17 @@ mod tests {
         let granted = Value::Array(vec![Value::Int(1), Value::Int(7)]);
         assert_eq!(
             parse_acquire(&granted, "f", ttl).unwrap(),
-            AcquireOutcome::Granted(LockGrant { token: FencingToken::new(7), ttl })
+            AcquireOutcome::Granted(LockGrant {
+                token: FencingToken::new(7),
+                ttl
+            })
         );
         let held = Value::Array(vec![Value::Int(0), Value::Int(250)]);
         assert_eq!(
             parse_acquire(&held, "f", ttl).unwrap(),
-            AcquireOutcome::Held { retry_after: Some(Duration::from_millis(250)) }
+            AcquireOutcome::Held {
+                retry_after: Some(Duration::from_millis(250))
+            }
         );
         let no_expiry = Value::Array(vec![Value::Int(0), Value::Int(-1)]);
         assert_eq!(

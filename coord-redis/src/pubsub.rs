@@ -197,7 +197,10 @@ impl PubSubHub {
     async fn leave(&self, live: std::sync::Weak<Live>, channel: String) {
         let slot = self.live.lock().await;
         let Some(live) = live.upgrade() else { return };
-        if !slot.as_ref().is_some_and(|current| Arc::ptr_eq(current, &live)) {
+        if !slot
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, &live))
+        {
             return;
         }
         let last = {
@@ -236,7 +239,9 @@ struct Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let Some(channel) = self.channel.take() else { return };
+        let Some(channel) = self.channel.take() else {
+            return;
+        };
         if self.live.strong_count() == 0 {
             return;
         }
