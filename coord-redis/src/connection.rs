@@ -33,6 +33,10 @@ impl Connection {
     /// Opens the command connection described by `config`.
     pub(crate) async fn open(config: &RedisConfig, settings: &Settings) -> Result<Connection> {
         let addr = config.addresses();
+        #[cfg(feature = "tls")]
+        if config.tls {
+            install_crypto_provider();
+        }
         match config.mode {
             RedisMode::Standalone => {
                 let client = standalone_client(config, 0)?;
@@ -76,6 +80,16 @@ impl Connection {
                     .map_err(|e| map_err(e, &addr))
             }
         }
+    }
+}
+
+/// rustls needs a process-wide crypto provider; install ring's unless the
+/// application installed one already.
+#[cfg(feature = "tls")]
+fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race with another installer is fine: one is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }
 

@@ -24,6 +24,10 @@ use crate::RedisBackend;
 /// The environment variable naming an existing server to test against.
 pub const TEST_URL_ENV: &str = "COORD_TEST_REDIS_URL";
 
+/// The environment variable naming an existing cluster (`redis+cluster://…`)
+/// to test against.
+pub const TEST_CLUSTER_URL_ENV: &str = "COORD_TEST_REDIS_CLUSTER_URL";
+
 const INSTALL_HINT: &str = "Install it (`apt-get install redis-server`) or set \
                             COORD_TEST_REDIS_URL=redis://host:port to use a running server.";
 
@@ -54,11 +58,72 @@ impl RedisServer {
     /// A new local `redis-server` on a free loopback port, without
     /// persistence, in a temporary directory.
     pub fn spawn() -> Result<RedisServer> {
+        Self::spawn_with(&[])
+    }
+
+    /// The cluster of `COORD_TEST_REDIS_CLUSTER_URL`, or a new local
+    /// one-node Redis Cluster owning all 16384 slots (`redis+cluster://` URL).
+    pub fn start_cluster() -> Result<RedisServer> {
+        match std::env::var(TEST_CLUSTER_URL_ENV) {
+            Ok(url) if !url.trim().is_empty() => Ok(RedisServer {
+                url: url.trim().to_owned(),
+                process: None,
+                _dir: None,
+            }),
+            _ => Self::spawn_cluster(),
+        }
+    }
+
+    /// A new local one-node Redis Cluster owning all slots.
+    pub fn spawn_cluster() -> Result<RedisServer> {
+        let mut server = Self::spawn_with(&[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+        ])?;
+        let plain = server.url.clone();
+        let fail = |what: &str, e: redis::RedisError| {
+            Error::unavailable(
+                format!("cannot set up the test cluster at {plain}: {what}: {e}"),
+                None,
+            )
+        };
+        let mut conn = redis::Client::open(plain.as_str())
+            .and_then(|c| c.get_connection())
+            .map_err(|e| fail("connect", e))?;
+        redis::cmd("CLUSTER")
+            .arg("ADDSLOTSRANGE")
+            .arg(0)
+            .arg(16383)
+            .query::<()>(&mut conn)
+            .map_err(|e| fail("CLUSTER ADDSLOTSRANGE", e))?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query(&mut conn)
+                .map_err(|e| fail("CLUSTER INFO", e))?;
+            if info.contains("cluster_state:ok") {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Timeout(format!(
+                    "the test cluster at {plain} did not reach cluster_state:ok"
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        server.url = plain.replace("redis://", "redis+cluster://");
+        Ok(server)
+    }
+
+    fn spawn_with(extra: &[&str]) -> Result<RedisServer> {
         let dir = tempfile::tempdir().map_err(|e| {
             Error::unavailable("cannot create a temporary directory", Some(e.into()))
         })?;
         let port = ServerProcess::free_port()?;
-        let args = [
+        let mut args = [
             "--port",
             &port.to_string(),
             "--bind",
@@ -72,6 +137,7 @@ impl RedisServer {
         ]
         .map(str::to_owned)
         .to_vec();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
         let process = ServerProcess::spawn("redis-server", args, port, INSTALL_HINT)?;
         Ok(RedisServer {
             url: format!("redis://127.0.0.1:{port}"),
@@ -133,12 +199,25 @@ impl RedisHarness {
         }
     }
 
+    /// A harness on [`RedisServer::start_cluster`] (a one-node cluster
+    /// unless `COORD_TEST_REDIS_CLUSTER_URL` is set). Panics when none starts.
+    pub async fn start_cluster() -> RedisHarness {
+        match RedisServer::start_cluster().map(Self::on) {
+            Ok(h) => h,
+            Err(e) => panic!("cannot start a Redis Cluster for the tests: {e}"),
+        }
+    }
+
     /// A harness on [`RedisServer::start`], or why none could be started.
     pub async fn try_start() -> Result<RedisHarness> {
-        let server = RedisServer::start()?;
+        RedisServer::start().map(Self::on)
+    }
+
+    /// A harness on `server`, with a namespace of its own.
+    pub fn on(server: RedisServer) -> RedisHarness {
         let mut settings = Settings::default();
         settings.namespace = format!("coordtest{:08x}", fastrand_u32());
-        Ok(RedisHarness { server, settings })
+        RedisHarness { server, settings }
     }
 
     /// The settings each backend connects with (a namespace unique to this harness).
