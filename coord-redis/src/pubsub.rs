@@ -58,6 +58,13 @@ impl Live {
     fn is_dead(&self) -> bool {
         self.channels().dead
     }
+
+    /// Marks the connection dead and ends every stream on it.
+    fn kill(&self) {
+        let mut channels = self.channels();
+        channels.dead = true;
+        channels.map.clear();
+    }
 }
 
 impl Drop for Live {
@@ -116,7 +123,10 @@ impl PubSubHub {
                 ))),
             };
             if let Err(e) = confirmed {
-                live.channels().map.remove(&channel);
+                // The connection is in doubt: drop it (its other streams end
+                // and their waiters poll); the next subscribe opens a new one.
+                live.kill();
+                *slot = None;
                 return Err(e);
             }
         }
@@ -138,7 +148,7 @@ impl PubSubHub {
     /// Drops the connection (and ends every stream).
     pub(crate) async fn close(&self) {
         if let Some(live) = self.live.lock().await.take() {
-            live.channels().map.clear();
+            live.kill();
         }
     }
 
@@ -180,9 +190,7 @@ impl PubSubHub {
                 }
                 tracing::debug!("redis pub/sub connection ended; waiters fall back to polling");
                 if let Some(live) = weak.upgrade() {
-                    let mut channels = live.channels();
-                    channels.dead = true;
-                    channels.map.clear();
+                    live.kill();
                 }
             });
             Live {

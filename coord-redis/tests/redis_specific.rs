@@ -294,3 +294,71 @@ async fn lock_client_end_to_end() {
     assert!(again.fencing_token() > t);
     again.release().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_paused_server_gives_timeouts_and_unhealthy() {
+    let server = RedisServer::spawn().expect("redis-server must start for this test");
+    let mut settings = Settings::default();
+    settings.request_timeout = Duration::from_millis(300);
+    settings.connect_timeout = Duration::from_millis(300);
+    let b = RedisBackend::connect(server.url(), &settings)
+        .await
+        .unwrap();
+    grant(&b, "paused", &owner("a")).await;
+    let process = server.process().expect("a local server");
+    process.pause().unwrap();
+    let result = within(
+        Duration::from_secs(5),
+        "the request times out",
+        b.try_acquire("paused", &owner("b"), TTL),
+    )
+    .await;
+    let health = within(Duration::from_secs(5), "health answers", b.health()).await;
+    let sub = within(
+        Duration::from_secs(5),
+        "subscribe gives up",
+        b.subscribe("paused"),
+    )
+    .await;
+    process.resume().unwrap();
+    let err = result.unwrap_err();
+    assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+    assert!(err.is_retryable());
+    assert!(!health.is_healthy(), "{health:?}");
+    assert!(sub.unwrap_err().is_retryable());
+    // Works again once resumed.
+    let mut ok = false;
+    for _ in 0..50 {
+        if b.renew("paused", &owner("a"), TTL).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "renew works after the server resumes");
+    assert!(
+        within(Duration::from_secs(5), "subscribe", b.subscribe("paused"))
+            .await
+            .is_ok()
+    );
+}
+
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn rediss_to_a_plain_server_fails_cleanly() {
+    let server = RedisServer::spawn().expect("redis-server must start for this test");
+    let url = server.url().replace("redis://", "rediss://");
+    let mut settings = Settings::default();
+    settings.connect_timeout = Duration::from_secs(1);
+    settings.request_timeout = Duration::from_secs(1);
+    let result = within(
+        Duration::from_secs(15),
+        "connect fails",
+        RedisBackend::connect(&url, &settings),
+    )
+    .await;
+    assert!(
+        result.is_err(),
+        "a TLS handshake with a plain server cannot succeed"
+    );
+}
