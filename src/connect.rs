@@ -19,7 +19,9 @@ pub(crate) fn feature_missing(scheme: &str, feature: &str) -> Error {
 pub(crate) fn split_scheme(url: &str) -> Result<(String, &str)> {
     let url = url.trim();
     if url.is_empty() {
-        return Err(Error::invalid(format!("the backend URL is empty; use one of {SCHEMES}")));
+        return Err(Error::invalid(format!(
+            "the backend URL is empty; use one of {SCHEMES}"
+        )));
     }
     let (scheme, rest) = url.split_once("://").ok_or_else(|| {
         Error::invalid(format!(
@@ -51,7 +53,9 @@ pub(crate) async fn lock_backend(url: &str, settings: &Settings) -> Result<Arc<d
         "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
             #[cfg(feature = "redis")]
             {
-                Ok(Arc::new(coord_redis::RedisBackend::connect(url, settings).await?))
+                Ok(Arc::new(
+                    coord_redis::RedisBackend::connect(url, settings).await?,
+                ))
             }
             #[cfg(not(feature = "redis"))]
             Err(feature_missing(&scheme, "redis"))
@@ -59,13 +63,16 @@ pub(crate) async fn lock_backend(url: &str, settings: &Settings) -> Result<Arc<d
         "etcd" | "etcds" => {
             #[cfg(feature = "etcd")]
             {
-                Ok(Arc::new(coord_etcd::EtcdBackend::connect(url, settings).await?))
+                Ok(Arc::new(
+                    coord_etcd::EtcdBackend::connect(url, settings).await?,
+                ))
             }
             #[cfg(not(feature = "etcd"))]
             Err(feature_missing(&scheme, "etcd"))
         }
         "redis+sentinel" => Err(Error::Unsupported(
-            "redis+sentinel:// is not supported yet; connect to the current master with redis://".into(),
+            "redis+sentinel:// is not supported yet; connect to the current master with redis://"
+                .into(),
         )),
         other => Err(Error::invalid(format!(
             "unknown backend scheme `{other}://` in {url:?}; use one of {SCHEMES}"
@@ -87,7 +94,10 @@ mod tests {
     #[test]
     fn scheme_is_required() {
         for bad in ["", "   ", "localhost:6379", "redis:/x"] {
-            assert!(matches!(split_scheme(bad), Err(Error::InvalidArgument(_))), "{bad:?}");
+            assert!(
+                matches!(split_scheme(bad), Err(Error::InvalidArgument(_))),
+                "{bad:?}"
+            );
         }
         assert_eq!(split_scheme("ReDiS://h").unwrap().0, "redis");
     }

@@ -75,11 +75,9 @@ impl CoordBuilder {
             settings.url = url;
         }
         let span = tracing::debug_span!("coord.connect", url = %redact(&settings.url));
-        let backend = tracing::Instrument::instrument(
-            connect::lock_backend(&settings.url, &settings),
-            span,
-        )
-        .await?;
+        let backend =
+            tracing::Instrument::instrument(connect::lock_backend(&settings.url, &settings), span)
+                .await?;
         let mut locks = LockClient::builder(backend).settings(&settings);
         if let Some(registry) = &self.registry {
             locks = locks.metrics(Metrics::register(registry)?);

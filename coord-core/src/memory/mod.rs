@@ -20,10 +20,7 @@ impl MemoryBackend {
     /// the store called `""`). Every call with the same name shares its data.
     pub fn named(name: &str) -> MemoryBackend {
         let mut stores = registry().lock().unwrap_or_else(|e| e.into_inner());
-        stores
-            .entry(name.to_owned())
-            .or_insert_with(MemoryBackend::new)
-            .clone()
+        stores.entry(name.to_owned()).or_default().clone()
     }
 }
 
