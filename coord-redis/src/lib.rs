@@ -1,1 +1,45 @@
-//! The redis backend of coord (work in progress).
+//! # coord-redis
+//!
+//! The Redis backend of [coord](https://docs.rs/coord): lease locks with
+//! fencing tokens on one server (`redis://`, `rediss://`) or a Redis Cluster
+//! (`redis+cluster://`). Every operation is one `EVALSHA` of a Lua script;
+//! waiters are woken through a dedicated pub/sub connection.
+//!
+//! Most users reach it through the `coord` facade (`Coord::connect("redis://…")`);
+//! use it directly with coord-core's [`LockClient`](coord_core::LockClient):
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use coord_core::{LockClient, Settings};
+//! use coord_redis::RedisBackend;
+//!
+//! # async fn run() -> coord_core::Result<()> {
+//! let backend = RedisBackend::connect("redis://127.0.0.1:6379", &Settings::default()).await?;
+//! let client = LockClient::new(Arc::new(backend));
+//! let lock = client.lock("orders/42").ttl(Duration::from_secs(10)).build();
+//! let guard = lock.acquire().await?;
+//! println!("fencing token {}", guard.fencing_token());
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Features: `tls` (`rediss://` via rustls), `testkit` (the [`RedisServer`]
+//! fixture and the conformance harness, in `testkit`).
+//!
+//! [`RedisServer`]: https://docs.rs/coord-redis/latest/coord_redis/testkit/struct.RedisServer.html
+
+mod backend;
+mod config;
+mod connection;
+mod error;
+mod lock;
+mod pubsub;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use backend::RedisBackend;
+pub use config::{DEFAULT_PORT, RedisConfig, RedisMode, RedisNode};
+
+/// The `redis` crate this backend is built on, so users name the same version.
+pub use redis;

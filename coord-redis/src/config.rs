@@ -1,0 +1,381 @@
+//! Where and how to connect: parsed from a `redis://`, `rediss://` or
+//! `redis+cluster://` URL.
+
+use std::fmt;
+
+use coord_core::{Error, Result};
+
+/// The default Redis port.
+pub const DEFAULT_PORT: u16 = 6379;
+
+/// Whether the backend talks to one server or to a Redis Cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RedisMode {
+    /// One server (or a primary behind a proxy): `redis://`, `rediss://`.
+    Standalone,
+    /// A Redis Cluster reached through its seed nodes: `redis+cluster://`,
+    /// `rediss+cluster://`.
+    Cluster,
+}
+
+/// One server address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisNode {
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl fmt::Display for RedisNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A parsed Redis URL. Its `Debug` never shows the password.
+///
+/// ```
+/// use coord_redis::{RedisConfig, RedisMode};
+///
+/// let c = RedisConfig::from_url("redis://app:s3cret@10.0.0.5:6380/2").unwrap();
+/// assert_eq!(c.mode, RedisMode::Standalone);
+/// assert_eq!(c.nodes[0].port, 6380);
+/// assert_eq!(c.db, 2);
+/// assert!(!format!("{c:?}").contains("s3cret"));
+///
+/// let c = RedisConfig::from_url("redis+cluster://h1:7000,h2:7001").unwrap();
+/// assert_eq!(c.nodes.len(), 2);
+/// assert!(RedisConfig::from_url("redis://host:notaport").is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    /// Standalone or cluster.
+    pub mode: RedisMode,
+    /// The server (standalone) or the cluster's seed nodes; never empty.
+    pub nodes: Vec<RedisNode>,
+    /// ACL user name, if any.
+    pub username: Option<String>,
+    /// Password, if any.
+    pub password: Option<String>,
+    /// Database number (standalone only). Default 0.
+    pub db: i64,
+    /// Whether to connect over TLS (`rediss://`).
+    pub tls: bool,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("mode", &self.mode)
+            .field("nodes", &self.nodes)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("db", &self.db)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl RedisConfig {
+    /// Parses `redis://[user[:pass]@]host[:port][/db]`, `rediss://…` (TLS) or
+    /// `redis+cluster://[user[:pass]@]h1[:port],h2[:port]` (also
+    /// `rediss+cluster://`). User and password may be percent-encoded.
+    ///
+    /// Malformed URLs give [`Error::InvalidArgument`] saying what is wrong;
+    /// `rediss://` without the `tls` feature gives [`Error::Unsupported`].
+    pub fn from_url(url: &str) -> Result<RedisConfig> {
+        let bad = |what: &str| Error::invalid(format!("bad redis URL {}: {what}", redact(url)));
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("expected redis://host:port"))?;
+        let (mode, tls) = match scheme.to_ascii_lowercase().as_str() {
+            "redis" => (RedisMode::Standalone, false),
+            "rediss" => (RedisMode::Standalone, true),
+            "redis+cluster" => (RedisMode::Cluster, false),
+            "rediss+cluster" => (RedisMode::Cluster, true),
+            other => {
+                return Err(bad(&format!(
+                    "unknown scheme {other:?}; use redis://, rediss:// or redis+cluster://"
+                )));
+            }
+        };
+        if tls && !cfg!(feature = "tls") {
+            return Err(Error::Unsupported(format!(
+                "{scheme}:// needs TLS support: enable the `tls` feature of coord \
+                 (or of coord-redis)"
+            )));
+        }
+        let rest = rest.split_once(['?', '#']).map_or(rest, |(r, _)| r);
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let (username, password) = match userinfo {
+            None => (None, None),
+            Some(u) => {
+                let (user, pass) = match u.split_once(':') {
+                    Some((user, pass)) => (user, Some(pass)),
+                    None => (u, None),
+                };
+                let user =
+                    decode(user).ok_or_else(|| bad("user name is not valid percent-encoding"))?;
+                let pass = pass
+                    .map(|p| decode(p).ok_or_else(|| bad("password is not valid percent-encoding")))
+                    .transpose()?;
+                (
+                    (!user.is_empty()).then_some(user),
+                    pass.filter(|p| !p.is_empty()),
+                )
+            }
+        };
+        if hosts.is_empty() {
+            return Err(bad("no host; expected redis://host:port"));
+        }
+        let nodes = hosts
+            .split(',')
+            .map(|h| parse_node(h).map_err(|e| bad(&e)))
+            .collect::<Result<Vec<_>>>()?;
+        if mode == RedisMode::Standalone && nodes.len() > 1 {
+            return Err(bad(
+                "several hosts given; use redis+cluster://h1:port,h2:port for a cluster",
+            ));
+        }
+        let db = match path.trim_end_matches('/') {
+            "" => 0,
+            db => db
+                .parse::<i64>()
+                .ok()
+                .filter(|d| *d >= 0)
+                .ok_or_else(|| bad(&format!("database {db:?} is not a non-negative number")))?,
+        };
+        if mode == RedisMode::Cluster && db != 0 {
+            return Err(bad("Redis Cluster has only database 0"));
+        }
+        Ok(RedisConfig {
+            mode,
+            nodes,
+            username,
+            password,
+            db,
+            tls,
+        })
+    }
+
+    /// The nodes as `host:port[,host:port…]`, for messages.
+    pub fn addresses(&self) -> String {
+        let mut s = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            s.push_str(&n.to_string());
+        }
+        s
+    }
+
+    /// The `redis` crate's connection info of one node.
+    pub(crate) fn connection_info(&self, node: &RedisNode) -> Result<redis::ConnectionInfo> {
+        use redis::IntoConnectionInfo;
+        let addr = self.connection_addr(node);
+        let mut redis_info = redis::RedisConnectionInfo::default().set_db(self.db);
+        if let Some(u) = &self.username {
+            redis_info = redis_info.set_username(u);
+        }
+        if let Some(p) = &self.password {
+            redis_info = redis_info.set_password(p);
+        }
+        addr.into_connection_info()
+            .map(|info| info.set_redis_settings(redis_info))
+            .map_err(|e| Error::invalid(format!("redis address {node}: {e}")))
+    }
+
+    fn connection_addr(&self, node: &RedisNode) -> redis::ConnectionAddr {
+        #[cfg(feature = "tls")]
+        if self.tls {
+            return redis::ConnectionAddr::TcpTls {
+                host: node.host.clone(),
+                port: node.port,
+                insecure: false,
+                tls_params: None,
+            };
+        }
+        redis::ConnectionAddr::Tcp(node.host.clone(), node.port)
+    }
+}
+
+fn parse_node(s: &str) -> std::result::Result<RedisNode, String> {
+    let (host, port) = if let Some(inner) = s.strip_prefix('[') {
+        let (host, after) = inner
+            .split_once(']')
+            .ok_or_else(|| format!("unclosed '[' in host {s:?}"))?;
+        match after {
+            "" => (host, None),
+            p => (
+                host,
+                Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| format!("bad text after ']' in {s:?}"))?,
+                ),
+            ),
+        }
+    } else {
+        match s.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("empty host in {s:?}"));
+    }
+    if host.contains(['/', '@', ' ', '[', ']']) {
+        return Err(format!(
+            "host {host:?} contains a character not allowed in a host name"
+        ));
+    }
+    let port = match port {
+        None => DEFAULT_PORT,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("port {p:?} is not a number from 1 to 65535"))?,
+    };
+    Ok(RedisNode {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+/// Percent-decoding of user info; `None` when malformed or not UTF-8.
+fn decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The URL with any password replaced, for error messages.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, hosts)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{hosts}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_standalone_urls() {
+        let c = RedisConfig::from_url("redis://127.0.0.1").unwrap();
+        assert_eq!(
+            c.nodes,
+            vec![RedisNode {
+                host: "127.0.0.1".into(),
+                port: 6379
+            }]
+        );
+        assert_eq!(
+            (c.db, c.tls, c.username.as_deref(), c.password.as_deref()),
+            (0, false, None, None)
+        );
+
+        let c = RedisConfig::from_url("redis://u%40x:p%3Aw@[::1]:7000/3").unwrap();
+        assert_eq!(c.nodes[0].host, "::1");
+        assert_eq!(c.nodes[0].port, 7000);
+        assert_eq!(c.username.as_deref(), Some("u@x"));
+        assert_eq!(c.password.as_deref(), Some("p:w"));
+        assert_eq!(c.db, 3);
+        assert_eq!(c.addresses(), "[::1]:7000");
+
+        let c = RedisConfig::from_url("redis://:only-pass@localhost:6380/").unwrap();
+        assert_eq!(c.username, None);
+        assert_eq!(c.password.as_deref(), Some("only-pass"));
+    }
+
+    #[test]
+    fn parses_cluster_urls() {
+        let c = RedisConfig::from_url("redis+cluster://user:pw@h1:7000,h2,h3:7002").unwrap();
+        assert_eq!(c.mode, RedisMode::Cluster);
+        assert_eq!(c.addresses(), "h1:7000,h2:6379,h3:7002");
+        assert_eq!(c.username.as_deref(), Some("user"));
+    }
+
+    #[test]
+    fn bad_urls_say_what_is_wrong() {
+        for (url, needle) in [
+            ("127.0.0.1:6379", "expected redis://"),
+            ("http://h:1", "unknown scheme"),
+            ("redis://", "no host"),
+            ("redis://h:abc", "port \"abc\""),
+            ("redis://h:70000", "port \"70000\""),
+            ("redis://h:0", "port \"0\""),
+            ("redis://:1", "empty host"),
+            ("redis://h/x", "database \"x\""),
+            ("redis://h/-1", "database \"-1\""),
+            ("redis://h1,h2", "several hosts"),
+            ("redis+cluster://h1,,h2", "empty host"),
+            ("redis+cluster://h1/2", "only database 0"),
+            ("redis://[::1:6379", "unclosed"),
+            ("redis://u:%zz@h", "percent-encoding"),
+        ] {
+            match RedisConfig::from_url(url) {
+                Err(Error::InvalidArgument(m)) => assert!(m.contains(needle), "{url}: {m}"),
+                other => panic!("{url}: expected InvalidArgument, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn errors_and_debug_hide_the_password() {
+        let err = RedisConfig::from_url("redis://u:hunter2@h:bad").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let c = RedisConfig::from_url("redis://u:hunter2@h").unwrap();
+        let dbg = format!("{c:?}");
+        assert!(
+            !dbg.contains("hunter2") && dbg.contains("<redacted>"),
+            "{dbg}"
+        );
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_without_the_feature_is_unsupported() {
+        match RedisConfig::from_url("rediss://h:6380") {
+            Err(Error::Unsupported(m)) => assert!(m.contains("`tls` feature"), "{m}"),
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_with_the_feature_parses() {
+        let c = RedisConfig::from_url("rediss://h:6380").unwrap();
+        assert!(c.tls);
+    }
+}

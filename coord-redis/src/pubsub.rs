@@ -1,0 +1,262 @@
+//! Release notifications: one dedicated pub/sub connection per backend,
+//! opened lazily, fanned out to per-channel broadcast senders.
+//!
+//! * The first subscriber of a channel sends `SUBSCRIBE` and waits for the
+//!   server's confirmation; later ones share it. The last one leaving sends
+//!   `UNSUBSCRIBE`. Both happen under one async mutex, so an unsubscribe never
+//!   races a new subscribe of the same channel.
+//! * When the connection dies every stream ends (waiters fall back to
+//!   polling) and the next `subscribe` opens a new connection.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use coord_core::{Error, ReleaseEvents, Result};
+use futures::StreamExt;
+use redis::aio::PubSubSink;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use crate::error::map_err;
+
+/// Messages a slow waiter may miss before it sees `Lagged` (it is still woken).
+const CHANNEL_CAPACITY: usize = 16;
+
+/// The pub/sub side of a backend, shared by its clones.
+#[derive(Debug)]
+pub(crate) struct PubSubHub {
+    /// Clients to try in order (one per configured node).
+    clients: Vec<redis::Client>,
+    addr: String,
+    timeout: Duration,
+    /// The live connection; the mutex serializes (un)subscribes.
+    live: tokio::sync::Mutex<Option<Arc<Live>>>,
+}
+
+/// One pub/sub connection and its subscriptions.
+#[derive(Debug)]
+struct Live {
+    sink: PubSubSink,
+    /// Channel → its sender and how many streams share it. Cleared (which
+    /// ends every stream) when the connection dies.
+    channels: Mutex<Channels>,
+    dispatcher: JoinHandle<()>,
+}
+
+#[derive(Debug, Default)]
+struct Channels {
+    dead: bool,
+    map: HashMap<String, (broadcast::Sender<()>, usize)>,
+}
+
+impl Live {
+    fn channels(&self) -> MutexGuard<'_, Channels> {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_dead(&self) -> bool {
+        self.channels().dead
+    }
+
+    /// Marks the connection dead and ends every stream on it.
+    fn kill(&self) {
+        let mut channels = self.channels();
+        channels.dead = true;
+        channels.map.clear();
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.dispatcher.abort();
+    }
+}
+
+impl PubSubHub {
+    pub(crate) fn new(clients: Vec<redis::Client>, addr: String, timeout: Duration) -> Self {
+        PubSubHub {
+            clients,
+            addr,
+            timeout,
+            live: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Release signals of `channel`, subscribed (and confirmed) on return.
+    pub(crate) async fn subscribe(self: &Arc<Self>, channel: String) -> Result<ReleaseEvents> {
+        let mut slot = self.live.lock().await;
+        let live = match slot.as_ref() {
+            Some(live) if !live.is_dead() => live.clone(),
+            _ => {
+                *slot = None;
+                let live = self.connect().await?;
+                *slot = Some(live.clone());
+                live
+            }
+        };
+        let (rx, first) = {
+            let mut channels = live.channels();
+            match channels.map.get_mut(&channel) {
+                Some((tx, refs)) => {
+                    *refs += 1;
+                    (tx.subscribe(), false)
+                }
+                None => {
+                    // Registered before SUBSCRIBE so no message after the
+                    // confirmation can reach the dispatcher unrouted.
+                    let (tx, rx) = broadcast::channel(CHANNEL_CAPACITY);
+                    channels.map.insert(channel.clone(), (tx, 1));
+                    (rx, true)
+                }
+            }
+        };
+        if first {
+            let mut sink = live.sink.clone();
+            let confirmed = match tokio::time::timeout(self.timeout, sink.subscribe(&channel)).await
+            {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(map_err(e, &self.addr)),
+                Err(_) => Err(Error::Timeout(format!(
+                    "redis at {} did not confirm SUBSCRIBE {channel} in {:?}",
+                    self.addr, self.timeout
+                ))),
+            };
+            if let Err(e) = confirmed {
+                // The connection is in doubt: drop it (its other streams end
+                // and their waiters poll); the next subscribe opens a new one.
+                live.kill();
+                *slot = None;
+                return Err(e);
+            }
+        }
+        drop(slot);
+        let guard = Subscription {
+            hub: self.clone(),
+            live: Arc::downgrade(&live),
+            channel: Some(channel),
+        };
+        let stream = futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
+            match rx.recv().await {
+                Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => Some(((), (rx, guard))),
+                Err(broadcast::error::RecvError::Closed) => None,
+            }
+        });
+        Ok(ReleaseEvents::new(stream))
+    }
+
+    /// Drops the connection (and ends every stream).
+    pub(crate) async fn close(&self) {
+        if let Some(live) = self.live.lock().await.take() {
+            live.kill();
+        }
+    }
+
+    async fn connect(&self) -> Result<Arc<Live>> {
+        let mut last_err = None;
+        for client in &self.clients {
+            let attempt = tokio::time::timeout(self.timeout, client.get_async_pubsub()).await;
+            match attempt {
+                Ok(Ok(pubsub)) => return Ok(self.start(pubsub)),
+                Ok(Err(e)) => last_err = Some(map_err(e, &self.addr)),
+                Err(_) => {
+                    last_err = Some(Error::unavailable(
+                        format!(
+                            "opening a pub/sub connection to redis at {} took longer than {:?}; \
+                             check that redis-server is running and reachable",
+                            self.addr, self.timeout
+                        ),
+                        None,
+                    ))
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| Error::invalid("no redis node to subscribe on")))
+    }
+
+    fn start(&self, pubsub: redis::aio::PubSub) -> Arc<Live> {
+        let (sink, mut stream) = pubsub.split();
+        Arc::new_cyclic(|weak: &std::sync::Weak<Live>| {
+            let weak = weak.clone();
+            let dispatcher = tokio::spawn(async move {
+                while let Some(msg) = stream.next().await {
+                    let Some(live) = weak.upgrade() else { return };
+                    let channels = live.channels();
+                    if let Some((tx, _)) = channels.map.get(msg.get_channel_name()) {
+                        // No receiver left is fine: the entry goes when its
+                        // last stream is dropped.
+                        let _ = tx.send(());
+                    }
+                }
+                tracing::debug!("redis pub/sub connection ended; waiters fall back to polling");
+                if let Some(live) = weak.upgrade() {
+                    live.kill();
+                }
+            });
+            Live {
+                sink,
+                channels: Mutex::new(Channels::default()),
+                dispatcher,
+            }
+        })
+    }
+
+    /// One stream of `channel` on `live` has gone.
+    async fn leave(&self, live: std::sync::Weak<Live>, channel: String) {
+        let slot = self.live.lock().await;
+        let Some(live) = live.upgrade() else { return };
+        if !slot
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, &live))
+        {
+            return;
+        }
+        let last = {
+            let mut channels = live.channels();
+            match channels.map.get_mut(&channel) {
+                Some((_, refs)) if *refs > 1 => {
+                    *refs -= 1;
+                    false
+                }
+                Some(_) => {
+                    channels.map.remove(&channel);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            let mut sink = live.sink.clone();
+            match tokio::time::timeout(self.timeout, sink.unsubscribe(&channel)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(%channel, error = %e, "UNSUBSCRIBE failed"),
+                Err(_) => tracing::debug!(%channel, "UNSUBSCRIBE timed out"),
+            }
+        }
+        drop(slot);
+    }
+}
+
+/// Held by each stream; leaves the channel when the stream is dropped.
+#[derive(Debug)]
+struct Subscription {
+    hub: Arc<PubSubHub>,
+    live: std::sync::Weak<Live>,
+    channel: Option<String>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let Some(channel) = self.channel.take() else {
+            return;
+        };
+        if self.live.strong_count() == 0 {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let hub = self.hub.clone();
+            let live = self.live.clone();
+            rt.spawn(async move { hub.leave(live, channel).await });
+        }
+    }
+}

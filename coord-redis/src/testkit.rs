@@ -1,0 +1,257 @@
+//! Test fixtures: a real Redis server for tests, and the conformance harness.
+//!
+//! [`RedisServer::start`] uses `COORD_TEST_REDIS_URL` when it is set;
+//! otherwise it spawns the local `redis-server` on a free loopback port, with
+//! a temporary directory and no persistence, and kills it on drop.
+//!
+//! ```no_run
+//! use coord_redis::testkit::RedisServer;
+//!
+//! # async fn run() -> coord_core::Result<()> {
+//! let server = RedisServer::start()?;
+//! let backend =
+//!     coord_redis::RedisBackend::connect(server.url(), &coord_core::Settings::default()).await?;
+//! # drop(backend); Ok(()) }
+//! ```
+
+use std::sync::Arc;
+
+use coord_core::testkit::{LockHarness, ServerProcess};
+use coord_core::{Error, LockBackend, Result, Settings};
+
+use crate::RedisBackend;
+
+/// The environment variable naming an existing server to test against.
+pub const TEST_URL_ENV: &str = "COORD_TEST_REDIS_URL";
+
+/// The environment variable naming an existing cluster (`redis+cluster://…`)
+/// to test against.
+pub const TEST_CLUSTER_URL_ENV: &str = "COORD_TEST_REDIS_CLUSTER_URL";
+
+const INSTALL_HINT: &str = "Install it (`apt-get install redis-server`) or set \
+                            COORD_TEST_REDIS_URL=redis://host:port to use a running server.";
+
+/// A Redis server for tests: an external one (`COORD_TEST_REDIS_URL`) or a
+/// local `redis-server` child process, killed on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    url: String,
+    process: Option<ServerProcess>,
+    // Kept alive (and removed on drop) with the process using it.
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl RedisServer {
+    /// The server of `COORD_TEST_REDIS_URL`, or a new local `redis-server`.
+    /// Fails (with an install hint) when neither is available.
+    pub fn start() -> Result<RedisServer> {
+        match std::env::var(TEST_URL_ENV) {
+            Ok(url) if !url.trim().is_empty() => Ok(RedisServer {
+                url: url.trim().to_owned(),
+                process: None,
+                _dir: None,
+            }),
+            _ => Self::spawn(),
+        }
+    }
+
+    /// A new local `redis-server` on a free loopback port, without
+    /// persistence, in a temporary directory.
+    pub fn spawn() -> Result<RedisServer> {
+        Self::spawn_with(&[])
+    }
+
+    /// The cluster of `COORD_TEST_REDIS_CLUSTER_URL`, or a new local
+    /// one-node Redis Cluster owning all 16384 slots (`redis+cluster://` URL).
+    pub fn start_cluster() -> Result<RedisServer> {
+        match std::env::var(TEST_CLUSTER_URL_ENV) {
+            Ok(url) if !url.trim().is_empty() => Ok(RedisServer {
+                url: url.trim().to_owned(),
+                process: None,
+                _dir: None,
+            }),
+            _ => Self::spawn_cluster(),
+        }
+    }
+
+    /// A new local one-node Redis Cluster owning all slots.
+    pub fn spawn_cluster() -> Result<RedisServer> {
+        let mut server = Self::spawn_with(&[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+        ])?;
+        let plain = server.url.clone();
+        let fail = |what: &str, e: redis::RedisError| {
+            Error::unavailable(
+                format!("cannot set up the test cluster at {plain}: {what}: {e}"),
+                None,
+            )
+        };
+        let mut conn = redis::Client::open(plain.as_str())
+            .and_then(|c| c.get_connection())
+            .map_err(|e| fail("connect", e))?;
+        redis::cmd("CLUSTER")
+            .arg("ADDSLOTSRANGE")
+            .arg(0)
+            .arg(16383)
+            .query::<()>(&mut conn)
+            .map_err(|e| fail("CLUSTER ADDSLOTSRANGE", e))?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query(&mut conn)
+                .map_err(|e| fail("CLUSTER INFO", e))?;
+            if info.contains("cluster_state:ok") {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Timeout(format!(
+                    "the test cluster at {plain} did not reach cluster_state:ok"
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        server.url = plain.replace("redis://", "redis+cluster://");
+        Ok(server)
+    }
+
+    fn spawn_with(extra: &[&str]) -> Result<RedisServer> {
+        let dir = tempfile::tempdir().map_err(|e| {
+            Error::unavailable("cannot create a temporary directory", Some(e.into()))
+        })?;
+        let port = ServerProcess::free_port()?;
+        let mut args = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &dir.path().to_string_lossy(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let process = ServerProcess::spawn("redis-server", args, port, INSTALL_HINT)?;
+        Ok(RedisServer {
+            url: format!("redis://127.0.0.1:{port}"),
+            process: Some(process),
+            _dir: Some(dir),
+        })
+    }
+
+    /// The server's URL (`redis://127.0.0.1:PORT`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The child process, when this fixture spawned one.
+    pub fn process(&self) -> Option<&ServerProcess> {
+        self.process.as_ref()
+    }
+
+    /// Kills the server (SIGKILL). Fails for an external server.
+    pub fn stop(&mut self) -> Result<()> {
+        self.local()?.stop()
+    }
+
+    /// Kills the server and starts it again on the same port and directory;
+    /// having no persistence, it comes back empty. Fails for an external server.
+    pub fn restart(&mut self) -> Result<()> {
+        let process = self.local()?;
+        process.stop()?;
+        process.start()
+    }
+
+    fn local(&mut self) -> Result<&mut ServerProcess> {
+        self.process.as_mut().ok_or_else(|| {
+            Error::Unsupported(format!(
+                "the server of {TEST_URL_ENV} is not managed by the test; unset it to let \
+                 the fixture start its own redis-server"
+            ))
+        })
+    }
+}
+
+/// The conformance harness: every [`new_backend`](LockHarness::new_backend)
+/// is a fresh [`RedisBackend::connect`] to one server, so each simulated
+/// client has its own connections.
+#[derive(Debug)]
+pub struct RedisHarness {
+    /// The server under test.
+    pub server: RedisServer,
+    settings: Settings,
+}
+
+impl RedisHarness {
+    /// A harness on [`RedisServer::start`]. Panics (failing the test, never
+    /// skipping it) when no server can be started.
+    pub async fn start() -> RedisHarness {
+        match Self::try_start().await {
+            Ok(h) => h,
+            Err(e) => panic!("cannot start a Redis server for the tests: {e}"),
+        }
+    }
+
+    /// A harness on [`RedisServer::start_cluster`] (a one-node cluster
+    /// unless `COORD_TEST_REDIS_CLUSTER_URL` is set). Panics when none starts.
+    pub async fn start_cluster() -> RedisHarness {
+        match RedisServer::start_cluster().map(Self::on) {
+            Ok(h) => h,
+            Err(e) => panic!("cannot start a Redis Cluster for the tests: {e}"),
+        }
+    }
+
+    /// A harness on [`RedisServer::start`], or why none could be started.
+    pub async fn try_start() -> Result<RedisHarness> {
+        RedisServer::start().map(Self::on)
+    }
+
+    /// A harness on `server`, with a namespace of its own.
+    pub fn on(server: RedisServer) -> RedisHarness {
+        let mut settings = Settings::default();
+        settings.namespace = format!("coordtest{:08x}", fastrand_u32());
+        RedisHarness { server, settings }
+    }
+
+    /// The settings each backend connects with (a namespace unique to this harness).
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// A new backend with its own connections.
+    pub async fn connect(&self) -> Result<RedisBackend> {
+        RedisBackend::connect(self.server.url(), &self.settings).await
+    }
+}
+
+#[coord_core::async_trait]
+impl LockHarness for RedisHarness {
+    async fn new_backend(&self) -> Arc<dyn LockBackend> {
+        match self.connect().await {
+            Ok(b) => Arc::new(b),
+            Err(e) => panic!(
+                "cannot connect to the test Redis at {}: {e}",
+                self.server.url()
+            ),
+        }
+    }
+}
+
+/// A few random bits without another dependency.
+fn fastrand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() as u32
+}

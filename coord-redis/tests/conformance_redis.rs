@@ -1,0 +1,4 @@
+//! The lock conformance suite on a real Redis server (spawned, or
+//! `COORD_TEST_REDIS_URL`). Fails when no server can be started.
+
+coord_core::lock_conformance_tests!(redis, coord_redis::testkit::RedisHarness::start().await);

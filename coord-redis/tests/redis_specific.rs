@@ -1,0 +1,364 @@
+//! Behaviour only the Redis backend has: HLC fencing across restarts of a
+//! server without persistence, corrupted stored data, connection errors,
+//! pub/sub wake-ups and reconnection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use coord_core::testkit::{LockHarness, ServerProcess, within};
+use coord_core::{
+    AcquireOutcome, Error, FencingToken, LockBackend, LockClient, LockOwner, Settings,
+};
+use coord_redis::RedisBackend;
+use coord_redis::testkit::{RedisHarness, RedisServer};
+
+const TTL: Duration = Duration::from_secs(10);
+
+fn owner(name: &str) -> LockOwner {
+    LockOwner::new("test", name).unwrap()
+}
+
+async fn grant(b: &RedisBackend, name: &str, o: &LockOwner) -> FencingToken {
+    match b.try_acquire(name, o, TTL).await.unwrap() {
+        AcquireOutcome::Granted(g) => g.token,
+        other => panic!("expected a grant of {name}, got {other:?}"),
+    }
+}
+
+async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn fencing_tokens_increase_across_a_restart_without_persistence() {
+    let mut server = RedisServer::spawn().expect("redis-server must start for this test");
+    let settings = Settings::default();
+    let b = RedisBackend::connect(server.url(), &settings)
+        .await
+        .unwrap();
+    let first = grant(&b, "restart", &owner("a")).await;
+    b.release("restart", &owner("a")).await.unwrap();
+    let second = grant(&b, "restart", &owner("b")).await;
+    assert!(second > first);
+
+    server.restart().unwrap();
+    // The server forgot everything, including the fence key.
+    let mut raw = raw(server.url()).await;
+    let fence: Option<String> = redis::cmd("GET")
+        .arg("coord:lock:{restart}:fence")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(fence, None, "a server without persistence comes back empty");
+
+    // The same backend reconnects (the first call may see the dropped connection).
+    let mut third = None;
+    for _ in 0..50 {
+        match b.try_acquire("restart", &owner("c"), TTL).await {
+            Ok(AcquireOutcome::Granted(g)) => {
+                third = Some(g.token);
+                break;
+            }
+            Ok(other) => panic!("the lock should be free after the restart, got {other:?}"),
+            Err(e) => {
+                assert!(e.is_retryable(), "{e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let third = third.expect("reconnected after the restart");
+    assert!(
+        third > second,
+        "token went backwards after a restart: {third} <= {second}"
+    );
+}
+
+#[tokio::test]
+async fn corrupted_fence_is_a_codec_error() {
+    let h = RedisHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let ns = &h.settings().namespace;
+    let mut raw = raw(h.server.url()).await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{ns}:lock:{{corrupt}}:fence"))
+        .arg("banana")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let err = b
+        .try_acquire("corrupt", &owner("a"), TTL)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Codec { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("banana") && err.to_string().contains("fence"),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+    // Nothing was granted.
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(format!("{ns}:lock:{{corrupt}}"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(!exists);
+}
+
+#[tokio::test]
+async fn fence_is_hybrid_logical_clock() {
+    let h = RedisHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let ns = &h.settings().namespace;
+    let mut raw = raw(h.server.url()).await;
+    // A fence ahead of the server clock is still exceeded by exactly one.
+    let ahead: u64 = 8_000_000_000_000_000;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{ns}:lock:{{hlc}}:fence"))
+        .arg(ahead)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(grant(&b, "hlc", &owner("a")).await.as_u64(), ahead + 1);
+    // A fresh key starts at the server's clock in microseconds.
+    let t = grant(&b, "hlc-fresh", &owner("a")).await.as_u64();
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    assert!(
+        t.abs_diff(now_us) < 60_000_000,
+        "token {t} is not near now {now_us}"
+    );
+}
+
+#[tokio::test]
+async fn connecting_to_a_closed_port_is_unavailable() {
+    let port = ServerProcess::free_port().unwrap();
+    let url = format!("redis://127.0.0.1:{port}");
+    let mut settings = Settings::default();
+    settings.connect_timeout = Duration::from_secs(1);
+    let err = within(
+        Duration::from_secs(15),
+        "connect fails",
+        RedisBackend::connect(&url, &settings),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("127.0.0.1:{port}")), "{msg}");
+    assert!(msg.contains("redis-server is running"), "{msg}");
+}
+
+#[tokio::test]
+async fn bad_urls_are_invalid_arguments() {
+    for url in [
+        "redis://h:port",
+        "redis://",
+        "redis://h/db",
+        "redis://a,b",
+        "mysql://h",
+    ] {
+        let err = RedisBackend::connect(url, &Settings::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{url}: {err:?}");
+    }
+}
+
+#[tokio::test]
+async fn wrong_password_is_a_permanent_error() {
+    let h = RedisHarness::start().await;
+    let url = h.server.url().replace("redis://", "redis://nobody:wrong@");
+    let err = RedisBackend::connect(&url, &Settings::default())
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable(), "{err:?}");
+    assert!(err.to_string().contains("username and password"), "{err}");
+}
+
+#[tokio::test]
+async fn health_is_unhealthy_when_the_server_is_gone() {
+    let mut server = RedisServer::spawn().expect("redis-server must start for this test");
+    let b = RedisBackend::connect(server.url(), &Settings::default())
+        .await
+        .unwrap();
+    assert!(b.health().await.is_healthy());
+    server.stop().unwrap();
+    let h = b.health().await;
+    assert!(!h.is_healthy(), "{h:?}");
+    assert!(h.detail.unwrap_or_default().contains("127.0.0.1"));
+}
+
+#[tokio::test]
+async fn release_wakes_subscribers_and_shared_channels_survive_one_leaving() {
+    let h = RedisHarness::start().await;
+    let holder = h.new_backend().await;
+    let waiter = h.new_backend().await;
+    let a = owner("a");
+    assert!(matches!(
+        holder.try_acquire("wake", &a, TTL).await.unwrap(),
+        AcquireOutcome::Granted(_)
+    ));
+    let mut first = waiter.subscribe("wake").await.unwrap();
+    let second = waiter.subscribe("wake").await.unwrap();
+    drop(second);
+    // Give the unsubscribe task a chance to run: the channel must stay subscribed.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    holder.release("wake", &a).await.unwrap();
+    assert!(
+        within(
+            Duration::from_secs(5),
+            "the release is published",
+            first.next()
+        )
+        .await
+    );
+
+    // Subscribing again after everyone left works.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut again = waiter.subscribe("wake").await.unwrap();
+    assert!(matches!(
+        holder.try_acquire("wake", &a, TTL).await.unwrap(),
+        AcquireOutcome::Granted(_)
+    ));
+    assert!(holder.force_release("wake").await.unwrap());
+    assert!(
+        within(
+            Duration::from_secs(5),
+            "the force release is published",
+            again.next()
+        )
+        .await
+    );
+    assert!(!holder.force_release("wake").await.unwrap());
+}
+
+#[tokio::test]
+async fn pubsub_streams_end_when_the_server_dies_and_resubscribe_after() {
+    let mut server = RedisServer::spawn().expect("redis-server must start for this test");
+    let b = RedisBackend::connect(server.url(), &Settings::default())
+        .await
+        .unwrap();
+    let mut events = b.subscribe("dies").await.unwrap();
+    server.restart().unwrap();
+    assert!(
+        !within(Duration::from_secs(5), "the stream ends", events.next()).await,
+        "a stream on a dead connection ends"
+    );
+    let mut events = within(Duration::from_secs(10), "resubscribed", async {
+        loop {
+            match b.subscribe("dies").await {
+                Ok(ev) => break ev,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await;
+    let a = owner("a");
+    let mut token = None;
+    for _ in 0..50 {
+        if let Ok(AcquireOutcome::Granted(g)) = b.try_acquire("dies", &a, TTL).await {
+            token = Some(g.token);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(token.is_some());
+    b.release("dies", &a).await.unwrap();
+    assert!(
+        within(
+            Duration::from_secs(5),
+            "the release is published",
+            events.next()
+        )
+        .await
+    );
+}
+
+#[tokio::test]
+async fn lock_client_end_to_end() {
+    let h = RedisHarness::start().await;
+    let client = LockClient::new(Arc::new(h.connect().await.unwrap()));
+    let lock = client.lock("e2e").ttl(Duration::from_secs(5)).build();
+    let guard = lock.acquire().await.unwrap();
+    assert!(lock.try_acquire().await.unwrap().is_none());
+    let t = guard.fencing_token();
+    guard.release().await.unwrap();
+    let again = lock.acquire().await.unwrap();
+    assert!(again.fencing_token() > t);
+    again.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_paused_server_gives_timeouts_and_unhealthy() {
+    let server = RedisServer::spawn().expect("redis-server must start for this test");
+    let mut settings = Settings::default();
+    settings.request_timeout = Duration::from_millis(300);
+    settings.connect_timeout = Duration::from_millis(300);
+    let b = RedisBackend::connect(server.url(), &settings)
+        .await
+        .unwrap();
+    grant(&b, "paused", &owner("a")).await;
+    let process = server.process().expect("a local server");
+    process.pause().unwrap();
+    let result = within(
+        Duration::from_secs(5),
+        "the request times out",
+        b.try_acquire("paused", &owner("b"), TTL),
+    )
+    .await;
+    let health = within(Duration::from_secs(5), "health answers", b.health()).await;
+    let sub = within(
+        Duration::from_secs(5),
+        "subscribe gives up",
+        b.subscribe("paused"),
+    )
+    .await;
+    process.resume().unwrap();
+    let err = result.unwrap_err();
+    assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+    assert!(err.is_retryable());
+    assert!(!health.is_healthy(), "{health:?}");
+    assert!(sub.unwrap_err().is_retryable());
+    // Works again once resumed.
+    let mut ok = false;
+    for _ in 0..50 {
+        if b.renew("paused", &owner("a"), TTL).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "renew works after the server resumes");
+    assert!(
+        within(Duration::from_secs(5), "subscribe", b.subscribe("paused"))
+            .await
+            .is_ok()
+    );
+}
+
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn rediss_to_a_plain_server_fails_cleanly() {
+    let server = RedisServer::spawn().expect("redis-server must start for this test");
+    let url = server.url().replace("redis://", "rediss://");
+    let mut settings = Settings::default();
+    settings.connect_timeout = Duration::from_secs(1);
+    settings.request_timeout = Duration::from_secs(1);
+    let result = within(
+        Duration::from_secs(15),
+        "connect fails",
+        RedisBackend::connect(&url, &settings),
+    )
+    .await;
+    assert!(
+        result.is_err(),
+        "a TLS handshake with a plain server cannot succeed"
+    );
+}
