@@ -8,6 +8,10 @@ use coord_core::{Error, LockBackend, Result, Settings};
 const SCHEMES: &str = "memory://, redis://, rediss://, redis+cluster://, etcd://, etcds://";
 
 /// The error for a scheme whose cargo feature is off.
+#[cfg_attr(
+    all(feature = "memory", feature = "redis", feature = "etcd"),
+    allow(dead_code, reason = "every backend is compiled in")
+)]
 pub(crate) fn feature_missing(scheme: &str, feature: &str) -> Error {
     Error::Unsupported(format!(
         "`{scheme}://` URLs need the `{feature}` feature of coord; \
