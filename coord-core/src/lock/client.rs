@@ -12,6 +12,7 @@ use crate::health::ComponentHealth;
 use crate::lock::backend::LockBackend;
 use crate::lock::guard::GuardShared;
 use crate::lock::handle::LockBuilder;
+use crate::lock::renewal::RenewalScheduler;
 use crate::lock::types::LockOwner;
 use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
@@ -49,6 +50,7 @@ pub(crate) struct ClientShared {
     waiting: AtomicUsize,
     next_guard: AtomicU64,
     held: Mutex<HashMap<u64, Arc<GuardShared>>>,
+    pub(crate) renewals: Arc<RenewalScheduler>,
 }
 
 /// Options of a [`LockClient`].
@@ -116,6 +118,7 @@ impl LockClientBuilder {
                 waiting: AtomicUsize::new(0),
                 next_guard: AtomicU64::new(0),
                 held: Mutex::new(HashMap::new()),
+                renewals: Arc::new(RenewalScheduler::new()),
             }),
         })
     }
@@ -259,6 +262,14 @@ impl ClientShared {
             held.insert(id, guard);
         }
         id
+    }
+
+    /// The guards held now (for the renewal task's scan).
+    pub(crate) fn held_guards(&self) -> Vec<Arc<GuardShared>> {
+        self.held
+            .lock()
+            .map(|h| h.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub(crate) fn untrack(&self, id: u64) {

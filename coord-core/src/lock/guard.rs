@@ -1,7 +1,7 @@
 //! `LockGuard`: a held lock, its fencing token, its validity and its loss.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::lock::client::ClientShared;
+use crate::lock::renewal::RenewalScheduler;
 use crate::lock::types::{FencingToken, LockGrant, LockOwner};
-use crate::lock::watchdog;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum GuardState {
@@ -31,11 +31,26 @@ pub(crate) struct GuardShared {
     valid_for_nanos: AtomicU64,
     state: watch::Sender<GuardState>,
     pub(crate) stop: CancellationToken,
+    /// Whether the client's renewal task renews this lock.
+    pub(crate) watchdog: bool,
+    /// Nanoseconds after `base` of the next renewal.
+    next_renewal_nanos: AtomicU64,
+    /// Whether a renewal is in flight.
+    pub(crate) renewing: AtomicBool,
 }
 
 impl GuardShared {
     pub(crate) fn valid_until(&self) -> Instant {
         self.base + Duration::from_nanos(self.valid_for_nanos.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn next_renewal(&self) -> Instant {
+        self.base + Duration::from_nanos(self.next_renewal_nanos.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn set_next_renewal(&self, at: Instant) {
+        let nanos = at.saturating_duration_since(self.base).as_nanos() as u64;
+        self.next_renewal_nanos.store(nanos, Ordering::Release);
     }
 
     /// Moves the end of validity to `until` (from a renewal sent at `until - ttl`).
@@ -101,10 +116,13 @@ impl LockGuard {
             valid_for_nanos: AtomicU64::new(grant.ttl.as_nanos() as u64),
             state,
             stop: CancellationToken::new(),
+            watchdog: watchdog_on,
+            next_renewal_nanos: AtomicU64::new((grant.ttl / 3).as_nanos() as u64),
+            renewing: AtomicBool::new(false),
         });
         let id = client.track(shared.clone());
         if watchdog_on {
-            tokio::spawn(watchdog::run(shared.clone()));
+            RenewalScheduler::schedule(&client, shared.next_renewal());
         }
         LockGuard {
             shared,

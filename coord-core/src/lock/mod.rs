@@ -4,8 +4,8 @@ mod backend;
 mod client;
 mod guard;
 mod handle;
+mod renewal;
 mod types;
-mod watchdog;
 
 pub use backend::{LockBackend, ReleaseEvents};
 pub use client::{LockClient, LockClientBuilder};

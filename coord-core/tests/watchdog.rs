@@ -1,0 +1,197 @@
+//! The watchdog (one renewal task per client), on the memory backend with a
+//! paused clock: renewals at a third of the TTL, none after release, loss on
+//! refusal and on failures that outlast the lease.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use coord_core::memory::MemoryBackend;
+use coord_core::{
+    AcquireOutcome, Capabilities, ComponentHealth, Error, LockBackend, LockClient, LockOwner,
+    ReleaseEvents, Result,
+};
+use tokio::time::Instant;
+
+/// The memory backend, counting renewals and failing them on demand.
+#[derive(Debug, Default)]
+struct Counting {
+    inner: MemoryBackend,
+    renewals: AtomicUsize,
+    fail_renewals: AtomicBool,
+}
+
+#[coord_core::async_trait]
+impl LockBackend for Counting {
+    fn capabilities(&self) -> &Capabilities {
+        self.inner.capabilities()
+    }
+    async fn try_acquire(&self, n: &str, o: &LockOwner, ttl: Duration) -> Result<AcquireOutcome> {
+        self.inner.try_acquire(n, o, ttl).await
+    }
+    async fn renew(&self, n: &str, o: &LockOwner, ttl: Duration) -> Result<()> {
+        self.renewals.fetch_add(1, Ordering::SeqCst);
+        if self.fail_renewals.load(Ordering::SeqCst) {
+            return Err(Error::unavailable("injected renewal failure", None));
+        }
+        self.inner.renew(n, o, ttl).await
+    }
+    async fn release(&self, n: &str, o: &LockOwner) -> Result<()> {
+        self.inner.release(n, o).await
+    }
+    async fn subscribe(&self, n: &str) -> Result<ReleaseEvents> {
+        self.inner.subscribe(n).await
+    }
+    async fn force_release(&self, n: &str) -> Result<bool> {
+        self.inner.force_release(n).await
+    }
+    async fn health(&self) -> ComponentHealth {
+        self.inner.health().await
+    }
+}
+
+fn setup() -> (Arc<Counting>, LockClient, LockClient) {
+    let backend = Arc::new(Counting::default());
+    let holder = LockClient::new(backend.clone());
+    let other = LockClient::new(Arc::new(backend.inner.clone()));
+    (backend, holder, other)
+}
+
+#[tokio::test(start_paused = true)]
+async fn renews_at_a_third_of_the_ttl_and_keeps_the_lock() {
+    let (backend, holder, other) = setup();
+    let guard = holder
+        .lock("w")
+        .ttl(Duration::from_secs(3))
+        .build()
+        .acquire()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    let n = backend.renewals.load(Ordering::SeqCst);
+    assert!((9..=11).contains(&n), "{n} renewals in 10.5 s at ttl 3 s");
+    assert!(guard.is_held());
+    assert!(
+        other
+            .lock("w")
+            .build()
+            .try_acquire()
+            .await
+            .unwrap()
+            .is_none()
+    );
+    guard.release().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn short_ttls_wake_the_task_early() {
+    let (backend, holder, _) = setup();
+    // Idle, the task sleeps a second; a 300 ms TTL must renew every 100 ms.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let guard = holder
+        .lock("s")
+        .ttl(Duration::from_millis(300))
+        .build()
+        .acquire()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1_050)).await;
+    let n = backend.renewals.load(Ordering::SeqCst);
+    assert!(
+        (9..=11).contains(&n),
+        "{n} renewals in 1.05 s at ttl 300 ms"
+    );
+    assert!(guard.is_held());
+}
+
+#[tokio::test(start_paused = true)]
+async fn never_renews_after_release_or_drop() {
+    let (backend, holder, _) = setup();
+    let lock = holder.lock("r").ttl(Duration::from_secs(3)).build();
+    lock.acquire().await.unwrap().release().await.unwrap();
+    drop(lock.acquire().await.unwrap());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(backend.renewals.load(Ordering::SeqCst), 0);
+    assert_eq!(holder.held(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_guards_are_renewed_by_one_task() {
+    let (backend, holder, other) = setup();
+    let mut guards = Vec::new();
+    for i in 0..100 {
+        let ttl = Duration::from_millis(900 + 20 * i);
+        guards.push(
+            holder
+                .lock(format!("m{i}"))
+                .ttl(ttl)
+                .build()
+                .acquire()
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(guards.iter().all(|g| g.is_held()));
+    for i in 0..100 {
+        assert!(
+            other
+                .lock(format!("m{i}"))
+                .build()
+                .try_acquire()
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    assert!(backend.renewals.load(Ordering::SeqCst) >= 100 * 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_renewal_loses_the_lock_at_once() {
+    let (backend, holder, _) = setup();
+    let guard = holder
+        .lock("f")
+        .ttl(Duration::from_secs(3))
+        .build()
+        .acquire()
+        .await
+        .unwrap();
+    assert!(backend.inner.force_release("f").await.unwrap());
+    let started = Instant::now();
+    let err = guard.lost().await;
+    assert!(matches!(err, Error::LockLost(_)), "{err}");
+    assert!(
+        started.elapsed() <= Duration::from_millis(1_100),
+        "{:?}",
+        started.elapsed()
+    );
+    let calls = backend.renewals.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        backend.renewals.load(Ordering::SeqCst),
+        calls,
+        "renewed after loss"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_renewals_are_retried_until_the_lease_runs_out() {
+    let (backend, holder, _) = setup();
+    let ttl = Duration::from_secs(3);
+    let guard = holder.lock("t").ttl(ttl).build().acquire().await.unwrap();
+    let acquired = Instant::now();
+    backend.fail_renewals.store(true, Ordering::SeqCst);
+    let err = guard.lost().await;
+    let after = acquired.elapsed();
+    assert!(matches!(err, Error::LockLost(_)), "{err}");
+    // Not lost at the first failure (1 s), but by the end of the lease.
+    assert!(
+        after >= ttl - Duration::from_millis(50) && after <= ttl + Duration::from_millis(50),
+        "lost after {after:?}"
+    );
+    assert!(
+        backend.renewals.load(Ordering::SeqCst) > 2,
+        "failures were retried"
+    );
+}
