@@ -21,6 +21,8 @@ use crate::pubsub::PubSubHub;
 /// `{ns}:lock:{name}` (owner, with the lease as TTL),
 /// `{ns}:lock:{name}:fence` (last fencing token) and the pub/sub channel
 /// `{ns}:lock:{name}:released`.
+///
+/// Needs Redis 6.2 or later (the lock scripts use `SET … GET`).
 #[derive(Clone)]
 pub struct RedisBackend {
     pub(crate) inner: Arc<Inner>,

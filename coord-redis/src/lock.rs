@@ -153,25 +153,19 @@ impl LockBackend for RedisBackend {
     }
 }
 
-/// Decodes `acquire.lua`'s `{code, value}`.
+/// Decodes `acquire.lua`'s reply: a token (>= 0), `-2 - pttl` (< 0) when
+/// held by someone else, or the corrupted fence value (a string).
 fn parse_acquire(reply: &Value, fence_key: &str, ttl: Duration) -> Result<AcquireOutcome> {
-    let Value::Array(items) = reply else {
-        return Err(unexpected_reply("acquire", reply));
-    };
-    match items.as_slice() {
-        [Value::Int(1), Value::Int(token)] => match u64::try_from(*token) {
-            Ok(token) => Ok(AcquireOutcome::Granted(LockGrant {
-                token: FencingToken::new(token),
-                ttl,
-            })),
-            Err(_) => Err(corrupt_fence(fence_key, &token.to_string())),
-        },
-        [Value::Int(0), Value::Int(pttl)] => Ok(AcquireOutcome::Held {
-            retry_after: u64::try_from(*pttl).ok().map(Duration::from_millis),
+    match reply {
+        Value::Int(token @ 0..) => Ok(AcquireOutcome::Granted(LockGrant {
+            token: FencingToken::new(token.unsigned_abs()),
+            ttl,
+        })),
+        Value::Int(held) => Ok(AcquireOutcome::Held {
+            // -1 (no expiry) and anything odd become "no hint".
+            retry_after: u64::try_from(-2 - held).ok().map(Duration::from_millis),
         }),
-        [Value::Int(-1), Value::BulkString(raw)] => {
-            Err(corrupt_fence(fence_key, &String::from_utf8_lossy(raw)))
-        }
+        Value::BulkString(raw) => Err(corrupt_fence(fence_key, &String::from_utf8_lossy(raw))),
         _ => Err(unexpected_reply("acquire", reply)),
     }
 }
@@ -210,7 +204,7 @@ mod tests {
     #[test]
     fn acquire_replies_decode() {
         let ttl = Duration::from_secs(1);
-        let granted = Value::Array(vec![Value::Int(1), Value::Int(7)]);
+        let granted = Value::Int(7);
         assert_eq!(
             parse_acquire(&granted, "f", ttl).unwrap(),
             AcquireOutcome::Granted(LockGrant {
@@ -218,23 +212,34 @@ mod tests {
                 ttl
             })
         );
-        let held = Value::Array(vec![Value::Int(0), Value::Int(250)]);
+        let held = Value::Int(-252);
         assert_eq!(
             parse_acquire(&held, "f", ttl).unwrap(),
             AcquireOutcome::Held {
                 retry_after: Some(Duration::from_millis(250))
             }
         );
-        let no_expiry = Value::Array(vec![Value::Int(0), Value::Int(-1)]);
+        let expiring = Value::Int(-2);
+        assert_eq!(
+            parse_acquire(&expiring, "f", ttl).unwrap(),
+            AcquireOutcome::Held {
+                retry_after: Some(Duration::ZERO)
+            }
+        );
+        let no_expiry = Value::Int(-1);
         assert_eq!(
             parse_acquire(&no_expiry, "f", ttl).unwrap(),
             AcquireOutcome::Held { retry_after: None }
         );
-        let corrupt = Value::Array(vec![Value::Int(-1), Value::BulkString(b"banana".to_vec())]);
+        let corrupt = Value::BulkString(b"banana".to_vec());
         let err = parse_acquire(&corrupt, "f", ttl).unwrap_err();
         assert!(matches!(err, Error::Codec { .. }) && err.to_string().contains("banana"));
         assert!(matches!(
             parse_acquire(&Value::Nil, "f", ttl),
+            Err(Error::Backend { .. })
+        ));
+        assert!(matches!(
+            parse_acquire(&Value::Array(vec![]), "f", ttl),
             Err(Error::Backend { .. })
         ));
     }

@@ -99,13 +99,73 @@ async fn corrupted_fence_is_a_codec_error() {
         "{err}"
     );
     assert!(!err.is_retryable());
-    // Nothing was granted.
+    // Nothing was granted, and the fence still holds what it held.
     let exists: bool = redis::cmd("EXISTS")
         .arg(format!("{ns}:lock:{{corrupt}}"))
         .query_async(&mut raw)
         .await
         .unwrap();
     assert!(!exists);
+    let fence: String = redis::cmd("GET")
+        .arg(format!("{ns}:lock:{{corrupt}}:fence"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(fence, "banana");
+}
+
+#[tokio::test]
+async fn fence_of_another_type_is_an_error_and_grants_nothing() {
+    let h = RedisHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let ns = &h.settings().namespace;
+    let mut raw = raw(h.server.url()).await;
+    let _: () = redis::cmd("RPUSH")
+        .arg(format!("{ns}:lock:{{listfence}}:fence"))
+        .arg("x")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let err = b
+        .try_acquire("listfence", &owner("a"), TTL)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("WRONGTYPE"), "{err:?}");
+    // The lock taken before the fence was looked at was given back.
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(format!("{ns}:lock:{{listfence}}"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(!exists);
+}
+
+#[tokio::test]
+async fn held_locks_report_their_remaining_lease() {
+    let h = RedisHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let first = grant(&b, "lease", &owner("a")).await;
+    // Re-grant to the same owner: the same token.
+    assert_eq!(grant(&b, "lease", &owner("a")).await, first);
+    match b.try_acquire("lease", &owner("b"), TTL).await.unwrap() {
+        AcquireOutcome::Held {
+            retry_after: Some(d),
+        } => assert!(d <= TTL && d > TTL / 2, "{d:?}"),
+        other => panic!("expected held with a lease, got {other:?}"),
+    }
+    // A lock key without expiry (set outside coord) is held with no hint.
+    let ns = &h.settings().namespace;
+    let mut raw = raw(h.server.url()).await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{ns}:lock:{{forever}}"))
+        .arg("someone")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.try_acquire("forever", &owner("b"), TTL).await.unwrap(),
+        AcquireOutcome::Held { retry_after: None }
+    );
 }
 
 #[tokio::test]
