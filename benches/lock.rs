@@ -1,15 +1,18 @@
 //! Lease lock acquire+release on Redis and etcd, beside the floor measured in
 //! the same run: the raw backend round trips a lock needs, and etcd-client's
-//! native lock/unlock. Starts its own servers through the testkit fixtures and
-//! prints the ratios at the end.
+//! native lock/unlock. Starts its own servers through the testkit fixtures.
 //!
 //! ```text
 //! cargo bench --bench lock --features full,testkit
 //! ```
+//!
+//! Criterion reports each workload; the ratios printed at the end come from
+//! interleaved rounds (floor, ours, floor, ours, …) so that the drift of a
+//! shared machine cancels out, and are the median of the per-round ratios.
 
-use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coord::etcd::EtcdBackend;
@@ -23,90 +26,113 @@ use tokio::runtime::Runtime;
 
 /// Concurrent tasks sharing one client, each on its own key.
 const TASKS: u64 = 64;
+/// Interleaved rounds per ratio.
+const ROUNDS: usize = 9;
 
-/// Nanoseconds per operation of every sample, by benchmark name.
-#[derive(Default)]
-struct Samples(Mutex<BTreeMap<String, Vec<f64>>>);
+/// One acquire+release cycle on the key of task `t`.
+type Op = Arc<dyn Fn(u64) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
-impl Samples {
-    fn record(&self, name: &str, elapsed: Duration, ops: u64) {
-        let per_op = elapsed.as_nanos() as f64 / ops.max(1) as f64;
-        let mut m = self.0.lock().unwrap();
-        m.entry(name.to_owned()).or_default().push(per_op);
-    }
-
-    fn median(&self, name: &str) -> Option<f64> {
-        let m = self.0.lock().unwrap();
-        let mut v = m.get(name)?.clone();
-        v.sort_by(f64::total_cmp);
-        Some(v[v.len() / 2])
-    }
-}
-
-/// Benchmarks `op` run sequentially, `iters` times per sample.
-fn sequential<F, Fut>(c: &mut Criterion, rt: &Runtime, samples: &Samples, name: &str, op: F)
+fn op<F, Fut>(f: F) -> Op
 where
-    F: Fn(u64) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    c.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            let elapsed = rt.block_on(async {
-                let start = Instant::now();
-                for i in 0..iters {
-                    op(i).await;
-                }
-                start.elapsed()
-            });
-            samples.record(name, elapsed, iters);
-            elapsed
-        })
-    });
-}
-
-/// Benchmarks `op` run by [`TASKS`] concurrent tasks (task index passed),
-/// reporting time per operation (the inverse of throughput).
-fn concurrent<F, Fut>(c: &mut Criterion, rt: &Runtime, samples: &Samples, name: &str, op: F)
-where
-    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    c.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            let per_task = iters.div_ceil(TASKS).max(1);
-            let elapsed = rt.block_on(async {
-                let start = Instant::now();
-                let mut tasks = Vec::new();
-                for t in 0..TASKS {
-                    let op = op.clone();
-                    tasks.push(tokio::spawn(async move {
-                        for _ in 0..per_task {
-                            op(t).await;
-                        }
-                    }));
-                }
-                for t in tasks {
-                    t.await.expect("bench task");
-                }
-                start.elapsed()
-            });
-            samples.record(name, elapsed, per_task * TASKS);
-            elapsed.mul_f64(iters as f64 / (per_task * TASKS) as f64)
-        })
-    });
+    Arc::new(move |t| Box::pin(f(t)))
 }
 
-fn owner_value(i: u64) -> String {
-    format!("bench:{:016x}{i}", fastrand::u64(..))
+/// Runs `ops` cycles one after the other, or spread over [`TASKS`] tasks.
+async fn run(op: &Op, ops: u64, concurrent: bool) -> Duration {
+    let start = Instant::now();
+    if concurrent {
+        let per_task = ops.div_ceil(TASKS).max(1);
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let op = op.clone();
+                tokio::spawn(async move {
+                    for _ in 0..per_task {
+                        op(t).await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("bench task");
+        }
+        start
+            .elapsed()
+            .mul_f64(ops as f64 / (per_task * TASKS) as f64)
+    } else {
+        for _ in 0..ops {
+            op(0).await;
+        }
+        start.elapsed()
+    }
 }
 
-async fn lock_cycle(lock: &Lock) {
-    let guard = lock.acquire().await.expect("acquire");
-    guard.release().await.expect("release");
+/// A floor and our implementation of the same work.
+struct Pair {
+    label: &'static str,
+    floor: (&'static str, Op),
+    ours: (&'static str, Op),
 }
 
-fn redis_benches(c: &mut Criterion, rt: &Runtime, samples: &Samples, url: &str) {
-    let settings = Settings::default();
+fn bench(c: &mut Criterion, rt: &Runtime, pairs: &[Pair]) {
+    for concurrent in [false, true] {
+        let mode = if concurrent { "64tasks" } else { "seq" };
+        for p in pairs {
+            for (name, op) in [&p.floor, &p.ours] {
+                c.bench_function(&format!("{name}/{mode}"), |b| {
+                    b.iter_custom(|iters| rt.block_on(run(op, iters, concurrent)))
+                });
+            }
+        }
+    }
+}
+
+/// Median over interleaved rounds of ours/floor time for the same work.
+fn ratio(rt: &Runtime, p: &Pair, concurrent: bool) -> (f64, f64, f64) {
+    let ops = if concurrent { 6_400 } else { 400 };
+    rt.block_on(async {
+        run(&p.floor.1, ops / 4, concurrent).await;
+        run(&p.ours.1, ops / 4, concurrent).await;
+        let mut rounds = Vec::new();
+        for round in 0..ROUNDS {
+            let (f, o) = if round % 2 == 0 {
+                let f = run(&p.floor.1, ops, concurrent).await;
+                (f, run(&p.ours.1, ops, concurrent).await)
+            } else {
+                let o = run(&p.ours.1, ops, concurrent).await;
+                (run(&p.floor.1, ops, concurrent).await, o)
+            };
+            rounds.push((o.as_secs_f64() / f.as_secs_f64(), f, o));
+        }
+        rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (r, f, o) = rounds[ROUNDS / 2];
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / ops as f64;
+        (r, us(f), us(o))
+    })
+}
+
+fn owner_value() -> String {
+    format!("bench:{:016x}", fastrand::u64(..))
+}
+
+fn coord_ops(client: LockClient, prefix: &str) -> Op {
+    let locks: Arc<Vec<Lock>> = Arc::new(
+        (0..TASKS)
+            .map(|t| client.lock(format!("{prefix}/{t}")).build())
+            .collect(),
+    );
+    op(move |t| {
+        let locks = locks.clone();
+        async move {
+            let guard = locks[t as usize].acquire().await.expect("acquire");
+            guard.release().await.expect("release");
+        }
+    })
+}
+
+fn redis_pairs(rt: &Runtime, url: &str) -> Vec<Pair> {
     let raw = rt.block_on(async {
         redis::Client::open(url)
             .expect("redis url")
@@ -117,11 +143,12 @@ fn redis_benches(c: &mut Criterion, rt: &Runtime, samples: &Samples, url: &str) 
     let del = redis::Script::new(
         "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
     );
-    let raw_cycle = move |key: String| {
+    let floor = op(move |t| {
         let mut conn = raw.clone();
         let del = del.clone();
         async move {
-            let val = owner_value(0);
+            let key = format!("bench:raw:{t}");
+            let val = owner_value();
             let set: Option<String> = redis::cmd("SET")
                 .arg(&key)
                 .arg(&val)
@@ -140,150 +167,73 @@ fn redis_benches(c: &mut Criterion, rt: &Runtime, samples: &Samples, url: &str) 
                 .expect("EVALSHA");
             assert_eq!(n, 1);
         }
-    };
-    let client = rt.block_on(async {
-        LockClient::new(Arc::new(
-            RedisBackend::connect(url, &settings)
-                .await
-                .expect("coord redis"),
-        ))
     });
-    let locks: Arc<Vec<Lock>> = Arc::new(
-        (0..TASKS)
-            .map(|t| client.lock(format!("bench/coord/{t}")).build())
-            .collect(),
-    );
-
-    let r = raw_cycle.clone();
-    sequential(c, rt, samples, "redis/raw_setnx_evalsha/seq", move |_| {
-        r("bench:raw:seq".into())
-    });
-    let l = locks.clone();
-    sequential(c, rt, samples, "redis/coord_lease_lock/seq", move |_| {
-        let l = l.clone();
-        async move { lock_cycle(&l[0]).await }
-    });
-    let r = raw_cycle.clone();
-    concurrent(
-        c,
-        rt,
-        samples,
-        "redis/raw_setnx_evalsha/64tasks",
-        move |t| r(format!("bench:raw:{t}")),
-    );
-    let l = locks.clone();
-    concurrent(c, rt, samples, "redis/coord_lease_lock/64tasks", move |t| {
-        let l = l.clone();
-        async move { lock_cycle(&l[t as usize]).await }
-    });
+    let backend = rt
+        .block_on(RedisBackend::connect(url, &Settings::default()))
+        .expect("coord redis");
+    let ours = coord_ops(LockClient::new(Arc::new(backend)), "bench/coord");
+    vec![Pair {
+        label: "redis: coord lease lock vs raw SET NX PX + EVALSHA",
+        floor: ("redis/raw_setnx_evalsha", floor),
+        ours: ("redis/coord_lease_lock", ours),
+    }]
 }
 
-fn etcd_benches(c: &mut Criterion, rt: &Runtime, samples: &Samples, url: &str, endpoint: &str) {
-    let settings = Settings::default();
+fn etcd_pairs(rt: &Runtime, url: &str, endpoint: &str) -> Vec<Pair> {
     let (raw, lease) = rt.block_on(async {
         let mut client = etcd_client::Client::connect([endpoint], None)
             .await
             .expect("etcd connection");
-        let lease = client.lease_grant(30, None).await.expect("lease").id();
+        let lease = client.lease_grant(60, None).await.expect("lease").id();
         (client, lease)
     });
-    let raw_cycle = {
-        let raw = raw.clone();
-        move |key: String| {
-            let mut client = raw.clone();
-            async move {
-                let val = owner_value(0);
-                client
-                    .put(
-                        key.clone(),
-                        val.clone(),
-                        Some(PutOptions::new().with_lease(lease)),
-                    )
-                    .await
-                    .expect("put");
-                let txn = Txn::new()
-                    .when([Compare::value(key.clone(), CompareOp::Equal, val)])
-                    .and_then([TxnOp::delete(key, None)]);
-                assert!(client.txn(txn).await.expect("txn").succeeded());
-            }
-        }
-    };
-    let native_cycle = {
-        let raw = raw.clone();
-        move |key: String| {
-            let mut client = raw.clone();
-            async move {
-                let resp = client
-                    .lock(key, Some(LockOptions::new().with_lease(lease)))
-                    .await
-                    .expect("native lock");
-                client
-                    .unlock(resp.key().to_vec())
-                    .await
-                    .expect("native unlock");
-            }
-        }
-    };
-    let client = rt.block_on(async {
-        LockClient::new(Arc::new(
-            EtcdBackend::connect(url, &settings)
+    let kv = raw.clone();
+    let put_txn = op(move |t| {
+        let mut client = kv.clone();
+        async move {
+            let key = format!("bench/raw/{t}");
+            let val = owner_value();
+            let opts = PutOptions::new().with_lease(lease);
+            client
+                .put(key.clone(), val.clone(), Some(opts))
                 .await
-                .expect("coord etcd"),
-        ))
+                .expect("put");
+            let txn = Txn::new()
+                .when([Compare::value(key.clone(), CompareOp::Equal, val)])
+                .and_then([TxnOp::delete(key, None)]);
+            assert!(client.txn(txn).await.expect("txn").succeeded());
+        }
     });
-    let locks: Arc<Vec<Lock>> = Arc::new(
-        (0..TASKS)
-            .map(|t| client.lock(format!("bench/coord/{t}")).build())
-            .collect(),
-    );
-
-    let r = raw_cycle.clone();
-    sequential(c, rt, samples, "etcd/raw_leaseput_txndel/seq", move |_| {
-        r("bench/raw/seq".into())
+    let native = op(move |t| {
+        let mut client = raw.clone();
+        async move {
+            let opts = LockOptions::new().with_lease(lease);
+            let resp = client
+                .lock(format!("bench/native/{t}"), Some(opts))
+                .await
+                .expect("native lock");
+            client
+                .unlock(resp.key().to_vec())
+                .await
+                .expect("native unlock");
+        }
     });
-    let n = native_cycle.clone();
-    sequential(c, rt, samples, "etcd/native_lock_unlock/seq", move |_| {
-        n("bench/native/seq".into())
-    });
-    let l = locks.clone();
-    sequential(c, rt, samples, "etcd/coord_lease_lock/seq", move |_| {
-        let l = l.clone();
-        async move { lock_cycle(&l[0]).await }
-    });
-    let r = raw_cycle.clone();
-    concurrent(
-        c,
-        rt,
-        samples,
-        "etcd/raw_leaseput_txndel/64tasks",
-        move |t| r(format!("bench/raw/{t}")),
-    );
-    let n = native_cycle.clone();
-    concurrent(
-        c,
-        rt,
-        samples,
-        "etcd/native_lock_unlock/64tasks",
-        move |t| n(format!("bench/native/{t}")),
-    );
-    let l = locks.clone();
-    concurrent(c, rt, samples, "etcd/coord_lease_lock/64tasks", move |t| {
-        let l = l.clone();
-        async move { lock_cycle(&l[t as usize]).await }
-    });
-}
-
-fn ratio(samples: &Samples, label: &str, ours: &str, floor: &str) {
-    match (samples.median(ours), samples.median(floor)) {
-        (Some(o), Some(f)) => println!(
-            "{label:<58} {:>9.1} µs vs {:>9.1} µs  = {:.2}× time, {:.2}× throughput",
-            o / 1e3,
-            f / 1e3,
-            o / f,
-            f / o
-        ),
-        _ => println!("{label:<58} (not measured: filtered out)"),
-    }
+    let backend = rt
+        .block_on(EtcdBackend::connect(url, &Settings::default()))
+        .expect("coord etcd");
+    let ours = coord_ops(LockClient::new(Arc::new(backend)), "bench/coord");
+    vec![
+        Pair {
+            label: "etcd: coord lease lock vs native lock/unlock",
+            floor: ("etcd/native_lock_unlock", native),
+            ours: ("etcd/coord_lease_lock", ours.clone()),
+        },
+        Pair {
+            label: "etcd: coord lease lock vs raw lease-put + txn delete",
+            floor: ("etcd/raw_leaseput_txndel", put_txn),
+            ours: ("etcd/coord_lease_lock", ours),
+        },
+    ]
 }
 
 fn main() {
@@ -294,53 +244,35 @@ fn main() {
     eprintln!("starting redis-server and etcd on free loopback ports...");
     let redis = RedisServer::start().expect("redis-server (apt-get install redis-server)");
     let etcd = EtcdServer::start().expect("etcd (apt-get install etcd-server)");
-    let samples = Samples::default();
+    let mut pairs = redis_pairs(&rt, redis.url());
+    pairs.extend(etcd_pairs(&rt, &etcd.url(), &etcd.endpoints()[0]));
+
     let mut c = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4))
+        .measurement_time(Duration::from_secs(3))
         .configure_from_args();
-    redis_benches(&mut c, &rt, &samples, redis.url());
-    etcd_benches(&mut c, &rt, &samples, &etcd.url(), &etcd.endpoints()[0]);
+    bench(&mut c, &rt, &pairs);
     c.final_summary();
 
-    println!("\nratios (median time per acquire+release; lower time is better):");
-    ratio(
-        &samples,
-        "redis coord vs raw SET NX PX + EVALSHA, sequential",
-        "redis/coord_lease_lock/seq",
-        "redis/raw_setnx_evalsha/seq",
+    println!(
+        "\nratios, ours/floor time per acquire+release (median of {ROUNDS} interleaved rounds):"
     );
-    ratio(
-        &samples,
-        "redis coord vs raw, 64 tasks on one client",
-        "redis/coord_lease_lock/64tasks",
-        "redis/raw_setnx_evalsha/64tasks",
-    );
-    ratio(
-        &samples,
-        "etcd coord vs native lock/unlock, sequential",
-        "etcd/coord_lease_lock/seq",
-        "etcd/native_lock_unlock/seq",
-    );
-    ratio(
-        &samples,
-        "etcd coord vs native lock/unlock, 64 tasks",
-        "etcd/coord_lease_lock/64tasks",
-        "etcd/native_lock_unlock/64tasks",
-    );
-    ratio(
-        &samples,
-        "etcd coord vs raw lease-put + txn delete, sequential",
-        "etcd/coord_lease_lock/seq",
-        "etcd/raw_leaseput_txndel/seq",
-    );
-    ratio(
-        &samples,
-        "etcd coord vs raw, 64 tasks",
-        "etcd/coord_lease_lock/64tasks",
-        "etcd/raw_leaseput_txndel/64tasks",
-    );
+    for p in &pairs {
+        for concurrent in [false, true] {
+            let (r, f, o) = ratio(&rt, p, concurrent);
+            let mode = if concurrent {
+                "64 tasks, one client"
+            } else {
+                "sequential"
+            };
+            println!(
+                "  {:<54} {mode:<21} {o:>8.1} µs vs {f:>8.1} µs = {r:.2}× time, {:.2}× throughput",
+                p.label,
+                1.0 / r
+            );
+        }
+    }
     drop(rt);
     drop((redis, etcd));
 }
