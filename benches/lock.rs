@@ -19,7 +19,7 @@ use coord::etcd::EtcdBackend;
 use coord::etcd::testkit::EtcdServer;
 use coord::redis::RedisBackend;
 use coord::redis::testkit::RedisServer;
-use coord::{Lock, LockClient, Settings};
+use coord::{AcquireOutcome, Lock, LockBackend, LockClient, LockOwner, Settings};
 use criterion::Criterion;
 use etcd_client::{Compare, CompareOp, LockOptions, PutOptions, Txn, TxnOp};
 use tokio::runtime::Runtime;
@@ -79,8 +79,12 @@ struct Pair {
 fn bench(c: &mut Criterion, rt: &Runtime, pairs: &[Pair]) {
     for concurrent in [false, true] {
         let mode = if concurrent { "64tasks" } else { "seq" };
+        let mut seen = std::collections::HashSet::new();
         for p in pairs {
             for (name, op) in [&p.floor, &p.ours] {
+                if !seen.insert(*name) {
+                    continue;
+                }
                 c.bench_function(&format!("{name}/{mode}"), |b| {
                     b.iter_custom(|iters| rt.block_on(run(op, iters, concurrent)))
                 });
@@ -132,6 +136,30 @@ fn coord_ops(client: LockClient, prefix: &str) -> Op {
     })
 }
 
+/// The backend's primitives called directly: the same server work as the
+/// lock client, without its layer (waiting, watchdog, retries, metrics).
+fn direct_ops(backend: Arc<dyn LockBackend>, prefix: &str) -> Op {
+    let names: Arc<Vec<String>> = Arc::new((0..TASKS).map(|t| format!("{prefix}/{t}")).collect());
+    op(move |t| {
+        let backend = backend.clone();
+        let names = names.clone();
+        async move {
+            let name = &names[t as usize];
+            let owner = LockOwner::unique("bench");
+            let ttl = Duration::from_secs(30);
+            match backend
+                .try_acquire(name, &owner, ttl)
+                .await
+                .expect("try_acquire")
+            {
+                AcquireOutcome::Granted(_) => {}
+                held => panic!("{name} was not free: {held:?}"),
+            }
+            backend.release(name, &owner).await.expect("release");
+        }
+    })
+}
+
 fn redis_pairs(rt: &Runtime, url: &str) -> Vec<Pair> {
     let raw = rt.block_on(async {
         redis::Client::open(url)
@@ -168,15 +196,23 @@ fn redis_pairs(rt: &Runtime, url: &str) -> Vec<Pair> {
             assert_eq!(n, 1);
         }
     });
-    let backend = rt
-        .block_on(RedisBackend::connect(url, &Settings::default()))
-        .expect("coord redis");
-    let ours = coord_ops(LockClient::new(Arc::new(backend)), "bench/coord");
-    vec![Pair {
-        label: "redis: coord lease lock vs raw SET NX PX + EVALSHA",
-        floor: ("redis/raw_setnx_evalsha", floor),
-        ours: ("redis/coord_lease_lock", ours),
-    }]
+    let backend: Arc<dyn LockBackend> = Arc::new(
+        rt.block_on(RedisBackend::connect(url, &Settings::default()))
+            .expect("coord redis"),
+    );
+    let ours = coord_ops(LockClient::new(backend.clone()), "bench/coord");
+    vec![
+        Pair {
+            label: "redis: coord lease lock vs raw SET NX PX + EVALSHA",
+            floor: ("redis/raw_setnx_evalsha", floor),
+            ours: ("redis/coord_lease_lock", ours.clone()),
+        },
+        Pair {
+            label: "redis: coord lease lock vs its backend's scripts direct",
+            floor: ("redis/backend_direct", direct_ops(backend, "bench/direct")),
+            ours: ("redis/coord_lease_lock", ours),
+        },
+    ]
 }
 
 fn etcd_pairs(rt: &Runtime, url: &str, endpoint: &str) -> Vec<Pair> {
@@ -218,10 +254,11 @@ fn etcd_pairs(rt: &Runtime, url: &str, endpoint: &str) -> Vec<Pair> {
                 .expect("native unlock");
         }
     });
-    let backend = rt
-        .block_on(EtcdBackend::connect(url, &Settings::default()))
-        .expect("coord etcd");
-    let ours = coord_ops(LockClient::new(Arc::new(backend)), "bench/coord");
+    let backend: Arc<dyn LockBackend> = Arc::new(
+        rt.block_on(EtcdBackend::connect(url, &Settings::default()))
+            .expect("coord etcd"),
+    );
+    let ours = coord_ops(LockClient::new(backend.clone()), "bench/coord");
     vec![
         Pair {
             label: "etcd: coord lease lock vs native lock/unlock",
@@ -231,6 +268,11 @@ fn etcd_pairs(rt: &Runtime, url: &str, endpoint: &str) -> Vec<Pair> {
         Pair {
             label: "etcd: coord lease lock vs raw lease-put + txn delete",
             floor: ("etcd/raw_leaseput_txndel", put_txn),
+            ours: ("etcd/coord_lease_lock", ours.clone()),
+        },
+        Pair {
+            label: "etcd: coord lease lock vs its backend's txns direct",
+            floor: ("etcd/backend_direct", direct_ops(backend, "bench/direct")),
             ours: ("etcd/coord_lease_lock", ours),
         },
     ]
