@@ -18,6 +18,9 @@ use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
 use crate::settings::{LockSettings, Settings};
 
+/// The most owners a client keeps for reuse.
+const MAX_IDLE_OWNERS: usize = 1024;
+
 /// Builds locks on one backend. Cheap to clone; clones share the backend
 /// connection, the client id and the set of held locks.
 ///
@@ -50,6 +53,8 @@ pub(crate) struct ClientShared {
     waiting: AtomicUsize,
     next_guard: AtomicU64,
     held: Mutex<HashMap<u64, Arc<GuardShared>>>,
+    /// Owners whose holds have ended, for reuse (see [`ClientShared::take_owner`]).
+    idle_owners: Mutex<Vec<LockOwner>>,
     pub(crate) renewals: Arc<RenewalScheduler>,
 }
 
@@ -118,6 +123,7 @@ impl LockClientBuilder {
                 waiting: AtomicUsize::new(0),
                 next_guard: AtomicU64::new(0),
                 held: Mutex::new(HashMap::new()),
+                idle_owners: Mutex::new(Vec::new()),
                 renewals: Arc::new(RenewalScheduler::new()),
             }),
         })
@@ -240,9 +246,37 @@ impl ClientShared {
         }
     }
 
+    /// An owner for one acquisition: one whose earlier hold has surely ended,
+    /// or a new one. Reusing owners bounds the number of distinct owners a
+    /// client ever writes to its peak concurrency, which keeps backends that
+    /// key holders by owner (etcd) from piling up deleted keys.
+    pub(crate) fn take_owner(&self) -> LockOwner {
+        self.idle_owners
+            .lock()
+            .ok()
+            .and_then(|mut idle| idle.pop())
+            .unwrap_or_else(|| LockOwner::unique(&self.client_id))
+    }
+
+    /// Returns an owner whose hold has surely ended (released, refused as
+    /// not held, or never granted) for reuse.
+    pub(crate) fn recycle_owner(&self, owner: LockOwner) {
+        if let Ok(mut idle) = self.idle_owners.lock()
+            && idle.len() < MAX_IDLE_OWNERS
+        {
+            idle.push(owner);
+        }
+    }
+
     /// Releases `owner`'s hold on `name` in the background (a dropped guard,
     /// or an acquisition whose reply was lost and so may have succeeded).
-    pub(crate) fn release_in_background(self: &Arc<Self>, name: Arc<str>, owner: LockOwner) {
+    /// A pooled owner is reused once the release has surely ended its hold.
+    pub(crate) fn release_in_background(
+        self: &Arc<Self>,
+        name: Arc<str>,
+        owner: LockOwner,
+        pooled: bool,
+    ) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             tracing::warn!(lock = %name, "no tokio runtime to release a dropped lock; it expires with its TTL");
             return;
@@ -250,7 +284,11 @@ impl ClientShared {
         let shared = self.clone();
         handle.spawn(async move {
             match shared.release_once(&name, &owner).await {
-                Ok(()) | Err(Error::NotHeld(_)) => {}
+                Ok(()) | Err(Error::NotHeld(_)) => {
+                    if pooled {
+                        shared.recycle_owner(owner);
+                    }
+                }
                 Err(e) => tracing::warn!(lock = %name, error = %e, "background release failed; the lock expires with its TTL"),
             }
         });

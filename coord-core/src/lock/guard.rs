@@ -25,6 +25,8 @@ pub(crate) struct GuardShared {
     pub(crate) client: Arc<ClientShared>,
     pub(crate) name: Arc<str>,
     pub(crate) owner: LockOwner,
+    /// Whether `owner` came from the client's pool and goes back after release.
+    pooled: bool,
     pub(crate) token: FencingToken,
     pub(crate) ttl: Duration,
     base: Instant,
@@ -101,6 +103,7 @@ impl LockGuard {
         client: Arc<ClientShared>,
         name: Arc<str>,
         owner: LockOwner,
+        pooled: bool,
         grant: LockGrant,
         sent_at: Instant,
         watchdog_on: bool,
@@ -110,6 +113,7 @@ impl LockGuard {
             client: client.clone(),
             name,
             owner,
+            pooled,
             token: grant.token,
             ttl: grant.ttl,
             base: sent_at,
@@ -235,6 +239,9 @@ impl LockGuard {
             let outcome = result.as_ref().map_or_else(Error::kind_label, |_| "ok");
             m.lock_op(client.backend_name, "release", outcome);
         }
+        if self.shared.pooled && matches!(result, Ok(()) | Err(Error::NotHeld(_))) {
+            client.recycle_owner(self.shared.owner.clone());
+        }
         result
     }
 }
@@ -247,6 +254,10 @@ impl Drop for LockGuard {
         self.shared.stop.cancel();
         let client = &self.shared.client;
         client.untrack(self.id);
-        client.release_in_background(self.shared.name.clone(), self.shared.owner.clone());
+        client.release_in_background(
+            self.shared.name.clone(),
+            self.shared.owner.clone(),
+            self.shared.pooled,
+        );
     }
 }

@@ -128,13 +128,16 @@ impl Lock {
     pub async fn try_acquire(&self) -> Result<Option<LockGuard>> {
         let span = tracing::debug_span!("coord.lock.try_acquire", backend = self.client.shared.backend_name, lock = %self.name);
         let result: Result<Option<LockGuard>> = async {
-            let owner = self.check_and_owner()?;
+            let (owner, pooled) = self.check_and_owner()?;
             let started = Instant::now();
-            Ok(match self.attempt(&owner).await? {
+            Ok(match self.attempt(&owner, pooled).await? {
                 Attempt::Granted(grant, sent_at) => {
-                    Some(self.guard(owner, grant, sent_at, started))
+                    Some(self.guard(owner, pooled, grant, sent_at, started))
                 }
-                Attempt::Held(_) => None,
+                Attempt::Held(_) => {
+                    self.recycle(owner, pooled);
+                    None
+                }
             })
         }
         .instrument(span)
@@ -157,30 +160,40 @@ impl Lock {
         }
     }
 
-    fn check_and_owner(&self) -> Result<LockOwner> {
+    /// Checks the request and picks the owner; `true` when the owner comes
+    /// from the client's pool (and goes back to it when the hold ends).
+    fn check_and_owner(&self) -> Result<(LockOwner, bool)> {
         validate_lock_request(&self.name, self.ttl)?;
         match &self.owner {
-            Some(o) => LockOwner::new(&self.client.shared.client_id, o),
-            None => Ok(LockOwner::unique(&self.client.shared.client_id)),
+            Some(o) => Ok((LockOwner::new(&self.client.shared.client_id, o)?, false)),
+            None => Ok((self.client.shared.take_owner(), true)),
+        }
+    }
+
+    /// Gives back a pooled owner that never got (or surely lost) a hold.
+    fn recycle(&self, owner: LockOwner, pooled: bool) {
+        if pooled {
+            self.client.shared.recycle_owner(owner);
         }
     }
 
     async fn acquire_inner(&self) -> Result<LockGuard> {
-        let owner = self.check_and_owner()?;
+        let (owner, pooled) = self.check_and_owner()?;
         let started = Instant::now();
         let deadline = self.wait_timeout.map(|t| started + t);
         let shared = &self.client.shared;
         let mut events: Option<ReleaseEvents> = None;
         let mut _waiting = None;
         loop {
-            let retry_after = match self.attempt(&owner).await? {
+            let retry_after = match self.attempt(&owner, pooled).await? {
                 Attempt::Granted(grant, sent_at) => {
-                    return Ok(self.guard(owner, grant, sent_at, started));
+                    return Ok(self.guard(owner, pooled, grant, sent_at, started));
                 }
                 Attempt::Held(retry_after) => retry_after,
             };
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
+                self.recycle(owner, pooled);
                 return Err(Error::Timeout(format!(
                     "lock {:?} still held by another owner after waiting {:?}",
                     &*self.name,
@@ -217,7 +230,9 @@ impl Lock {
         }
     }
 
-    async fn attempt(&self, owner: &LockOwner) -> Result<Attempt> {
+    /// One attempt. On an error the request may have been applied, so the
+    /// owner is handed to a background release (never assumed "not acquired").
+    async fn attempt(&self, owner: &LockOwner, pooled: bool) -> Result<Attempt> {
         let shared = &self.client.shared;
         // Validity counts from before the request is sent (before the first
         // retry, which only makes it shorter), never from wall-clock time.
@@ -235,10 +250,12 @@ impl Lock {
             Ok(AcquireOutcome::Granted(grant)) => Ok(Attempt::Granted(grant, sent_at)),
             Ok(AcquireOutcome::Held { retry_after }) => Ok(Attempt::Held(retry_after)),
             Err(e) => {
-                if !matches!(e, Error::InvalidArgument(_) | Error::Unsupported(_)) {
+                if matches!(e, Error::InvalidArgument(_) | Error::Unsupported(_)) {
+                    self.recycle(owner.clone(), pooled);
+                } else {
                     // The request may have been applied: clean up, never
                     // assume "not acquired".
-                    shared.release_in_background(self.name.clone(), owner.clone());
+                    shared.release_in_background(self.name.clone(), owner.clone(), pooled);
                 }
                 Err(e)
             }
@@ -248,6 +265,7 @@ impl Lock {
     fn guard(
         &self,
         owner: LockOwner,
+        pooled: bool,
         grant: LockGrant,
         sent_at: Instant,
         started: Instant,
@@ -260,6 +278,7 @@ impl Lock {
             shared.clone(),
             self.name.clone(),
             owner,
+            pooled,
             grant,
             sent_at,
             self.watchdog,

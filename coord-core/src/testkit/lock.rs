@@ -16,6 +16,7 @@ use crate::testkit::{ExclusionChecker, LockHarness, unique_name, within};
 /// Every case's name, in the order the macro expands them.
 pub const CASES: &[&str] = &[
     "mutual_exclusion",
+    "mutual_exclusion_within_one_client",
     "fencing_tokens_strictly_increase",
     "non_owner_release_and_renew_refused",
     "renew_after_expiry_refused",
@@ -77,6 +78,47 @@ pub async fn mutual_exclusion_with(h: &dyn LockHarness, contenders: usize, round
     .await;
     assert_eq!(checker.violations(), Vec::<String>::new());
     assert_eq!(checker.entries(), (contenders * rounds) as u64);
+}
+
+/// 8 tasks sharing one client take one lock 100 times each: owners reused
+/// inside a client must never let two live acquisitions share a hold.
+pub async fn mutual_exclusion_within_one_client(h: &dyn LockHarness) {
+    let name = unique_name("mutex-one-client");
+    let checker = Arc::new(ExclusionChecker::new());
+    let lock = client(h)
+        .await
+        .lock(name)
+        .ttl(Duration::from_secs(30))
+        .wait_timeout(Duration::from_secs(120))
+        .poll_interval(Duration::from_secs(1))
+        .build();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let lock = lock.clone();
+            let checker = checker.clone();
+            tokio::spawn(async move {
+                for round in 0..100 {
+                    let guard = lock.acquire().await.expect("acquire");
+                    checker.enter(guard.fencing_token());
+                    tokio::task::yield_now().await;
+                    checker.exit(guard.fencing_token());
+                    if round % 3 == 0 {
+                        drop(guard);
+                    } else {
+                        guard.release().await.expect("release by the holder");
+                    }
+                }
+            })
+        })
+        .collect();
+    within(Duration::from_secs(600), "all tasks finish", async {
+        for t in tasks {
+            t.await.expect("task panicked");
+        }
+    })
+    .await;
+    assert_eq!(checker.violations(), Vec::<String>::new());
+    assert_eq!(checker.entries(), 800);
 }
 
 /// Tokens grow strictly across holders, clients and force-releases.

@@ -77,6 +77,7 @@ macro_rules! lock_conformance_tests {
     ($backend:ident, $harness:expr) => {
         $crate::lock_conformance_tests!(@cases $backend, $harness,
             mutual_exclusion,
+            mutual_exclusion_within_one_client,
             fencing_tokens_strictly_increase,
             non_owner_release_and_renew_refused,
             renew_after_expiry_refused,

@@ -1,0 +1,125 @@
+//! Owners are reused inside a client only once their hold has surely ended,
+//! so a client writes at most as many distinct owners as it holds at once.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use coord_core::memory::MemoryBackend;
+use coord_core::{
+    AcquireOutcome, Capabilities, ComponentHealth, Error, LockBackend, LockClient, LockOwner,
+    ReleaseEvents, Result, RetryPolicy,
+};
+
+#[tokio::test]
+async fn sequential_acquisitions_reuse_one_owner() {
+    let client = LockClient::new(Arc::new(MemoryBackend::new()));
+    let mut owners = HashSet::new();
+    for i in 0..50 {
+        let lock = client.lock(format!("seq{}", i % 5)).build();
+        let guard = lock.acquire().await.unwrap();
+        owners.insert(guard.owner().clone());
+        if i % 2 == 0 {
+            guard.release().await.unwrap();
+        } else {
+            assert!(lock.try_acquire().await.unwrap().is_none());
+            guard.release().await.unwrap();
+        }
+    }
+    assert_eq!(owners.len(), 1, "{owners:?}");
+}
+
+#[tokio::test]
+async fn concurrent_holds_get_distinct_owners() {
+    let client = LockClient::new(Arc::new(MemoryBackend::new()));
+    let mut guards = Vec::new();
+    for i in 0..8 {
+        guards.push(
+            client
+                .lock(format!("c{i}"))
+                .build()
+                .acquire()
+                .await
+                .unwrap(),
+        );
+    }
+    let owners: HashSet<_> = guards.iter().map(|g| g.owner().clone()).collect();
+    assert_eq!(owners.len(), 8);
+    for g in guards {
+        g.release().await.unwrap();
+    }
+    let again = client.lock("c0").build().acquire().await.unwrap();
+    assert!(owners.contains(again.owner()), "a released owner is reused");
+}
+
+/// The memory backend whose releases fail while `down` is set.
+#[derive(Debug, Default)]
+struct FlakyRelease {
+    inner: MemoryBackend,
+    down: AtomicBool,
+}
+
+#[coord_core::async_trait]
+impl LockBackend for FlakyRelease {
+    fn capabilities(&self) -> &Capabilities {
+        self.inner.capabilities()
+    }
+    async fn try_acquire(&self, n: &str, o: &LockOwner, ttl: Duration) -> Result<AcquireOutcome> {
+        self.inner.try_acquire(n, o, ttl).await
+    }
+    async fn renew(&self, n: &str, o: &LockOwner, ttl: Duration) -> Result<()> {
+        self.inner.renew(n, o, ttl).await
+    }
+    async fn release(&self, n: &str, o: &LockOwner) -> Result<()> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Error::unavailable("injected: server down", None));
+        }
+        self.inner.release(n, o).await
+    }
+    async fn subscribe(&self, n: &str) -> Result<ReleaseEvents> {
+        self.inner.subscribe(n).await
+    }
+    async fn force_release(&self, n: &str) -> Result<bool> {
+        self.inner.force_release(n).await
+    }
+    async fn health(&self) -> ComponentHealth {
+        self.inner.health().await
+    }
+}
+
+#[tokio::test]
+async fn an_owner_whose_release_failed_is_not_reused() {
+    let backend = Arc::new(FlakyRelease::default());
+    let client = LockClient::builder(backend.clone())
+        .retry(RetryPolicy::none())
+        .build()
+        .unwrap();
+    let guard = client
+        .lock("f")
+        .ttl(Duration::from_secs(30))
+        .build()
+        .acquire()
+        .await
+        .unwrap();
+    let stuck = guard.owner().clone();
+    backend.down.store(true, Ordering::SeqCst);
+    assert!(matches!(
+        guard.release().await,
+        Err(Error::Unavailable { .. })
+    ));
+    backend.down.store(false, Ordering::SeqCst);
+    // The lock may still be held under `stuck`: a new acquisition must not
+    // inherit it by reusing the owner.
+    let other = client.lock("g").build().acquire().await.unwrap();
+    assert_ne!(other.owner(), &stuck);
+    assert!(
+        client
+            .lock("f")
+            .build()
+            .try_acquire()
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
