@@ -30,6 +30,15 @@
 //!   or delete, so a release that needed a transaction (compare the owner,
 //!   then delete) would make a lock cycle slower than a native one under
 //!   load; this layout avoids that.
+//! * The price of the layout: each new owner (by default `LockClient` makes
+//!   one per acquisition) creates a new key, and etcd keeps deleted keys in
+//!   its index until the next **compaction**; the acquire's compare over the
+//!   lock's key range visits them. Run etcd with compaction (for instance
+//!   `--auto-compaction-mode=periodic --auto-compaction-retention=5m`), as
+//!   any etcd that takes writes must. Measured on etcd 3.4: every 1,000
+//!   acquisitions of one lock since the last compaction add about 20 µs of
+//!   server time to its next acquire; a fixed owner reuses its key and adds
+//!   nothing.
 //! * Do not run this version and versions before it (which used the single
 //!   key `{namespace}/lock/{name}`) against the same locks at the same time:
 //!   they do not see each other's holders.
