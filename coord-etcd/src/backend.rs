@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use coord_core::{Capabilities, ComponentHealth, Error, Result, Settings};
+use coord_core::{Capabilities, ComponentHealth, Error, LockOwner, Result, Settings};
 use etcd_client::{Client, ConnectOptions, GetOptions};
 use tracing::Instrument;
 
@@ -16,8 +16,8 @@ use crate::lease::{LeasePool, MIN_LEASE_SECS, PooledLease};
 /// A client of an etcd cluster implementing coord's backend traits. Cheap to
 /// clone; clones share the connection and the leases.
 ///
-/// Locks live at `{namespace}/lock/{name}`; their fencing token is the key's
-/// create revision. All locks of one client with the same TTL (rounded up to
+/// The holder of lock `name` is the key `{namespace}/lock/{name}\0{owner}`
+/// (see [`lock_key`](Self::lock_key)); the fencing token is its create revision. All locks of one client with the same TTL (rounded up to
 /// whole seconds) share one etcd lease, kept alive by the lock watchdog's
 /// renewals, like a session of etcd's `concurrency` package.
 #[derive(Clone)]
@@ -31,7 +31,7 @@ pub(crate) struct Inner {
     pub(crate) prefix: String,
     pub(crate) timeout: Duration,
     pub(crate) leases: LeasePool,
-    /// The locks this client holds: key → (owner, TTL bucket of their lease).
+    /// The locks this client holds: lock prefix → (owner, TTL bucket of their lease).
     holds: Mutex<HashMap<String, (String, u64)>>,
     pub(crate) caps: Capabilities,
 }
@@ -67,9 +67,24 @@ impl EtcdBackend {
         self.inner.leases.list()
     }
 
-    /// The etcd key of lock `name`.
-    pub fn lock_key(&self, name: &str) -> String {
-        format!("{}lock/{name}", self.inner.prefix)
+    /// The prefix of the keys of lock `name`: `{namespace}/lock/{name}` and a
+    /// NUL byte. Lock names never contain NUL, so no other lock's keys
+    /// (such as those of `{name}/sub`) start with it. At most one key with
+    /// this prefix exists at a time, the holder's ([`lock_key`](Self::lock_key)).
+    pub fn lock_prefix(&self, name: &str) -> String {
+        LockKeys::new(&self.inner.prefix, name).prefix
+    }
+
+    /// The key `owner` creates while it holds lock `name`:
+    /// [`lock_prefix`](Self::lock_prefix) followed by the owner's stored form
+    /// (`client_id:owner`). Its create revision is the fencing token; its
+    /// value is empty.
+    pub fn lock_key(&self, name: &str, owner: &LockOwner) -> String {
+        LockKeys::new(&self.inner.prefix, name).holder(owner)
+    }
+
+    pub(crate) fn lock_keys(&self, name: &str) -> LockKeys {
+        LockKeys::new(&self.inner.prefix, name)
     }
 
     /// One timed round trip (a linearizable read, so a cluster without a
@@ -116,6 +131,33 @@ impl EtcdBackend {
         if owner.is_none_or(|owner| holds.get(key).is_some_and(|(o, _)| o == owner)) {
             holds.remove(key);
         }
+    }
+}
+
+/// The keys of one lock. Holder keys are `prefix + owner`; `prefix` ends in
+/// NUL, so the range `[prefix, end)` (`end` = the prefix with its NUL
+/// replaced by `\x01`) holds exactly the keys that start with it.
+#[derive(Debug, Clone)]
+pub(crate) struct LockKeys {
+    pub(crate) prefix: String,
+    pub(crate) end: String,
+}
+
+impl LockKeys {
+    pub(crate) fn new(namespace: &str, name: &str) -> LockKeys {
+        debug_assert!(!name.contains('\0'), "lock names are validated by core");
+        LockKeys {
+            prefix: format!("{namespace}lock/{name}\0"),
+            end: format!("{namespace}lock/{name}\u{1}"),
+        }
+    }
+
+    /// The key `owner` holds the lock with.
+    pub(crate) fn holder(&self, owner: &LockOwner) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + owner.as_str().len());
+        key.push_str(&self.prefix);
+        key.push_str(owner.as_str());
+        key
     }
 }
 

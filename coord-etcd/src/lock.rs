@@ -1,5 +1,7 @@
-//! Lease locks on etcd: one transaction per operation, fencing tokens from
-//! create revisions, waiters woken by watches.
+//! Lease locks on etcd: the holder of a lock is a key of its own under the
+//! lock's prefix, created in one transaction only when the prefix is empty;
+//! release is a plain delete of that key. Fencing tokens are create
+//! revisions; waiters are woken by watches.
 
 use std::time::Duration;
 
@@ -8,12 +10,12 @@ use coord_core::{
     LockOwner, ReleaseEvents, Result, async_trait,
 };
 use etcd_client::{
-    Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
-    WatchFilterType, WatchOptions, WatchStream,
+    Compare, CompareOp, DeleteOptions, EventType, GetOptions, PutOptions, SortOrder, SortTarget,
+    Txn, TxnOp, TxnOpResponse, TxnResponse, WatchFilterType, WatchOptions, WatchStream,
 };
 use tokio::time::Instant;
 
-use crate::backend::EtcdBackend;
+use crate::backend::{EtcdBackend, LockKeys};
 use crate::error::{call, deadline, is_lease_not_found, map};
 use crate::lease::{KeepAlive, bucket};
 
@@ -30,7 +32,8 @@ impl LockBackend for EtcdBackend {
         ttl: Duration,
     ) -> Result<AcquireOutcome> {
         let start = Instant::now();
-        let key = self.lock_key(name);
+        let keys = self.lock_keys(name);
+        let own = keys.holder(owner);
         let bucket = bucket(ttl);
         let mut retried = false;
         loop {
@@ -39,7 +42,7 @@ impl LockBackend for EtcdBackend {
                 .leases
                 .fresh(bucket, start, Duration::from_secs(bucket) * 2 / 3)
                 .await?;
-            let txn = acquire_txn(&key, owner.as_str(), lease.id);
+            let txn = acquire_txn(&keys, &own, lease.id);
             let mut kv = self.inner.client.kv_client();
             let resp = match deadline("acquire a lock", self.inner.timeout, kv.txn(txn)).await? {
                 Ok(resp) => resp,
@@ -51,10 +54,29 @@ impl LockBackend for EtcdBackend {
                 }
                 Err(e) => return Err(map("acquire a lock", e)),
             };
-            let Some(token) = granted_token(&resp)? else {
-                return Ok(AcquireOutcome::Held { retry_after: None });
+            let token = match acquired(&resp, &own)? {
+                Acquired::Granted(token) => token,
+                Acquired::Held => return Ok(AcquireOutcome::Held { retry_after: None }),
+                // `owner` already holds it (a retry after an ambiguous
+                // reply, or a reacquire with another TTL).
+                Acquired::Ours { token, lease: on } if on == lease.id => token,
+                Acquired::Ours { token, .. } => {
+                    // Move the key onto the current lease, unless it is gone
+                    // meanwhile (then start over: the lock may be free).
+                    let txn = regrant_txn(&own, token, lease.id);
+                    match deadline("acquire a lock", self.inner.timeout, kv.txn(txn)).await? {
+                        Ok(resp) if resp.succeeded() => token,
+                        Ok(_) => continue,
+                        Err(e) if is_lease_not_found(&e) && !retried => {
+                            self.inner.leases.discard(&lease);
+                            retried = true;
+                            continue;
+                        }
+                        Err(e) => return Err(map("acquire a lock", e)),
+                    }
+                }
             };
-            self.hold(&key, owner.as_str(), bucket);
+            self.hold(&keys.prefix, owner.as_str(), bucket);
             // Core counts the guard valid until (its instant before this call)
             // + grant.ttl: never past the lease, and with a margin of a sixth
             // of the lease so that renewals within that much of a keep-alive
@@ -63,17 +85,18 @@ impl LockBackend for EtcdBackend {
                 .ttl
                 .min(lease.remaining(start))
                 .saturating_sub(lease.ttl / 6);
+            let token = FencingToken::new(token);
             return Ok(AcquireOutcome::Granted(LockGrant { token, ttl }));
         }
     }
 
     async fn renew(&self, name: &str, owner: &LockOwner, ttl: Duration) -> Result<()> {
-        let key = self.lock_key(name);
+        let keys = self.lock_keys(name);
         let bucket = self
-            .held_bucket(&key, owner.as_str())
+            .held_bucket(&keys.prefix, owner.as_str())
             .unwrap_or_else(|| bucket(ttl));
         let not_held = |why: &str| {
-            self.forget(&key, Some(owner.as_str()));
+            self.forget(&keys.prefix, Some(owner.as_str()));
             Err(Error::NotHeld(format!(
                 "lock {name:?} is not held by {owner}: {why}"
             )))
@@ -87,10 +110,8 @@ impl LockBackend for EtcdBackend {
         // lock in the last sixth of the lease guarantees it (grants leave that
         // margin); then none is sent.
         let needed_until = Instant::now() + ttl.min(lease.ttl);
-        let (alive, owned) = tokio::join!(
-            pool.keep_alive(&lease, needed_until),
-            self.owned(&key, owner)
-        );
+        let own = keys.holder(owner);
+        let (alive, owned) = tokio::join!(pool.keep_alive(&lease, needed_until), self.exists(&own));
         match (alive, owned) {
             (Ok(KeepAlive::Gone), _) => {
                 pool.discard(&lease);
@@ -103,18 +124,13 @@ impl LockBackend for EtcdBackend {
     }
 
     async fn release(&self, name: &str, owner: &LockOwner) -> Result<()> {
-        let key = self.lock_key(name);
-        let txn = Txn::new()
-            .when([Compare::value(
-                key.clone(),
-                CompareOp::Equal,
-                owner.as_str(),
-            )])
-            .and_then([TxnOp::delete(key.clone(), None)]);
+        // Only `owner` ever writes its key, so a plain delete is owner-checked.
+        let keys = self.lock_keys(name);
         let mut kv = self.inner.client.kv_client();
-        let resp = call("release a lock", self.inner.timeout, kv.txn(txn)).await?;
-        self.forget(&key, Some(owner.as_str()));
-        if resp.succeeded() {
+        let delete = kv.delete(keys.holder(owner), None);
+        let resp = call("release a lock", self.inner.timeout, delete).await?;
+        self.forget(&keys.prefix, Some(owner.as_str()));
+        if resp.deleted() > 0 {
             Ok(())
         } else {
             Err(Error::NotHeld(format!(
@@ -124,11 +140,15 @@ impl LockBackend for EtcdBackend {
     }
 
     async fn subscribe(&self, name: &str) -> Result<ReleaseEvents> {
-        let key = self.lock_key(name);
+        let LockKeys { prefix, end } = self.lock_keys(name);
         let mut watch = self.inner.client.watch_client();
         let created = async {
-            let options = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
-            let mut stream = watch.watch(key, Some(options)).await?;
+            // Every holder key of the lock; DELETE events only (releases,
+            // force-releases and lease expiries).
+            let options = WatchOptions::new()
+                .with_range(end)
+                .with_filters([WatchFilterType::NoPut]);
+            let mut stream = watch.watch(prefix, Some(options)).await?;
             // etcd-client returns before etcd confirms the watch: wait for
             // that, or a release right after this call could be missed.
             loop {
@@ -157,15 +177,12 @@ impl LockBackend for EtcdBackend {
     }
 
     async fn force_release(&self, name: &str) -> Result<bool> {
-        let key = self.lock_key(name);
+        let keys = self.lock_keys(name);
         let mut kv = self.inner.client.kv_client();
-        let resp = call(
-            "force-release a lock",
-            self.inner.timeout,
-            kv.delete(key.clone(), None),
-        )
-        .await?;
-        self.forget(&key, None);
+        let options = DeleteOptions::new().with_range(keys.end.clone());
+        let delete = kv.delete(keys.prefix.clone(), Some(options));
+        let resp = call("force-release a lock", self.inner.timeout, delete).await?;
+        self.forget(&keys.prefix, None);
         Ok(resp.deleted() > 0)
     }
 
@@ -180,55 +197,90 @@ impl LockBackend for EtcdBackend {
 }
 
 impl EtcdBackend {
-    /// Whether `owner` holds `key` (a read-only transaction, so linearizable).
-    async fn owned(&self, key: &str, owner: &LockOwner) -> Result<bool> {
-        let txn = Txn::new().when([Compare::value(key, CompareOp::Equal, owner.as_str())]);
+    /// Whether `key` exists (a linearizable count-only read).
+    async fn exists(&self, key: &str) -> Result<bool> {
         let mut kv = self.inner.client.kv_client();
-        let resp = call("check a lock's owner", self.inner.timeout, kv.txn(txn)).await?;
-        Ok(resp.succeeded())
+        let get = kv.get(key, Some(GetOptions::new().with_count_only()));
+        let resp = call("check a lock's owner", self.inner.timeout, get).await?;
+        Ok(resp.count() > 0)
     }
 }
 
-/// `If(create_revision == 0) Then(Put) Else(If(value == owner) Then(Put, Get) Else(Get))`:
-/// a free lock is taken; a lock the owner already holds is moved onto its
-/// current lease (a retry after an ambiguous reply); another's is left alone.
-fn acquire_txn(key: &str, owner: &str, lease: i64) -> Txn {
-    let put = || TxnOp::put(key, owner, Some(PutOptions::new().with_lease(lease)));
-    let regrant = Txn::new()
-        .when([Compare::value(key, CompareOp::Equal, owner)])
-        .and_then([put(), TxnOp::get(key, None)])
-        .or_else([TxnOp::get(key, None)]);
+/// `If(no key in [prefix, end)) Then(Put own key) Else(Get the oldest key in [prefix, end))`.
+///
+/// The compare covers the whole range: etcd (≥ 3.3) compares an empty range
+/// as one absent key (create revision 0), a non-empty one as "every key
+/// matches". So a holder key is created only when nobody holds the lock,
+/// and there is at most one key under the prefix, ever.
+fn acquire_txn(keys: &LockKeys, own: &str, lease: i64) -> Txn {
+    let holder = GetOptions::new()
+        .with_range(keys.end.clone())
+        .with_sort(SortTarget::Create, SortOrder::Ascend)
+        .with_limit(1)
+        .with_keys_only();
     Txn::new()
-        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-        .and_then([put()])
-        .or_else([TxnOp::txn(regrant)])
+        .when([
+            Compare::create_revision(keys.prefix.clone(), CompareOp::Equal, 0)
+                .with_range(keys.end.clone()),
+        ])
+        .and_then([TxnOp::put(
+            own,
+            "",
+            Some(PutOptions::new().with_lease(lease)),
+        )])
+        .or_else([TxnOp::get(keys.prefix.clone(), Some(holder))])
 }
 
-/// The fencing token when [`acquire_txn`] granted the lock, `None` when held by another.
-fn granted_token(resp: &TxnResponse) -> Result<Option<FencingToken>> {
-    let revision = if resp.succeeded() {
+/// `If(create_revision(own) == token) Then(Put own key on lease)`: moves a
+/// lock the owner holds onto another lease, but never recreates its key
+/// once it is gone (released, expired, force-released).
+fn regrant_txn(own: &str, token: u64, lease: i64) -> Txn {
+    let token = i64::try_from(token).unwrap_or(i64::MAX);
+    Txn::new()
+        .when([Compare::create_revision(own, CompareOp::Equal, token)])
+        .and_then([TxnOp::put(
+            own,
+            "",
+            Some(PutOptions::new().with_lease(lease)),
+        )])
+}
+
+/// What [`acquire_txn`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Acquired {
+    /// It created the owner's key: the token is its create revision.
+    Granted(u64),
+    /// The owner's key was there already, with this create revision, on this lease.
+    Ours { token: u64, lease: i64 },
+    /// Another owner's key is there.
+    Held,
+}
+
+fn acquired(resp: &TxnResponse, own: &str) -> Result<Acquired> {
+    if resp.succeeded() {
         // The put created the key: its create revision is this revision.
-        resp.header().map(|h| h.revision())
-    } else {
-        let ops = resp.op_responses();
-        let Some(TxnOpResponse::Txn(inner)) = ops.first() else {
-            return Err(malformed("no nested transaction result"));
-        };
-        if !inner.succeeded() {
-            return Ok(None);
-        }
-        match inner.op_responses().get(1) {
-            Some(TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| kv.create_revision()),
-            _ => return Err(malformed("no read of the held lock")),
-        }
+        let revision = resp.header().map(|h| h.revision());
+        return positive(revision).map(Acquired::Granted);
+    }
+    let Some(TxnOpResponse::Get(get)) = resp.op_responses().into_iter().next() else {
+        return Err(malformed("no read of the held lock"));
     };
-    match revision
+    match get.kvs().first() {
+        Some(kv) if kv.key() == own.as_bytes() => Ok(Acquired::Ours {
+            token: positive(Some(kv.create_revision()))?,
+            lease: kv.lease(),
+        }),
+        Some(_) => Ok(Acquired::Held),
+        // Cannot happen: the compare failed because the range was not empty.
+        None => Err(malformed("the lock is held, but no key was read")),
+    }
+}
+
+fn positive(revision: Option<i64>) -> Result<u64> {
+    revision
         .and_then(|r| u64::try_from(r).ok())
         .filter(|r| *r > 0)
-    {
-        Some(r) => Ok(Some(FencingToken::new(r))),
-        None => Err(malformed("no positive create revision")),
-    }
+        .ok_or_else(|| malformed("no positive create revision"))
 }
 
 fn malformed(what: &str) -> Error {

@@ -8,6 +8,7 @@ use coord_core::testkit::{ServerProcess, unique_name, within};
 use coord_core::{AcquireOutcome, Error, LockBackend, LockClient, LockGrant, LockOwner, Settings};
 use coord_etcd::EtcdBackend;
 use coord_etcd::testkit::{EtcdHarness, EtcdServer};
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn};
 
 fn owner(o: &str) -> LockOwner {
     LockOwner::new("etcdtest", o).unwrap()
@@ -20,10 +21,19 @@ async fn grant(b: &EtcdBackend, name: &str, o: &LockOwner, ttl: Duration) -> Loc
     }
 }
 
-async fn kv(b: &EtcdBackend, name: &str) -> Option<etcd_client::KeyValue> {
+/// Every key under lock `name`'s prefix.
+async fn keys(b: &EtcdBackend, name: &str) -> Vec<etcd_client::KeyValue> {
     let mut kv = b.client().kv_client();
-    let resp = kv.get(b.lock_key(name), None).await.unwrap();
-    resp.kvs().first().cloned()
+    let options = GetOptions::new().with_prefix();
+    let resp = kv.get(b.lock_prefix(name), Some(options)).await.unwrap();
+    resp.kvs().to_vec()
+}
+
+/// The holder key of lock `name`; there is never more than one.
+async fn kv(b: &EtcdBackend, name: &str) -> Option<etcd_client::KeyValue> {
+    let mut all = keys(b, name).await;
+    assert!(all.len() <= 1, "several keys under lock {name:?}: {all:?}");
+    all.pop()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,7 +50,8 @@ async fn tokens_are_create_revisions_and_increase() {
         assert!(g.ttl >= Duration::from_secs(10) / 2, "{:?}", g.ttl);
         let stored = kv(&b, &name).await.expect("the lock key exists");
         assert_eq!(g.token.as_u64(), stored.create_revision() as u64);
-        assert_eq!(stored.value_str().unwrap(), o.as_str());
+        assert_eq!(stored.key_str().unwrap(), b.lock_key(&name, &o));
+        assert!(stored.key_str().unwrap().ends_with(&format!("\0{o}")));
         assert!(g.token.as_u64() > last, "{} after {last}", g.token);
         last = g.token.as_u64();
         b.release(&name, &o).await.unwrap();
@@ -303,4 +314,189 @@ async fn a_watch_outlives_the_request_timeout() {
     b.release(&name, &o).await.unwrap();
     let woke = within(Duration::from_secs(2), "the release is seen", events.next()).await;
     assert!(woke, "the watch ended instead of reporting the release");
+}
+
+/// The acquire transaction relies on etcd comparing a key *range*: an empty
+/// range compares like one absent key (create revision 0), a non-empty one
+/// only if every key in it matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_range_compares_as_absent_and_a_non_empty_one_does_not() {
+    let h = EtcdHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let mut kv = b.client().kv_client();
+    let base = unique_name("range-compare");
+    let (prefix, end) = (format!("{base}\0"), format!("{base}\u{1}"));
+    let free = || {
+        Txn::new().when([
+            Compare::create_revision(prefix.as_str(), CompareOp::Equal, 0).with_range(end.as_str()),
+        ])
+    };
+    assert!(kv.txn(free()).await.unwrap().succeeded(), "empty range");
+    // Keys just outside the range do not count.
+    for outside in [
+        base.clone(),
+        format!("{base}/b"),
+        end.clone(),
+        format!("{end}\0x"),
+    ] {
+        kv.put(outside.as_str(), "", None).await.unwrap();
+    }
+    assert!(
+        kv.txn(free()).await.unwrap().succeeded(),
+        "only keys outside"
+    );
+    kv.put(format!("{prefix}someone"), "", None).await.unwrap();
+    assert!(!kv.txn(free()).await.unwrap().succeeded(), "one key inside");
+    kv.put(format!("{prefix}other"), "", None).await.unwrap();
+    assert!(
+        !kv.txn(free()).await.unwrap().succeeded(),
+        "two keys inside"
+    );
+    kv.delete(
+        prefix.as_str(),
+        Some(etcd_client::DeleteOptions::new().with_range(end.as_str())),
+    )
+    .await
+    .unwrap();
+    assert!(kv.txn(free()).await.unwrap().succeeded(), "emptied again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_whose_names_share_a_prefix_are_independent() {
+    let h = EtcdHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let base = unique_name("nested");
+    let names = [
+        base.clone(),
+        format!("{base}/b"),
+        format!("{base}\u{1}"),
+        format!("{base}b"),
+    ];
+    let ttl = Duration::from_secs(10);
+    let owners: Vec<_> = (0..names.len()).map(|i| owner(&format!("n{i}"))).collect();
+    for (name, o) in names.iter().zip(&owners) {
+        grant(&b, name, o, ttl).await;
+    }
+    for (name, o) in names.iter().zip(&owners) {
+        assert_eq!(keys(&b, name).await.len(), 1, "{name:?}");
+        // Another owner cannot take any of them.
+        assert!(matches!(
+            b.try_acquire(name, &owner("intruder"), ttl).await.unwrap(),
+            AcquireOutcome::Held { .. }
+        ));
+        b.renew(name, o, ttl / 2).await.unwrap();
+    }
+    // Releasing, watching and force-releasing `base` leaves the others alone.
+    let mut events = b.subscribe(&base).await.unwrap();
+    for (name, o) in names.iter().zip(&owners).skip(1) {
+        b.release(name, o).await.unwrap();
+        grant(&b, name, o, ttl).await;
+    }
+    let woke = tokio::time::timeout(Duration::from_millis(500), events.next()).await;
+    assert!(
+        woke.is_err(),
+        "a release of another lock woke a waiter of {base:?}"
+    );
+    assert!(b.force_release(&base).await.unwrap());
+    assert!(
+        within(
+            Duration::from_secs(2),
+            "the force-release is seen",
+            events.next()
+        )
+        .await
+    );
+    assert!(kv(&b, &base).await.is_none());
+    for (name, o) in names.iter().zip(&owners).skip(1) {
+        assert!(kv(&b, name).await.is_some(), "{name:?} survived");
+        b.release(name, o).await.unwrap();
+    }
+    assert!(
+        !b.force_release(&base).await.unwrap(),
+        "nothing left to remove"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_deletes_only_the_owners_key_and_reports_not_held_when_it_is_gone() {
+    let h = EtcdHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let name = unique_name("plain-delete");
+    let (o, other) = (owner("holder"), owner("other"));
+    let ttl = Duration::from_secs(10);
+    grant(&b, &name, &o, ttl).await;
+    // Another owner's release deletes nothing (its key does not exist).
+    match b.release(&name, &other).await {
+        Err(Error::NotHeld(_)) => {}
+        r => panic!("release by another owner: expected NotHeld, got {r:?}"),
+    }
+    assert!(kv(&b, &name).await.is_some(), "the holder's key is intact");
+    // The holder's key vanishes behind its back (an expiry, an admin):
+    // release and renew say NotHeld.
+    let mut client = b.client().kv_client();
+    let deleted = client.delete(b.lock_key(&name, &o), None).await.unwrap();
+    assert_eq!(deleted.deleted(), 1);
+    match b.renew(&name, &o, ttl).await {
+        Err(Error::NotHeld(_)) => {}
+        r => panic!("renew after the key is gone: expected NotHeld, got {r:?}"),
+    }
+    match b.release(&name, &o).await {
+        Err(Error::NotHeld(_)) => {}
+        r => panic!("release after the key is gone: expected NotHeld, got {r:?}"),
+    }
+    // A normal release removes the key.
+    grant(&b, &name, &o, ttl).await;
+    b.release(&name, &o).await.unwrap();
+    assert!(kv(&b, &name).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_an_ambiguous_reply_is_granted_the_same_token() {
+    let h = EtcdHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let name = unique_name("ambiguous");
+    let o = owner("retry");
+    let ttl = Duration::from_secs(10);
+    let first = grant(&b, &name, &o, ttl).await;
+    let key = kv(&b, &name).await.unwrap();
+    // The reply was lost: the caller tries again.
+    let second = grant(&b, &name, &o, ttl).await;
+    assert_eq!(first.token, second.token);
+    let again = kv(&b, &name).await.unwrap();
+    assert_eq!(again.create_revision(), key.create_revision());
+    assert_eq!(
+        again.mod_revision(),
+        key.mod_revision(),
+        "same lease: no write"
+    );
+    // The key was made by an earlier client with its own lease (e.g. the
+    // reply was lost and the lease pool since replaced): the retry moves it
+    // onto this client's lease and keeps the token.
+    let c = h.connect().await.unwrap();
+    let third = grant(&c, &name, &o, ttl).await;
+    assert_eq!(third.token, first.token);
+    assert_eq!(kv(&c, &name).await.unwrap().lease(), c.leases()[0].id);
+    c.renew(&name, &o, third.ttl).await.unwrap();
+    // Someone else's key is never taken over, even when it was created by
+    // hand with an empty value.
+    c.release(&name, &o).await.unwrap();
+    let mut client = b.client().kv_client();
+    let other = owner("by-hand");
+    let lease = b.leases()[0].id;
+    client
+        .put(
+            b.lock_key(&name, &other),
+            "",
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        b.try_acquire(&name, &o, ttl).await.unwrap(),
+        AcquireOutcome::Held { .. }
+    ));
+    b.release(&name, &other).await.unwrap();
+    let fourth = grant(&b, &name, &o, ttl).await;
+    assert!(fourth.token > first.token);
+    b.release(&name, &o).await.unwrap();
 }
