@@ -140,22 +140,29 @@ fn coord_ops(client: LockClient, prefix: &str) -> Op {
 /// lock client, without its layer (waiting, watchdog, retries, metrics).
 fn direct_ops(backend: Arc<dyn LockBackend>, prefix: &str) -> Op {
     let names: Arc<Vec<String>> = Arc::new((0..TASKS).map(|t| format!("{prefix}/{t}")).collect());
+    // One owner per task, reused like the lock client reuses its owners.
+    let owners: Arc<Vec<LockOwner>> = Arc::new(
+        (0..TASKS)
+            .map(|t| LockOwner::new("bench", &format!("task{t}")).expect("owner"))
+            .collect(),
+    );
     op(move |t| {
         let backend = backend.clone();
         let names = names.clone();
+        let owners = owners.clone();
         async move {
             let name = &names[t as usize];
-            let owner = LockOwner::unique("bench");
+            let owner = &owners[t as usize];
             let ttl = Duration::from_secs(30);
             match backend
-                .try_acquire(name, &owner, ttl)
+                .try_acquire(name, owner, ttl)
                 .await
                 .expect("try_acquire")
             {
                 AcquireOutcome::Granted(_) => {}
                 held => panic!("{name} was not free: {held:?}"),
             }
-            backend.release(name, &owner).await.expect("release");
+            backend.release(name, owner).await.expect("release");
         }
     })
 }
@@ -220,7 +227,8 @@ fn etcd_pairs(rt: &Runtime, url: &str, endpoint: &str) -> Vec<Pair> {
         let mut client = etcd_client::Client::connect([endpoint], None)
             .await
             .expect("etcd connection");
-        let lease = client.lease_grant(60, None).await.expect("lease").id();
+        // Long enough for the whole run: the anchors' lease is not kept alive.
+        let lease = client.lease_grant(3600, None).await.expect("lease").id();
         (client, lease)
     });
     let kv = raw.clone();
