@@ -3,14 +3,11 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use coord_core::memory::MemoryBackend;
-use coord_core::{
-    AcquireOutcome, Capabilities, ComponentHealth, Error, LockBackend, LockClient, LockOwner,
-    ReleaseEvents, Result, RetryPolicy,
-};
+use coord_core::testkit::{Fault, FaultyLockBackend, LockOp};
+use coord_core::{Error, LockClient, RetryPolicy};
 
 #[tokio::test]
 async fn sequential_acquisitions_reuse_one_owner() {
@@ -53,44 +50,9 @@ async fn concurrent_holds_get_distinct_owners() {
     assert!(owners.contains(again.owner()), "a released owner is reused");
 }
 
-/// The memory backend whose releases fail while `down` is set.
-#[derive(Debug, Default)]
-struct FlakyRelease {
-    inner: MemoryBackend,
-    down: AtomicBool,
-}
-
-#[coord_core::async_trait]
-impl LockBackend for FlakyRelease {
-    fn capabilities(&self) -> &Capabilities {
-        self.inner.capabilities()
-    }
-    async fn try_acquire(&self, n: &str, o: &LockOwner, ttl: Duration) -> Result<AcquireOutcome> {
-        self.inner.try_acquire(n, o, ttl).await
-    }
-    async fn renew(&self, n: &str, o: &LockOwner, ttl: Duration) -> Result<()> {
-        self.inner.renew(n, o, ttl).await
-    }
-    async fn release(&self, n: &str, o: &LockOwner) -> Result<()> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(Error::unavailable("injected: server down", None));
-        }
-        self.inner.release(n, o).await
-    }
-    async fn subscribe(&self, n: &str) -> Result<ReleaseEvents> {
-        self.inner.subscribe(n).await
-    }
-    async fn force_release(&self, n: &str) -> Result<bool> {
-        self.inner.force_release(n).await
-    }
-    async fn health(&self) -> ComponentHealth {
-        self.inner.health().await
-    }
-}
-
 #[tokio::test]
 async fn an_owner_whose_release_failed_is_not_reused() {
-    let backend = Arc::new(FlakyRelease::default());
+    let backend = Arc::new(FaultyLockBackend::new(Arc::new(MemoryBackend::new())));
     let client = LockClient::builder(backend.clone())
         .retry(RetryPolicy::none())
         .build()
@@ -103,12 +65,12 @@ async fn an_owner_whose_release_failed_is_not_reused() {
         .await
         .unwrap();
     let stuck = guard.owner().clone();
-    backend.down.store(true, Ordering::SeqCst);
+    backend.inject(LockOp::Release, Fault::Unavailable);
     assert!(matches!(
         guard.release().await,
         Err(Error::Unavailable { .. })
     ));
-    backend.down.store(false, Ordering::SeqCst);
+    backend.clear();
     // The lock may still be held under `stuck`: a new acquisition must not
     // inherit it by reusing the owner.
     let other = client.lock("g").build().acquire().await.unwrap();

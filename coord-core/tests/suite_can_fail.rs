@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use coord_core::testkit::{LockHarness, lock};
+use coord_core::testkit::{Fault, FaultyLockBackend, LockHarness, LockOp, lock};
 use coord_core::{
     AcquireOutcome, Capabilities, ComponentHealth, FencingToken, LockBackend, LockGrant, LockOwner,
     ReleaseEvents, Result,
@@ -72,41 +72,15 @@ async fn owner_check_catches_release_by_anyone() {
     lock::non_owner_release_and_renew_refused(&broken()).await;
 }
 
-/// The memory backend with its release notifications taken away.
-#[derive(Debug)]
-struct Deaf(coord_core::memory::MemoryBackend);
-
-#[coord_core::async_trait]
-impl LockBackend for Deaf {
-    fn capabilities(&self) -> &Capabilities {
-        self.0.capabilities()
-    }
-    async fn try_acquire(&self, n: &str, o: &LockOwner, ttl: Duration) -> Result<AcquireOutcome> {
-        self.0.try_acquire(n, o, ttl).await
-    }
-    async fn renew(&self, n: &str, o: &LockOwner, ttl: Duration) -> Result<()> {
-        self.0.renew(n, o, ttl).await
-    }
-    async fn release(&self, n: &str, o: &LockOwner) -> Result<()> {
-        self.0.release(n, o).await
-    }
-    async fn subscribe(&self, _: &str) -> Result<ReleaseEvents> {
-        Ok(ReleaseEvents::never())
-    }
-    async fn force_release(&self, n: &str) -> Result<bool> {
-        self.0.force_release(n).await
-    }
-    async fn health(&self) -> ComponentHealth {
-        self.0.health().await
-    }
-}
-
+/// Clients of one memory store whose release notifications never arrive.
 struct DeafHarness(coord_core::memory::MemoryBackend);
 
 #[coord_core::async_trait]
 impl LockHarness for DeafHarness {
     async fn new_backend(&self) -> Arc<dyn LockBackend> {
-        Arc::new(Deaf(self.0.clone()))
+        let deaf = FaultyLockBackend::new(Arc::new(self.0.clone()));
+        deaf.inject(LockOp::Subscribe, Fault::Silence);
+        Arc::new(deaf)
     }
 }
 

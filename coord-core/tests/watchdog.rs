@@ -3,58 +3,23 @@
 //! refusal and on failures that outlast the lease.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use coord_core::memory::MemoryBackend;
-use coord_core::{
-    AcquireOutcome, Capabilities, ComponentHealth, Error, LockBackend, LockClient, LockOwner,
-    ReleaseEvents, Result,
-};
+use coord_core::testkit::{Fault, FaultyLockBackend, LockOp};
+use coord_core::{Error, LockClient};
 use tokio::time::Instant;
 
-/// The memory backend, counting renewals and failing them on demand.
-#[derive(Debug, Default)]
-struct Counting {
-    inner: MemoryBackend,
-    renewals: AtomicUsize,
-    fail_renewals: AtomicBool,
-}
-
-#[coord_core::async_trait]
-impl LockBackend for Counting {
-    fn capabilities(&self) -> &Capabilities {
-        self.inner.capabilities()
-    }
-    async fn try_acquire(&self, n: &str, o: &LockOwner, ttl: Duration) -> Result<AcquireOutcome> {
-        self.inner.try_acquire(n, o, ttl).await
-    }
-    async fn renew(&self, n: &str, o: &LockOwner, ttl: Duration) -> Result<()> {
-        self.renewals.fetch_add(1, Ordering::SeqCst);
-        if self.fail_renewals.load(Ordering::SeqCst) {
-            return Err(Error::unavailable("injected renewal failure", None));
-        }
-        self.inner.renew(n, o, ttl).await
-    }
-    async fn release(&self, n: &str, o: &LockOwner) -> Result<()> {
-        self.inner.release(n, o).await
-    }
-    async fn subscribe(&self, n: &str) -> Result<ReleaseEvents> {
-        self.inner.subscribe(n).await
-    }
-    async fn force_release(&self, n: &str) -> Result<bool> {
-        self.inner.force_release(n).await
-    }
-    async fn health(&self) -> ComponentHealth {
-        self.inner.health().await
-    }
-}
-
-fn setup() -> (Arc<Counting>, LockClient, LockClient) {
-    let backend = Arc::new(Counting::default());
+fn setup() -> (Arc<FaultyLockBackend>, LockClient, LockClient) {
+    let store = MemoryBackend::new();
+    let backend = Arc::new(FaultyLockBackend::new(Arc::new(store.clone())));
     let holder = LockClient::new(backend.clone());
-    let other = LockClient::new(Arc::new(backend.inner.clone()));
+    let other = LockClient::new(Arc::new(store));
     (backend, holder, other)
+}
+
+fn renewals(b: &FaultyLockBackend) -> usize {
+    b.calls(LockOp::Renew)
 }
 
 #[tokio::test(start_paused = true)]
@@ -68,7 +33,7 @@ async fn renews_at_a_third_of_the_ttl_and_keeps_the_lock() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(10_500)).await;
-    let n = backend.renewals.load(Ordering::SeqCst);
+    let n = renewals(&backend);
     assert!((9..=11).contains(&n), "{n} renewals in 10.5 s at ttl 3 s");
     assert!(guard.is_held());
     assert!(
@@ -96,7 +61,7 @@ async fn short_ttls_wake_the_task_early() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1_050)).await;
-    let n = backend.renewals.load(Ordering::SeqCst);
+    let n = renewals(&backend);
     assert!(
         (9..=11).contains(&n),
         "{n} renewals in 1.05 s at ttl 300 ms"
@@ -111,7 +76,7 @@ async fn never_renews_after_release_or_drop() {
     lock.acquire().await.unwrap().release().await.unwrap();
     drop(lock.acquire().await.unwrap());
     tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(backend.renewals.load(Ordering::SeqCst), 0);
+    assert_eq!(renewals(&backend), 0);
     assert_eq!(holder.held(), 0);
 }
 
@@ -144,7 +109,7 @@ async fn many_guards_are_renewed_by_one_task() {
                 .is_none()
         );
     }
-    assert!(backend.renewals.load(Ordering::SeqCst) >= 100 * 6);
+    assert!(renewals(&backend) >= 100 * 6);
 }
 
 #[tokio::test(start_paused = true)]
@@ -157,7 +122,7 @@ async fn a_refused_renewal_loses_the_lock_at_once() {
         .acquire()
         .await
         .unwrap();
-    assert!(backend.inner.force_release("f").await.unwrap());
+    assert!(backend.inner().force_release("f").await.unwrap());
     let started = Instant::now();
     let err = guard.lost().await;
     assert!(matches!(err, Error::LockLost(_)), "{err}");
@@ -166,13 +131,9 @@ async fn a_refused_renewal_loses_the_lock_at_once() {
         "{:?}",
         started.elapsed()
     );
-    let calls = backend.renewals.load(Ordering::SeqCst);
+    let calls = renewals(&backend);
     tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(
-        backend.renewals.load(Ordering::SeqCst),
-        calls,
-        "renewed after loss"
-    );
+    assert_eq!(renewals(&backend), calls, "renewed after loss");
 }
 
 #[tokio::test(start_paused = true)]
@@ -181,7 +142,7 @@ async fn failing_renewals_are_retried_until_the_lease_runs_out() {
     let ttl = Duration::from_secs(3);
     let guard = holder.lock("t").ttl(ttl).build().acquire().await.unwrap();
     let acquired = Instant::now();
-    backend.fail_renewals.store(true, Ordering::SeqCst);
+    backend.inject(LockOp::Renew, Fault::Unavailable);
     let err = guard.lost().await;
     let after = acquired.elapsed();
     assert!(matches!(err, Error::LockLost(_)), "{err}");
@@ -190,8 +151,5 @@ async fn failing_renewals_are_retried_until_the_lease_runs_out() {
         after >= ttl - Duration::from_millis(50) && after <= ttl + Duration::from_millis(50),
         "lost after {after:?}"
     );
-    assert!(
-        backend.renewals.load(Ordering::SeqCst) > 2,
-        "failures were retried"
-    );
+    assert!(renewals(&backend) > 2, "failures were retried");
 }

@@ -11,6 +11,7 @@
 //! `conformance_lock_<case>_<backend>`.
 
 mod checker;
+mod faults;
 pub mod lock;
 mod process;
 
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use checker::ExclusionChecker;
+pub use faults::{Fault, FaultyLockBackend, LockOp};
 pub use process::ServerProcess;
 
 #[doc(hidden)]

@@ -1,0 +1,234 @@
+//! Fault injection: a decorator over any lock backend that makes chosen
+//! operations fail, time out, lose their reply, slow down or go silent.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use coord_core::memory::MemoryBackend;
+//! use coord_core::testkit::{Fault, FaultyLockBackend, LockOp};
+//! use coord_core::{Error, LockClient, RetryPolicy};
+//!
+//! let faulty = Arc::new(FaultyLockBackend::new(Arc::new(MemoryBackend::new())));
+//! faulty.inject_times(LockOp::TryAcquire, Fault::Unavailable, 1);
+//! let client = LockClient::builder(faulty.clone()).retry(RetryPolicy::none()).build()?;
+//! let lock = client.lock("orders/42").build();
+//! assert!(matches!(lock.try_acquire().await, Err(Error::Unavailable { .. })));
+//! assert!(lock.try_acquire().await?.is_some(), "the rule was used up");
+//! assert_eq!(faulty.calls(LockOp::TryAcquire), 2);
+//! # Ok::<_, Error>(()) }).unwrap();
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::capabilities::Capabilities;
+use crate::error::{Error, Result};
+use crate::health::ComponentHealth;
+use crate::lock::{AcquireOutcome, LockBackend, LockOwner, ReleaseEvents};
+
+/// The operations of a [`LockBackend`], to aim faults at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LockOp {
+    /// [`LockBackend::try_acquire`].
+    TryAcquire,
+    /// [`LockBackend::renew`].
+    Renew,
+    /// [`LockBackend::release`].
+    Release,
+    /// [`LockBackend::subscribe`].
+    Subscribe,
+    /// [`LockBackend::force_release`].
+    ForceRelease,
+    /// [`LockBackend::health`].
+    Health,
+}
+
+const OPS: usize = 6;
+
+/// What an injected fault does to one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// Fails with [`Error::Unavailable`] without reaching the backend.
+    Unavailable,
+    /// Fails with [`Error::Timeout`] without reaching the backend.
+    Timeout,
+    /// Reaches the backend, then loses the reply: the caller sees
+    /// [`Error::Timeout`] although the operation was applied.
+    LoseReply,
+    /// Waits this long, then reaches the backend.
+    Delay(Duration),
+    /// For [`LockOp::Subscribe`]: a stream that never yields, as if the
+    /// backend sent no notifications. Other operations pass through.
+    Silence,
+}
+
+#[derive(Debug)]
+struct Rule {
+    op: LockOp,
+    fault: Fault,
+    /// Calls left to hit; `None` until [`FaultyLockBackend::clear`].
+    remaining: Option<usize>,
+}
+
+/// Wraps a backend and injects [`Fault`]s by operation, counting every call.
+#[derive(Debug)]
+pub struct FaultyLockBackend {
+    inner: Arc<dyn LockBackend>,
+    rules: Mutex<Vec<Rule>>,
+    calls: [AtomicUsize; OPS],
+}
+
+impl FaultyLockBackend {
+    /// A decorator over `inner` with no faults yet.
+    pub fn new(inner: Arc<dyn LockBackend>) -> Self {
+        FaultyLockBackend {
+            inner,
+            rules: Mutex::new(Vec::new()),
+            calls: Default::default(),
+        }
+    }
+
+    /// The wrapped backend (calls on it are neither counted nor faulted).
+    pub fn inner(&self) -> &Arc<dyn LockBackend> {
+        &self.inner
+    }
+
+    /// Applies `fault` to every call of `op` until [`clear`](Self::clear).
+    pub fn inject(&self, op: LockOp, fault: Fault) {
+        self.push(op, fault, None);
+    }
+
+    /// Applies `fault` to the next `times` calls of `op`.
+    pub fn inject_times(&self, op: LockOp, fault: Fault, times: usize) {
+        self.push(op, fault, Some(times));
+    }
+
+    /// Removes every rule.
+    pub fn clear(&self) {
+        self.rules.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// How many calls of `op` were made (faulted or not).
+    pub fn calls(&self, op: LockOp) -> usize {
+        self.calls[op as usize].load(Ordering::SeqCst)
+    }
+
+    fn push(&self, op: LockOp, fault: Fault, remaining: Option<usize>) {
+        self.rules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Rule {
+                op,
+                fault,
+                remaining,
+            });
+    }
+
+    /// Counts a call of `op` and takes the first rule that applies to it.
+    fn take(&self, op: LockOp) -> Option<Fault> {
+        self.calls[op as usize].fetch_add(1, Ordering::SeqCst);
+        let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        let index = rules
+            .iter()
+            .position(|r| r.op == op && r.remaining != Some(0))?;
+        let rule = &mut rules[index];
+        if let Some(n) = rule.remaining.as_mut() {
+            *n -= 1;
+        }
+        Some(rule.fault)
+    }
+
+    async fn apply<T>(&self, op: LockOp, call: impl Future<Output = Result<T>>) -> Result<T> {
+        match self.take(op) {
+            None | Some(Fault::Silence) => call.await,
+            Some(Fault::Unavailable) => Err(Error::unavailable(
+                format!("injected fault: {op:?} found the backend unavailable"),
+                None,
+            )),
+            Some(Fault::Timeout) => {
+                Err(Error::Timeout(format!("injected fault: {op:?} timed out")))
+            }
+            Some(Fault::LoseReply) => {
+                let _applied = call.await;
+                Err(Error::Timeout(format!(
+                    "injected fault: the reply to {op:?} was lost"
+                )))
+            }
+            Some(Fault::Delay(d)) => {
+                tokio::time::sleep(d).await;
+                call.await
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl LockBackend for FaultyLockBackend {
+    fn capabilities(&self) -> &Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn try_acquire(
+        &self,
+        name: &str,
+        owner: &LockOwner,
+        ttl: Duration,
+    ) -> Result<AcquireOutcome> {
+        let call = self.inner.try_acquire(name, owner, ttl);
+        self.apply(LockOp::TryAcquire, call).await
+    }
+
+    async fn renew(&self, name: &str, owner: &LockOwner, ttl: Duration) -> Result<()> {
+        self.apply(LockOp::Renew, self.inner.renew(name, owner, ttl))
+            .await
+    }
+
+    async fn release(&self, name: &str, owner: &LockOwner) -> Result<()> {
+        self.apply(LockOp::Release, self.inner.release(name, owner))
+            .await
+    }
+
+    async fn subscribe(&self, name: &str) -> Result<ReleaseEvents> {
+        let silent = {
+            let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+            rules.iter().any(|r| {
+                r.op == LockOp::Subscribe && r.fault == Fault::Silence && r.remaining != Some(0)
+            })
+        };
+        let events = self
+            .apply(LockOp::Subscribe, self.inner.subscribe(name))
+            .await?;
+        Ok(if silent {
+            ReleaseEvents::never()
+        } else {
+            events
+        })
+    }
+
+    async fn force_release(&self, name: &str) -> Result<bool> {
+        self.apply(LockOp::ForceRelease, self.inner.force_release(name))
+            .await
+    }
+
+    async fn health(&self) -> ComponentHealth {
+        let name = self.inner.capabilities().backend;
+        match self
+            .apply(LockOp::Health, async { Ok(self.inner.health().await) })
+            .await
+        {
+            Ok(h) => h,
+            Err(e) => ComponentHealth::unhealthy(name, e.to_string()),
+        }
+    }
+
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+}
