@@ -5,6 +5,7 @@
 //! cargo run --example quickstart                       # embedded memory backend
 //! COORD_URL=redis://127.0.0.1:6379 cargo run --example quickstart --features redis
 //! COORD_URL=etcd://127.0.0.1:2379  cargo run --example quickstart --features etcd
+//! RUST_LOG=coord=debug cargo run --example quickstart     # with coord's tracing spans
 //! ```
 
 use std::process::ExitCode;
@@ -14,6 +15,10 @@ use coord::Coord;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .init();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
