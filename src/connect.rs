@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use coord_core::url::redact;
 use coord_core::{Error, LockBackend, Result, Settings};
 
 /// The schemes `Coord::connect` understands, for error messages.
@@ -29,7 +30,8 @@ pub(crate) fn split_scheme(url: &str) -> Result<(String, &str)> {
     }
     let (scheme, rest) = url.split_once("://").ok_or_else(|| {
         Error::invalid(format!(
-            "backend URL {url:?} has no scheme; use one of {SCHEMES} (e.g. redis://127.0.0.1:6379)"
+            "backend URL {:?} has no scheme; use one of {SCHEMES} (e.g. redis://127.0.0.1:6379)",
+            redact(url)
         ))
     })?;
     Ok((scheme.to_ascii_lowercase(), rest))
@@ -46,7 +48,8 @@ pub(crate) async fn lock_backend(url: &str, settings: &Settings) -> Result<Arc<d
                 let name = rest.trim_end_matches('/');
                 if name.contains(['/', '?', '@', ':']) {
                     return Err(Error::invalid(format!(
-                        "memory URL {url:?}: give a plain store name (memory://name) or none"
+                        "memory URL {:?}: give a plain store name (memory://name) or none",
+                        redact(url)
                     )));
                 }
                 Ok(Arc::new(coord_core::memory::MemoryBackend::named(name)))
@@ -79,7 +82,8 @@ pub(crate) async fn lock_backend(url: &str, settings: &Settings) -> Result<Arc<d
                 .into(),
         )),
         other => Err(Error::invalid(format!(
-            "unknown backend scheme `{other}://` in {url:?}; use one of {SCHEMES}"
+            "unknown backend scheme `{other}://` in {:?}; use one of {SCHEMES}",
+            redact(url)
         ))),
     }
 }
@@ -104,5 +108,11 @@ mod tests {
             );
         }
         assert_eq!(split_scheme("ReDiS://h").unwrap().0, "redis");
+    }
+
+    #[test]
+    fn errors_do_not_leak_passwords() {
+        let e = split_scheme("u:hunter2@localhost:6379").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use coord_core::url::redact;
 use coord_core::{
     Capabilities, ComponentHealth, Error, LockBuilder, LockClient, Metrics, Result, Settings,
 };
@@ -94,14 +95,6 @@ impl CoordBuilder {
     }
 }
 
-/// The URL without its password, for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
-}
-
 impl Coord {
     /// Connects to the backend named by `url` (`memory://`,
     /// `redis://host:6379`, `redis+cluster://h1,h2`, `etcd://h1:2379,h2:2379`),
@@ -151,16 +144,5 @@ impl Coord {
                 "shutdown did not finish within {timeout:?}; unreleased locks expire with their TTL"
             ))),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(redact("redis://u:secret@h:1"), "redis://***@h:1");
-        assert_eq!(redact("memory://"), "memory://");
     }
 }

@@ -128,6 +128,28 @@ impl Error {
         }
     }
 
+    /// This error with `context` before its message (`"{context}: {message}"`),
+    /// for a caller that knows where the bad input came from, such as which
+    /// URL. [`Error::Conflict`], which has no single message, is unchanged.
+    #[must_use]
+    pub fn context(mut self, context: impl fmt::Display) -> Self {
+        match &mut self {
+            Error::Unavailable { message, .. }
+            | Error::Codec { message, .. }
+            | Error::Backend { message, .. }
+            | Error::Timeout(message)
+            | Error::NotHeld(message)
+            | Error::LockLost(message)
+            | Error::NotFound(message)
+            | Error::InvalidArgument(message)
+            | Error::Unsupported(message)
+            | Error::CircuitOpen(message)
+            | Error::NoInstances(message) => *message = format!("{context}: {message}"),
+            Error::Conflict { .. } => {}
+        }
+        self
+    }
+
     /// A short, stable label for metrics (`timeout`, `not_held`, ...).
     pub fn kind_label(&self) -> &'static str {
         match self {
@@ -166,5 +188,17 @@ mod tests {
         let e = Error::invalid("lock name is empty");
         assert_eq!(e.to_string(), "invalid argument: lock name is empty");
         assert_eq!(e.kind_label(), "invalid_argument");
+    }
+
+    #[test]
+    fn context_goes_before_the_message() {
+        let e = Error::invalid("bad port \"x\"").context("etcd URL \"etcd://h:x\"");
+        assert_eq!(
+            e.to_string(),
+            "invalid argument: etcd URL \"etcd://h:x\": bad port \"x\""
+        );
+        let e = Error::unavailable("refused", None).context("h1:2379");
+        assert!(e.is_retryable());
+        assert_eq!(e.to_string(), "backend unavailable: h1:2379: refused");
     }
 }

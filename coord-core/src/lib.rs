@@ -36,6 +36,7 @@ mod retry;
 mod settings;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod url;
 
 pub use capabilities::Capabilities;
 pub use error::{BoxError, Error, Result};

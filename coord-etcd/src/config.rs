@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use coord_core::url::{HostPort, redact, split_userinfo};
 use coord_core::{Error, Result};
 
 /// The port etcd clients use when a URL names none.
@@ -55,9 +56,16 @@ impl EtcdConfig {
                 redact(url)
             )));
         }
-        let (credentials, hosts) = match rest.rsplit_once('@') {
-            Some((userinfo, hosts)) => (Some(parse_userinfo(userinfo)?), hosts),
-            None => (None, rest),
+        let in_url = || format!("etcd URL {:?}", redact(url));
+        let (userinfo, hosts) = split_userinfo(rest).map_err(|e| e.context(in_url()))?;
+        let credentials = match userinfo {
+            Some(u) if u.user.is_empty() => {
+                return Err(Error::invalid(
+                    "etcd URL has an '@' but no user name before it; write user:password@host",
+                ));
+            }
+            Some(u) => Some((u.user, u.password.unwrap_or_default())),
+            None => None,
         };
         if hosts.is_empty() {
             return Err(Error::invalid(format!(
@@ -68,7 +76,11 @@ impl EtcdConfig {
         let hosts = hosts
             .split(',')
             .enumerate()
-            .map(|(i, h)| parse_host(h, i))
+            .map(|(i, h)| {
+                HostPort::parse(h, DEFAULT_PORT)
+                    .map(|h| h.to_string())
+                    .map_err(|e| e.context(format!("{}, endpoint {}", in_url(), i + 1)))
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(EtcdConfig {
             hosts,
@@ -100,106 +112,6 @@ impl fmt::Debug for EtcdConfig {
             .field("user", &self.user())
             .field("password", &self.credentials.as_ref().map(|_| "<redacted>"))
             .finish()
-    }
-}
-
-fn parse_userinfo(userinfo: &str) -> Result<(String, String)> {
-    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-    let user = percent_decode(user)?;
-    if user.is_empty() {
-        return Err(Error::invalid(
-            "etcd URL has an '@' but no user name before it; write user:password@host",
-        ));
-    }
-    Ok((user, percent_decode(password)?))
-}
-
-fn parse_host(host: &str, index: usize) -> Result<String> {
-    let n = index + 1;
-    if host.is_empty() {
-        return Err(Error::invalid(format!(
-            "endpoint {n} of the etcd URL is empty; separate endpoints with single commas"
-        )));
-    }
-    let (name, port) = if let Some(bracketed) = host.strip_prefix('[') {
-        let (name, after) = bracketed.split_once(']').ok_or_else(|| {
-            Error::invalid(format!("endpoint {n} ({host:?}) has an unclosed '['"))
-        })?;
-        match after {
-            "" => (format!("[{name}]"), None),
-            _ => match after.strip_prefix(':') {
-                Some(port) => (format!("[{name}]"), Some(port)),
-                None => {
-                    return Err(Error::invalid(format!(
-                        "endpoint {n} ({host:?}): expected ':port' after ']'"
-                    )));
-                }
-            },
-        }
-    } else {
-        match host.split_once(':') {
-            Some((name, port)) => (name.to_owned(), Some(port)),
-            None => (host.to_owned(), None),
-        }
-    };
-    if name.is_empty() || name == "[]" {
-        return Err(Error::invalid(format!(
-            "endpoint {n} ({host:?}) has a port but no host name"
-        )));
-    }
-    if name.contains(|c: char| c.is_whitespace() || c == '@') {
-        return Err(Error::invalid(format!(
-            "endpoint {n} ({host:?}) is not a valid host name"
-        )));
-    }
-    let port = match port {
-        None => DEFAULT_PORT,
-        Some(p) => match p.parse::<u16>() {
-            Ok(port) if port != 0 => port,
-            _ => {
-                return Err(Error::invalid(format!(
-                    "endpoint {n} ({host:?}) has bad port {p:?}; give a number from 1 to 65535"
-                )));
-            }
-        },
-    };
-    Ok(format!("{name}:{port}"))
-}
-
-fn percent_decode(s: &str) -> Result<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| {
-                    Error::invalid("etcd URL credentials contain a bad percent-escape")
-                })?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out)
-        .map_err(|_| Error::invalid("etcd URL credentials are not UTF-8 once percent-decoded"))
-}
-
-/// The URL with any password replaced, for error messages.
-pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.rsplit_once('@') {
-        Some((userinfo, hosts)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{scheme}://{user}:<redacted>@{hosts}")
-        }
-        None => url.to_owned(),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use coord_core::url::{HostPort, redact, split_userinfo};
 use coord_core::{Error, Result};
 
 /// The default Redis port.
@@ -29,12 +30,10 @@ pub struct RedisNode {
 }
 
 impl fmt::Display for RedisNode {
+    /// `host:port`, with IPv6 hosts in brackets (`[::1]:6379`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
+        let Self { host, port } = self.clone();
+        HostPort { host, port }.fmt(f)
     }
 }
 
@@ -91,7 +90,8 @@ impl RedisConfig {
     /// Malformed URLs give [`Error::InvalidArgument`] saying what is wrong;
     /// `rediss://` without the `tls` feature gives [`Error::Unsupported`].
     pub fn from_url(url: &str) -> Result<RedisConfig> {
-        let bad = |what: &str| Error::invalid(format!("bad redis URL {}: {what}", redact(url)));
+        let in_url = || format!("bad redis URL {}", redact(url));
+        let bad = |what: &str| Error::invalid(what).context(in_url());
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| bad("expected redis://host:port"))?;
@@ -114,34 +114,24 @@ impl RedisConfig {
         }
         let rest = rest.split_once(['?', '#']).map_or(rest, |(r, _)| r);
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let (userinfo, hosts) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, authority),
-        };
+        let (userinfo, hosts) = split_userinfo(authority).map_err(|e| e.context(in_url()))?;
         let (username, password) = match userinfo {
             None => (None, None),
-            Some(u) => {
-                let (user, pass) = match u.split_once(':') {
-                    Some((user, pass)) => (user, Some(pass)),
-                    None => (u, None),
-                };
-                let user =
-                    decode(user).ok_or_else(|| bad("user name is not valid percent-encoding"))?;
-                let pass = pass
-                    .map(|p| decode(p).ok_or_else(|| bad("password is not valid percent-encoding")))
-                    .transpose()?;
-                (
-                    (!user.is_empty()).then_some(user),
-                    pass.filter(|p| !p.is_empty()),
-                )
-            }
+            Some(u) => (
+                Some(u.user).filter(|u| !u.is_empty()),
+                u.password.filter(|p| !p.is_empty()),
+            ),
         };
         if hosts.is_empty() {
             return Err(bad("no host; expected redis://host:port"));
         }
         let nodes = hosts
             .split(',')
-            .map(|h| parse_node(h).map_err(|e| bad(&e)))
+            .map(|h| {
+                HostPort::parse(h, DEFAULT_PORT)
+                    .map(|HostPort { host, port }| RedisNode { host, port })
+                    .map_err(|e| e.context(in_url()))
+            })
             .collect::<Result<Vec<_>>>()?;
         if mode == RedisMode::Standalone && nodes.len() > 1 {
             return Err(bad(
@@ -208,81 +198,6 @@ impl RedisConfig {
             };
         }
         redis::ConnectionAddr::Tcp(node.host.clone(), node.port)
-    }
-}
-
-fn parse_node(s: &str) -> std::result::Result<RedisNode, String> {
-    let (host, port) = if let Some(inner) = s.strip_prefix('[') {
-        let (host, after) = inner
-            .split_once(']')
-            .ok_or_else(|| format!("unclosed '[' in host {s:?}"))?;
-        match after {
-            "" => (host, None),
-            p => (
-                host,
-                Some(
-                    p.strip_prefix(':')
-                        .ok_or_else(|| format!("bad text after ']' in {s:?}"))?,
-                ),
-            ),
-        }
-    } else {
-        match s.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (s, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("empty host in {s:?}"));
-    }
-    if host.contains(['/', '@', ' ', '[', ']']) {
-        return Err(format!(
-            "host {host:?} contains a character not allowed in a host name"
-        ));
-    }
-    let port = match port {
-        None => DEFAULT_PORT,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("port {p:?} is not a number from 1 to 65535"))?,
-    };
-    Ok(RedisNode {
-        host: host.to_owned(),
-        port,
-    })
-}
-
-/// Percent-decoding of user info; `None` when malformed or not UTF-8.
-fn decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// The URL with any password replaced, for error messages.
-pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.rsplit_once('@') {
-        Some((userinfo, hosts)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{hosts}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
     }
 }
 
