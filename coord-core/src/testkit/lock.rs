@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::Error;
-use crate::lock::{AcquireOutcome, LockClient, LockOwner};
+use crate::lock::{AcquireOutcome, LockClient, LockGuard, LockOwner};
 use crate::testkit::{ExclusionChecker, LockHarness, unique_name, within};
 
 /// Every case's name, in the order the macro expands them.
@@ -33,6 +33,21 @@ pub const CASES: &[&str] = &[
 
 async fn client(h: &dyn LockHarness) -> LockClient {
     LockClient::new(h.new_backend().await)
+}
+
+/// A fresh lock name and two independent clients of the backend.
+async fn two_clients(h: &dyn LockHarness, case: &str) -> (String, LockClient, LockClient) {
+    (unique_name(case), client(h).await, client(h).await)
+}
+
+/// `c` takes `name` with a 30 s lease, which no test waits out.
+async fn hold(c: &LockClient, name: &str) -> LockGuard {
+    c.lock(name)
+        .ttl(Duration::from_secs(30))
+        .build()
+        .acquire()
+        .await
+        .expect("acquire")
 }
 
 /// A TTL short enough to wait out in a test, long enough for the backend.
@@ -123,9 +138,7 @@ pub async fn mutual_exclusion_within_one_client(h: &dyn LockHarness) {
 
 /// Tokens grow strictly across holders, clients and force-releases.
 pub async fn fencing_tokens_strictly_increase(h: &dyn LockHarness) {
-    let name = unique_name("fence");
-    let a = client(h).await;
-    let b = client(h).await;
+    let (name, a, b) = two_clients(h, "fence").await;
     let mut last = None;
     for round in 0..20 {
         let c = if round % 2 == 0 { &a } else { &b };
@@ -157,9 +170,7 @@ pub async fn fencing_tokens_strictly_increase(h: &dyn LockHarness) {
 /// Release and renew by someone who does not hold the lock are refused with
 /// `NotHeld` and leave the holder's lock in place; a second release is `NotHeld`.
 pub async fn non_owner_release_and_renew_refused(h: &dyn LockHarness) {
-    let name = unique_name("owner");
-    let a = client(h).await;
-    let b = client(h).await;
+    let (name, a, b) = two_clients(h, "owner").await;
     let guard = a
         .lock(name.clone())
         .build()
@@ -200,9 +211,7 @@ pub async fn non_owner_release_and_renew_refused(h: &dyn LockHarness) {
 /// A holder that does not renew loses the lock after its TTL: another
 /// client gets it, and the old holder's renew is refused with `NotHeld`.
 pub async fn renew_after_expiry_refused(h: &dyn LockHarness) {
-    let name = unique_name("expiry");
-    let a = client(h).await;
-    let b = client(h).await;
+    let (name, a, b) = two_clients(h, "expiry").await;
     let ttl = short_ttl(&a);
     let guard = a
         .lock(name.clone())
@@ -267,9 +276,7 @@ pub async fn lost_fires_when_lock_removed(h: &dyn LockHarness) {
 
 /// `acquire()` gives up with `Timeout` when the wait timeout passes.
 pub async fn wait_timeout_returns_timeout(h: &dyn LockHarness) {
-    let name = unique_name("timeout");
-    let a = client(h).await;
-    let b = client(h).await;
+    let (name, a, b) = two_clients(h, "timeout").await;
     let guard = a
         .lock(name.clone())
         .build()
@@ -293,16 +300,8 @@ pub async fn wait_timeout_returns_timeout(h: &dyn LockHarness) {
 
 /// A waiter is woken by the release notification long before its 30 s poll.
 pub async fn waiter_woken_by_release(h: &dyn LockHarness) {
-    let name = unique_name("wake");
-    let a = client(h).await;
-    let b = client(h).await;
-    let guard = a
-        .lock(name.clone())
-        .ttl(Duration::from_secs(30))
-        .build()
-        .acquire()
-        .await
-        .expect("acquire");
+    let (name, a, b) = two_clients(h, "wake").await;
+    let guard = hold(&a, &name).await;
     let lock = b
         .lock(name.clone())
         .poll_interval(Duration::from_secs(30))
@@ -335,16 +334,8 @@ pub async fn waiter_woken_by_release(h: &dyn LockHarness) {
 
 /// Dropping a guard releases the lock in the background.
 pub async fn dropped_guard_is_released(h: &dyn LockHarness) {
-    let name = unique_name("drop");
-    let a = client(h).await;
-    let b = client(h).await;
-    let guard = a
-        .lock(name.clone())
-        .ttl(Duration::from_secs(30))
-        .build()
-        .acquire()
-        .await
-        .expect("acquire");
+    let (name, a, b) = two_clients(h, "drop").await;
+    let guard = hold(&a, &name).await;
     drop(guard);
     let started = Instant::now();
     let got = b
@@ -388,9 +379,7 @@ pub async fn bad_input_is_invalid_argument(h: &dyn LockHarness) {
 
 /// `try_acquire()` returns `None` while held and the guard once free.
 pub async fn try_acquire_reports_busy(h: &dyn LockHarness) {
-    let name = unique_name("try");
-    let a = client(h).await;
-    let b = client(h).await;
+    let (name, a, b) = two_clients(h, "try").await;
     let guard = a
         .lock(name.clone())
         .build()
