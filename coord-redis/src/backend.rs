@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use coord_core::{Capabilities, ComponentHealth, Result, Settings};
+use coord_core::{Capabilities, ComponentHealth, Error, Result, Settings};
 use redis::{Cmd, FromRedisValue, Script, ServerErrorKind};
 use tracing::Instrument;
 
@@ -22,7 +22,8 @@ use crate::pubsub::PubSubHub;
 /// `{ns}:lock:{name}:fence` (last fencing token) and the pub/sub channel
 /// `{ns}:lock:{name}:released`.
 ///
-/// Needs Redis 6.2 or later (the lock scripts use `SET … GET`).
+/// Needs Redis 7.0 or later (the lock scripts use `SET … NX GET`); `connect`
+/// checks the server's version and refuses an older one.
 #[derive(Clone)]
 pub struct RedisBackend {
     pub(crate) inner: Arc<Inner>,
@@ -70,6 +71,7 @@ impl RedisBackend {
         let span = tracing::info_span!("coord.redis.connect", addr = %addr, mode = ?config.mode);
         async move {
             let conn = Connection::open(&config, settings).await?;
+            check_server_version(&conn, &addr).await?;
             let clients = (0..config.nodes.len())
                 .map(|i| standalone_client(&config, i))
                 .collect::<Result<Vec<_>>>()?;
@@ -129,6 +131,59 @@ impl RedisBackend {
     }
 }
 
+/// The oldest Redis the lock scripts run on: `SET key value NX GET` is 7.0.
+const MIN_SERVER_MAJOR: u64 = 7;
+
+/// Refuses a server older than [`MIN_SERVER_MAJOR`], asking with `HELLO`
+/// (no arguments: the protocol is unchanged, and every ACL user may send it).
+/// A server whose reply names no version (a Redis-compatible server that
+/// answers differently) is let through.
+async fn check_server_version(conn: &Connection, addr: &str) -> Result<()> {
+    let mut conn = conn.clone();
+    let reply: redis::Value = match redis::cmd("HELLO").query_async(&mut conn).await {
+        Ok(reply) => reply,
+        Err(e) => {
+            tracing::debug!(error = %e, "HELLO failed; server version not checked");
+            return Ok(());
+        }
+    };
+    match server_version(&reply) {
+        Some(version) if major_version(&version).is_some_and(|m| m < MIN_SERVER_MAJOR) => {
+            Err(Error::Unsupported(format!(
+                "the Redis server at {addr} is version {version}; coord needs Redis \
+                 {MIN_SERVER_MAJOR}.0 or later (its lock scripts use `SET … NX GET`)"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The `version` field of a `HELLO` reply (a map in RESP3, a flat
+/// key/value array in RESP2).
+fn server_version(reply: &redis::Value) -> Option<String> {
+    use redis::Value;
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    match reply {
+        Value::Array(items) => items
+            .chunks(2)
+            .find(|kv| text(&kv[0]).as_deref() == Some("version"))
+            .and_then(|kv| kv.get(1).and_then(text)),
+        Value::Map(pairs) => pairs
+            .iter()
+            .find(|(k, _)| text(k).as_deref() == Some("version"))
+            .and_then(|(_, v)| text(v)),
+        _ => None,
+    }
+}
+
+fn major_version(version: &str) -> Option<u64> {
+    version.split('.').next()?.parse().ok()
+}
+
 fn capabilities() -> Capabilities {
     let mut caps = Capabilities::new("redis");
     // Replication is asynchronous: a failover can lose an acknowledged lock.
@@ -140,4 +195,33 @@ fn capabilities() -> Capabilities {
     caps.min_ttl = std::time::Duration::from_millis(1);
     caps.distributed = true;
     caps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::Value;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn version_is_read_from_resp2_and_resp3_hello_replies() {
+        let resp2 = Value::Array(vec![
+            bulk("server"),
+            bulk("redis"),
+            bulk("version"),
+            bulk("6.2.14"),
+            bulk("proto"),
+            Value::Int(2),
+        ]);
+        assert_eq!(server_version(&resp2).as_deref(), Some("6.2.14"));
+        let resp3 = Value::Map(vec![(bulk("version"), bulk("7.0.15"))]);
+        assert_eq!(server_version(&resp3).as_deref(), Some("7.0.15"));
+        assert_eq!(server_version(&Value::Nil), None);
+        assert_eq!(major_version("6.2.14"), Some(6));
+        assert_eq!(major_version("7.0.15"), Some(7));
+        assert_eq!(major_version("df-v1"), None);
+    }
 }

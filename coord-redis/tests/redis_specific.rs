@@ -1,5 +1,5 @@
-//! Behaviour only the Redis backend has: HLC fencing across restarts of a
-//! server without persistence, corrupted stored data, connection errors,
+//! Behaviour only the Redis backend has: fencing counters seeded from the
+//! server clock across restarts of a server without persistence, corrupted stored data, connection errors,
 //! pub/sub wake-ups and reconnection.
 
 use std::sync::Arc;
@@ -23,6 +23,25 @@ async fn grant(b: &RedisBackend, name: &str, o: &LockOwner) -> FencingToken {
         AcquireOutcome::Granted(g) => g.token,
         other => panic!("expected a grant of {name}, got {other:?}"),
     }
+}
+
+async fn refused(b: &dyn LockBackend, name: &str) {
+    match b.try_acquire(name, &owner("waiter"), TTL).await.unwrap() {
+        AcquireOutcome::Held { .. } => {}
+        other => panic!("expected {name} to be held, got {other:?}"),
+    }
+}
+
+/// How many `PUBLISH` calls (scripts' included) the server has run.
+async fn publishes(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
 }
 
 async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
@@ -83,35 +102,37 @@ async fn corrupted_fence_is_a_codec_error() {
     let b = h.connect().await.unwrap();
     let ns = &h.settings().namespace;
     let mut raw = raw(h.server.url()).await;
-    let _: () = redis::cmd("SET")
-        .arg(format!("{ns}:lock:{{corrupt}}:fence"))
-        .arg("banana")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
-    let err = b
-        .try_acquire("corrupt", &owner("a"), TTL)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Codec { .. }), "{err:?}");
-    assert!(
-        err.to_string().contains("banana") && err.to_string().contains("fence"),
-        "{err}"
-    );
-    assert!(!err.is_retryable());
-    // Nothing was granted, and the fence still holds what it held.
-    let exists: bool = redis::cmd("EXISTS")
-        .arg(format!("{ns}:lock:{{corrupt}}"))
-        .query_async(&mut raw)
-        .await
-        .unwrap();
-    assert!(!exists);
-    let fence: String = redis::cmd("GET")
-        .arg(format!("{ns}:lock:{{corrupt}}:fence"))
-        .query_async(&mut raw)
-        .await
-        .unwrap();
-    assert_eq!(fence, "banana");
+    for bad in ["banana", "-5", "1.5", "9007199254740993"] {
+        let _: () = redis::cmd("SET")
+            .arg(format!("{ns}:lock:{{corrupt}}:fence"))
+            .arg(bad)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let err = b
+            .try_acquire("corrupt", &owner("a"), TTL)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Codec { .. }), "{bad}: {err:?}");
+        assert!(
+            err.to_string().contains(bad) && err.to_string().contains("fence"),
+            "{err}"
+        );
+        assert!(!err.is_retryable());
+        // Nothing was granted, and the fence still holds what it held.
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(format!("{ns}:lock:{{corrupt}}"))
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert!(!exists, "{bad}: the lock was left behind");
+        let fence: String = redis::cmd("GET")
+            .arg(format!("{ns}:lock:{{corrupt}}:fence"))
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(fence, bad);
+    }
 }
 
 #[tokio::test]
@@ -169,7 +190,7 @@ async fn held_locks_report_their_remaining_lease() {
 }
 
 #[tokio::test]
-async fn fence_is_hybrid_logical_clock() {
+async fn fence_is_a_counter_seeded_from_the_server_clock() {
     let h = RedisHarness::start().await;
     let b = h.connect().await.unwrap();
     let ns = &h.settings().namespace;
@@ -192,6 +213,68 @@ async fn fence_is_hybrid_logical_clock() {
     assert!(
         t.abs_diff(now_us) < 60_000_000,
         "token {t} is not near now {now_us}"
+    );
+}
+
+#[tokio::test]
+async fn fence_catches_up_with_the_clock_within_16_grants_after_a_restore() {
+    // A restore from an older snapshot puts back an old fence: tokens may repeat
+    // for at most 15 grants, then jump to the server clock.
+    let h = RedisHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let ns = &h.settings().namespace;
+    let mut raw = raw(h.server.url()).await;
+    let old: u64 = 1_000_000;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{ns}:lock:{{restored}}:fence"))
+        .arg(old)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let mut tokens = Vec::new();
+    for _ in 0..16 {
+        tokens.push(grant(&b, "restored", &owner("a")).await.as_u64());
+        b.release("restored", &owner("a")).await.unwrap();
+    }
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+    assert_eq!(&tokens[..15], &(old + 1..old + 16).collect::<Vec<_>>()[..]);
+    assert!(
+        tokens[15] >= now_us,
+        "{tokens:?} never reached the clock {now_us}"
+    );
+}
+
+#[tokio::test]
+async fn uncontended_releases_publish_nothing_contended_ones_wake_waiters() {
+    let h = RedisHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let mut raw = raw(h.server.url()).await;
+    let a = owner("a");
+    let before = publishes(&mut raw).await;
+    for _ in 0..5 {
+        grant(&b, "quiet", &a).await;
+        b.release("quiet", &a).await.unwrap();
+    }
+    assert_eq!(publishes(&mut raw).await, before, "no waiter, no PUBLISH");
+
+    grant(&b, "quiet", &a).await;
+    refused(&b, "quiet").await;
+    // Renewing and re-granting keep the mark (and the owner check still holds).
+    b.renew("quiet", &a, TTL).await.unwrap();
+    grant(&b, "quiet", &a).await;
+    assert!(matches!(
+        b.release("quiet", &owner("waiter")).await,
+        Err(Error::NotHeld(_))
+    ));
+    b.release("quiet", &a).await.unwrap();
+    assert_eq!(
+        publishes(&mut raw).await,
+        before + 1,
+        "a refused waiter is woken"
     );
 }
 
@@ -267,6 +350,8 @@ async fn release_wakes_subscribers_and_shared_channels_survive_one_leaving() {
     let mut first = waiter.subscribe("wake").await.unwrap();
     let second = waiter.subscribe("wake").await.unwrap();
     drop(second);
+    // A refused attempt marks the hold as waited for; only such a release publishes.
+    refused(waiter.as_ref(), "wake").await;
     // Give the unsubscribe task a chance to run: the channel must stay subscribed.
     tokio::time::sleep(Duration::from_millis(50)).await;
     holder.release("wake", &a).await.unwrap();
@@ -287,6 +372,7 @@ async fn release_wakes_subscribers_and_shared_channels_survive_one_leaving() {
         holder.try_acquire("wake", &a, TTL).await.unwrap(),
         AcquireOutcome::Granted(_)
     ));
+    // A force release publishes whether or not anyone was refused.
     assert!(holder.force_release("wake").await.unwrap());
     assert!(
         within(
@@ -330,6 +416,7 @@ async fn pubsub_streams_end_when_the_server_dies_and_resubscribe_after() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(token.is_some());
+    refused(&b, "dies").await;
     b.release("dies", &a).await.unwrap();
     assert!(
         within(

@@ -44,6 +44,11 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     /// Starts listening for releases (and expiries, where the backend sees
     /// them) of `name`. Called by a waiter after a failed attempt, before it
     /// retries, so no release between the two is missed.
+    ///
+    /// A backend may signal only the releases of holds during which some
+    /// `try_acquire` was refused (Redis does, to spare a `PUBLISH` on every
+    /// uncontended release); the subscribe-then-retry order above makes that
+    /// enough for every waiter.
     async fn subscribe(&self, name: &str) -> Result<ReleaseEvents>;
 
     /// Removes the lock whoever holds it (administration, tests). Returns

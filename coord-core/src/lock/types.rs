@@ -18,14 +18,17 @@ pub struct LockOwner {
 
 impl LockOwner {
     /// An owner made of a client id (no `:` allowed) and a logical owner.
+    /// Neither may contain a NUL byte (backends use it as a marker).
     pub fn new(client_id: &str, owner: &str) -> Result<Self> {
-        if client_id.is_empty() || client_id.contains(':') {
+        if client_id.is_empty() || client_id.contains([':', '\0']) {
             return Err(Error::invalid(format!(
-                "client id {client_id:?} must be non-empty and contain no ':'"
+                "client id {client_id:?} must be non-empty and contain no ':' or NUL byte"
             )));
         }
-        if owner.is_empty() {
-            return Err(Error::invalid("lock owner must be non-empty"));
+        if owner.is_empty() || owner.contains('\0') {
+            return Err(Error::invalid(format!(
+                "lock owner {owner:?} must be non-empty and contain no NUL byte"
+            )));
         }
         Ok(LockOwner {
             full: format!("{client_id}:{owner}").into(),
@@ -173,6 +176,19 @@ mod tests {
         assert!(matches!(
             LockOwner::parse("nocolon"),
             Err(Error::Codec { .. })
+        ));
+    }
+
+    #[test]
+    fn owners_and_client_ids_reject_nul_bytes() {
+        // Backends use a NUL byte as a marker next to the stored owner.
+        assert!(matches!(
+            LockOwner::new("test", "a\0"),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            LockOwner::new("te\0st", "a"),
+            Err(Error::InvalidArgument(_))
         ));
     }
 

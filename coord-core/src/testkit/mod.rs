@@ -3,7 +3,7 @@
 //!
 //! A backend crate's test file is one line:
 //!
-//! ```ignore
+//! ```text
 //! coord_core::lock_conformance_tests!(redis, coord_redis::testkit::RedisHarness::start().await);
 //! ```
 //!
