@@ -31,11 +31,6 @@
 -- Tokens stay below 2^53, exact in a Lua number.
 local MAX_TOKEN = 9007199254740992
 
-local function clock_us()
-  local now = redis.call('TIME')
-  return now[1] * 1000000 + now[2]
-end
-
 local holder = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2], 'GET')
 if not holder then
   -- The lock is ours now.
@@ -54,7 +49,8 @@ if not holder then
     return redis.call('GET', KEYS[2])
   end
   if token == 1 or token % 16 == 0 then
-    local now = clock_us()
+    local time = redis.call('TIME')
+    local now = time[1] * 1000000 + time[2]
     if now > token then
       token = now
       redis.call('SET', KEYS[2], token)
