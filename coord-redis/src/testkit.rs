@@ -39,7 +39,12 @@ pub struct RedisServer {
     process: Option<ServerProcess>,
     // Kept alive (and removed on drop) with the process using it.
     _dir: Option<tempfile::TempDir>,
+    /// The other nodes of a cluster this fixture spawned.
+    peers: Vec<RedisServer>,
 }
+
+/// The number of masters in the cluster [`RedisServer::start_cluster`] spawns.
+pub const CLUSTER_NODES: usize = 3;
 
 impl RedisServer {
     /// The server of `COORD_TEST_REDIS_URL`, or a new local `redis-server`.
@@ -50,6 +55,7 @@ impl RedisServer {
                 url: url.trim().to_owned(),
                 process: None,
                 _dir: None,
+                peers: Vec::new(),
             }),
             _ => Self::spawn(),
         }
@@ -62,60 +68,98 @@ impl RedisServer {
     }
 
     /// The cluster of `COORD_TEST_REDIS_CLUSTER_URL`, or a new local
-    /// one-node Redis Cluster owning all 16384 slots (`redis+cluster://` URL).
+    /// Redis Cluster of [`CLUSTER_NODES`] masters sharing the 16384 slots
+    /// (`redis+cluster://` URL naming every node).
     pub fn start_cluster() -> Result<RedisServer> {
         match std::env::var(TEST_CLUSTER_URL_ENV) {
             Ok(url) if !url.trim().is_empty() => Ok(RedisServer {
                 url: url.trim().to_owned(),
                 process: None,
                 _dir: None,
+                peers: Vec::new(),
             }),
-            _ => Self::spawn_cluster(),
+            _ => Self::spawn_cluster(CLUSTER_NODES),
         }
     }
 
-    /// A new local one-node Redis Cluster owning all slots.
-    pub fn spawn_cluster() -> Result<RedisServer> {
-        let mut server = Self::spawn_with(&[
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-        ])?;
-        let plain = server.url.clone();
+    /// A new local Redis Cluster of `nodes` masters (no replicas), each
+    /// owning an equal share of the slots. The returned fixture is the first
+    /// node; the others live (and die) with it.
+    pub fn spawn_cluster(nodes: usize) -> Result<RedisServer> {
+        let nodes = nodes.max(1);
+        let mut servers = (0..nodes)
+            .map(|_| {
+                Self::spawn_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let addrs: Vec<String> = servers
+            .iter()
+            .map(|s| s.url.trim_start_matches("redis://").to_owned())
+            .collect();
         let fail = |what: &str, e: redis::RedisError| {
             Error::unavailable(
-                format!("cannot set up the test cluster at {plain}: {what}: {e}"),
+                format!("cannot set up the test cluster on {addrs:?}: {what}: {e}"),
                 None,
             )
         };
-        let mut conn = redis::Client::open(plain.as_str())
-            .and_then(|c| c.get_connection())
-            .map_err(|e| fail("connect", e))?;
-        redis::cmd("CLUSTER")
-            .arg("ADDSLOTSRANGE")
-            .arg(0)
-            .arg(16383)
-            .query::<()>(&mut conn)
-            .map_err(|e| fail("CLUSTER ADDSLOTSRANGE", e))?;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            let info: String = redis::cmd("CLUSTER")
-                .arg("INFO")
-                .query(&mut conn)
-                .map_err(|e| fail("CLUSTER INFO", e))?;
-            if info.contains("cluster_state:ok") {
-                break;
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(Error::Timeout(format!(
-                    "the test cluster at {plain} did not reach cluster_state:ok"
-                )));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut conns = servers
+            .iter()
+            .map(|s| {
+                redis::Client::open(s.url.as_str())
+                    .and_then(|c| c.get_connection())
+                    .map_err(|e| fail("connect", e))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        const SLOTS: usize = 16384;
+        for (i, conn) in conns.iter_mut().enumerate() {
+            let first = SLOTS * i / nodes;
+            let last = SLOTS * (i + 1) / nodes - 1;
+            redis::cmd("CLUSTER")
+                .arg("ADDSLOTSRANGE")
+                .arg(first)
+                .arg(last)
+                .query::<()>(conn)
+                .map_err(|e| fail("CLUSTER ADDSLOTSRANGE", e))?;
         }
-        server.url = plain.replace("redis://", "redis+cluster://");
-        Ok(server)
+        for addr in &addrs[1..] {
+            let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "0"));
+            redis::cmd("CLUSTER")
+                .arg("MEET")
+                .arg(host)
+                .arg(port)
+                .query::<()>(&mut conns[0])
+                .map_err(|e| fail("CLUSTER MEET", e))?;
+        }
+        // Every node must see the whole cluster before a client may use it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let known = format!("cluster_known_nodes:{nodes}");
+        for conn in &mut conns {
+            loop {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(conn)
+                    .map_err(|e| fail("CLUSTER INFO", e))?;
+                if info.contains("cluster_state:ok") && info.contains(&known) {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(Error::Timeout(format!(
+                        "the test cluster on {addrs:?} did not reach cluster_state:ok \
+                         with {nodes} nodes within 30 s"
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        let mut first = servers.remove(0);
+        first.url = format!("redis+cluster://{}", addrs.join(","));
+        first.peers = servers;
+        Ok(first)
     }
 
     fn spawn_with(extra: &[&str]) -> Result<RedisServer> {
@@ -143,6 +187,7 @@ impl RedisServer {
             url: format!("redis://127.0.0.1:{port}"),
             process: Some(process),
             _dir: Some(dir),
+            peers: Vec::new(),
         })
     }
 
@@ -199,8 +244,9 @@ impl RedisHarness {
         }
     }
 
-    /// A harness on [`RedisServer::start_cluster`] (a one-node cluster
-    /// unless `COORD_TEST_REDIS_CLUSTER_URL` is set). Panics when none starts.
+    /// A harness on [`RedisServer::start_cluster`] (a local cluster of
+    /// [`CLUSTER_NODES`] masters unless `COORD_TEST_REDIS_CLUSTER_URL` is
+    /// set). Panics when none starts.
     pub async fn start_cluster() -> RedisHarness {
         match RedisServer::start_cluster().map(Self::on) {
             Ok(h) => h,

@@ -1,5 +1,7 @@
 //! The lock conformance suite through the cluster client (`redis+cluster://`),
-//! on a one-node Redis Cluster (or `COORD_TEST_REDIS_CLUSTER_URL`).
+//! on a local three-master Redis Cluster (or `COORD_TEST_REDIS_CLUSTER_URL`):
+//! locks hash to slots on different nodes, and releases published on one node
+//! reach subscribers connected to another.
 
 coord_core::lock_conformance_tests!(
     redis_cluster,

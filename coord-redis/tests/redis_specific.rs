@@ -509,3 +509,39 @@ async fn rediss_to_a_plain_server_fails_cleanly() {
         "a TLS handshake with a plain server cannot succeed"
     );
 }
+
+#[tokio::test]
+async fn a_cluster_spreads_locks_over_its_nodes_and_wakes_waiters_across_them() {
+    let h = RedisHarness::start_cluster().await;
+    let url = h.server.url().to_owned();
+    let holder = h.connect().await.unwrap();
+    let waiter = h.connect().await.unwrap();
+    let a = owner("a");
+    for i in 0..32 {
+        grant(&holder, &format!("spread/{i}"), &a).await;
+    }
+    // Every node holds some of the locks (each lock's keys share one slot).
+    let addrs = url.trim_start_matches("redis+cluster://");
+    assert_eq!(addrs.split(',').count(), 3, "{url}");
+    for addr in addrs.split(',') {
+        let mut node = raw(&format!("redis://{addr}")).await;
+        let keys: u64 = redis::cmd("DBSIZE").query_async(&mut node).await.unwrap();
+        assert!(keys > 0, "node {addr} holds none of the 32 locks");
+    }
+    // A release is published on the lock's node and heard through the hub.
+    for i in 0..3 {
+        let name = format!("spread/{i}");
+        let mut events = waiter.subscribe(&name).await.unwrap();
+        refused(&waiter, &name).await;
+        holder.release(&name, &a).await.unwrap();
+        assert!(
+            within(
+                Duration::from_secs(5),
+                "the release is published",
+                events.next()
+            )
+            .await,
+            "no wake-up for {name}"
+        );
+    }
+}
