@@ -545,3 +545,86 @@ async fn a_cluster_spreads_locks_over_its_nodes_and_wakes_waiters_across_them() 
         );
     }
 }
+
+/// The ids of the server's pub/sub connections subscribed to one channel.
+async fn pubsub_clients(conn: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(conn)
+        .await
+        .unwrap();
+    list.lines()
+        .filter(|l| l.contains(" sub=1 "))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Polls (bounded) until exactly one pub/sub connection is subscribed and
+/// it is not `not`; returns its id.
+async fn one_subscriber(conn: &mut redis::aio::MultiplexedConnection, not: Option<&str>) -> String {
+    within(Duration::from_secs(10), "the waiter subscribes", async {
+        loop {
+            let ids = pubsub_clients(conn).await;
+            if ids.len() == 1 && Some(ids[0].as_str()) != not {
+                break ids[0].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_waiter_resubscribes_when_its_pubsub_connection_is_killed() {
+    let h = RedisHarness::start().await;
+    let mut raw = raw(h.server.url()).await;
+    let holder = LockClient::new(Arc::new(h.connect().await.unwrap()));
+    let waiter = LockClient::new(Arc::new(h.connect().await.unwrap()));
+    let guard = holder
+        .lock("killed")
+        .ttl(Duration::from_secs(30))
+        .build()
+        .acquire()
+        .await
+        .unwrap();
+    let waiting = tokio::spawn(async move {
+        waiter
+            .lock("killed")
+            .ttl(Duration::from_secs(30))
+            .poll_interval(Duration::from_secs(30))
+            .wait_forever()
+            .build()
+            .acquire()
+            .await
+    });
+    let first = one_subscriber(&mut raw, None).await;
+    // A channel that dies younger than 1 s makes a waiter poll instead; this
+    // one is older when it is killed.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(killed, 1, "the waiter's pub/sub connection");
+    // The waiter listens again, on a new connection.
+    one_subscriber(&mut raw, Some(&first)).await;
+
+    let released_at = std::time::Instant::now();
+    guard.release().await.unwrap();
+    let won = within(Duration::from_secs(5), "the waiter wakes", waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        released_at.elapsed() < Duration::from_secs(2),
+        "woken through the new subscription, not the 30 s poll: {:?}",
+        released_at.elapsed()
+    );
+    won.release().await.unwrap();
+}

@@ -81,7 +81,8 @@ impl ReleaseEvents {
     }
 
     /// Waits for the next signal. Returns `false` when the source has ended
-    /// (connection lost); the waiter then falls back to polling.
+    /// (connection lost); the waiter then subscribes again, or polls when
+    /// the channel keeps ending at once.
     pub async fn next(&mut self) -> bool {
         self.inner.next().await.is_some()
     }

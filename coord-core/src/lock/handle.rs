@@ -12,6 +12,10 @@ use crate::lock::client::LockClient;
 use crate::lock::guard::LockGuard;
 use crate::lock::types::{AcquireOutcome, LockGrant, LockOwner, validate_lock_request};
 
+/// A waiter whose notification channel ends listens again, unless the channel
+/// lived shorter than this (then it polls, so a failing channel cannot spin).
+const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
+
 /// Options of one lock; start from [`LockClient::lock`].
 #[derive(Debug, Clone)]
 #[must_use]
@@ -183,6 +187,7 @@ impl Lock {
         let deadline = self.wait_timeout.map(|t| started + t);
         let shared = &self.client.shared;
         let mut events: Option<ReleaseEvents> = None;
+        let mut subscribed_at: Option<Instant> = None;
         let mut _waiting = None;
         loop {
             let retry_after = match self.attempt(&owner, pooled).await? {
@@ -203,6 +208,7 @@ impl Lock {
             let Some(listening) = events.as_mut() else {
                 // Listen first, then try again at once: a release between the
                 // failed attempt and the subscription is not missed.
+                subscribed_at = Some(Instant::now());
                 events = Some(match shared.backend.subscribe(&self.name).await {
                     Ok(ev) => ev,
                     Err(e) => {
@@ -222,8 +228,17 @@ impl Lock {
             }
             tokio::select! {
                 alive = listening.next() => if !alive {
-                    tracing::debug!("release notifications ended; polling");
-                    events = Some(ReleaseEvents::never());
+                    // The backend lost its notification channel (a dropped
+                    // pub/sub connection, a cancelled watch). Listen again and
+                    // retry at once, unless the new channel died young too:
+                    // then poll rather than spin.
+                    if subscribed_at.is_some_and(|at| at.elapsed() >= RESUBSCRIBE_AFTER) {
+                        tracing::debug!("release notifications ended; listening again");
+                        events = None;
+                    } else {
+                        tracing::debug!("release notifications ended again at once; polling");
+                        events = Some(ReleaseEvents::never());
+                    }
                 },
                 _ = tokio::time::sleep_until(wake) => {}
             }

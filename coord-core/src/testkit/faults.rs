@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 
 use crate::capabilities::Capabilities;
 use crate::error::{Error, Result};
@@ -67,6 +68,9 @@ pub enum Fault {
     /// For [`LockOp::Subscribe`]: a stream that never yields, as if the
     /// backend sent no notifications. Other operations pass through.
     Silence,
+    /// For [`LockOp::Subscribe`]: the stream ends after this long, as if the
+    /// notification connection dropped. Other operations pass through.
+    EndStreamAfter(Duration),
 }
 
 #[derive(Debug)]
@@ -147,7 +151,7 @@ impl FaultyLockBackend {
 
     async fn apply<T>(&self, op: LockOp, call: impl Future<Output = Result<T>>) -> Result<T> {
         match self.take(op) {
-            None | Some(Fault::Silence) => call.await,
+            None | Some(Fault::Silence | Fault::EndStreamAfter(_)) => call.await,
             Some(Fault::Unavailable) => Err(Error::unavailable(
                 format!("injected fault: {op:?} found the backend unavailable"),
                 None,
@@ -196,19 +200,26 @@ impl LockBackend for FaultyLockBackend {
     }
 
     async fn subscribe(&self, name: &str) -> Result<ReleaseEvents> {
-        let silent = {
+        // Peek at the rule `apply` is about to take (and count down).
+        let rule = {
             let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
-            rules.iter().any(|r| {
-                r.op == LockOp::Subscribe && r.fault == Fault::Silence && r.remaining != Some(0)
-            })
+            rules
+                .iter()
+                .find(|r| r.op == LockOp::Subscribe && r.remaining != Some(0))
+                .map(|r| r.fault)
         };
         let events = self
             .apply(LockOp::Subscribe, self.inner.subscribe(name))
             .await?;
-        Ok(if silent {
-            ReleaseEvents::never()
-        } else {
-            events
+        Ok(match rule {
+            Some(Fault::Silence) => ReleaseEvents::never(),
+            Some(Fault::EndStreamAfter(after)) => {
+                let signals = futures::stream::unfold(events, |mut events| async move {
+                    events.next().await.then_some(((), events))
+                });
+                ReleaseEvents::new(signals.take_until(tokio::time::sleep(after)))
+            }
+            _ => events,
         })
     }
 
