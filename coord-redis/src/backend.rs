@@ -18,12 +18,14 @@ use crate::pubsub::PubSubHub;
 ///
 /// Keys of a lock named `name` under namespace `ns` (the `{…}` is a cluster
 /// hash tag, so all three live in one slot):
-/// `{ns}:lock:{name}` (owner, with the lease as TTL),
+/// `{ns}:lock:{name}` (the owner, plus a trailing NUL byte once a waiter was
+/// refused; the lease is its TTL),
 /// `{ns}:lock:{name}:fence` (last fencing token) and the pub/sub channel
 /// `{ns}:lock:{name}:released`.
 ///
-/// Needs Redis 7.0 or later (the lock scripts use `SET … NX GET`); `connect`
-/// checks the server's version and refuses an older one.
+/// Needs Redis 7.0 or later (the lock scripts use `SET … NX GET` and
+/// `PEXPIRETIME`); `connect` checks the server's version and refuses an
+/// older one.
 #[derive(Clone)]
 pub struct RedisBackend {
     pub(crate) inner: Arc<Inner>,
@@ -134,28 +136,53 @@ impl RedisBackend {
 /// The oldest Redis the lock scripts run on: `SET key value NX GET` is 7.0.
 const MIN_SERVER_MAJOR: u64 = 7;
 
-/// Refuses a server older than [`MIN_SERVER_MAJOR`], asking with `HELLO`
-/// (no arguments: the protocol is unchanged, and every ACL user may send it).
-/// A server whose reply names no version (a Redis-compatible server that
-/// answers differently) is let through.
+/// Refuses a server older than [`MIN_SERVER_MAJOR`]. Asks with `HELLO` (no
+/// arguments: the protocol is unchanged, and every ACL user may send it);
+/// Redis before 6.2 refuses a bare `HELLO`, so then asks `INFO server`. A
+/// server that answers neither with a version (a Redis-compatible server
+/// that answers differently) is let through.
 async fn check_server_version(conn: &Connection, addr: &str) -> Result<()> {
     let mut conn = conn.clone();
-    let reply: redis::Value = match redis::cmd("HELLO").query_async(&mut conn).await {
-        Ok(reply) => reply,
+    let version = match redis::cmd("HELLO")
+        .query_async::<redis::Value>(&mut conn)
+        .await
+    {
+        Ok(reply) => server_version(&reply),
+        Err(e) if e.is_io_error() || e.is_timeout() => {
+            return Err(map_err(e, addr));
+        }
         Err(e) => {
-            tracing::debug!(error = %e, "HELLO failed; server version not checked");
-            return Ok(());
+            tracing::debug!(error = %e, "HELLO refused; asking INFO server");
+            match redis::cmd("INFO")
+                .arg("server")
+                .query_async::<String>(&mut conn)
+                .await
+            {
+                Ok(info) => info_version(&info),
+                Err(e) => {
+                    tracing::debug!(error = %e, "INFO refused; server version not checked");
+                    None
+                }
+            }
         }
     };
-    match server_version(&reply) {
+    match version {
         Some(version) if major_version(&version).is_some_and(|m| m < MIN_SERVER_MAJOR) => {
             Err(Error::Unsupported(format!(
                 "the Redis server at {addr} is version {version}; coord needs Redis \
-                 {MIN_SERVER_MAJOR}.0 or later (its lock scripts use `SET … NX GET`)"
+                 {MIN_SERVER_MAJOR}.0 or later (its lock scripts use `SET … NX GET` and \
+                 `PEXPIRETIME`)"
             )))
         }
         _ => Ok(()),
     }
+}
+
+/// `redis_version` from an `INFO server` reply.
+fn info_version(info: &str) -> Option<String> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .map(|v| v.trim().to_owned())
 }
 
 /// The `version` field of a `HELLO` reply (a map in RESP3, a flat
@@ -223,5 +250,8 @@ mod tests {
         assert_eq!(major_version("6.2.14"), Some(6));
         assert_eq!(major_version("7.0.15"), Some(7));
         assert_eq!(major_version("df-v1"), None);
+        let info = "# Server\r\nredis_version:6.0.16\r\nredis_mode:standalone\r\n";
+        assert_eq!(info_version(info).as_deref(), Some("6.0.16"));
+        assert_eq!(info_version("# Server\r\n"), None);
     }
 }

@@ -174,7 +174,7 @@ fn corrupt_fence(fence_key: &str, value: &str) -> Error {
     let shown: String = value.chars().take(64).collect();
     Error::codec(
         format!(
-            "fencing key {fence_key:?} holds {shown:?}, not a token (a non-negative integer); \
+            "fencing key {fence_key:?} holds {shown:?}, not a token (an integer from 1 to 2^53 - 1); \
              it was changed outside coord — delete it only if no holder relies on its tokens"
         ),
         None,

@@ -87,6 +87,12 @@ impl fmt::Debug for LockOwner {
 /// A number handed out with every grant of a lock, strictly increasing per
 /// lock name across holders, clients and server restarts. Pass it to the
 /// resource you protect; the resource refuses writes carrying an older token.
+///
+/// How far "strictly increasing" reaches depends on the backend (see its
+/// docs): etcd's revisions survive everything etcd survives; Redis tokens are
+/// a hybrid logical clock that stays increasing across restarts, restores of
+/// older data and failovers as long as the outage lasts longer than about
+/// 11 ms and the servers' clocks agree to within the outage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FencingToken(u64);
 

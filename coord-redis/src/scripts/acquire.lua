@@ -16,20 +16,25 @@
 --                  nothing was changed.
 -- A lock or fence key of another type is a WRONGTYPE error reply, with nothing changed.
 --
--- The token is the fence counter, INCR'd on every grant, with the server clock as its
--- floor: when the fence is missing (first use, a restart without persistence, eviction)
--- it is seeded with the server TIME in microseconds, and every 16th token is raised to
--- TIME if the clock is ahead. A key is granted at most once per microsecond (every grant
--- is a script of its own), so the counter never overtakes the clock: a reseeded fence is
--- above every token handed out before, and after a restore from an older snapshot at most
--- 15 grants get tokens that are not above those handed out before the crash.
+-- The token is a hybrid logical clock in microsecond units: the fence counter, INCR'd on
+-- every grant, and raised to the server clock (read as the new lease's PEXPIRETIME minus
+-- its TTL: an integer reply, where TIME's table reply costs the server noticeably more)
+-- whenever it has fallen more than SLACK behind it. The counter never runs more than
+-- 1 ms ahead of the clock, as a key is granted fewer than 1000 times a millisecond (every
+-- grant is a script call of its own). So a fence that was lost (restart without
+-- persistence, eviction) or comes back older (restore of an older RDB/AOF, failover to a
+-- lagging replica) is raised above every token handed out before, provided the outage
+-- (last grant before it to first grant after) lasted more than SLACK + 1 ms and the server
+-- clocks agree to within the outage. A clock that steps back never lowers a token.
 --
--- Server work limits throughput, so the free path is two calls: SET NX GET (which also
--- returns the holder on the busy path) and INCR. Every call replies with an integer or a
--- string: TIME, whose reply is a table, is paid only on the 16th grant.
+-- Server work limits throughput, so the free path is three integer-reply calls: SET NX GET
+-- (which also returns the holder on the busy path), INCR and PEXPIRETIME, plus an INCRBY
+-- at most once per SLACK per lock.
 
 -- Tokens stay below 2^53, exact in a Lua number.
 local MAX_TOKEN = 9007199254740992
+-- 10 ms, in token units (microseconds).
+local SLACK = 10000
 
 local holder = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2], 'GET')
 if not holder then
@@ -48,13 +53,10 @@ if not holder then
     redis.call('DEL', KEYS[1])
     return redis.call('GET', KEYS[2])
   end
-  if token == 1 or token % 16 == 0 then
-    local time = redis.call('TIME')
-    local now = time[1] * 1000000 + time[2]
-    if now > token then
-      token = now
-      redis.call('SET', KEYS[2], token)
-    end
+  local now = (redis.call('PEXPIRETIME', KEYS[1]) - ARGV[2]) * 1000
+  if now - token > SLACK then
+    redis.call('INCRBY', KEYS[2], now - token)
+    token = now
   end
   return token
 end
@@ -62,8 +64,8 @@ end
 if holder == ARGV[1] or holder == ARGV[1] .. '\0' then
   -- Already ours (a retry after a lost reply): same token, fresh lease.
   local raw = redis.call('GET', KEYS[2])
-  local token = tonumber(raw)
-  if not token or token < 1 or token >= MAX_TOKEN or token ~= math.floor(token) then
+  local token = raw and string.match(raw, '^%d+$') and tonumber(raw)
+  if not token or token < 1 or token >= MAX_TOKEN then
     return raw or ''
   end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
