@@ -633,3 +633,73 @@ async fn a_waiter_resubscribes_when_its_pubsub_connection_is_killed() {
     );
     won.release().await.unwrap();
 }
+
+/// How many `EVALSHA` requests the server has run.
+async fn evalshas(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_share_script_calls_and_a_bad_lock_fails_alone() {
+    // A server of its own: the test counts the script calls it runs.
+    let h = RedisHarness::on(RedisServer::spawn().expect("redis-server must start for this test"));
+    let b = Arc::new(h.connect().await.unwrap());
+    let ns = h.settings().namespace.clone();
+    let mut raw = raw(h.server.url()).await;
+    let _: () = redis::cmd("RPUSH")
+        .arg(format!("{ns}:lock:{{batch/bad}}:fence"))
+        .arg("x")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    const N: usize = 64;
+    let names: Vec<String> = (0..N)
+        .map(|i| {
+            if i == N / 2 {
+                "batch/bad".to_owned()
+            } else {
+                format!("batch/{i}")
+            }
+        })
+        .collect();
+    let before = evalshas(&mut raw).await;
+    let a = owner("a");
+    let outcomes = futures::future::join_all(names.iter().map(|n| b.try_acquire(n, &a, TTL))).await;
+    for (name, outcome) in names.iter().zip(&outcomes) {
+        match outcome {
+            Err(e) if name == "batch/bad" => assert!(e.to_string().contains("WRONGTYPE"), "{e}"),
+            Ok(AcquireOutcome::Granted(_)) if name != "batch/bad" => {}
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    let releases = futures::future::join_all(
+        names
+            .iter()
+            .filter(|n| *n != "batch/bad")
+            .map(|n| b.release(n, &a)),
+    )
+    .await;
+    assert!(releases.iter().all(Result::is_ok), "{releases:?}");
+    let scripts = evalshas(&mut raw).await - before;
+    assert!(
+        scripts < 2 * N as u64 - 1,
+        "{scripts} script calls for {} operations: nothing was batched",
+        2 * N - 1
+    );
+    // Every lock is free again, and the bad one was never taken.
+    for name in &names {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(format!("{ns}:lock:{{{name}}}"))
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert!(!exists, "{name} is still held");
+    }
+}
