@@ -68,6 +68,28 @@ struct ReleaseCall {
     owner: LockOwner,
 }
 
+/// Sends `call` through `batcher` (standalone servers), or alone.
+async fn send_one<I, O, S, F>(
+    batcher: Option<&Arc<Batcher<I, O>>>,
+    call: I,
+    what: &str,
+    send: S,
+) -> Result<O>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    S: Fn(Vec<I>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Vec<Result<O>>> + Send + 'static,
+{
+    match batcher {
+        Some(batcher) => batcher.call(call, send).await,
+        None => send(vec![call])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(unexpected_reply(what, &Value::Nil))),
+    }
+}
+
 /// Sends `calls` as one `acquire.lua` call; one outcome per call, in order.
 async fn send_acquires(
     backend: RedisBackend,
@@ -217,19 +239,12 @@ impl LockBackend for RedisBackend {
             owner: owner.clone(),
             ttl,
         };
-        match &self.inner.batches {
-            Some(batches) => {
-                let backend = self.clone();
-                batches
-                    .acquire
-                    .call(call, move |calls| send_acquires(backend.clone(), calls))
-                    .await
-            }
-            None => send_acquires(self.clone(), vec![call])
-                .await
-                .pop()
-                .unwrap_or_else(|| Err(unexpected_reply("acquire", &Value::Nil))),
-        }
+        let backend = self.clone();
+        let batcher = self.inner.batches.as_ref().map(|b| &b.acquire);
+        send_one(batcher, call, "acquire", move |calls| {
+            send_acquires(backend.clone(), calls)
+        })
+        .await
     }
 
     async fn renew(&self, name: &str, owner: &LockOwner, ttl: Duration) -> Result<()> {
@@ -250,19 +265,12 @@ impl LockBackend for RedisBackend {
             name: name.into(),
             owner: owner.clone(),
         };
-        match &self.inner.batches {
-            Some(batches) => {
-                let backend = self.clone();
-                batches
-                    .release
-                    .call(call, move |calls| send_releases(backend.clone(), calls))
-                    .await
-            }
-            None => send_releases(self.clone(), vec![call])
-                .await
-                .pop()
-                .unwrap_or_else(|| Err(unexpected_reply("release", &Value::Nil))),
-        }
+        let backend = self.clone();
+        let batcher = self.inner.batches.as_ref().map(|b| &b.release);
+        send_one(batcher, call, "release", move |calls| {
+            send_releases(backend.clone(), calls)
+        })
+        .await
     }
 
     async fn subscribe(&self, name: &str) -> Result<ReleaseEvents> {
