@@ -40,6 +40,9 @@ pub(crate) struct Inner {
     pub(crate) addr: String,
     pub(crate) pubsub: Arc<PubSubHub>,
     pub(crate) scripts: crate::lock::Scripts,
+    /// Concurrent acquisitions and releases share script calls (standalone
+    /// servers only: a cluster script may not span slots).
+    pub(crate) batches: Option<crate::lock::LockBatches>,
     mode: RedisMode,
 }
 
@@ -87,6 +90,8 @@ impl RedisBackend {
                     addr,
                     pubsub: Arc::new(pubsub),
                     scripts: crate::lock::Scripts::new(),
+                    batches: (config.mode == RedisMode::Standalone)
+                        .then(crate::lock::LockBatches::new),
                     mode: config.mode,
                 }),
             })
@@ -117,18 +122,25 @@ impl RedisBackend {
     /// Runs `cmd` (an `EVALSHA` of `script`), loading the script and trying
     /// once more when the server does not know it (`NOSCRIPT`).
     pub(crate) async fn eval<T: FromRedisValue>(&self, script: &Script, cmd: &Cmd) -> Result<T> {
+        self.eval_raw(script, cmd)
+            .await
+            .map_err(|e| map_err(e, &self.inner.addr))
+    }
+
+    /// [`eval`](Self::eval) with the driver's error, for a caller that maps
+    /// one error to several.
+    pub(crate) async fn eval_raw<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        cmd: &Cmd,
+    ) -> redis::RedisResult<T> {
         let mut conn = self.inner.conn.clone();
         match cmd.query_async::<T>(&mut conn).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
-                script
-                    .load_async(&mut conn)
-                    .await
-                    .map_err(|e| map_err(e, &self.inner.addr))?;
-                cmd.query_async(&mut conn)
-                    .await
-                    .map_err(|e| map_err(e, &self.inner.addr))
+                script.load_async(&mut conn).await?;
+                cmd.query_async(&mut conn).await
             }
-            other => other.map_err(|e| map_err(e, &self.inner.addr)),
+            other => other,
         }
     }
 }

@@ -54,6 +54,27 @@ fn is_auth_failure(err: &RedisError) -> bool {
         || matches!(err.code(), Some("WRONGPASS" | "NOAUTH"))
 }
 
+/// The error of one call in a batched script call (the scripts reply
+/// `{'error', message}` for it, as an error element would fail the batch).
+pub(crate) fn batch_item_error(message: &str, addr: &str) -> Error {
+    let retryable = [
+        "BUSY",
+        "LOADING",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "MASTERDOWN",
+        "READONLY",
+    ]
+    .iter()
+    .any(|code| message.starts_with(code));
+    Error::backend(
+        "redis",
+        format!("redis at {addr}: {message}"),
+        retryable,
+        None,
+    )
+}
+
 /// A reply that does not have the shape a script documents.
 pub(crate) fn unexpected_reply(script: &str, reply: &redis::Value) -> Error {
     Error::backend(

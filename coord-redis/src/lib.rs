@@ -30,6 +30,7 @@
 //! [`RedisServer`]: https://docs.rs/coord-redis/latest/coord_redis/testkit/struct.RedisServer.html
 
 mod backend;
+mod batch;
 mod config;
 mod connection;
 mod error;

@@ -32,15 +32,17 @@ async fn refused(b: &dyn LockBackend, name: &str) {
     }
 }
 
-/// How many `PUBLISH` calls (scripts' included) the server has run.
-async fn publishes(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+/// How many calls of `command` (lower case; scripts' calls included) the
+/// server has run.
+async fn command_calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)
         .await
         .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
     info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
         .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
 }
 
@@ -259,12 +261,16 @@ async fn uncontended_releases_publish_nothing_contended_ones_wake_waiters() {
     let b = h.connect().await.unwrap();
     let mut raw = raw(h.server.url()).await;
     let a = owner("a");
-    let before = publishes(&mut raw).await;
+    let before = command_calls(&mut raw, "publish").await;
     for _ in 0..5 {
         grant(&b, "quiet", &a).await;
         b.release("quiet", &a).await.unwrap();
     }
-    assert_eq!(publishes(&mut raw).await, before, "no waiter, no PUBLISH");
+    assert_eq!(
+        command_calls(&mut raw, "publish").await,
+        before,
+        "no waiter, no PUBLISH"
+    );
 
     grant(&b, "quiet", &a).await;
     refused(&b, "quiet").await;
@@ -277,7 +283,7 @@ async fn uncontended_releases_publish_nothing_contended_ones_wake_waiters() {
     ));
     b.release("quiet", &a).await.unwrap();
     assert_eq!(
-        publishes(&mut raw).await,
+        command_calls(&mut raw, "publish").await,
         before + 1,
         "a refused waiter is woken"
     );
@@ -632,4 +638,62 @@ async fn a_waiter_resubscribes_when_its_pubsub_connection_is_killed() {
         released_at.elapsed()
     );
     won.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_share_script_calls_and_a_bad_lock_fails_alone() {
+    // A server of its own: the test counts the script calls it runs.
+    let h = RedisHarness::on(RedisServer::spawn().expect("redis-server must start for this test"));
+    let b = Arc::new(h.connect().await.unwrap());
+    let ns = h.settings().namespace.clone();
+    let mut raw = raw(h.server.url()).await;
+    let _: () = redis::cmd("RPUSH")
+        .arg(format!("{ns}:lock:{{batch/bad}}:fence"))
+        .arg("x")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    const N: usize = 64;
+    let names: Vec<String> = (0..N)
+        .map(|i| {
+            if i == N / 2 {
+                "batch/bad".to_owned()
+            } else {
+                format!("batch/{i}")
+            }
+        })
+        .collect();
+    let before = command_calls(&mut raw, "evalsha").await;
+    let a = owner("a");
+    let outcomes = futures::future::join_all(names.iter().map(|n| b.try_acquire(n, &a, TTL))).await;
+    for (name, outcome) in names.iter().zip(&outcomes) {
+        match outcome {
+            Err(e) if name == "batch/bad" => assert!(e.to_string().contains("WRONGTYPE"), "{e}"),
+            Ok(AcquireOutcome::Granted(_)) if name != "batch/bad" => {}
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    let releases = futures::future::join_all(
+        names
+            .iter()
+            .filter(|n| *n != "batch/bad")
+            .map(|n| b.release(n, &a)),
+    )
+    .await;
+    assert!(releases.iter().all(Result::is_ok), "{releases:?}");
+    let scripts = command_calls(&mut raw, "evalsha").await - before;
+    assert!(
+        scripts < 2 * N as u64 - 1,
+        "{scripts} script calls for {} operations: nothing was batched",
+        2 * N - 1
+    );
+    // Every lock is free again, and the bad one was never taken.
+    for name in &names {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(format!("{ns}:lock:{{{name}}}"))
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert!(!exists, "{name} is still held");
+    }
 }

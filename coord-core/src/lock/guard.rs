@@ -1,10 +1,10 @@
 //! `LockGuard`: a held lock, its fencing token, its validity and its loss.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -12,12 +12,6 @@ use crate::error::{Error, Result};
 use crate::lock::client::ClientShared;
 use crate::lock::renewal::RenewalScheduler;
 use crate::lock::types::{FencingToken, LockGrant, LockOwner};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum GuardState {
-    Held,
-    Lost(String),
-}
 
 /// What a guard, its watchdog and the client's shutdown share.
 #[derive(Debug)]
@@ -31,7 +25,12 @@ pub(crate) struct GuardShared {
     pub(crate) ttl: Duration,
     base: Instant,
     valid_for_nanos: AtomicU64,
-    state: watch::Sender<GuardState>,
+    /// Why the lock was lost, once it is. (A mutex and a `Notify`, not a
+    /// `watch` channel: dropping a watch sender wakes eight lists of waiters,
+    /// which a guard pays on every release.)
+    lost: Mutex<Option<String>>,
+    /// Wakes `lost()` waiters when `lost` is set.
+    lost_wake: Notify,
     pub(crate) stop: CancellationToken,
     /// Whether the client's renewal task renews this lock.
     pub(crate) watchdog: bool,
@@ -62,21 +61,26 @@ impl GuardShared {
     }
 
     pub(crate) fn is_lost(&self) -> bool {
-        matches!(*self.state.borrow(), GuardState::Lost(_))
+        self.lost_reason().is_some()
+    }
+
+    fn lost_reason(&self) -> Option<String> {
+        self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Marks the lock lost (once), stops renewal and wakes `lost()` waiters.
     pub(crate) fn mark_lost(&self, reason: &str) {
-        let changed = self.state.send_if_modified(|s| {
-            if *s == GuardState::Held {
-                *s = GuardState::Lost(reason.to_owned());
-                true
-            } else {
-                false
+        let changed = {
+            let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
+            let first = lost.is_none();
+            if first {
+                *lost = Some(reason.to_owned());
             }
-        });
+            first
+        };
         self.stop.cancel();
         if changed {
+            self.lost_wake.notify_waiters();
             tracing::warn!(lock = %self.name, token = %self.token, reason, "lock lost");
             if let Some(m) = &self.client.metrics {
                 m.lock_lost(self.client.backend_name);
@@ -108,7 +112,6 @@ impl LockGuard {
         sent_at: Instant,
         watchdog_on: bool,
     ) -> Self {
-        let (state, _) = watch::channel(GuardState::Held);
         let shared = Arc::new(GuardShared {
             client: client.clone(),
             name,
@@ -118,7 +121,8 @@ impl LockGuard {
             ttl: grant.ttl,
             base: sent_at,
             valid_for_nanos: AtomicU64::new(grant.ttl.as_nanos() as u64),
-            state,
+            lost: Mutex::new(None),
+            lost_wake: Notify::new(),
             stop: CancellationToken::new(),
             watchdog: watchdog_on,
             next_renewal_nanos: AtomicU64::new((grant.ttl / 3).as_nanos() as u64),
@@ -171,16 +175,17 @@ impl LockGuard {
     /// the lease ran out, the validity passed without renewal, or the client
     /// shut down. Returns [`Error::LockLost`] with the reason.
     pub async fn lost(&self) -> Error {
-        let mut rx = self.shared.state.subscribe();
         loop {
-            if let GuardState::Lost(reason) = &*rx.borrow_and_update() {
+            // Registered before the check, so a loss in between still wakes us.
+            let woken = self.shared.lost_wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if let Some(reason) = self.shared.lost_reason() {
                 return Error::LockLost(format!("{:?}: {reason}", &*self.shared.name));
             }
             let until = self.shared.valid_until();
             tokio::select! {
-                changed = rx.changed() => if changed.is_err() {
-                    std::future::pending::<()>().await;
-                },
+                _ = &mut woken => {},
                 _ = tokio::time::sleep_until(until) => {
                     if Instant::now() >= self.shared.valid_until() {
                         self.shared.mark_lost("the lease ran out without renewal");
@@ -194,8 +199,8 @@ impl LockGuard {
     /// the TTL). Returns [`Error::NotHeld`] when the backend no longer has
     /// this owner's lock, and marks the guard lost.
     pub async fn renew(&self) -> Result<()> {
-        if let GuardState::Lost(reason) = &*self.shared.state.borrow() {
-            return Err(Error::LockLost(reason.clone()));
+        if let Some(reason) = self.shared.lost_reason() {
+            return Err(Error::LockLost(reason));
         }
         let client = &self.shared.client;
         let sent_at = Instant::now();

@@ -5,8 +5,11 @@
 -- KEYS[2]  the fence key `{ns}:lock:{name}:fence`  value = last token handed out, no TTL
 -- ARGV[1]  the owner (`client_id:owner`, never contains a NUL byte)
 -- ARGV[2]  the TTL in milliseconds (integer >= 1)
+-- A batch of N attempts (see batch.rs) repeats the pattern: KEYS[2i-1], KEYS[2i],
+-- ARGV[2i-1], ARGV[2i] are the i-th attempt's, and the reply is an array of the N
+-- replies below, the pair {'error', message} standing in for an attempt that failed.
 --
--- Returns one of (integers, not tables: a table reply costs the server noticeably more):
+-- Returns, for one attempt, one of (integers: a table reply costs the server more):
 --   token >= 1     granted. When ARGV[1] already holds the lock the lease is extended
 --                  and the current token is returned again (idempotent re-grant).
 --   -2 - pttl < 0  held by someone else; pttl = remaining lease in ms (-1: no expiry),
@@ -28,51 +31,73 @@
 -- clocks agree to within the outage. A clock that steps back never lowers a token.
 --
 -- Server work limits throughput, so the free path is three integer-reply calls: SET NX GET
--- (which also returns the holder on the busy path), INCR and PEXPIRETIME, plus an INCRBY
--- at most once per SLACK per lock.
+-- (which also returns the holder on the busy path), INCR and PEXPIRETIME (once per script
+-- call, so once per batch), plus an INCRBY at most once per SLACK per lock.
 
 -- Tokens stay below 2^53, exact in a Lua number.
 local MAX_TOKEN = 9007199254740992
 -- 10 ms, in token units (microseconds).
 local SLACK = 10000
 
-local holder = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2], 'GET')
-if not holder then
-  -- The lock is ours now.
-  local token = redis.pcall('INCR', KEYS[2])
-  if type(token) ~= 'number' then
-    -- Not an integer (an error table): give the lock back, report the value.
-    redis.call('DEL', KEYS[1])
-    if string.find(token.err or '', 'WRONGTYPE', 1, true) then
-      return token
+-- The server clock in token units, read once per script call (a batch's grants share it).
+local now = nil
+
+local function acquire(lock, fence, owner, ttl)
+  local holder = redis.call('SET', lock, owner, 'NX', 'PX', ttl, 'GET')
+  if not holder then
+    -- The lock is ours now.
+    local token = redis.pcall('INCR', fence)
+    if type(token) ~= 'number' then
+      -- Not an integer (an error table): give the lock back, report the value.
+      redis.call('DEL', lock)
+      if string.find(token.err or '', 'WRONGTYPE', 1, true) then
+        return token
+      end
+      return redis.call('GET', fence) or ''
     end
-    return redis.call('GET', KEYS[2]) or ''
+    if token < 1 or token >= MAX_TOKEN then
+      redis.call('DECR', fence)
+      redis.call('DEL', lock)
+      return redis.call('GET', fence)
+    end
+    if not now then
+      now = (redis.call('PEXPIRETIME', lock) - ttl) * 1000
+    end
+    if now - token > SLACK then
+      redis.call('INCRBY', fence, now - token)
+      token = now
+    end
+    return token
   end
-  if token < 1 or token >= MAX_TOKEN then
-    redis.call('DECR', KEYS[2])
-    redis.call('DEL', KEYS[1])
-    return redis.call('GET', KEYS[2])
+
+  if holder == owner or holder == owner .. '\0' then
+    -- Already ours (a retry after a lost reply): same token, fresh lease.
+    local raw = redis.call('GET', fence)
+    local token = raw and string.match(raw, '^%d+$') and tonumber(raw)
+    if not token or token < 1 or token >= MAX_TOKEN then
+      return raw or ''
+    end
+    redis.call('PEXPIRE', lock, ttl)
+    return token
   end
-  local now = (redis.call('PEXPIRETIME', KEYS[1]) - ARGV[2]) * 1000
-  if now - token > SLACK then
-    redis.call('INCRBY', KEYS[2], now - token)
-    token = now
+
+  if string.byte(holder, -1) ~= 0 then
+    redis.call('APPEND', lock, '\0')
   end
-  return token
+  return -2 - redis.call('PTTL', lock)
 end
 
-if holder == ARGV[1] or holder == ARGV[1] .. '\0' then
-  -- Already ours (a retry after a lost reply): same token, fresh lease.
-  local raw = redis.call('GET', KEYS[2])
-  local token = raw and string.match(raw, '^%d+$') and tonumber(raw)
-  if not token or token < 1 or token >= MAX_TOKEN then
-    return raw or ''
+if #KEYS == 2 then
+  return acquire(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+end
+-- A batch: one reply per lock, in order. A failed attempt's error becomes the pair
+-- {'error', message}: an error element would make clients fail the whole array.
+local replies = {}
+for i = 1, #KEYS / 2 do
+  local ok, reply = pcall(acquire, KEYS[2 * i - 1], KEYS[2 * i], ARGV[2 * i - 1], ARGV[2 * i])
+  if not ok or (type(reply) == 'table' and reply.err) then
+    reply = { 'error', type(reply) == 'table' and reply.err or tostring(reply) }
   end
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return token
+  replies[i] = reply
 end
-
-if string.byte(holder, -1) ~= 0 then
-  redis.call('APPEND', KEYS[1], '\0')
-end
-return -2 - redis.call('PTTL', KEYS[1])
+return replies
