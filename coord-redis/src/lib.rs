@@ -2,8 +2,10 @@
 //!
 //! The Redis backend of [coord](https://docs.rs/coord): lease locks with
 //! fencing tokens on one server (`redis://`, `rediss://`) or a Redis Cluster
-//! (`redis+cluster://`). Every operation is one `EVALSHA` of a Lua script;
-//! waiters are woken through a dedicated pub/sub connection.
+//! (`redis+cluster://`). Every operation is one `EVALSHA` of a Lua script,
+//! and on a standalone server concurrent acquisitions and releases share one
+//! (see `batch.rs`); waiters are woken through a dedicated pub/sub
+//! connection. Needs Redis 7.0 or later.
 //!
 //! Most users reach it through the `coord` facade (`Coord::connect("redis://…")`);
 //! use it directly with coord-core's [`LockClient`](coord_core::LockClient):

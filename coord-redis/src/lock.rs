@@ -1,4 +1,5 @@
-//! [`LockBackend`] for [`RedisBackend`]: one `EVALSHA` per operation.
+//! [`LockBackend`] for [`RedisBackend`]: one `EVALSHA` per operation, shared
+//! by concurrent acquisitions (and releases) on a standalone server.
 
 use std::sync::Arc;
 use std::time::Duration;
