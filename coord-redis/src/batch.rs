@@ -31,10 +31,22 @@ pub(crate) const MAX_BATCH: usize = 64;
 
 type Waiter<I, O> = (I, oneshot::Sender<Result<O>>);
 
+/// What to do with a queued call whose caller has given up (dropped its
+/// future) before the call was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Abandoned {
+    /// Drop it: sending it late would, for an acquisition, take a lock
+    /// nobody renews or releases.
+    Skip,
+    /// Send it anyway (a release should happen whether or not anyone waits).
+    Send,
+}
+
 /// A queue of calls of one script and the batch tasks that send them.
 pub(crate) struct Batcher<I, O> {
     queue: Mutex<VecDeque<Waiter<I, O>>>,
     in_flight: Arc<Semaphore>,
+    abandoned: Abandoned,
 }
 
 impl<I, O> Batcher<I, O>
@@ -42,10 +54,15 @@ where
     I: Send + 'static,
     O: Send + 'static,
 {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(abandoned: Abandoned) -> Self {
+        Self::with_in_flight(abandoned, IN_FLIGHT)
+    }
+
+    fn with_in_flight(abandoned: Abandoned, in_flight: usize) -> Self {
         Batcher {
             queue: Mutex::new(VecDeque::new()),
-            in_flight: Arc::new(Semaphore::new(IN_FLIGHT)),
+            in_flight: Arc::new(Semaphore::new(in_flight)),
+            abandoned,
         }
     }
 
@@ -61,8 +78,8 @@ where
         self.kick(&send);
         rx.await.unwrap_or_else(|_| {
             Err(Error::unavailable(
-                "the batch carrying this request ended without a reply (the runtime is \
-                 shutting down?); it may or may not have been applied",
+                "the batch carrying this request ended without a reply (it failed, or the \
+                 runtime is shutting down); it may or may not have been applied",
                 None,
             ))
         })
@@ -75,43 +92,93 @@ where
         F: Future<Output = Vec<Result<O>>> + Send + 'static,
     {
         if let Ok(permit) = self.in_flight.clone().try_acquire_owned() {
-            tokio::spawn(self.clone().run(permit, send.clone()));
+            let runner = Runner {
+                batcher: self.clone(),
+                permit: Some(permit),
+                send: send.clone(),
+            };
+            tokio::spawn(runner.run());
         }
     }
 
-    /// Sends batches until the queue is empty, then gives the permit back.
-    async fn run<S, F>(self: Arc<Self>, permit: OwnedSemaphorePermit, send: S)
-    where
-        S: Fn(Vec<I>) -> F + Clone + Send + Sync + 'static,
-        F: Future<Output = Vec<Result<O>>> + Send + 'static,
-    {
-        loop {
-            let batch: Vec<Waiter<I, O>> = {
-                let mut queue = self.lock();
-                let n = queue.len().min(MAX_BATCH);
-                queue.drain(..n).collect()
+    /// Up to [`MAX_BATCH`] queued calls, without the abandoned ones when
+    /// those are skipped (their callers see nothing: they are gone).
+    fn next_batch(&self) -> Vec<Waiter<I, O>> {
+        let mut queue = self.lock();
+        let mut batch = Vec::with_capacity(queue.len().min(MAX_BATCH));
+        while batch.len() < MAX_BATCH {
+            let Some(waiter) = queue.pop_front() else {
+                break;
             };
+            if self.abandoned == Abandoned::Skip && waiter.1.is_closed() {
+                continue;
+            }
+            batch.push(waiter);
+        }
+        batch
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Waiter<I, O>>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One batch task: holds an in-flight permit while it sends batches.
+struct Runner<I, O, S>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+{
+    batcher: Arc<Batcher<I, O>>,
+    permit: Option<OwnedSemaphorePermit>,
+    send: S,
+}
+
+impl<I, O, S, F> Runner<I, O, S>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    S: Fn(Vec<I>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Vec<Result<O>>> + Send + 'static,
+{
+    /// Sends batches until the queue is empty, then gives the permit back.
+    async fn run(mut self) {
+        loop {
+            let batch = self.batcher.next_batch();
             if batch.is_empty() {
                 break;
             }
             let (items, replies): (Vec<I>, Vec<_>) = batch.into_iter().unzip();
-            let results = send(items).await;
-            debug_assert_eq!(results.len(), replies.len());
+            let results = (self.send)(items).await;
             for (reply, result) in replies.into_iter().zip(results) {
                 // A caller that gave up dropped its receiver: nothing to do.
                 let _ = reply.send(result);
             }
         }
-        drop(permit);
+        drop(self.permit.take());
         // A call queued after the last drain, whose kick found no permit
         // free while this task still held one, would be stranded.
-        if !self.lock().is_empty() {
-            self.kick(&send);
+        if !self.batcher.lock().is_empty() {
+            self.batcher.kick(&self.send);
         }
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Waiter<I, O>>> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+impl<I, O, S> Drop for Runner<I, O, S>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+{
+    /// A task that ends abnormally (a panic while sending, or dropped with
+    /// its runtime) still holds its permit: give it back, and fail the
+    /// queued calls rather than leave them waiting for a task that may never
+    /// come (their callers see an ambiguous error and clean up).
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            drop(permit);
+            let stranded: Vec<_> = self.batcher.lock().drain(..).collect();
+            drop(stranded);
+        }
     }
 }
 
@@ -137,7 +204,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_caller_gets_its_own_reply_and_batches_form_under_load() {
-        let batcher = Arc::new(Batcher::<u64, u64>::new());
+        let batcher = Arc::new(Batcher::<u64, u64>::new(Abandoned::Skip));
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let send = doubling(sizes.clone());
         let calls: Vec<_> = (0..500u64)
@@ -164,7 +231,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lone_call_is_sent_at_once_as_a_batch_of_one() {
-        let batcher = Arc::new(Batcher::<u64, u64>::new());
+        let batcher = Arc::new(Batcher::<u64, u64>::new(Abandoned::Skip));
         let sizes = Arc::new(Mutex::new(Vec::new()));
         assert_eq!(batcher.call(21, doubling(sizes.clone())).await.unwrap(), 42);
         assert_eq!(*sizes.lock().unwrap(), vec![1]);
@@ -172,7 +239,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_batch_fails_each_of_its_calls() {
-        let batcher = Arc::new(Batcher::<u64, u64>::new());
+        let batcher = Arc::new(Batcher::<u64, u64>::new(Abandoned::Skip));
         let send = |items: Vec<u64>| async move {
             items
                 .iter()
@@ -185,7 +252,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_caller_that_gives_up_does_not_cancel_the_others() {
-        let batcher = Arc::new(Batcher::<u64, u64>::new());
+        let batcher = Arc::new(Batcher::<u64, u64>::new(Abandoned::Skip));
         let in_flight = Arc::new(tokio::sync::Notify::new());
         let send = {
             let in_flight = in_flight.clone();
@@ -212,5 +279,107 @@ mod tests {
         for (i, call) in calls.into_iter().enumerate().skip(1).step_by(2) {
             assert_eq!(call.await.unwrap().unwrap(), i as u64 + 1);
         }
+    }
+
+    /// A batcher with one batch in flight whose first batch waits for
+    /// `gate`; every batch's items are recorded in `seen`.
+    #[allow(clippy::type_complexity)]
+    fn gated(
+        abandoned: Abandoned,
+        gate: Arc<tokio::sync::Semaphore>,
+        seen: Arc<Mutex<Vec<Vec<u64>>>>,
+    ) -> (
+        Arc<Batcher<u64, u64>>,
+        impl Fn(Vec<u64>) -> futures::future::BoxFuture<'static, Vec<Result<u64>>> + Clone,
+    ) {
+        let send = move |items: Vec<u64>| {
+            let (gate, seen) = (gate.clone(), seen.clone());
+            Box::pin(async move {
+                seen.lock().unwrap().push(items.clone());
+                let _pass = gate.acquire().await.unwrap();
+                items.into_iter().map(Ok).collect::<Vec<_>>()
+            }) as futures::future::BoxFuture<'static, _>
+        };
+        (Arc::new(Batcher::with_in_flight(abandoned, 1)), send)
+    }
+
+    /// Calls `item` in a task of its own and waits until it is queued
+    /// behind the batch in flight (bounded).
+    async fn queue_behind(
+        batcher: &Arc<Batcher<u64, u64>>,
+        send: impl Fn(Vec<u64>) -> futures::future::BoxFuture<'static, Vec<Result<u64>>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+        item: u64,
+    ) -> tokio::task::JoinHandle<Result<u64>> {
+        let queued = batcher.lock().len();
+        let call = {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.call(item, send).await })
+        };
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while batcher.lock().len() == queued {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the call is queued");
+        call
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_acquisition_is_not_sent_late_a_release_is() {
+        for (abandoned, second_batch) in [
+            (Abandoned::Skip, vec![1, 3]),
+            (Abandoned::Send, vec![1, 2, 3]),
+        ] {
+            let gate = Arc::new(tokio::sync::Semaphore::new(0));
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let (batcher, send) = gated(abandoned, gate.clone(), seen.clone());
+            let first = {
+                let (batcher, send) = (batcher.clone(), send.clone());
+                tokio::spawn(async move { batcher.call(0, send).await })
+            };
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while seen.lock().unwrap().is_empty() {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("the first batch is in flight");
+            let one = queue_behind(&batcher, send.clone(), 1).await;
+            let two = queue_behind(&batcher, send.clone(), 2).await;
+            let three = queue_behind(&batcher, send.clone(), 3).await;
+            // The caller of 2 gives up while its call waits in the queue.
+            two.abort();
+            assert!(two.await.unwrap_err().is_cancelled());
+            gate.add_permits(2);
+            assert_eq!(first.await.unwrap().unwrap(), 0);
+            assert_eq!(one.await.unwrap().unwrap(), 1);
+            assert_eq!(three.await.unwrap().unwrap(), 3);
+            assert_eq!(
+                *seen.lock().unwrap(),
+                vec![vec![0], second_batch],
+                "{abandoned:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_task_that_panics_fails_its_calls_and_frees_its_slot() {
+        let batcher = Arc::new(Batcher::<u64, u64>::with_in_flight(Abandoned::Skip, 1));
+        let send = |items: Vec<u64>| async move {
+            assert!(!items.contains(&99), "injected panic in send");
+            items.into_iter().map(Ok).collect::<Vec<_>>()
+        };
+        let err = batcher.call(99, send).await.unwrap_err();
+        assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+        // The only in-flight slot came back: the next call is sent.
+        let next = tokio::time::timeout(Duration::from_secs(5), batcher.call(7, send))
+            .await
+            .expect("the slot was given back");
+        assert_eq!(next.unwrap(), 7);
     }
 }

@@ -11,7 +11,7 @@ use coord_core::{
 use redis::{Cmd, Script, Value};
 
 use crate::backend::RedisBackend;
-use crate::batch::Batcher;
+use crate::batch::{Abandoned, Batcher};
 use crate::error::{batch_item_error, map_err, unexpected_reply};
 
 /// The lock scripts, hashed once per backend.
@@ -42,8 +42,8 @@ pub(crate) struct LockBatches {
 impl LockBatches {
     pub(crate) fn new() -> Self {
         LockBatches {
-            acquire: Arc::new(Batcher::new()),
-            release: Arc::new(Batcher::new()),
+            acquire: Arc::new(Batcher::new(Abandoned::Skip)),
+            release: Arc::new(Batcher::new(Abandoned::Send)),
         }
     }
 }
@@ -91,44 +91,114 @@ where
     }
 }
 
+/// A call a batched script carries: its script, and its keys and arguments
+/// (each script loops over groups of `KEYS` keys and as many arguments).
+trait ScriptCall {
+    /// Keys (and arguments) per call.
+    const KEYS: usize;
+    fn script(scripts: &Scripts) -> &Script;
+    fn keys(&self, cmd: &mut Cmd);
+    fn args(&self, cmd: &mut Cmd);
+}
+
+impl ScriptCall for AcquireCall {
+    const KEYS: usize = 2;
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.acquire
+    }
+    fn keys(&self, cmd: &mut Cmd) {
+        cmd.arg(self.keys.lock()).arg(self.fence());
+    }
+    fn args(&self, cmd: &mut Cmd) {
+        cmd.arg(self.owner.as_str()).arg(ttl_ms(self.ttl));
+    }
+}
+
+impl ScriptCall for ReleaseCall {
+    const KEYS: usize = 1;
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.release
+    }
+    fn keys(&self, cmd: &mut Cmd) {
+        cmd.arg(self.keys.lock());
+    }
+    fn args(&self, cmd: &mut Cmd) {
+        cmd.arg(self.owner.as_str());
+    }
+}
+
+/// One `EVALSHA` of `C`'s script over all of `calls`.
+async fn script_call<C: ScriptCall>(
+    backend: &RedisBackend,
+    calls: &[C],
+) -> redis::RedisResult<Value> {
+    let script = C::script(&backend.inner.scripts);
+    let mut cmd = evalsha(script, C::KEYS * calls.len());
+    for c in calls {
+        c.keys(&mut cmd);
+    }
+    for c in calls {
+        c.args(&mut cmd);
+    }
+    backend.eval_raw::<Value>(script, &cmd).await
+}
+
+/// Sends `calls` as one script call; one result per call, in order. A
+/// batch refused for spanning slots is sent again one call at a time.
+async fn send_calls<C: ScriptCall, O>(
+    backend: &RedisBackend,
+    calls: &[C],
+    what: &str,
+    parse: impl Fn(&C, &Value) -> Result<O>,
+) -> Vec<Result<O>> {
+    let addr = &backend.inner.addr;
+    let reply = script_call(backend, calls).await;
+    if calls.len() > 1 && is_cross_slot(&reply) {
+        let mut results = Vec::with_capacity(calls.len());
+        for call in calls.chunks(1) {
+            let reply = script_call(backend, call).await;
+            results.extend(split_reply(reply, 1, addr, what, |_, v| parse(&call[0], v)));
+        }
+        return results;
+    }
+    split_reply(reply, calls.len(), addr, what, |i, v| parse(&calls[i], v))
+}
+
 /// Sends `calls` as one `acquire.lua` call; one outcome per call, in order.
 async fn send_acquires(
     backend: RedisBackend,
     calls: Vec<AcquireCall>,
 ) -> Vec<Result<AcquireOutcome>> {
-    let script = &backend.inner.scripts.acquire;
-    let mut cmd = evalsha(script, 2 * calls.len());
-    for c in &calls {
-        cmd.arg(c.keys.lock()).arg(c.fence());
-    }
-    for c in &calls {
-        cmd.arg(c.owner.as_str()).arg(ttl_ms(c.ttl));
-    }
     let addr = &backend.inner.addr;
-    let reply = backend.eval_raw::<Value>(script, &cmd).await;
-    split_reply(reply, calls.len(), addr, "acquire", |i, v| {
-        parse_acquire(v, calls[i].fence(), calls[i].ttl, addr)
+    send_calls(&backend, &calls, "acquire", |c, v| {
+        parse_acquire(v, c.fence(), c.ttl, addr)
     })
+    .await
 }
 
 /// Sends `calls` as one `release.lua` call; one result per call, in order.
 async fn send_releases(backend: RedisBackend, calls: Vec<ReleaseCall>) -> Vec<Result<()>> {
-    let script = &backend.inner.scripts.release;
-    let mut cmd = evalsha(script, calls.len());
-    for c in &calls {
-        cmd.arg(c.keys.lock());
-    }
-    for c in &calls {
-        cmd.arg(c.owner.as_str());
-    }
     let addr = &backend.inner.addr;
-    let reply = backend.eval_raw::<Value>(script, &cmd).await;
-    split_reply(reply, calls.len(), addr, "release", |i, v| match v {
+    send_calls(&backend, &calls, "release", |c, v| match v {
         Value::Int(1) => Ok(()),
-        Value::Int(_) => Err(not_held(&calls[i].name, &calls[i].owner)),
+        Value::Int(_) => Err(not_held(&c.name, &c.owner)),
         Value::ServerError(e) => Err(map_err(e.clone().into(), addr)),
         other => Err(unexpected_reply("release", other)),
     })
+    .await
+}
+
+/// Whether a batch was refused for spanning slots: a "standalone" URL that
+/// is really a proxy in front of a cluster. The calls are then sent one by
+/// one (each lock's keys share one slot).
+fn is_cross_slot(reply: &redis::RedisResult<Value>) -> bool {
+    match reply {
+        Err(e) if e.code() == Some("CROSSSLOT") => {
+            tracing::debug!("the server refused a batch across slots; sending its calls alone");
+            true
+        }
+        _ => false,
+    }
 }
 
 /// The replies of a batch of `n` calls: the reply itself for one call, an
@@ -391,5 +461,92 @@ mod tests {
             parse_acquire(&Value::Array(vec![]), "f", ttl, "test"),
             Err(Error::Backend { .. })
         ));
+    }
+}
+
+/// One batch with every kind of call in it, against a real server.
+#[cfg(all(test, feature = "testkit"))]
+mod batch_tests {
+    use super::*;
+    use crate::testkit::RedisHarness;
+
+    fn acquire_call(b: &RedisBackend, name: &str, owner: &LockOwner) -> AcquireCall {
+        let (keys, fence_end) = LockKeys::new(&b.inner.lock_prefix, name).with_fence();
+        AcquireCall {
+            keys,
+            fence_end,
+            owner: owner.clone(),
+            ttl: Duration::from_secs(10),
+        }
+    }
+
+    fn release_call(b: &RedisBackend, name: &str, owner: &LockOwner) -> ReleaseCall {
+        ReleaseCall {
+            keys: LockKeys::new(&b.inner.lock_prefix, name),
+            name: name.into(),
+            owner: owner.clone(),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_batch_isolates_a_bad_lock_and_orders_calls_on_one_lock() {
+        let h = RedisHarness::start().await;
+        let b = h.connect().await.unwrap();
+        let mut raw = redis::Client::open(h.server.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let ns = &h.settings().namespace;
+        let _: () = redis::cmd("RPUSH")
+            .arg(format!("{ns}:lock:{{bad}}:fence"))
+            .arg("x")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let (a, z) = (
+            LockOwner::new("t", "a").unwrap(),
+            LockOwner::new("t", "z").unwrap(),
+        );
+        let outcomes = send_acquires(
+            b.clone(),
+            vec![
+                acquire_call(&b, "one", &a),
+                acquire_call(&b, "bad", &a),
+                acquire_call(&b, "one", &z),
+                acquire_call(&b, "one", &a),
+            ],
+        )
+        .await;
+        let token = match &outcomes[0] {
+            Ok(AcquireOutcome::Granted(g)) => g.token,
+            other => panic!("first call: {other:?}"),
+        };
+        assert!(
+            matches!(&outcomes[1], Err(e) if e.to_string().contains("WRONGTYPE")),
+            "{:?}",
+            outcomes[1]
+        );
+        assert!(
+            matches!(outcomes[2], Ok(AcquireOutcome::Held { .. })),
+            "{:?}",
+            outcomes[2]
+        );
+        // The same owner again, in the same batch: the same grant.
+        assert!(
+            matches!(&outcomes[3], Ok(AcquireOutcome::Granted(g)) if g.token == token),
+            "{:?}",
+            outcomes[3]
+        );
+        let releases = send_releases(
+            b.clone(),
+            vec![release_call(&b, "one", &z), release_call(&b, "one", &a)],
+        )
+        .await;
+        assert!(
+            matches!(releases[0], Err(Error::NotHeld(_))),
+            "{releases:?}"
+        );
+        assert!(releases[1].is_ok(), "{releases:?}");
     }
 }

@@ -23,12 +23,13 @@
 -- every grant, and raised to the server clock (read as the new lease's PEXPIRETIME minus
 -- its TTL: an integer reply, where TIME's table reply costs the server noticeably more)
 -- whenever it has fallen more than SLACK behind it. The counter never runs more than
--- 1 ms ahead of the clock, as a key is granted fewer than 1000 times a millisecond (every
--- grant is a script call of its own). So a fence that was lost (restart without
--- persistence, eviction) or comes back older (restore of an older RDB/AOF, failover to a
--- lagging replica) is raised above every token handed out before, provided the outage
--- (last grant before it to first grant after) lasted more than SLACK + 1 ms and the server
--- clocks agree to within the outage. A clock that steps back never lowers a token.
+-- 1 ms ahead of the clock, as a key is granted fewer than 1000 times a millisecond (at
+-- most once per script call: a granted key stays held for the rest of the call). So a
+-- fence that was lost (restart without persistence, eviction) or comes back older (restore
+-- of an older RDB/AOF, failover to a lagging replica) is raised above every token handed
+-- out before, provided the outage (last grant before it to first grant after) lasted more
+-- than SLACK + 1 ms and the server clocks agree to within the outage. A clock that steps
+-- back never lowers a token.
 --
 -- Server work limits throughput, so the free path is three integer-reply calls: SET NX GET
 -- (which also returns the holder on the busy path), INCR and PEXPIRETIME (once per script
