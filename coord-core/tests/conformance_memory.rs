@@ -5,5 +5,5 @@ coord_core::lock_conformance_tests!(memory, coord_core::testkit::MemoryHarness::
 /// The suite lists every case the macro runs.
 #[test]
 fn every_case_is_listed() {
-    assert_eq!(coord_core::testkit::lock::CASES.len(), 14);
+    assert_eq!(coord_core::testkit::lock::CASES.len(), 15);
 }

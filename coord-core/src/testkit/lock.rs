@@ -11,7 +11,9 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::lock::{AcquireOutcome, LockClient, LockGuard, LockOwner};
-use crate::testkit::{ExclusionChecker, LockHarness, unique_name, within};
+use crate::testkit::{
+    ExclusionChecker, Fault, FaultyLockBackend, LockHarness, LockOp, unique_name, within,
+};
 
 /// Every case's name, in the order the macro expands them.
 pub const CASES: &[&str] = &[
@@ -23,6 +25,7 @@ pub const CASES: &[&str] = &[
     "lost_fires_when_lock_removed",
     "wait_timeout_returns_timeout",
     "waiter_woken_by_release",
+    "waiter_listens_again_when_notifications_end",
     "dropped_guard_is_released",
     "bad_input_is_invalid_argument",
     "try_acquire_reports_busy",
@@ -320,6 +323,60 @@ pub async fn waiter_woken_by_release(h: &dyn LockHarness) {
             }
         },
     )
+    .await;
+    let released = Instant::now();
+    guard.release().await.expect("release");
+    let (got, at) = within(Duration::from_secs(10), "the waiter acquires", waiter)
+        .await
+        .expect("waiter task");
+    let got = got.expect("the waiter acquires");
+    let woke = at - released;
+    assert!(woke < Duration::from_secs(2), "woken after {woke:?}");
+    got.release().await.expect("release");
+}
+
+/// A waiter whose release notifications end (as when a pub/sub connection
+/// drops or a watch is cancelled; injected here after 1.5 s) subscribes to
+/// the backend again, and is still woken by the release long before its
+/// 30 s poll.
+pub async fn waiter_listens_again_when_notifications_end(h: &dyn LockHarness) {
+    let name = unique_name("relisten");
+    let a = client(h).await;
+    let faulty = Arc::new(FaultyLockBackend::new(h.new_backend().await));
+    faulty.inject_times(
+        LockOp::Subscribe,
+        Fault::EndStreamAfter(Duration::from_millis(1500)),
+        1,
+    );
+    let b = LockClient::new(faulty.clone());
+    let guard = hold(&a, &name).await;
+    let lock = b
+        .lock(name.clone())
+        .poll_interval(Duration::from_secs(30))
+        .wait_timeout(Duration::from_secs(60))
+        .build();
+    let waiter = tokio::spawn(async move {
+        let g = lock.acquire().await;
+        (g, Instant::now())
+    });
+    within(
+        Duration::from_secs(10),
+        "the waiter subscribes a second time",
+        async {
+            while faulty.calls(LockOp::Subscribe) < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        },
+    )
+    .await;
+    // Attempts: the first, the one after subscribing, the one when the
+    // channel ended, and the one after subscribing again. After the fourth
+    // the waiter can only be woken through its new subscription.
+    within(Duration::from_secs(10), "the waiter retries", async {
+        while faulty.calls(LockOp::TryAcquire) < 4 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
     .await;
     let released = Instant::now();
     guard.release().await.expect("release");

@@ -86,6 +86,7 @@ macro_rules! lock_conformance_tests {
             lost_fires_when_lock_removed,
             wait_timeout_returns_timeout,
             waiter_woken_by_release,
+            waiter_listens_again_when_notifications_end,
             dropped_guard_is_released,
             bad_input_is_invalid_argument,
             try_acquire_reports_busy,
