@@ -50,15 +50,19 @@ impl RedisServer {
     /// The server of `COORD_TEST_REDIS_URL`, or a new local `redis-server`.
     /// Fails (with an install hint) when neither is available.
     pub fn start() -> Result<RedisServer> {
-        match std::env::var(TEST_URL_ENV) {
-            Ok(url) if !url.trim().is_empty() => Ok(RedisServer {
-                url: url.trim().to_owned(),
-                process: None,
-                _dir: None,
-                peers: Vec::new(),
-            }),
-            _ => Self::spawn(),
-        }
+        Self::external(TEST_URL_ENV).map_or_else(Self::spawn, Ok)
+    }
+
+    /// The server(s) named by the environment variable `var`, when set.
+    fn external(var: &str) -> Option<RedisServer> {
+        let url = std::env::var(var).ok()?;
+        let url = url.trim();
+        (!url.is_empty()).then(|| RedisServer {
+            url: url.to_owned(),
+            process: None,
+            _dir: None,
+            peers: Vec::new(),
+        })
     }
 
     /// A new local `redis-server` on a free loopback port, without
@@ -71,15 +75,7 @@ impl RedisServer {
     /// Redis Cluster of [`CLUSTER_NODES`] masters sharing the 16384 slots
     /// (`redis+cluster://` URL naming every node).
     pub fn start_cluster() -> Result<RedisServer> {
-        match std::env::var(TEST_CLUSTER_URL_ENV) {
-            Ok(url) if !url.trim().is_empty() => Ok(RedisServer {
-                url: url.trim().to_owned(),
-                process: None,
-                _dir: None,
-                peers: Vec::new(),
-            }),
-            _ => Self::spawn_cluster(CLUSTER_NODES),
-        }
+        Self::external(TEST_CLUSTER_URL_ENV).map_or_else(|| Self::spawn_cluster(CLUSTER_NODES), Ok)
     }
 
     /// A new local Redis Cluster of `nodes` masters (no replicas), each
