@@ -65,7 +65,6 @@ impl AcquireCall {
 /// One release, as a batch carries it.
 struct ReleaseCall {
     keys: LockKeys,
-    name: Box<str>,
     owner: LockOwner,
 }
 
@@ -181,7 +180,7 @@ async fn send_releases(backend: RedisBackend, calls: Vec<ReleaseCall>) -> Vec<Re
     let addr = &backend.inner.addr;
     send_calls(&backend, &calls, "release", |c, v| match v {
         Value::Int(1) => Ok(()),
-        Value::Int(_) => Err(not_held(&c.name, &c.owner)),
+        Value::Int(_) => Err(not_held(c.keys.name(), &c.owner)),
         Value::ServerError(e) => Err(map_err(e.clone().into(), addr)),
         other => Err(unexpected_reply("release", other)),
     })
@@ -240,6 +239,7 @@ fn split_reply<O>(
 /// the lock key is a prefix. One allocation per operation.
 struct LockKeys {
     buf: String,
+    name_start: usize,
     lock_len: usize,
 }
 
@@ -253,11 +253,20 @@ impl LockKeys {
         buf.push_str(name);
         buf.push('}');
         let lock_len = buf.len();
-        LockKeys { buf, lock_len }
+        LockKeys {
+            buf,
+            name_start: prefix.len(),
+            lock_len,
+        }
     }
 
     fn lock(&self) -> &str {
         &self.buf[..self.lock_len]
+    }
+
+    /// The lock's name, for messages.
+    fn name(&self) -> &str {
+        &self.buf[self.name_start..self.lock_len - 1]
     }
 
     fn with_fence(mut self) -> (Self, usize) {
@@ -333,7 +342,6 @@ impl LockBackend for RedisBackend {
     async fn release(&self, name: &str, owner: &LockOwner) -> Result<()> {
         let call = ReleaseCall {
             keys: LockKeys::new(&self.inner.lock_prefix, name),
-            name: name.into(),
             owner: owner.clone(),
         };
         let backend = self.clone();
@@ -408,6 +416,7 @@ mod tests {
     fn keys_share_one_hash_tag() {
         let keys = LockKeys::new("coord:lock:{", "orders/42");
         assert_eq!(keys.lock(), "coord:lock:{orders/42}");
+        assert_eq!(keys.name(), "orders/42");
         let (keys, end) = keys.with_fence();
         assert_eq!(&keys.buf[..end], "coord:lock:{orders/42}:fence");
         assert_eq!(keys.into_channel(), "coord:lock:{orders/42}:released");
@@ -483,7 +492,6 @@ mod batch_tests {
     fn release_call(b: &RedisBackend, name: &str, owner: &LockOwner) -> ReleaseCall {
         ReleaseCall {
             keys: LockKeys::new(&b.inner.lock_prefix, name),
-            name: name.into(),
             owner: owner.clone(),
         }
     }
