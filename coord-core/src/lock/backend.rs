@@ -8,8 +8,10 @@ use async_trait::async_trait;
 use futures::{Stream, StreamExt};
 
 use crate::capabilities::Capabilities;
+use crate::error::Error;
 use crate::error::Result;
 use crate::health::ComponentHealth;
+use crate::lock::queue::{HoldMode, LockInfo, QueueOutcome};
 use crate::lock::types::{AcquireOutcome, LockOwner};
 
 /// The primitive operations of a lease lock on one backend. Each is one
@@ -55,11 +57,84 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     /// whether a lock was removed. The next grant's token is still higher.
     async fn force_release(&self, name: &str) -> Result<bool>;
 
+    /// The current holder of the lease lock `name`, if any: owner, token
+    /// and remaining TTL (leader election reads the leader through it).
+    async fn inspect(&self, name: &str) -> Result<Option<LockInfo>> {
+        let _ = name;
+        Err(unsupported(self.capabilities().backend, "inspect"))
+    }
+
+    /// Every lock (lease and queued) whose name starts with `prefix`, with
+    /// holders, tokens, remaining TTLs and (queued kinds) waiters.
+    async fn list(&self, prefix: &str) -> Result<Vec<LockInfo>> {
+        let _ = prefix;
+        Err(unsupported(self.capabilities().backend, "list"))
+    }
+
+    // ----- Queued locks (fair locks, semaphores, read-write locks) -----
+    // See [`crate::lock::queue`] for the queue model and the grant rule.
+
+    /// One step of a queued acquisition. Adds `owner` at the tail of the
+    /// queue of `name` with `mode` and a lease of `ttl`, or, when `owner` is
+    /// already queued, refreshes its entry's lease to `ttl` from now (so a
+    /// retry after an ambiguous reply is safe, and a live waiter keeps its
+    /// place by calling again within `ttl`). Entries whose lease ran out are
+    /// purged first, so a dead waiter never blocks the ones behind it.
+    /// Returns `Granted` (with the token given at grant time, the same one on
+    /// every later call) when [`HoldMode::admits`] the entry.
+    async fn enqueue(
+        &self,
+        name: &str,
+        owner: &LockOwner,
+        mode: HoldMode,
+        ttl: Duration,
+    ) -> Result<QueueOutcome> {
+        let _ = (name, owner, mode, ttl);
+        Err(unsupported(self.capabilities().backend, "queued locks"))
+    }
+
+    /// Extends the lease of `owner`'s granted entry to `ttl` from now.
+    /// [`Error::NotHeld`] when the entry is gone or not granted.
+    async fn renew_queued(&self, name: &str, owner: &LockOwner, ttl: Duration) -> Result<()> {
+        let _ = (name, owner, ttl);
+        Err(unsupported(self.capabilities().backend, "queued locks"))
+    }
+
+    /// Removes `owner`'s entry, granted (a release) or waiting (a waiter
+    /// giving up), and wakes the entries behind it. [`Error::NotHeld`] when
+    /// there is no such entry.
+    async fn dequeue(&self, name: &str, owner: &LockOwner) -> Result<()> {
+        let _ = (name, owner);
+        Err(unsupported(self.capabilities().backend, "queued locks"))
+    }
+
+    /// Starts listening for changes that may grant `owner`'s waiting entry
+    /// (an entry ahead of it leaving). Called after a `Queued` answer, before
+    /// the next `enqueue`, so nothing between the two is missed. A backend
+    /// should wake only the waiters a removal may grant (etcd: the entry's
+    /// predecessor only).
+    async fn subscribe_queue(&self, name: &str, owner: &LockOwner) -> Result<ReleaseEvents> {
+        let _ = (name, owner);
+        Err(unsupported(self.capabilities().backend, "queued locks"))
+    }
+
+    /// Removes every granted entry of the queue `name` (administration);
+    /// waiters stay and are granted next, with higher tokens. Returns how
+    /// many entries were removed.
+    async fn force_release_queued(&self, name: &str) -> Result<usize> {
+        let _ = name;
+        Err(unsupported(self.capabilities().backend, "queued locks"))
+    }
+
     /// One round trip to the backend, timed.
     async fn health(&self) -> ComponentHealth;
 
     /// Releases what the backend holds for this client (leases, connections).
     async fn close(&self) {}
+}
+
+fn unsupported(backend: &str, what: &str) -> Error {
+    Error::Unsupported(format!("the {backend} backend does not implement {what}"))
 }
 
 /// A stream of "this lock may be free now" signals from a backend.

@@ -11,7 +11,11 @@ use tokio::time::Instant;
 use crate::capabilities::Capabilities;
 use crate::error::{Error, Result};
 use crate::health::ComponentHealth;
-use crate::lock::{AcquireOutcome, FencingToken, LockBackend, LockGrant, LockOwner, ReleaseEvents};
+use crate::lock::{
+    AcquireOutcome, FencingToken, HoldMode, HolderInfo, LockBackend, LockGrant, LockInfo,
+    LockOwner, QueueOutcome, ReleaseEvents, StoredKind,
+};
+use crate::memory::queue::Queues;
 
 /// An in-process store. Clones share the same data; use one clone per
 /// simulated client.
@@ -26,6 +30,7 @@ struct Store {
     locks: HashMap<String, Held>,
     fences: HashMap<String, u64>,
     listeners: HashMap<String, broadcast::Sender<()>>,
+    queues: Queues,
 }
 
 #[derive(Debug)]
@@ -166,15 +171,7 @@ impl LockBackend for MemoryBackend {
             .entry(name.to_owned())
             .or_insert_with(|| broadcast::channel(16).0)
             .subscribe();
-        Ok(ReleaseEvents::new(futures::stream::unfold(
-            rx,
-            |mut rx| async move {
-                match rx.recv().await {
-                    Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => Some(((), rx)),
-                    Err(broadcast::error::RecvError::Closed) => None,
-                }
-            },
-        )))
+        Ok(broadcast_events(rx))
     }
 
     async fn force_release(&self, name: &str) -> Result<bool> {
@@ -188,9 +185,95 @@ impl LockBackend for MemoryBackend {
         Ok(was_held)
     }
 
+    async fn inspect(&self, name: &str) -> Result<Option<LockInfo>> {
+        let now = Instant::now();
+        let mut store = self.store();
+        Ok(store
+            .holder(name, now)
+            .map(|held| lease_info(name, held, now)))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<LockInfo>> {
+        let now = Instant::now();
+        let mut store = self.store();
+        let names: Vec<String> = store
+            .locks
+            .keys()
+            .filter(|n| n.starts_with(prefix))
+            .cloned()
+            .collect();
+        let mut out: Vec<LockInfo> = names
+            .iter()
+            .filter_map(|n| store.holder(n, now).map(|h| lease_info(n, h, now)))
+            .collect();
+        out.extend(store.queues.list(prefix, now));
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn enqueue(
+        &self,
+        name: &str,
+        owner: &LockOwner,
+        mode: HoldMode,
+        ttl: Duration,
+    ) -> Result<QueueOutcome> {
+        let ttl = self.caps.effective_ttl(ttl);
+        let now = Instant::now();
+        Ok(self
+            .store()
+            .queues
+            .enqueue(name, owner.as_str(), mode, ttl, now))
+    }
+
+    async fn renew_queued(&self, name: &str, owner: &LockOwner, ttl: Duration) -> Result<()> {
+        let ttl = self.caps.effective_ttl(ttl);
+        let now = Instant::now();
+        self.store().queues.renew(name, owner.as_str(), ttl, now)
+    }
+
+    async fn dequeue(&self, name: &str, owner: &LockOwner) -> Result<()> {
+        let now = Instant::now();
+        self.store().queues.dequeue(name, owner.as_str(), now)
+    }
+
+    async fn subscribe_queue(&self, name: &str, _owner: &LockOwner) -> Result<ReleaseEvents> {
+        let rx = self.store().queues.subscribe(name);
+        Ok(broadcast_events(rx))
+    }
+
+    async fn force_release_queued(&self, name: &str) -> Result<usize> {
+        let now = Instant::now();
+        Ok(self.store().queues.force_release(name, now))
+    }
+
     async fn health(&self) -> ComponentHealth {
         let start = std::time::Instant::now();
         drop(self.store());
         ComponentHealth::healthy("memory", start.elapsed())
+    }
+}
+
+/// Release signals from a broadcast channel; a lagging receiver still wakes.
+fn broadcast_events(rx: broadcast::Receiver<()>) -> ReleaseEvents {
+    ReleaseEvents::new(futures::stream::unfold(rx, |mut rx| async move {
+        match rx.recv().await {
+            Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => Some(((), rx)),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }))
+}
+
+fn lease_info(name: &str, held: &Held, now: Instant) -> LockInfo {
+    LockInfo {
+        name: name.to_owned(),
+        kind: StoredKind::Lease,
+        holders: vec![HolderInfo {
+            owner: held.owner.clone(),
+            token: Some(FencingToken::new(held.token)),
+            mode: HoldMode::Exclusive,
+            ttl_remaining: Some(held.expires.saturating_duration_since(now)),
+        }],
+        waiters: Vec::new(),
     }
 }

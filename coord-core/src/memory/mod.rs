@@ -2,6 +2,7 @@
 //! conformance suite as Redis and etcd.
 
 mod lock;
+mod queue;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};

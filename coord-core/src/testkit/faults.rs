@@ -30,7 +30,9 @@ use futures::StreamExt;
 use crate::capabilities::Capabilities;
 use crate::error::{Error, Result};
 use crate::health::ComponentHealth;
-use crate::lock::{AcquireOutcome, LockBackend, LockOwner, ReleaseEvents};
+use crate::lock::{
+    AcquireOutcome, HoldMode, LockBackend, LockInfo, LockOwner, QueueOutcome, ReleaseEvents,
+};
 
 /// The operations of a [`LockBackend`], to aim faults at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -226,6 +228,45 @@ impl LockBackend for FaultyLockBackend {
     async fn force_release(&self, name: &str) -> Result<bool> {
         self.apply(LockOp::ForceRelease, self.inner.force_release(name))
             .await
+    }
+
+    async fn inspect(&self, name: &str) -> Result<Option<LockInfo>> {
+        self.inner.inspect(name).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<LockInfo>> {
+        self.inner.list(prefix).await
+    }
+
+    async fn enqueue(
+        &self,
+        name: &str,
+        owner: &LockOwner,
+        mode: HoldMode,
+        ttl: Duration,
+    ) -> Result<QueueOutcome> {
+        let call = self.inner.enqueue(name, owner, mode, ttl);
+        self.apply(LockOp::TryAcquire, call).await
+    }
+
+    async fn renew_queued(&self, name: &str, owner: &LockOwner, ttl: Duration) -> Result<()> {
+        let call = self.inner.renew_queued(name, owner, ttl);
+        self.apply(LockOp::Renew, call).await
+    }
+
+    async fn dequeue(&self, name: &str, owner: &LockOwner) -> Result<()> {
+        self.apply(LockOp::Release, self.inner.dequeue(name, owner))
+            .await
+    }
+
+    async fn subscribe_queue(&self, name: &str, owner: &LockOwner) -> Result<ReleaseEvents> {
+        let call = self.inner.subscribe_queue(name, owner);
+        self.apply(LockOp::Subscribe, call).await
+    }
+
+    async fn force_release_queued(&self, name: &str) -> Result<usize> {
+        let call = self.inner.force_release_queued(name);
+        self.apply(LockOp::ForceRelease, call).await
     }
 
     async fn health(&self) -> ComponentHealth {
