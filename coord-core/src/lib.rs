@@ -28,6 +28,7 @@
 
 mod capabilities;
 mod error;
+pub mod fence;
 mod health;
 pub mod lock;
 pub mod memory;
@@ -40,6 +41,7 @@ pub mod url;
 
 pub use capabilities::Capabilities;
 pub use error::{BoxError, Error, Result};
+pub use fence::{FencedResource, FencedStore, MemoryFencedStore};
 pub use health::{ComponentHealth, HealthStatus};
 pub use lock::{
     AcquireOutcome, FencingToken, Lock, LockBackend, LockBuilder, LockClient, LockClientBuilder,
