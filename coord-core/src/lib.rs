@@ -44,8 +44,9 @@ pub use error::{BoxError, Error, Result};
 pub use fence::{FencedResource, FencedStore, MemoryFencedStore};
 pub use health::{ComponentHealth, HealthStatus};
 pub use lock::{
-    AcquireOutcome, FencingToken, Lock, LockBackend, LockBuilder, LockClient, LockClientBuilder,
-    LockGrant, LockGuard, LockOwner, ReleaseEvents,
+    AcquireOutcome, Election, FencingToken, HoldMode, LeaderInfo, Leadership, Lock, LockAdmin,
+    LockBackend, LockBuilder, LockClient, LockClientBuilder, LockGrant, LockGuard, LockInfo,
+    LockKind, LockOwner, LockStats, QueueOutcome, ReleaseEvents,
 };
 pub use metrics::Metrics;
 pub use retry::RetryPolicy;

@@ -15,6 +15,9 @@ pub struct Metrics {
     lock_ops: IntCounterVec,
     lock_wait: HistogramVec,
     lock_lost: IntCounterVec,
+    lock_acquisitions: IntCounterVec,
+    lock_wait_by_lock: HistogramVec,
+    lock_hold: HistogramVec,
 }
 
 fn prom(e: prometheus::Error) -> Error {
@@ -26,6 +29,7 @@ impl Metrics {
     /// registered there already.
     pub fn register(registry: &Registry) -> Result<Self> {
         let latency_buckets = prometheus::exponential_buckets(0.000_05, 2.0, 18).map_err(prom)?;
+        let hold_buckets = prometheus::exponential_buckets(0.000_5, 4.0, 12).map_err(prom)?;
         let m = Metrics {
             backend_requests: IntCounterVec::new(
                 Opts::new(
@@ -57,13 +61,39 @@ impl Metrics {
                     "coord_lock_acquire_duration_seconds",
                     "Time from acquire() to grant, waiting included",
                 )
-                .buckets(latency_buckets),
+                .buckets(latency_buckets.clone()),
                 &["backend"],
             )
             .map_err(prom)?,
             lock_lost: IntCounterVec::new(
-                Opts::new("coord_lock_lost_total", "Locks lost while held"),
-                &["backend"],
+                Opts::new("coord_lock_lost_total", "Locks lost while held, per lock"),
+                &["backend", "lock"],
+            )
+            .map_err(prom)?,
+            lock_acquisitions: IntCounterVec::new(
+                Opts::new(
+                    "coord_lock_acquisitions_total",
+                    "Lock grants per lock; contended=true when the caller had to wait",
+                ),
+                &["backend", "lock", "contended"],
+            )
+            .map_err(prom)?,
+            lock_wait_by_lock: HistogramVec::new(
+                HistogramOpts::new(
+                    "coord_lock_wait_seconds",
+                    "Time from acquire() to grant, per lock",
+                )
+                .buckets(latency_buckets),
+                &["backend", "lock"],
+            )
+            .map_err(prom)?,
+            lock_hold: HistogramVec::new(
+                HistogramOpts::new(
+                    "coord_lock_hold_seconds",
+                    "Time from grant to release or loss, per lock",
+                )
+                .buckets(hold_buckets),
+                &["backend", "lock"],
             )
             .map_err(prom)?,
         };
@@ -79,9 +109,12 @@ impl Metrics {
         registry
             .register(Box::new(m.lock_wait.clone()))
             .map_err(prom)?;
-        registry
-            .register(Box::new(m.lock_lost.clone()))
-            .map_err(prom)?;
+        for family in [&m.lock_lost, &m.lock_acquisitions] {
+            registry.register(Box::new(family.clone())).map_err(prom)?;
+        }
+        for family in [&m.lock_wait_by_lock, &m.lock_hold] {
+            registry.register(Box::new(family.clone())).map_err(prom)?;
+        }
         Ok(m)
     }
 
@@ -119,9 +152,28 @@ impl Metrics {
             .observe(waited.as_secs_f64());
     }
 
-    /// Records a lost lock.
-    pub fn lock_lost(&self, backend: &str) {
-        self.lock_lost.with_label_values(&[backend]).inc();
+    /// Records a lost lock. `lock` is the lock's name (bounded by the
+    /// client to [`MAX_TRACKED_LOCKS`](crate::lock::MAX_TRACKED_LOCKS) values).
+    pub fn lock_lost(&self, backend: &str, lock: &str) {
+        self.lock_lost.with_label_values(&[backend, lock]).inc();
+    }
+
+    /// Records one grant of `lock`: how long it waited and whether it had to.
+    pub fn lock_granted(&self, backend: &str, lock: &str, waited: Duration, contended: bool) {
+        let contended = if contended { "true" } else { "false" };
+        self.lock_acquisitions
+            .with_label_values(&[backend, lock, contended])
+            .inc();
+        self.lock_wait_by_lock
+            .with_label_values(&[backend, lock])
+            .observe(waited.as_secs_f64());
+    }
+
+    /// Records how long `lock` was held.
+    pub fn lock_held(&self, backend: &str, lock: &str, held: Duration) {
+        self.lock_hold
+            .with_label_values(&[backend, lock])
+            .observe(held.as_secs_f64());
     }
 }
 

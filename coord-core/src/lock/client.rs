@@ -12,7 +12,10 @@ use crate::health::ComponentHealth;
 use crate::lock::backend::LockBackend;
 use crate::lock::guard::GuardShared;
 use crate::lock::handle::LockBuilder;
+use crate::lock::kind::LockKind;
+use crate::lock::reentrant::ReentrantSlots;
 use crate::lock::renewal::RenewalScheduler;
+use crate::lock::stats::{LockStats, StatsTable};
 use crate::lock::types::LockOwner;
 use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
@@ -56,6 +59,8 @@ pub(crate) struct ClientShared {
     /// Owners whose holds have ended, for reuse (see [`ClientShared::take_owner`]).
     idle_owners: Mutex<Vec<LockOwner>>,
     pub(crate) renewals: Arc<RenewalScheduler>,
+    pub(crate) stats: StatsTable,
+    pub(crate) reentrant: ReentrantSlots,
 }
 
 /// Options of a [`LockClient`].
@@ -125,6 +130,8 @@ impl LockClientBuilder {
                 held: Mutex::new(HashMap::new()),
                 idle_owners: Mutex::new(Vec::new()),
                 renewals: Arc::new(RenewalScheduler::new()),
+                stats: StatsTable::default(),
+                reentrant: ReentrantSlots::default(),
             }),
         })
     }
@@ -154,6 +161,16 @@ impl LockClient {
         LockBuilder::new(self.clone(), name.into())
     }
 
+    /// A leader election called `name` (its lock is `election/<name>`).
+    pub fn election(&self, name: impl Into<String>) -> crate::lock::ElectionBuilder {
+        crate::lock::ElectionBuilder::new(self.clone(), name.into())
+    }
+
+    /// Lock administration: list, force-release, statistics.
+    pub fn admin(&self) -> crate::lock::LockAdmin {
+        crate::lock::LockAdmin::new(self.clone())
+    }
+
     /// This client's id.
     pub fn client_id(&self) -> &str {
         &self.shared.client_id
@@ -180,6 +197,18 @@ impl LockClient {
         self.shared.held.lock().map(|h| h.len()).unwrap_or(0)
     }
 
+    /// What this client saw of lock `name`: acquisitions, contended
+    /// acquisitions, wait and hold times, lost leases. `None` before its
+    /// first grant.
+    pub fn lock_stats(&self, name: &str) -> Option<LockStats> {
+        self.shared.stats.get(name)
+    }
+
+    /// [`LockClient::lock_stats`] of every lock this client took, by name.
+    pub fn all_lock_stats(&self) -> Vec<(String, LockStats)> {
+        self.shared.stats.all()
+    }
+
     /// The backend's health (one round trip).
     pub async fn health(&self) -> ComponentHealth {
         self.shared.backend.health().await
@@ -195,7 +224,10 @@ impl LockClient {
         let mut first_error = None;
         for guard in held {
             guard.mark_lost("the client was shut down");
-            if let Err(e) = self.shared.release_once(&guard.name, &guard.owner).await
+            if let Err(e) = self
+                .shared
+                .release_once(&guard.name, &guard.owner, guard.kind)
+                .await
                 && !matches!(e, Error::NotHeld(_))
             {
                 first_error.get_or_insert(e);
@@ -207,6 +239,21 @@ impl LockClient {
 }
 
 impl ClientShared {
+    /// Renews a hold through the backend call of its kind.
+    pub(crate) async fn renew_hold(
+        &self,
+        name: &str,
+        owner: &LockOwner,
+        ttl: std::time::Duration,
+        kind: LockKind,
+    ) -> Result<()> {
+        if kind.is_queued() {
+            self.backend.renew_queued(name, owner, ttl).await
+        } else {
+            self.backend.renew(name, owner, ttl).await
+        }
+    }
+
     /// Runs one backend call with metrics.
     pub(crate) async fn call<T>(
         &self,
@@ -226,14 +273,23 @@ impl ClientShared {
 
     /// Releases with retries. A `NotHeld` after an ambiguous failed attempt
     /// counts as released: the lost reply was most likely the success.
-    pub(crate) async fn release_once(&self, name: &str, owner: &LockOwner) -> Result<()> {
+    pub(crate) async fn release_once(
+        &self,
+        name: &str,
+        owner: &LockOwner,
+        kind: LockKind,
+    ) -> Result<()> {
         let ambiguous = std::sync::atomic::AtomicBool::new(false);
         let result = self
             .retry
             .run(|| async {
-                let r = self
-                    .call("release", self.backend.release(name, owner))
-                    .await;
+                let r = if kind.is_queued() {
+                    self.call("dequeue", self.backend.dequeue(name, owner))
+                        .await
+                } else {
+                    self.call("release", self.backend.release(name, owner))
+                        .await
+                };
                 if r.as_ref().is_err_and(Error::is_retryable) {
                     ambiguous.store(true, Ordering::Relaxed);
                 }
@@ -276,6 +332,7 @@ impl ClientShared {
         name: Arc<str>,
         owner: LockOwner,
         pooled: bool,
+        kind: LockKind,
     ) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             tracing::warn!(lock = %name, "no tokio runtime to release a dropped lock; it expires with its TTL");
@@ -283,7 +340,7 @@ impl ClientShared {
         };
         let shared = self.clone();
         handle.spawn(async move {
-            match shared.release_once(&name, &owner).await {
+            match shared.release_once(&name, &owner, kind).await {
                 Ok(()) | Err(Error::NotHeld(_)) => {
                     if pooled {
                         shared.recycle_owner(owner);

@@ -1,6 +1,6 @@
 //! `LockGuard`: a held lock, its fencing token, its validity and its loss.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::lock::client::ClientShared;
+use crate::lock::kind::LockKind;
 use crate::lock::renewal::RenewalScheduler;
 use crate::lock::types::{FencingToken, LockGrant, LockOwner};
 
@@ -38,6 +39,13 @@ pub(crate) struct GuardShared {
     next_renewal_nanos: AtomicU64,
     /// Whether a renewal is in flight.
     pub(crate) renewing: AtomicBool,
+    /// The kind of lock (lease kinds and queued kinds renew and release
+    /// through different backend calls).
+    pub(crate) kind: LockKind,
+    /// How many guards share this hold (more than 1 only for reentrant locks).
+    pub(crate) holds: AtomicUsize,
+    /// When the grant arrived (for hold-time statistics).
+    granted_at: Instant,
 }
 
 impl GuardShared {
@@ -82,9 +90,28 @@ impl GuardShared {
         if changed {
             self.lost_wake.notify_waiters();
             tracing::warn!(lock = %self.name, token = %self.token, reason, "lock lost");
+            self.client.stats.lost(&self.name);
             if let Some(m) = &self.client.metrics {
-                m.lock_lost(self.client.backend_name);
+                m.lock_lost(
+                    self.client.backend_name,
+                    self.client.stats.label(&self.name),
+                );
             }
+        }
+    }
+}
+
+impl GuardShared {
+    /// Records the hold time of a hold that ended.
+    pub(crate) fn record_hold(&self) {
+        let held = self.granted_at.elapsed();
+        self.client.stats.released(&self.name, held);
+        if let Some(m) = &self.client.metrics {
+            m.lock_held(
+                self.client.backend_name,
+                self.client.stats.label(&self.name),
+                held,
+            );
         }
     }
 }
@@ -111,6 +138,7 @@ impl LockGuard {
         grant: LockGrant,
         sent_at: Instant,
         watchdog_on: bool,
+        kind: LockKind,
     ) -> Self {
         let shared = Arc::new(GuardShared {
             client: client.clone(),
@@ -127,6 +155,9 @@ impl LockGuard {
             watchdog: watchdog_on,
             next_renewal_nanos: AtomicU64::new((grant.ttl / 3).as_nanos() as u64),
             renewing: AtomicBool::new(false),
+            kind,
+            holds: AtomicUsize::new(1),
+            granted_at: Instant::now(),
         });
         let id = client.track(shared.clone());
         if watchdog_on {
@@ -137,6 +168,35 @@ impl LockGuard {
             id,
             done: false,
         }
+    }
+
+    /// One more guard of the same reentrant hold (the caller has counted it
+    /// in `holds`).
+    pub(crate) fn share_of(shared: Arc<GuardShared>, id: u64) -> LockGuard {
+        LockGuard {
+            shared,
+            id,
+            done: false,
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<GuardShared> {
+        &self.shared
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The kind of lock this guard holds.
+    pub fn kind(&self) -> LockKind {
+        self.shared.kind
+    }
+
+    /// How many guards share this hold: more than 1 when a reentrant lock
+    /// was acquired again by its owner.
+    pub fn hold_count(&self) -> usize {
+        self.shared.holds.load(Ordering::Acquire)
     }
 
     /// The fencing token of this grant: strictly greater than every earlier
@@ -209,9 +269,12 @@ impl LockGuard {
             .run(|| {
                 client.call(
                     "renew",
-                    client
-                        .backend
-                        .renew(&self.shared.name, &self.shared.owner, self.shared.ttl),
+                    client.renew_hold(
+                        &self.shared.name,
+                        &self.shared.owner,
+                        self.shared.ttl,
+                        self.shared.kind,
+                    ),
                 )
             })
             .await;
@@ -231,12 +294,16 @@ impl LockGuard {
     /// longer holds it (it expired or was force-released).
     pub async fn release(mut self) -> Result<()> {
         self.done = true;
+        if self.shared.kind == LockKind::Reentrant {
+            return crate::lock::reentrant::release(&self.shared, self.id).await;
+        }
+        self.shared.record_hold();
         self.shared.stop.cancel();
         let client = self.shared.client.clone();
         client.untrack(self.id);
         let span = tracing::debug_span!("coord.lock.release", backend = client.backend_name, lock = %self.shared.name);
         let result = tracing::Instrument::instrument(
-            client.release_once(&self.shared.name, &self.shared.owner),
+            client.release_once(&self.shared.name, &self.shared.owner, self.shared.kind),
             span,
         )
         .await;
@@ -256,6 +323,11 @@ impl Drop for LockGuard {
         if self.done {
             return;
         }
+        if self.shared.kind == LockKind::Reentrant {
+            crate::lock::reentrant::release_dropped(&self.shared, self.id);
+            return;
+        }
+        self.shared.record_hold();
         self.shared.stop.cancel();
         let client = &self.shared.client;
         client.untrack(self.id);
@@ -263,6 +335,7 @@ impl Drop for LockGuard {
             self.shared.name.clone(),
             self.shared.owner.clone(),
             self.shared.pooled,
+            self.shared.kind,
         );
     }
 }

@@ -10,11 +10,12 @@ use crate::error::{Error, Result};
 use crate::lock::backend::ReleaseEvents;
 use crate::lock::client::LockClient;
 use crate::lock::guard::LockGuard;
+use crate::lock::kind::LockKind;
 use crate::lock::types::{AcquireOutcome, LockGrant, LockOwner, validate_lock_request};
 
 /// A waiter whose notification channel ends listens again, unless the channel
 /// lived shorter than this (then it polls, so a failing channel cannot spin).
-const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
 
 /// Options of one lock; start from [`LockClient::lock`].
 #[derive(Debug, Clone)]
@@ -27,6 +28,7 @@ pub struct LockBuilder {
     poll_interval: Duration,
     watchdog: bool,
     owner: Option<String>,
+    kind: LockKind,
 }
 
 impl LockBuilder {
@@ -38,9 +40,44 @@ impl LockBuilder {
             poll_interval: d.poll_interval,
             watchdog: d.watchdog,
             owner: None,
+            kind: LockKind::Lease,
             client,
             name,
         }
+    }
+
+    /// The kind of lock (default [`LockKind::Lease`]).
+    pub fn kind(mut self, kind: LockKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// A reentrant lock ([`LockKind::Reentrant`]): its owner (the one given
+    /// with [`owner`](Self::owner), or else the current tokio task) may
+    /// acquire it again while holding it; only the last release frees it.
+    pub fn reentrant(self) -> Self {
+        self.kind(LockKind::Reentrant)
+    }
+
+    /// A fair lock ([`LockKind::Fair`]): granted strictly in request order.
+    pub fn fair(self) -> Self {
+        self.kind(LockKind::Fair)
+    }
+
+    /// A semaphore of `permits` permits ([`LockKind::Semaphore`]), granted in
+    /// request order; each permit has its own fencing token.
+    pub fn semaphore(self, permits: u32) -> Self {
+        self.kind(LockKind::Semaphore(permits))
+    }
+
+    /// The read side of a read-write lock ([`LockKind::Read`]).
+    pub fn read(self) -> Self {
+        self.kind(LockKind::Read)
+    }
+
+    /// The write side of a read-write lock ([`LockKind::Write`]).
+    pub fn write(self) -> Self {
+        self.kind(LockKind::Write)
     }
 
     /// The lease TTL. A holder that stops renewing loses the lock after it.
@@ -90,6 +127,7 @@ impl LockBuilder {
             poll_interval: self.poll_interval.max(Duration::from_millis(1)),
             watchdog: self.watchdog,
             owner: self.owner,
+            kind: self.kind,
         }
     }
 }
@@ -104,6 +142,7 @@ pub struct Lock {
     poll_interval: Duration,
     watchdog: bool,
     owner: Option<String>,
+    kind: LockKind,
 }
 
 enum Attempt {
@@ -117,13 +156,36 @@ impl Lock {
         &self.name
     }
 
+    /// The lock's kind.
+    pub fn kind(&self) -> LockKind {
+        self.kind
+    }
+
+    /// The lock's TTL.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    pub(crate) fn client(&self) -> &LockClient {
+        &self.client
+    }
+
     /// Acquires the lock, waiting while someone else holds it: woken by the
     /// backend's release notification, or at the holder's lease end, or at
     /// the poll interval at the latest. Returns [`Error::Timeout`] when the
     /// wait timeout passes first.
     pub async fn acquire(&self) -> Result<LockGuard> {
         let span = tracing::debug_span!("coord.lock.acquire", backend = self.client.shared.backend_name, lock = %self.name);
-        let result = self.acquire_inner().instrument(span).await;
+        let result = async {
+            let (owner, pooled) = self.check_and_owner()?;
+            match self.kind {
+                LockKind::Lease => self.acquire_lease(owner, pooled).await,
+                LockKind::Reentrant => self.acquire_reentrant(owner).await,
+                _ => self.acquire_queued(owner, pooled).await,
+            }
+        }
+        .instrument(span)
+        .await;
         self.record("acquire", &result);
         result
     }
@@ -133,16 +195,11 @@ impl Lock {
         let span = tracing::debug_span!("coord.lock.try_acquire", backend = self.client.shared.backend_name, lock = %self.name);
         let result: Result<Option<LockGuard>> = async {
             let (owner, pooled) = self.check_and_owner()?;
-            let started = Instant::now();
-            Ok(match self.attempt(&owner, pooled).await? {
-                Attempt::Granted(grant, sent_at) => {
-                    Some(self.guard(owner, pooled, grant, sent_at, started))
-                }
-                Attempt::Held(_) => {
-                    self.recycle(owner, pooled);
-                    None
-                }
-            })
+            match self.kind {
+                LockKind::Lease => self.try_acquire_lease(owner, pooled).await,
+                LockKind::Reentrant => self.try_acquire_reentrant(owner).await,
+                _ => self.try_acquire_queued(owner, pooled).await,
+            }
         }
         .instrument(span)
         .await;
@@ -157,6 +214,24 @@ impl Lock {
         result
     }
 
+    /// One lease attempt with `owner`.
+    pub(crate) async fn try_acquire_lease(
+        &self,
+        owner: LockOwner,
+        pooled: bool,
+    ) -> Result<Option<LockGuard>> {
+        let started = Instant::now();
+        Ok(match self.attempt(&owner, pooled).await? {
+            Attempt::Granted(grant, sent_at) => {
+                Some(self.guard(owner, pooled, grant, sent_at, started, false))
+            }
+            Attempt::Held(_) => {
+                self.recycle(owner, pooled);
+                None
+            }
+        })
+    }
+
     fn record<T>(&self, op: &str, result: &Result<T>) {
         if let Some(m) = &self.client.shared.metrics {
             let outcome = result.as_ref().map_or_else(Error::kind_label, |_| "ok");
@@ -168,21 +243,24 @@ impl Lock {
     /// from the client's pool (and goes back to it when the hold ends).
     fn check_and_owner(&self) -> Result<(LockOwner, bool)> {
         validate_lock_request(&self.name, self.ttl)?;
-        match &self.owner {
-            Some(o) => Ok((LockOwner::new(&self.client.shared.client_id, o)?, false)),
-            None => Ok((self.client.shared.take_owner(), true)),
+        self.kind.validate()?;
+        let client_id = &self.client.shared.client_id;
+        match (&self.owner, self.kind) {
+            (Some(o), _) => Ok((LockOwner::new(client_id, o)?, false)),
+            (None, LockKind::Reentrant) => Ok((LockOwner::new(client_id, &current_task())?, false)),
+            (None, _) => Ok((self.client.shared.take_owner(), true)),
         }
     }
 
     /// Gives back a pooled owner that never got (or surely lost) a hold.
-    fn recycle(&self, owner: LockOwner, pooled: bool) {
+    pub(crate) fn recycle(&self, owner: LockOwner, pooled: bool) {
         if pooled {
             self.client.shared.recycle_owner(owner);
         }
     }
 
-    async fn acquire_inner(&self) -> Result<LockGuard> {
-        let (owner, pooled) = self.check_and_owner()?;
+    /// Acquires the lease lock with `owner`, waiting while it is held.
+    pub(crate) async fn acquire_lease(&self, owner: LockOwner, pooled: bool) -> Result<LockGuard> {
         let started = Instant::now();
         let deadline = self.wait_timeout.map(|t| started + t);
         let shared = &self.client.shared;
@@ -192,7 +270,8 @@ impl Lock {
         loop {
             let retry_after = match self.attempt(&owner, pooled).await? {
                 Attempt::Granted(grant, sent_at) => {
-                    return Ok(self.guard(owner, pooled, grant, sent_at, started));
+                    let contended = events.is_some();
+                    return Ok(self.guard(owner, pooled, grant, sent_at, started, contended));
                 }
                 Attempt::Held(retry_after) => retry_after,
             };
@@ -270,24 +349,38 @@ impl Lock {
                 } else {
                     // The request may have been applied: clean up, never
                     // assume "not acquired".
-                    shared.release_in_background(self.name.clone(), owner.clone(), pooled);
+                    shared.release_in_background(
+                        self.name.clone(),
+                        owner.clone(),
+                        pooled,
+                        LockKind::Lease,
+                    );
                 }
                 Err(e)
             }
         }
     }
 
-    fn guard(
+    pub(crate) fn guard(
         &self,
         owner: LockOwner,
         pooled: bool,
         grant: LockGrant,
         sent_at: Instant,
         started: Instant,
+        contended: bool,
     ) -> LockGuard {
         let shared = &self.client.shared;
+        let waited = started.elapsed();
+        shared.stats.acquired(&self.name, waited, contended);
         if let Some(m) = &shared.metrics {
-            m.lock_acquired(shared.backend_name, started.elapsed());
+            m.lock_acquired(shared.backend_name, waited);
+            m.lock_granted(
+                shared.backend_name,
+                shared.stats.label(&self.name),
+                waited,
+                contended,
+            );
         }
         LockGuard::new(
             shared.clone(),
@@ -297,6 +390,31 @@ impl Lock {
             grant,
             sent_at,
             self.watchdog,
+            self.kind,
         )
+    }
+
+    /// How long a waiter may sleep before its next attempt.
+    pub(crate) fn poll_interval(&self) -> Duration {
+        self.poll_interval
+    }
+
+    /// When `acquire()` gives up, counted from `started`.
+    pub(crate) fn deadline(&self, started: Instant) -> Option<Instant> {
+        self.wait_timeout.map(|t| started + t)
+    }
+
+    /// The name, shared.
+    pub(crate) fn name_arc(&self) -> &Arc<str> {
+        &self.name
+    }
+}
+
+/// The logical owner of a reentrant lock acquired without an explicit owner:
+/// the current tokio task, or the current thread outside of a task.
+fn current_task() -> String {
+    match tokio::task::try_id() {
+        Some(id) => format!("task-{id}"),
+        None => format!("thread-{:?}", std::thread::current().id()),
     }
 }

@@ -1,18 +1,28 @@
 //! Distributed locks: the backend trait, the shared client, guards and the watchdog.
 
+mod admin;
 mod backend;
 mod client;
+mod election;
 mod guard;
 mod handle;
+mod kind;
 mod queue;
+mod queued;
+mod reentrant;
 mod renewal;
+mod stats;
 mod types;
 
+pub use admin::LockAdmin;
 pub use backend::{LockBackend, ReleaseEvents};
 pub use client::{LockClient, LockClientBuilder};
+pub use election::{ELECTION_PREFIX, Election, ElectionBuilder, LeaderInfo, Leadership};
 pub use guard::LockGuard;
 pub use handle::{Lock, LockBuilder};
+pub use kind::LockKind;
 pub use queue::{HoldMode, HolderInfo, LockInfo, QueueOutcome, StoredKind};
+pub use stats::{DurationHistogram, LockStats, MAX_TRACKED_LOCKS, OTHER_LOCKS};
 pub use types::{
     AcquireOutcome, FencingToken, LockGrant, LockOwner, MAX_LOCK_NAME_LEN, validate_lock_request,
 };

@@ -116,7 +116,7 @@ async fn renew_once(guard: Arc<GuardShared>) {
     let renew = retry.run(|| {
         client.call(
             "renew",
-            client.backend.renew(&guard.name, &guard.owner, guard.ttl),
+            client.renew_hold(&guard.name, &guard.owner, guard.ttl, guard.kind),
         )
     });
     let result = tokio::select! {

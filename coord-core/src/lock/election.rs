@@ -1,0 +1,267 @@
+//! Leader election on a lease lock: the leader is the holder of the lock
+//! `election/<name>`, its announced value is the lock's logical owner.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use coord_core::{LockClient, memory::MemoryBackend};
+//!
+//! let client = LockClient::new(Arc::new(MemoryBackend::new()));
+//! let election = client.election("billing").build();
+//! let leadership = election.campaign("node-1 http://10.0.0.1:8080").await?;
+//! let leader = election.leader().await?.expect("someone leads");
+//! assert_eq!(leader.value, "node-1 http://10.0.0.1:8080");
+//! assert_eq!(leader.token, leadership.fencing_token());
+//! tokio::select! {
+//!     lost = leadership.lost() => eprintln!("no longer leader: {lost}"),
+//!     _ = async { /* lead */ } => {}
+//! }
+//! leadership.resign().await?;
+//! assert!(election.leader().await?.is_none());
+//! # Ok::<_, coord_core::Error>(()) }).unwrap();
+//! ```
+
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::lock::backend::ReleaseEvents;
+use crate::lock::client::LockClient;
+use crate::lock::guard::LockGuard;
+use crate::lock::handle::Lock;
+use crate::lock::types::{FencingToken, LockOwner};
+
+/// The prefix of election locks' names.
+pub const ELECTION_PREFIX: &str = "election/";
+
+/// Options of an [`Election`]; start from [`LockClient::election`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ElectionBuilder {
+    client: LockClient,
+    name: String,
+    ttl: Duration,
+    poll_interval: Duration,
+}
+
+impl ElectionBuilder {
+    pub(crate) fn new(client: LockClient, name: String) -> Self {
+        ElectionBuilder {
+            ttl: client.shared.defaults.ttl,
+            poll_interval: Duration::from_secs(1),
+            client,
+            name,
+        }
+    }
+
+    /// The leader's lease: a leader whose process dies is replaced within
+    /// about this long (default: the client's lock TTL).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How often [`Election::observe`] looks at the leader when no
+    /// notification arrives (default 1 s).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The election.
+    pub fn build(self) -> Election {
+        Election {
+            lock_name: format!("{ELECTION_PREFIX}{}", self.name),
+            client: self.client,
+            ttl: self.ttl,
+            poll_interval: self.poll_interval,
+        }
+    }
+}
+
+/// A leader election among the clients of one backend.
+#[derive(Debug, Clone)]
+pub struct Election {
+    client: LockClient,
+    lock_name: String,
+    ttl: Duration,
+    poll_interval: Duration,
+}
+
+/// Who leads, as [`Election::leader`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderInfo {
+    /// The leader's client id.
+    pub client_id: String,
+    /// The value it announced in [`Election::campaign`].
+    pub value: String,
+    /// The fencing token of its term: higher for every later term.
+    pub token: FencingToken,
+    /// How long its lease still runs, when the backend can tell.
+    pub ttl_remaining: Option<Duration>,
+}
+
+impl LeaderInfo {
+    fn same_term(&self, other: &LeaderInfo) -> bool {
+        self.client_id == other.client_id && self.value == other.value && self.token == other.token
+    }
+}
+
+impl Election {
+    /// The name of the lock behind the election (`election/<name>`).
+    pub fn lock_name(&self) -> &str {
+        &self.lock_name
+    }
+
+    fn lock(&self, value: &str) -> Lock {
+        self.client
+            .lock(self.lock_name.clone())
+            .ttl(self.ttl)
+            .owner(value)
+            .wait_forever()
+            .build()
+    }
+
+    /// Waits until this client leads with `value` (no NUL byte; it is shown
+    /// to everyone by [`Election::leader`]). The same client campaigning
+    /// twice with the same value is the same candidate.
+    pub async fn campaign(&self, value: impl Into<String>) -> Result<Leadership> {
+        let value = value.into();
+        let guard = self.lock(&value).acquire().await?;
+        Ok(Leadership { guard, value })
+    }
+
+    /// Becomes leader with `value` only if nobody leads now.
+    pub async fn try_campaign(&self, value: impl Into<String>) -> Result<Option<Leadership>> {
+        let value = value.into();
+        let guard = self.lock(&value).try_acquire().await?;
+        Ok(guard.map(|guard| Leadership { guard, value }))
+    }
+
+    /// The current leader, if any (one round trip).
+    pub async fn leader(&self) -> Result<Option<LeaderInfo>> {
+        let info = self.client.backend().inspect(&self.lock_name).await?;
+        let Some(holder) = info.and_then(|i| i.holders.into_iter().next()) else {
+            return Ok(None);
+        };
+        let owner = LockOwner::parse(&holder.owner)?;
+        let token = holder.token.ok_or_else(|| {
+            Error::codec(
+                format!(
+                    "election {:?}: the leader has no fencing token",
+                    self.lock_name
+                ),
+                None,
+            )
+        })?;
+        Ok(Some(LeaderInfo {
+            client_id: owner.client_id().to_owned(),
+            value: owner.owner().to_owned(),
+            token,
+            ttl_remaining: holder.ttl_remaining,
+        }))
+    }
+
+    /// A stream of leadership changes: the current leader (or `None`) first,
+    /// then every change of term. Woken by release notifications, at the
+    /// leader's lease end, and at the poll interval at the latest. A failed
+    /// read is yielded as an error and the stream goes on.
+    pub fn observe(&self) -> impl Stream<Item = Result<Option<LeaderInfo>>> + Send + 'static {
+        struct State {
+            election: Election,
+            last: Option<Option<LeaderInfo>>,
+            events: Option<ReleaseEvents>,
+            wake: Option<Instant>,
+        }
+        let state = State {
+            election: self.clone(),
+            last: None,
+            events: None,
+            wake: None,
+        };
+        futures::stream::unfold(state, |mut s| async move {
+            loop {
+                if let Some(wake) = s.wake.take() {
+                    let events = s.events.get_or_insert_with(ReleaseEvents::never);
+                    tokio::select! {
+                        alive = events.next() => if !alive { s.events = None },
+                        _ = tokio::time::sleep_until(wake) => {}
+                    }
+                }
+                if s.events.is_none() {
+                    s.events = s
+                        .election
+                        .client
+                        .backend()
+                        .subscribe(&s.election.lock_name)
+                        .await
+                        .ok();
+                }
+                let mut wake = Instant::now() + s.election.poll_interval;
+                let now = match s.election.leader().await {
+                    Ok(now) => now,
+                    Err(e) => {
+                        s.wake = Some(wake);
+                        return Some((Err(e), s));
+                    }
+                };
+                if let Some(left) = now.as_ref().and_then(|l| l.ttl_remaining) {
+                    wake = wake.min(Instant::now() + left + Duration::from_millis(1));
+                }
+                s.wake = Some(wake);
+                let changed = match (&s.last, &now) {
+                    (None, _) => true,
+                    (Some(Some(a)), Some(b)) => !a.same_term(b),
+                    (Some(a), b) => a.is_some() != b.is_some(),
+                };
+                if changed {
+                    s.last = Some(now.clone());
+                    return Some((Ok(now), s));
+                }
+            }
+        })
+    }
+}
+
+/// This client's term as leader. Watch [`Leadership::lost`]; pass
+/// [`Leadership::fencing_token`] to what the leader writes.
+#[derive(Debug)]
+#[must_use = "dropping the leadership resigns it"]
+pub struct Leadership {
+    guard: LockGuard,
+    value: String,
+}
+
+impl Leadership {
+    /// The value announced for this term.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// The term's fencing token.
+    pub fn fencing_token(&self) -> FencingToken {
+        self.guard.fencing_token()
+    }
+
+    /// Whether this client still leads (not lost, within its lease).
+    pub fn is_leader(&self) -> bool {
+        self.guard.is_held()
+    }
+
+    /// Resolves when leadership is lost, like [`LockGuard::lost`].
+    pub async fn lost(&self) -> Error {
+        self.guard.lost().await
+    }
+
+    /// Steps down now, so another candidate is elected at once.
+    pub async fn resign(self) -> Result<()> {
+        self.guard.release().await
+    }
+
+    /// The guard of the lock behind the term.
+    pub fn guard(&self) -> &LockGuard {
+        &self.guard
+    }
+}

@@ -1,0 +1,217 @@
+//! The acquire loop of queued kinds (fair locks, semaphores, read-write
+//! locks): join the backend's queue once, then wait for a grant, keeping the
+//! entry's lease alive, and leave the queue at once on timeout or
+//! cancellation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::lock::backend::ReleaseEvents;
+use crate::lock::client::ClientShared;
+use crate::lock::guard::LockGuard;
+use crate::lock::handle::{Lock, RESUBSCRIBE_AFTER};
+use crate::lock::queue::{HoldMode, QueueOutcome};
+use crate::lock::types::LockOwner;
+
+/// A queue entry that is not (yet) a guard's: dropping it (a cancelled or
+/// failed acquisition) removes it from the queue in the background, so it
+/// never blocks the waiters behind it.
+struct Entry {
+    shared: Arc<ClientShared>,
+    name: Arc<str>,
+    owner: Option<LockOwner>,
+    pooled: bool,
+}
+
+impl Entry {
+    /// The entry became a guard's.
+    fn into_owner(mut self) -> LockOwner {
+        self.owner.take().expect("entry owner is taken once")
+    }
+
+    /// Leaves the queue now (a wait timeout or a busy `try_acquire`).
+    async fn leave(mut self) {
+        let Some(owner) = self.owner.take() else {
+            return;
+        };
+        let kind = crate::lock::LockKind::Fair;
+        match self.shared.release_once(&self.name, &owner, kind).await {
+            Ok(()) | Err(Error::NotHeld(_)) => {
+                if self.pooled {
+                    self.shared.recycle_owner(owner);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(lock = %self.name, error = %e, "could not leave the queue; the entry expires with its lease");
+            }
+        }
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        if let Some(owner) = self.owner.take() {
+            self.shared.release_in_background(
+                self.name.clone(),
+                owner,
+                self.pooled,
+                crate::lock::LockKind::Fair,
+            );
+        }
+    }
+}
+
+impl Lock {
+    fn mode(&self) -> HoldMode {
+        self.kind()
+            .hold_mode()
+            .expect("queued paths run for queued kinds only")
+    }
+
+    /// One `enqueue` with retries; the instant before it was sent.
+    async fn enqueue_once(&self, owner: &LockOwner) -> Result<(QueueOutcome, Instant)> {
+        let shared = &self.client().shared;
+        let sent_at = Instant::now();
+        let outcome = shared
+            .retry
+            .run(|| {
+                shared.call(
+                    "enqueue",
+                    shared
+                        .backend
+                        .enqueue(self.name(), owner, self.mode(), self.ttl()),
+                )
+            })
+            .await?;
+        Ok((outcome, sent_at))
+    }
+
+    fn entry(&self, owner: &LockOwner, pooled: bool) -> Entry {
+        Entry {
+            shared: self.client().shared.clone(),
+            name: self.name_arc().clone(),
+            owner: Some(owner.clone()),
+            pooled,
+        }
+    }
+
+    /// One attempt: granted now, or out of the queue again.
+    pub(crate) async fn try_acquire_queued(
+        &self,
+        owner: LockOwner,
+        pooled: bool,
+    ) -> Result<Option<LockGuard>> {
+        let started = Instant::now();
+        let entry = self.entry(&owner, pooled);
+        match self.enqueue_once(&owner).await {
+            Ok((QueueOutcome::Granted(grant), sent_at)) => {
+                let owner = entry.into_owner();
+                Ok(Some(
+                    self.guard(owner, pooled, grant, sent_at, started, false),
+                ))
+            }
+            Ok((QueueOutcome::Queued { .. }, _)) => {
+                entry.leave().await;
+                Ok(None)
+            }
+            Err(e) => Err(self.failed(entry, e)),
+        }
+    }
+
+    /// An error from the backend: the entry may exist (the request may have
+    /// been applied), so it is removed in the background unless the request
+    /// was refused outright.
+    fn failed(&self, entry: Entry, e: Error) -> Error {
+        if matches!(e, Error::InvalidArgument(_) | Error::Unsupported(_)) {
+            let mut entry = entry;
+            if let Some(owner) = entry.owner.take() {
+                self.recycle(owner, entry.pooled);
+            }
+        }
+        e
+    }
+
+    /// Listens for changes that may grant `owner`; never fails (polls instead).
+    async fn listen(&self, owner: &LockOwner) -> ReleaseEvents {
+        match self
+            .client()
+            .shared
+            .backend
+            .subscribe_queue(self.name(), owner)
+            .await
+        {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot listen for queue changes; polling");
+                ReleaseEvents::never()
+            }
+        }
+    }
+
+    /// Joins the queue and waits for the grant.
+    pub(crate) async fn acquire_queued(&self, owner: LockOwner, pooled: bool) -> Result<LockGuard> {
+        let shared = self.client().shared.clone();
+        let started = Instant::now();
+        let deadline = self.deadline(started);
+        let entry = self.entry(&owner, pooled);
+        // A waiting entry's lease is the lock's TTL: refresh it well before.
+        let refresh = (self.ttl() / 3).max(Duration::from_millis(1));
+        let mut events: Option<ReleaseEvents> = None;
+        let mut subscribed_at: Option<Instant> = None;
+        let mut _waiting = None;
+        loop {
+            let retry_after = match self.enqueue_once(&owner).await {
+                Ok((QueueOutcome::Granted(grant), sent_at)) => {
+                    let owner = entry.into_owner();
+                    let contended = events.is_some();
+                    return Ok(self.guard(owner, pooled, grant, sent_at, started, contended));
+                }
+                Ok((QueueOutcome::Queued { retry_after, .. }, _)) => retry_after,
+                Err(e) => return Err(self.failed(entry, e)),
+            };
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                entry.leave().await;
+                return Err(Error::Timeout(format!(
+                    "{} lock {:?}: not granted after waiting {:?}",
+                    self.kind(),
+                    self.name(),
+                    now - started
+                )));
+            }
+            let Some(listening) = events.as_mut() else {
+                // Listen first, then ask again at once, so a removal between
+                // the answer and the subscription is not missed.
+                subscribed_at = Some(Instant::now());
+                events = Some(self.listen(&owner).await);
+                _waiting = Some(shared.waiting_enter());
+                continue;
+            };
+            let mut wake = now + self.poll_interval().min(refresh);
+            if let Some(after) = retry_after {
+                wake = wake.min(now + after + Duration::from_millis(1));
+            }
+            if let Some(d) = deadline {
+                wake = wake.min(d);
+            }
+            tokio::select! {
+                alive = listening.next() => {
+                    if alive || subscribed_at.is_some_and(|at| at.elapsed() >= RESUBSCRIBE_AFTER) {
+                        // A change ahead of us (or a lost channel): listen
+                        // anew, as the backend may watch another predecessor
+                        // now, then ask again.
+                        subscribed_at = Some(Instant::now());
+                        events = Some(self.listen(&owner).await);
+                    } else {
+                        tracing::debug!("queue notifications ended again at once; polling");
+                        events = Some(ReleaseEvents::never());
+                    }
+                },
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+}
