@@ -12,6 +12,8 @@
 
 mod checker;
 mod faults;
+mod fence_audit;
+pub mod kinds;
 pub mod lock;
 mod process;
 
@@ -21,6 +23,10 @@ use std::time::Duration;
 
 pub use checker::ExclusionChecker;
 pub use faults::{Fault, FaultyLockBackend, LockOp};
+pub use fence_audit::{
+    AuditedResource, FenceAudit, Fencing, LOSS_MARGIN, PausedHolderReport, Workload,
+    WorkloadReport, paused_holder,
+};
 pub use process::ServerProcess;
 
 #[doc(hidden)]

@@ -1,0 +1,164 @@
+//! Fair locks: request order, and waiters that leave or die do not block.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::lock::{HoldMode, LockOwner, QueueOutcome};
+use crate::testkit::kinds::{client, short_ttl, until_waiting};
+use crate::testkit::{LockHarness, unique_name, within};
+
+/// 50 waiters enqueued one after another in a known order are granted in
+/// exactly that order.
+pub async fn grants_in_request_order(h: &dyn LockHarness) {
+    let name = unique_name("fair-order");
+    let holder = client(h).await;
+    let waiters = client(h).await;
+    let first = holder
+        .lock(name.clone())
+        .fair()
+        .ttl(Duration::from_secs(30))
+        .build()
+        .acquire()
+        .await
+        .expect("holder");
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let lock = waiters
+            .lock(name.clone())
+            .fair()
+            .ttl(Duration::from_secs(30))
+            .wait_timeout(Duration::from_secs(120))
+            .build();
+        let order = order.clone();
+        tasks.push(tokio::spawn(async move {
+            let g = lock.acquire().await.expect("waiter acquires");
+            order.lock().unwrap().push((i, g.fencing_token()));
+            g.release().await.expect("waiter releases");
+        }));
+        // The next waiter asks only once this one is in the queue.
+        until_waiting(&waiters, i + 1).await;
+    }
+    first.release().await.expect("holder releases");
+    within(Duration::from_secs(120), "all 50 waiters finish", async {
+        for t in tasks {
+            t.await.expect("waiter task");
+        }
+    })
+    .await;
+    let order = order.lock().unwrap().clone();
+    let indexes: Vec<usize> = order.iter().map(|(i, _)| *i).collect();
+    assert_eq!(indexes, (0..50).collect::<Vec<_>>(), "grant order");
+    assert!(
+        order.windows(2).all(|w| w[0].1 < w[1].1),
+        "tokens increase in grant order: {order:?}"
+    );
+}
+
+/// A waiter that times out and a waiter whose task is aborted leave the
+/// queue at once: the waiter behind them is granted right after the holder
+/// releases, long before their leases would have run out.
+pub async fn cancelled_waiter_leaves_the_queue(h: &dyn LockHarness) {
+    let name = unique_name("fair-cancel");
+    let c = client(h).await;
+    let long = Duration::from_secs(60);
+    let lock = |timeout: Duration| {
+        c.lock(name.clone())
+            .fair()
+            .ttl(long)
+            .wait_timeout(timeout)
+            .build()
+    };
+    let holder = lock(long).acquire().await.expect("holder");
+    // A waiter that gives up.
+    let quitter = lock(Duration::from_millis(300)).acquire().await;
+    assert!(matches!(quitter, Err(Error::Timeout(_))), "{quitter:?}");
+    // A waiter that is cancelled while queued.
+    let cancelled = {
+        let l = lock(long);
+        tokio::spawn(async move { l.acquire().await })
+    };
+    until_waiting(&c, 1).await;
+    cancelled.abort();
+    let _ = cancelled.await;
+    // The waiter behind them.
+    let last = {
+        let l = lock(long);
+        tokio::spawn(async move { l.acquire().await })
+    };
+    until_waiting(&c, 1).await;
+    let released = Instant::now();
+    holder.release().await.expect("holder releases");
+    let got = within(Duration::from_secs(15), "the last waiter is granted", last)
+        .await
+        .expect("task")
+        .expect("granted");
+    assert!(
+        released.elapsed() < Duration::from_secs(10),
+        "granted {:?} after the release: a departed waiter blocked the queue",
+        released.elapsed()
+    );
+    let info = c.admin().list(&name).await.expect("list");
+    let waiters: usize = info.iter().map(|l| l.waiters.len()).sum();
+    assert_eq!(waiters, 0, "no departed waiter is left: {info:?}");
+    got.release().await.expect("release");
+}
+
+/// A waiter whose process died (it joined the queue and never came back) is
+/// purged once its lease runs out, and does not block the waiter behind it.
+pub async fn dead_waiter_is_purged(h: &dyn LockHarness) {
+    let name = unique_name("fair-dead");
+    let c = client(h).await;
+    let ttl = short_ttl(&c);
+    let holder = c
+        .lock(name.clone())
+        .fair()
+        .ttl(Duration::from_secs(60))
+        .build()
+        .acquire()
+        .await
+        .expect("holder");
+    // The dead waiter: its own connection, one enqueue, then gone.
+    let dead = h.new_backend().await;
+    let ghost = LockOwner::new("dead-client", "ghost").expect("owner");
+    let outcome = dead
+        .enqueue(&name, &ghost, HoldMode::Exclusive, ttl)
+        .await
+        .expect("enqueue");
+    assert!(
+        matches!(outcome, QueueOutcome::Queued { ahead: 1, .. }),
+        "{outcome:?}"
+    );
+    dead.close().await;
+    drop(dead);
+    let behind = {
+        let l = c
+            .lock(name.clone())
+            .fair()
+            .ttl(Duration::from_secs(60))
+            .poll_interval(Duration::from_millis(250))
+            .build();
+        tokio::spawn(async move { l.acquire().await })
+    };
+    until_waiting(&c, 1).await;
+    let released = Instant::now();
+    holder.release().await.expect("holder releases");
+    let limit = ttl + Duration::from_secs(3);
+    let got = within(
+        limit + Duration::from_secs(5),
+        "the waiter behind the dead one is granted",
+        behind,
+    )
+    .await
+    .expect("task")
+    .expect("granted");
+    assert!(
+        released.elapsed() < limit,
+        "granted after {:?}; the dead waiter's lease was {ttl:?}",
+        released.elapsed()
+    );
+    got.release().await.expect("release");
+}
