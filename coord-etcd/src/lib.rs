@@ -65,8 +65,10 @@
 mod backend;
 mod config;
 mod error;
+mod inspect;
 mod lease;
 mod lock;
+mod queue;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

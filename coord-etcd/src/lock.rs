@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use coord_core::lock::{HoldMode, LockInfo, QueueOutcome};
 use coord_core::{
     AcquireOutcome, Capabilities, ComponentHealth, Error, FencingToken, LockBackend, LockGrant,
     LockOwner, ReleaseEvents, Result, async_trait,
@@ -184,6 +185,40 @@ impl LockBackend for EtcdBackend {
         let resp = call("force-release a lock", self.inner.timeout, delete).await?;
         self.forget(&keys.prefix, None);
         Ok(resp.deleted() > 0)
+    }
+
+    async fn inspect(&self, name: &str) -> Result<Option<LockInfo>> {
+        self.lock_inspect(name).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<LockInfo>> {
+        self.lock_list(prefix).await
+    }
+
+    async fn enqueue(
+        &self,
+        name: &str,
+        owner: &LockOwner,
+        mode: HoldMode,
+        ttl: Duration,
+    ) -> Result<QueueOutcome> {
+        self.queue_enqueue(name, owner, mode, ttl).await
+    }
+
+    async fn renew_queued(&self, name: &str, owner: &LockOwner, ttl: Duration) -> Result<()> {
+        self.queue_renew(name, owner, ttl).await
+    }
+
+    async fn dequeue(&self, name: &str, owner: &LockOwner) -> Result<()> {
+        self.queue_dequeue(name, owner).await
+    }
+
+    async fn subscribe_queue(&self, name: &str, owner: &LockOwner) -> Result<ReleaseEvents> {
+        self.queue_subscribe(name, owner).await
+    }
+
+    async fn force_release_queued(&self, name: &str) -> Result<usize> {
+        self.queue_force_release(name).await
     }
 
     async fn health(&self) -> ComponentHealth {
