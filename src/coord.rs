@@ -116,6 +116,26 @@ impl Coord {
         self.inner.locks.lock(name)
     }
 
+    /// A fair lock named `name` (granted in request order).
+    pub fn fair_lock(&self, name: impl Into<String>) -> LockBuilder {
+        self.lock(name).fair()
+    }
+
+    /// A semaphore named `name` with `permits` permits.
+    pub fn semaphore(&self, name: impl Into<String>, permits: u32) -> LockBuilder {
+        self.lock(name).semaphore(permits)
+    }
+
+    /// A leader election named `name`.
+    pub fn election(&self, name: impl Into<String>) -> coord_core::lock::ElectionBuilder {
+        self.locks().election(name)
+    }
+
+    /// Lock administration: list, force-release, statistics.
+    pub fn lock_admin(&self) -> coord_core::LockAdmin {
+        self.locks().admin()
+    }
+
     /// The lock client (held locks, waiting count, backend).
     pub fn locks(&self) -> &LockClient {
         &self.inner.locks

@@ -5,9 +5,10 @@ mod coord;
 
 pub use crate::coord::{Coord, CoordBuilder};
 pub use coord_core::{
-    AcquireOutcome, Capabilities, ComponentHealth, Error, FencingToken, HealthStatus, Lock,
-    LockBackend, LockBuilder, LockClient, LockGrant, LockGuard, LockOwner, LockSettings, Metrics,
-    Result, RetryPolicy, RetrySettings, Settings,
+    AcquireOutcome, Capabilities, ComponentHealth, Election, Error, FencedResource, FencedStore,
+    FencingToken, HealthStatus, LeaderInfo, Leadership, Lock, LockAdmin, LockBackend, LockBuilder,
+    LockClient, LockGrant, LockGuard, LockInfo, LockKind, LockOwner, LockSettings, LockStats,
+    MemoryFencedStore, Metrics, Result, RetryPolicy, RetrySettings, Settings, fence,
 };
 
 /// The in-process backend (`memory://`).

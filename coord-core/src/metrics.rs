@@ -199,4 +199,24 @@ mod tests {
         assert!(names.contains(&"coord_backend_requests_total".to_owned()));
         assert!(Metrics::register(&registry).is_err());
     }
+
+    #[test]
+    fn per_lock_families_carry_the_lock_name() {
+        let registry = Registry::new();
+        let m = Metrics::register(&registry).unwrap();
+        m.lock_granted("redis", "orders/42", Duration::from_millis(3), true);
+        m.lock_held("redis", "orders/42", Duration::from_millis(30));
+        m.lock_lost("redis", "orders/42");
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap();
+        for line in [
+            r#"coord_lock_acquisitions_total{backend="redis",contended="true",lock="orders/42"} 1"#,
+            r#"coord_lock_lost_total{backend="redis",lock="orders/42"} 1"#,
+            r#"coord_lock_hold_seconds_count{backend="redis",lock="orders/42"} 1"#,
+            r#"coord_lock_wait_seconds_count{backend="redis",lock="orders/42"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
 }
