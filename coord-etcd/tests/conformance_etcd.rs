@@ -2,3 +2,4 @@
 //! `COORD_TEST_ETCD_ENDPOINTS`). Fails, never skips, when etcd cannot start.
 
 coord_core::lock_conformance_tests!(etcd, coord_etcd::testkit::EtcdHarness::start().await);
+coord_core::lock_kinds_conformance_tests!(etcd, coord_etcd::testkit::EtcdHarness::start().await);

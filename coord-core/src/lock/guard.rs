@@ -130,6 +130,7 @@ pub struct LockGuard {
 }
 
 impl LockGuard {
+    #[allow(clippy::too_many_arguments)] // one call site, each argument named there
     pub(crate) fn new(
         client: Arc<ClientShared>,
         name: Arc<str>,
