@@ -228,7 +228,8 @@ fn capabilities() -> Capabilities {
     // Replication is asynchronous: a failover can lose an acknowledged lock.
     caps.linearizable = false;
     caps.fencing = true;
-    caps.fair_ordering = false;
+    // Queued locks grant in arrival order (queue.rs).
+    caps.fair_ordering = true;
     caps.native_ttl = true;
     caps.watch = true;
     caps.min_ttl = std::time::Duration::from_millis(1);

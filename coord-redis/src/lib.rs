@@ -38,6 +38,7 @@ mod connection;
 mod error;
 mod lock;
 mod pubsub;
+mod queue;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use coord_core::lock::{HoldMode, LockInfo, QueueOutcome};
 use coord_core::{
     AcquireOutcome, Capabilities, ComponentHealth, Error, FencingToken, LockBackend, LockGrant,
     LockOwner, ReleaseEvents, Result,
@@ -237,8 +238,8 @@ fn split_reply<O>(
 
 /// The keys of one lock in one buffer: `{ns}:lock:{name}:fence`, of which
 /// the lock key is a prefix. One allocation per operation.
-struct LockKeys {
-    buf: String,
+pub(crate) struct LockKeys {
+    pub(crate) buf: String,
     name_start: usize,
     lock_len: usize,
 }
@@ -247,7 +248,7 @@ impl LockKeys {
     const FENCE: &'static str = ":fence";
     const RELEASED: &'static str = ":released";
 
-    fn new(prefix: &str, name: &str) -> Self {
+    pub(crate) fn new(prefix: &str, name: &str) -> Self {
         let mut buf = String::with_capacity(prefix.len() + name.len() + 1 + Self::RELEASED.len());
         buf.push_str(prefix);
         buf.push_str(name);
@@ -260,7 +261,7 @@ impl LockKeys {
         }
     }
 
-    fn lock(&self) -> &str {
+    pub(crate) fn lock(&self) -> &str {
         &self.buf[..self.lock_len]
     }
 
@@ -269,13 +270,13 @@ impl LockKeys {
         &self.buf[self.name_start..self.lock_len - 1]
     }
 
-    fn with_fence(mut self) -> (Self, usize) {
+    pub(crate) fn with_fence(mut self) -> (Self, usize) {
         self.buf.push_str(Self::FENCE);
         let end = self.buf.len();
         (self, end)
     }
 
-    fn into_channel(mut self) -> String {
+    pub(crate) fn into_channel(mut self) -> String {
         self.buf.truncate(self.lock_len);
         self.buf.push_str(Self::RELEASED);
         self.buf
@@ -283,14 +284,14 @@ impl LockKeys {
 }
 
 /// An `EVALSHA` of `script` with `keys` keys; arguments follow.
-fn evalsha(script: &Script, numkeys: usize) -> Cmd {
+pub(crate) fn evalsha(script: &Script, numkeys: usize) -> Cmd {
     let mut cmd = Cmd::with_capacity(7, 160);
     cmd.arg("EVALSHA").arg(script.get_hash()).arg(numkeys);
     cmd
 }
 
 /// A lease in whole milliseconds, rounded up so it never shrinks to 0.
-fn ttl_ms(ttl: Duration) -> u64 {
+pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
     let ms = ttl.as_nanos().div_ceil(1_000_000);
     u64::try_from(ms).unwrap_or(u64::MAX).max(1)
 }
@@ -365,6 +366,40 @@ impl LockBackend for RedisBackend {
         Ok(self.eval::<i64>(script, &cmd).await? == 1)
     }
 
+    async fn inspect(&self, name: &str) -> Result<Option<LockInfo>> {
+        self.inspect_lock(name).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<LockInfo>> {
+        self.list_locks(prefix).await
+    }
+
+    async fn enqueue(
+        &self,
+        name: &str,
+        owner: &LockOwner,
+        mode: HoldMode,
+        ttl: Duration,
+    ) -> Result<QueueOutcome> {
+        self.queue_enqueue(name, owner, mode, ttl).await
+    }
+
+    async fn renew_queued(&self, name: &str, owner: &LockOwner, ttl: Duration) -> Result<()> {
+        self.queue_renew(name, owner, ttl).await
+    }
+
+    async fn dequeue(&self, name: &str, owner: &LockOwner) -> Result<()> {
+        self.queue_dequeue(name, owner).await
+    }
+
+    async fn subscribe_queue(&self, name: &str, _owner: &LockOwner) -> Result<ReleaseEvents> {
+        self.queue_subscribe(name).await
+    }
+
+    async fn force_release_queued(&self, name: &str) -> Result<usize> {
+        self.queue_force_release(name).await
+    }
+
     async fn health(&self) -> ComponentHealth {
         self.ping().await
     }
@@ -397,7 +432,7 @@ fn parse_acquire(
     }
 }
 
-fn corrupt_fence(fence_key: &str, value: &str) -> Error {
+pub(crate) fn corrupt_fence(fence_key: &str, value: &str) -> Error {
     let shown: String = value.chars().take(64).collect();
     Error::codec(
         format!(

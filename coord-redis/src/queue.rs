@@ -1,0 +1,740 @@
+//! Queued locks (fair locks, semaphores, read-write locks) and the
+//! administration reads (`inspect`, `list`) of [`RedisBackend`].
+//!
+//! # Layout
+//!
+//! A queue named `name` under namespace `ns` lives in four keys, plus a fence
+//! (all in the `{name}` hash tag of the lease lock of the same name, so one
+//! script reaches them on a Redis Cluster; none of them is a key of that lease
+//! lock, which is a different lock):
+//!
+//! * `{ns}:lock:{name}:queue`: ZSET owner → arrival sequence (the queue order);
+//! * `{ns}:lock:{name}:queue:lease`: ZSET owner → end of its lease (server ms);
+//! * `{ns}:lock:{name}:queue:mode`: HASH owner → [`HoldMode::encode`];
+//! * `{ns}:lock:{name}:queue:token`: HASH owner → fencing token, once granted;
+//! * `{ns}:lock:{name}:queue:fence`: the last token, kept forever (tokens are a
+//!   hybrid logical clock, like the lease lock's: they keep increasing across a
+//!   restart of a server without persistence);
+//! * the channel `{ns}:lock:{name}:queue:released`, published on whenever an
+//!   entry leaves.
+//!
+//! The four queue keys expire together when the last lease ends and are
+//! deleted when the queue empties. Each operation is one `EVALSHA` of a Lua
+//! script (`scripts/queue_*.lua`, each prefixed with `queue_common.lua`) that
+//! first purges the entries whose lease ended, then applies
+//! [`HoldMode::admits`] exactly as coord-core's memory backend does.
+//!
+//! # Waking
+//!
+//! Every removal publishes one message on the queue's channel, which every
+//! waiter of that queue listens to: a thundering herd among the waiters of one
+//! queue (each retries its `enqueue`, and only the ones now admitted are
+//! granted). That costs a round trip per waiter and removal, never a wrong
+//! grant; etcd wakes the successor only.
+//!
+//! # Listing
+//!
+//! [`list`](RedisBackend::list_locks) `SCAN`s the namespace's lock keys on the
+//! server, or on every master of a cluster (one slot of each master, as
+//! `CLUSTER SLOTS` tells, routes the `SCAN`s). A lock created or moved (slot
+//! migration) during the scan may be missed, as `SCAN` guarantees only the keys
+//! present throughout.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use coord_core::lock::{HoldMode, HolderInfo, LockInfo, QueueOutcome, StoredKind};
+use coord_core::{Error, FencingToken, LockGrant, LockOwner, ReleaseEvents, Result};
+use futures::{StreamExt, TryStreamExt};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{Cmd, Script, Value};
+
+use crate::backend::RedisBackend;
+use crate::connection::Connection;
+use crate::error::{map_err, unexpected_reply};
+use crate::lock::{LockKeys, corrupt_fence, evalsha, ttl_ms};
+
+/// One of the queue scripts: `queue_common.lua` followed by `$file`.
+macro_rules! queue_script {
+    ($file:literal) => {
+        Script::new(concat!(
+            include_str!("scripts/queue_common.lua"),
+            include_str!(concat!("scripts/", $file))
+        ))
+    };
+}
+
+/// The scripts of this module, hashed once per process.
+struct QueueScripts {
+    enqueue: Script,
+    renew: Script,
+    dequeue: Script,
+    force_release: Script,
+    info: Script,
+    inspect: Script,
+}
+
+static SCRIPTS: LazyLock<QueueScripts> = LazyLock::new(|| QueueScripts {
+    enqueue: queue_script!("queue_enqueue.lua"),
+    renew: queue_script!("queue_renew.lua"),
+    dequeue: queue_script!("queue_dequeue.lua"),
+    force_release: queue_script!("queue_force_release.lua"),
+    info: queue_script!("queue_info.lua"),
+    inspect: Script::new(include_str!("scripts/inspect.lua")),
+});
+
+/// How many locks `list` reads at once.
+const LIST_CONCURRENCY: usize = 16;
+/// The `COUNT` hint of each `SCAN`.
+const SCAN_COUNT: usize = 1000;
+
+/// The keys of one queue (see the module documentation).
+struct QueueKeys {
+    entries: String,
+    leases: String,
+    modes: String,
+    tokens: String,
+}
+
+impl QueueKeys {
+    /// What follows the name in the entries key, the one key `list` looks for.
+    const SUFFIX: &'static str = "}:queue";
+
+    /// `lock_prefix` is `{ns}:lock:{`.
+    fn new(lock_prefix: &str, name: &str) -> Self {
+        let entries = format!("{lock_prefix}{name}{}", Self::SUFFIX);
+        QueueKeys {
+            leases: format!("{entries}:lease"),
+            modes: format!("{entries}:mode"),
+            tokens: format!("{entries}:token"),
+            entries,
+        }
+    }
+
+    fn fence(&self) -> String {
+        format!("{}:fence", self.entries)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:released", self.entries)
+    }
+
+    /// An `EVALSHA` of `script` with the four queue keys and `extra` keys
+    /// after them; arguments follow.
+    fn cmd(&self, script: &Script, extra: &[&str]) -> Cmd {
+        let mut cmd = evalsha(script, 4 + extra.len());
+        cmd.arg(&self.entries)
+            .arg(&self.leases)
+            .arg(&self.modes)
+            .arg(&self.tokens);
+        for key in extra {
+            cmd.arg(*key);
+        }
+        cmd
+    }
+}
+
+fn not_held(name: &str, owner: &LockOwner) -> Error {
+    Error::NotHeld(format!("queued lock {name:?} has no entry of {owner}"))
+}
+
+/// A reply item as text (bulk or simple string).
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Whether a reply item is a script's `nil`/`false`.
+fn is_absent(v: &Value) -> bool {
+    matches!(v, Value::Nil | Value::Boolean(false))
+}
+
+/// The `{'wrongtype', …}` and `{'corrupt', …}` replies every queue script
+/// may give (see `queue_common.lua`), as errors.
+fn script_failure(reply: &Value, addr: &str) -> Option<Error> {
+    let Value::Array(items) = reply else {
+        return None;
+    };
+    let tag = items.first().and_then(text)?;
+    let field = |i: usize| items.get(i).and_then(text).unwrap_or_default();
+    match tag.as_str() {
+        "wrongtype" => Some(Error::backend(
+            "redis",
+            format!("redis at {addr}: {}", field(1)),
+            false,
+            None,
+        )),
+        "corrupt" => Some(corrupt(&field(1), &field(2), &field(3))),
+        _ => None,
+    }
+}
+
+/// The codec error of a stored queue value that does not decode.
+fn corrupt(what: &str, location: &str, raw: &str) -> Error {
+    let shown: String = raw.chars().take(64).collect();
+    let expected = match what {
+        "mode" => "a hold mode (x or s<limit>)",
+        "token" | "fence" => "a token (an integer from 1 to 2^53 - 1)",
+        "lease" => "the end of a lease",
+        _ => "a valid value",
+    };
+    Error::codec(
+        format!(
+            "queued lock {what} at {location:?} holds {shown:?}, not {expected}; it was \
+             changed outside coord"
+        ),
+        None,
+    )
+}
+
+/// Decodes `queue_enqueue.lua`'s reply.
+fn parse_enqueue(reply: &Value, ttl: Duration, addr: &str) -> Result<QueueOutcome> {
+    if let Some(e) = script_failure(reply, addr) {
+        return Err(e);
+    }
+    let Value::Array(items) = reply else {
+        return Err(unexpected_reply("queue_enqueue", reply));
+    };
+    let Some((tag, rest)) = items.split_first() else {
+        return Err(unexpected_reply("queue_enqueue", reply));
+    };
+    match (text(tag).as_deref(), rest) {
+        (Some("granted"), [Value::Int(token @ 1..)]) => Ok(QueueOutcome::Granted(LockGrant {
+            token: FencingToken::new(token.unsigned_abs()),
+            ttl,
+        })),
+        (Some("queued"), [Value::Int(ahead @ 0..), Value::Int(wait @ 0..)]) => {
+            Ok(QueueOutcome::Queued {
+                ahead: u32::try_from(*ahead).unwrap_or(u32::MAX),
+                retry_after: Some(Duration::from_millis(wait.unsigned_abs())),
+            })
+        }
+        _ => Err(unexpected_reply("queue_enqueue", reply)),
+    }
+}
+
+/// Decodes the integer reply of the renew, dequeue and force-release scripts.
+fn parse_count(reply: &Value, script: &str, addr: &str) -> Result<u64> {
+    if let Some(e) = script_failure(reply, addr) {
+        return Err(e);
+    }
+    match reply {
+        Value::Int(n @ 0..) => Ok(n.unsigned_abs()),
+        other => Err(unexpected_reply(script, other)),
+    }
+}
+
+/// A stored token: an integer from 1 to 2^53 - 1.
+fn parse_token(raw: &str) -> Option<u64> {
+    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    raw.parse::<u64>().ok().filter(|t| (1..1 << 53).contains(t))
+}
+
+/// A remaining lease in ms; negative (no expiry) is `None`.
+fn remaining(ms: i64) -> Option<Duration> {
+    u64::try_from(ms).ok().map(Duration::from_millis)
+}
+
+/// Decodes `queue_info.lua`'s reply; `None` when the queue is empty.
+fn parse_info(name: &str, keys: &QueueKeys, reply: &Value, addr: &str) -> Result<Option<LockInfo>> {
+    if let Some(e) = script_failure(reply, addr) {
+        return Err(e);
+    }
+    let Value::Array(items) = reply else {
+        return Err(unexpected_reply("queue_info", reply));
+    };
+    if items.len() % 4 != 0 {
+        return Err(unexpected_reply("queue_info", reply));
+    }
+    if items.is_empty() {
+        return Ok(None);
+    }
+    let mut info = LockInfo {
+        name: name.to_owned(),
+        kind: StoredKind::Queue,
+        holders: Vec::new(),
+        waiters: Vec::new(),
+    };
+    for entry in items.chunks(4) {
+        let owner = text(&entry[0]).ok_or_else(|| unexpected_reply("queue_info", reply))?;
+        let location = |key: &str| format!("{key} {owner}");
+        let mode = match text(&entry[1]) {
+            Some(raw) => {
+                HoldMode::decode(&raw).map_err(|_| corrupt("mode", &location(&keys.modes), &raw))?
+            }
+            None => return Err(corrupt("mode", &location(&keys.modes), "")),
+        };
+        let token = match &entry[2] {
+            v if is_absent(v) => None,
+            v => {
+                let raw = text(v).ok_or_else(|| unexpected_reply("queue_info", reply))?;
+                let token = parse_token(&raw)
+                    .ok_or_else(|| corrupt("token", &location(&keys.tokens), &raw))?;
+                Some(FencingToken::new(token))
+            }
+        };
+        let ttl_remaining = match &entry[3] {
+            Value::Int(ms) => remaining(*ms),
+            _ => return Err(unexpected_reply("queue_info", reply)),
+        };
+        let holder = HolderInfo {
+            owner,
+            token,
+            mode,
+            ttl_remaining,
+        };
+        if token.is_some() {
+            info.holders.push(holder);
+        } else {
+            info.waiters.push(holder);
+        }
+    }
+    Ok(Some(info))
+}
+
+/// Decodes `inspect.lua`'s reply.
+fn parse_inspect(name: &str, fence_key: &str, reply: &Value) -> Result<Option<LockInfo>> {
+    let items = match reply {
+        v if is_absent(v) => return Ok(None),
+        Value::Array(items) if items.len() == 3 => items,
+        other => return Err(unexpected_reply("inspect", other)),
+    };
+    let owner = text(&items[0]).ok_or_else(|| unexpected_reply("inspect", reply))?;
+    let token = match &items[1] {
+        v if is_absent(v) => None,
+        v => {
+            let raw = text(v).ok_or_else(|| unexpected_reply("inspect", reply))?;
+            let token = parse_token(&raw).ok_or_else(|| corrupt_fence(fence_key, &raw))?;
+            Some(FencingToken::new(token))
+        }
+    };
+    let ttl_remaining = match &items[2] {
+        Value::Int(ms) => remaining(*ms),
+        other => return Err(unexpected_reply("inspect", other)),
+    };
+    Ok(Some(LockInfo {
+        name: name.to_owned(),
+        kind: StoredKind::Lease,
+        holders: vec![HolderInfo {
+            owner,
+            token,
+            mode: HoldMode::Exclusive,
+            ttl_remaining,
+        }],
+        waiters: Vec::new(),
+    }))
+}
+
+/// `s` with Redis' glob characters escaped, for `SCAN … MATCH`.
+fn escape_glob(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// What a key found by `list`'s scan is: the key of a lease lock or the
+/// entries key of a queue, with the lock's name; `None` for other keys
+/// (fences, the other queue keys).
+fn classify<'k>(lock_prefix: &str, key: &'k str) -> Option<(StoredKind, &'k str)> {
+    let rest = key.strip_prefix(lock_prefix)?;
+    if let Some(name) = rest.strip_suffix(QueueKeys::SUFFIX) {
+        Some((StoredKind::Queue, name))
+    } else {
+        rest.strip_suffix('}').map(|name| (StoredKind::Lease, name))
+    }
+}
+
+/// One `SCAN` reply: the next cursor and the keys.
+fn parse_scan(reply: Value) -> Result<(u64, Vec<Vec<u8>>)> {
+    redis::from_redis_value(reply).map_err(|e| {
+        Error::backend(
+            "redis",
+            format!("unexpected reply to SCAN: {e}"),
+            false,
+            None,
+        )
+    })
+}
+
+/// One slot of each master of a cluster, from a `CLUSTER SLOTS` reply.
+fn one_slot_per_master(reply: &Value) -> Result<Vec<u16>> {
+    let bad = || unexpected_reply("CLUSTER SLOTS", reply);
+    let Value::Array(ranges) = reply else {
+        return Err(bad());
+    };
+    let mut masters: BTreeMap<(String, i64), u16> = BTreeMap::new();
+    for range in ranges {
+        let Value::Array(fields) = range else {
+            return Err(bad());
+        };
+        let (Some(Value::Int(start)), Some(Value::Array(master))) = (fields.first(), fields.get(2))
+        else {
+            return Err(bad());
+        };
+        let host = master.first().and_then(text).ok_or_else(bad)?;
+        let Some(Value::Int(port)) = master.get(1) else {
+            return Err(bad());
+        };
+        let slot = u16::try_from(*start).map_err(|_| bad())?;
+        masters.entry((host, *port)).or_insert(slot);
+    }
+    Ok(masters.into_values().collect())
+}
+
+impl RedisBackend {
+    /// [`LockBackend::enqueue`](coord_core::LockBackend::enqueue).
+    pub(crate) async fn queue_enqueue(
+        &self,
+        name: &str,
+        owner: &LockOwner,
+        mode: HoldMode,
+        ttl: Duration,
+    ) -> Result<QueueOutcome> {
+        if mode == (HoldMode::Shared { limit: 0 }) {
+            return Err(Error::invalid(format!(
+                "queued lock {name:?}: a shared hold needs a limit of at least 1"
+            )));
+        }
+        let ttl = self.inner.caps.effective_ttl(ttl);
+        let keys = QueueKeys::new(&self.inner.lock_prefix, name);
+        let script = &SCRIPTS.enqueue;
+        let mut cmd = keys.cmd(script, &[&keys.fence()]);
+        cmd.arg(owner.as_str()).arg(mode.encode()).arg(ttl_ms(ttl));
+        let reply = self.eval::<Value>(script, &cmd).await?;
+        parse_enqueue(&reply, ttl, &self.inner.addr)
+    }
+
+    /// [`LockBackend::renew_queued`](coord_core::LockBackend::renew_queued).
+    pub(crate) async fn queue_renew(
+        &self,
+        name: &str,
+        owner: &LockOwner,
+        ttl: Duration,
+    ) -> Result<()> {
+        let ttl = self.inner.caps.effective_ttl(ttl);
+        let keys = QueueKeys::new(&self.inner.lock_prefix, name);
+        let script = &SCRIPTS.renew;
+        let mut cmd = keys.cmd(script, &[]);
+        cmd.arg(owner.as_str()).arg(ttl_ms(ttl));
+        let reply = self.eval::<Value>(script, &cmd).await?;
+        match parse_count(&reply, "queue_renew", &self.inner.addr)? {
+            1 => Ok(()),
+            _ => Err(not_held(name, owner)),
+        }
+    }
+
+    /// [`LockBackend::dequeue`](coord_core::LockBackend::dequeue).
+    pub(crate) async fn queue_dequeue(&self, name: &str, owner: &LockOwner) -> Result<()> {
+        let keys = QueueKeys::new(&self.inner.lock_prefix, name);
+        let script = &SCRIPTS.dequeue;
+        let mut cmd = keys.cmd(script, &[]);
+        cmd.arg(owner.as_str());
+        let reply = self.eval::<Value>(script, &cmd).await?;
+        match parse_count(&reply, "queue_dequeue", &self.inner.addr)? {
+            1 => Ok(()),
+            _ => Err(not_held(name, owner)),
+        }
+    }
+
+    /// [`LockBackend::subscribe_queue`](coord_core::LockBackend::subscribe_queue):
+    /// every waiter of a queue shares its channel (see the module documentation).
+    pub(crate) async fn queue_subscribe(&self, name: &str) -> Result<ReleaseEvents> {
+        let channel = QueueKeys::new(&self.inner.lock_prefix, name).channel();
+        self.inner.pubsub.subscribe(channel).await
+    }
+
+    /// [`LockBackend::force_release_queued`](coord_core::LockBackend::force_release_queued).
+    pub(crate) async fn queue_force_release(&self, name: &str) -> Result<usize> {
+        let keys = QueueKeys::new(&self.inner.lock_prefix, name);
+        let script = &SCRIPTS.force_release;
+        let cmd = keys.cmd(script, &[]);
+        let reply = self.eval::<Value>(script, &cmd).await?;
+        let n = parse_count(&reply, "queue_force_release", &self.inner.addr)?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    /// The entries of the queue `name`; `None` when it has none.
+    async fn queue_info(&self, name: &str) -> Result<Option<LockInfo>> {
+        let keys = QueueKeys::new(&self.inner.lock_prefix, name);
+        let script = &SCRIPTS.info;
+        let cmd = keys.cmd(script, &[]);
+        let reply = self.eval::<Value>(script, &cmd).await?;
+        parse_info(name, &keys, &reply, &self.inner.addr)
+    }
+
+    /// [`LockBackend::inspect`](coord_core::LockBackend::inspect): the holder
+    /// of the lease lock `name`, its token (the fence: the last token handed
+    /// out is the holder's) and remaining lease.
+    pub(crate) async fn inspect_lock(&self, name: &str) -> Result<Option<LockInfo>> {
+        let (keys, fence_end) = LockKeys::new(&self.inner.lock_prefix, name).with_fence();
+        let fence = &keys.buf[..fence_end];
+        let script = &SCRIPTS.inspect;
+        let mut cmd = evalsha(script, 2);
+        cmd.arg(keys.lock()).arg(fence);
+        let reply = self.eval::<Value>(script, &cmd).await?;
+        parse_inspect(name, fence, &reply)
+    }
+
+    /// [`LockBackend::list`](coord_core::LockBackend::list): every lease lock
+    /// and queue whose name starts with `prefix`, sorted by name (a lease
+    /// lock before a queue of the same name).
+    pub(crate) async fn list_locks(&self, prefix: &str) -> Result<Vec<LockInfo>> {
+        let lock_prefix = &self.inner.lock_prefix;
+        let pattern = format!("{}*", escape_glob(&format!("{lock_prefix}{prefix}")));
+        let keys = self.scan(&pattern).await?;
+        let mut leases = BTreeSet::new();
+        let mut queues = BTreeSet::new();
+        for key in &keys {
+            let Ok(key) = std::str::from_utf8(key) else {
+                continue;
+            };
+            match classify(lock_prefix, key) {
+                Some((StoredKind::Lease, name)) if name.starts_with(prefix) => {
+                    leases.insert(name.to_owned());
+                }
+                Some((StoredKind::Queue, name)) if name.starts_with(prefix) => {
+                    queues.insert(name.to_owned());
+                }
+                _ => {}
+            }
+        }
+        let leases = futures::stream::iter(leases)
+            .map(|name| async move { self.inspect_lock(&name).await })
+            .buffered(LIST_CONCURRENCY)
+            .try_collect::<Vec<_>>();
+        let queues = futures::stream::iter(queues)
+            .map(|name| async move { self.queue_info(&name).await })
+            .buffered(LIST_CONCURRENCY)
+            .try_collect::<Vec<_>>();
+        let (leases, queues) = futures::try_join!(leases, queues)?;
+        let mut out: Vec<LockInfo> = leases.into_iter().chain(queues).flatten().collect();
+        // Stable: a lease lock stays before the queue of the same name.
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Every key matching `pattern`, on the server or every master of the
+    /// cluster (possibly with duplicates, as `SCAN` gives them).
+    async fn scan(&self, pattern: &str) -> Result<Vec<Vec<u8>>> {
+        let addr = &self.inner.addr;
+        let scan_cmd = |cursor: u64| {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT);
+            cmd
+        };
+        let mut keys = Vec::new();
+        match &self.inner.conn {
+            Connection::Standalone(conn) => {
+                let mut conn = conn.clone();
+                let mut cursor = 0;
+                loop {
+                    let reply: Value = scan_cmd(cursor)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| map_err(e, addr))?;
+                    let (next, batch) = parse_scan(reply)?;
+                    keys.extend(batch);
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+            }
+            Connection::Cluster(conn) => {
+                let mut conn = conn.clone();
+                let slots = conn
+                    .route_command(
+                        redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+                    )
+                    .await
+                    .map_err(|e| map_err(e, addr))?;
+                for slot in one_slot_per_master(&slots)? {
+                    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                        Route::new(slot, SlotAddr::Master),
+                    ));
+                    let mut cursor = 0;
+                    loop {
+                        let reply = conn
+                            .route_command(scan_cmd(cursor), route.clone())
+                            .await
+                            .map_err(|e| map_err(e, addr))?;
+                        let (next, batch) = parse_scan(reply)?;
+                        keys.extend(batch);
+                        if next == 0 {
+                            break;
+                        }
+                        cursor = next;
+                    }
+                }
+            }
+        }
+        Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn queue_keys_share_the_hash_tag_and_never_collide_with_lease_keys() {
+        let keys = QueueKeys::new("ns:lock:{", "orders/42");
+        assert_eq!(keys.entries, "ns:lock:{orders/42}:queue");
+        assert_eq!(keys.leases, "ns:lock:{orders/42}:queue:lease");
+        assert_eq!(keys.modes, "ns:lock:{orders/42}:queue:mode");
+        assert_eq!(keys.tokens, "ns:lock:{orders/42}:queue:token");
+        assert_eq!(keys.fence(), "ns:lock:{orders/42}:queue:fence");
+        assert_eq!(keys.channel(), "ns:lock:{orders/42}:queue:released");
+        // A lease lock's keys end with `}` or `}:fence`, its channel with
+        // `}:released`: whatever its name, none is a queue key.
+        for lease_name in ["orders/42}:queue", "orders/42}:queue:lease", "x"] {
+            let lease = LockKeys::new("ns:lock:{", lease_name);
+            let (lease, end) = lease.with_fence();
+            let queue_keys = [
+                &keys.entries,
+                &keys.leases,
+                &keys.modes,
+                &keys.tokens,
+                &keys.fence(),
+            ];
+            for k in queue_keys {
+                assert_ne!(lease.lock(), k.as_str());
+                assert_ne!(&lease.buf[..end], k.as_str());
+            }
+            assert_ne!(lease.into_channel(), keys.channel());
+        }
+    }
+
+    #[test]
+    fn scanned_keys_are_classified_by_their_ending() {
+        let p = "ns:lock:{";
+        assert_eq!(classify(p, "ns:lock:{a}"), Some((StoredKind::Lease, "a")));
+        assert_eq!(
+            classify(p, "ns:lock:{a}b}"),
+            Some((StoredKind::Lease, "a}b"))
+        );
+        assert_eq!(
+            classify(p, "ns:lock:{a}:queue"),
+            Some((StoredKind::Queue, "a"))
+        );
+        assert_eq!(
+            classify(p, "ns:lock:{a}:queue}:queue"),
+            Some((StoredKind::Queue, "a}:queue"))
+        );
+        for other in [
+            "ns:lock:{a}:fence",
+            "ns:lock:{a}:queue:lease",
+            "ns:lock:{a}:queue:mode",
+            "ns:lock:{a}:queue:token",
+            "ns:lock:{a}:queue:fence",
+            "other:{a}",
+        ] {
+            assert_eq!(classify(p, other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(escape_glob("a*b?c[d]e\\f"), "a\\*b\\?c\\[d\\]e\\\\f");
+        assert_eq!(escape_glob("ns:lock:{x"), "ns:lock:{x");
+    }
+
+    #[test]
+    fn enqueue_replies_decode() {
+        let ttl = Duration::from_secs(1);
+        let granted = Value::Array(vec![bulk("granted"), Value::Int(9)]);
+        assert_eq!(
+            parse_enqueue(&granted, ttl, "t").unwrap(),
+            QueueOutcome::Granted(LockGrant {
+                token: FencingToken::new(9),
+                ttl
+            })
+        );
+        let queued = Value::Array(vec![bulk("queued"), Value::Int(2), Value::Int(250)]);
+        assert_eq!(
+            parse_enqueue(&queued, ttl, "t").unwrap(),
+            QueueOutcome::Queued {
+                ahead: 2,
+                retry_after: Some(Duration::from_millis(250))
+            }
+        );
+        let corrupt = Value::Array(vec![
+            bulk("corrupt"),
+            bulk("mode"),
+            bulk("k o"),
+            bulk("banana"),
+        ]);
+        let err = parse_enqueue(&corrupt, ttl, "t").unwrap_err();
+        assert!(matches!(err, Error::Codec { .. }) && err.to_string().contains("banana"));
+        let wrongtype = Value::Array(vec![bulk("wrongtype"), bulk("WRONGTYPE k is a list")]);
+        let err = parse_enqueue(&wrongtype, ttl, "t").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Backend {
+                    retryable: false,
+                    ..
+                }
+            ) && err.to_string().contains("WRONGTYPE")
+        );
+        for bad in [
+            Value::Nil,
+            Value::Int(1),
+            Value::Array(vec![]),
+            Value::Array(vec![bulk("granted"), Value::Int(0)]),
+            Value::Array(vec![bulk("queued"), Value::Int(1)]),
+        ] {
+            assert!(
+                matches!(parse_enqueue(&bad, ttl, "t"), Err(Error::Backend { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn tokens_parse_strictly() {
+        assert_eq!(parse_token("1"), Some(1));
+        assert_eq!(parse_token("9007199254740991"), Some((1 << 53) - 1));
+        for bad in ["", "0", "-1", "+1", "1.5", "9007199254740992", "x"] {
+            assert_eq!(parse_token(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn cluster_slots_give_one_slot_per_master() {
+        let range = |start: i64, end: i64, port: i64| {
+            Value::Array(vec![
+                Value::Int(start),
+                Value::Int(end),
+                Value::Array(vec![bulk("127.0.0.1"), Value::Int(port), bulk("id")]),
+            ])
+        };
+        let reply = Value::Array(vec![
+            range(0, 100, 7001),
+            range(101, 200, 7002),
+            range(201, 300, 7001),
+        ]);
+        assert_eq!(one_slot_per_master(&reply).unwrap(), vec![0, 101]);
+        assert!(one_slot_per_master(&Value::Nil).is_err());
+    }
+}

@@ -1,0 +1,20 @@
+-- inspect.lua: the holder of a lease lock, read in one step (inspect and list).
+--
+-- KEYS[1]  the lock key  `{ns}:lock:{name}`        value = owner, plus a trailing NUL
+--                                                   byte once a waiter was refused
+-- KEYS[2]  the fence key `{ns}:lock:{name}:fence`  value = the holder's token (the last
+--                                                   one handed out)
+-- ARGV     none
+--
+-- Read-only. Returns nil when the lock is free, else {owner, fence, pttl}: the owner
+-- without the NUL marker, the raw fence value (nil when absent; lock.rs decodes it, a
+-- corrupted one is a codec error) and the remaining lease in ms (-1: no expiry).
+-- A key of another type is a WRONGTYPE error reply.
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  return nil
+end
+if string.byte(holder, -1) == 0 then
+  holder = string.sub(holder, 1, -2)
+end
+return { holder, redis.call('GET', KEYS[2]), redis.call('PTTL', KEYS[1]) }

@@ -1,0 +1,142 @@
+-- queue_enqueue.lua: one step of a queued acquisition (after queue_common.lua).
+--
+-- KEYS[1..4]  Q, E, M, T of the queue (see queue_common.lua)
+-- KEYS[5]     F `{ns}:lock:{name}:queue:fence`  last token handed out by this queue,
+--             no TTL (never deleted, so tokens keep increasing)
+-- ARGV[1]     the owner (`client_id:owner`, never contains a NUL byte)
+-- ARGV[2]     its hold mode as HoldMode::encode writes it (`x` or `s<limit>`); used
+--             only when the owner is not queued yet (a queued entry keeps its mode)
+-- ARGV[3]     the lease in milliseconds (integer >= 1)
+--
+-- Purges the entries whose lease ended (waking the waiters when any went), then adds
+-- the owner at the tail of the queue, or refreshes the lease of its entry to ARGV[3] ms
+-- from now. The entry is granted when its mode admits the entries ahead of it, granted
+-- or waiting (HoldMode::admits: an exclusive entry must be first; a shared entry of
+-- limit L must have no exclusive entry and fewer than L entries ahead); it then gets
+-- the next token of F, once: later calls return the same token.
+--
+-- The token is a hybrid logical clock in microseconds, like acquire.lua's: F + 1,
+-- raised to the server clock when it lags it by more than SLACK, so tokens keep
+-- increasing across a restart of a server without persistence.
+--
+-- Returns
+--   {'granted', token}           the entry holds the lock (or a permit)
+--   {'queued', ahead, wait_ms}   it waits behind `ahead` entries; the first lease ahead
+--                                of it ends in `wait_ms` ms
+--   or a {'wrongtype', …} / {'corrupt', …} reply of queue_common.lua. A corrupted fence
+--   changes nothing; a corrupted mode ahead grants nothing.
+
+local F = KEYS[5]
+local owner, mode_arg, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+
+local bad_type = check_queue_types() or check_types({ { F, 'string' } })
+if bad_type then
+  return { 'wrongtype', bad_type }
+end
+local raw_fence = redis.call('GET', F)
+local fence = 0
+if raw_fence then
+  fence = decode_token(raw_fence)
+  if not fence then
+    return { 'corrupt', 'fence', F, raw_fence or '' }
+  end
+end
+
+purge()
+local expires = int(now_ms + ttl)
+local pos = redis.call('ZRANK', Q, owner)
+local mode
+if pos then
+  -- Already granted: the same token again, and a fresh lease.
+  local raw_token = redis.call('HGET', T, owner)
+  if raw_token then
+    local token = decode_token(raw_token)
+    if not token then
+      finish()
+      return { 'corrupt', 'token', T .. ' ' .. owner, raw_token }
+    end
+    redis.call('ZADD', E, expires, owner)
+    finish()
+    return { 'granted', token }
+  end
+  local raw_mode = redis.call('HGET', M, owner)
+  mode = decode_mode(raw_mode)
+  if not mode then
+    finish()
+    return { 'corrupt', 'mode', M .. ' ' .. owner, raw_mode or '' }
+  end
+  redis.call('ZADD', E, expires, owner)
+else
+  mode = decode_mode(mode_arg)
+  if not mode then
+    finish()
+    return { 'corrupt', 'mode', 'ARGV[2]', mode_arg }
+  end
+  local last = redis.call('ZRANGE', Q, -1, -1, 'WITHSCORES')
+  local seq = 1
+  if last[2] then
+    seq = tonumber(last[2]) + 1
+  end
+  redis.call('ZADD', Q, int(seq), owner)
+  redis.call('ZADD', E, expires, owner)
+  redis.call('HSET', M, owner, mode_arg)
+  pos = redis.call('ZCARD', Q) - 1
+end
+
+local ahead = {}
+if pos > 0 then
+  ahead = redis.call('ZRANGE', Q, 0, pos - 1)
+end
+
+local admitted
+if mode == 0 then
+  admitted = pos == 0
+elseif pos >= mode then
+  admitted = false
+else
+  -- Every mode ahead is read (and must decode) before a shared entry is granted.
+  admitted = true
+  if pos > 0 then
+    local modes = chunked('HMGET', M, ahead)
+    for i = 1, #ahead do
+      local m = decode_mode(modes[i])
+      if not m then
+        finish()
+        return { 'corrupt', 'mode', M .. ' ' .. ahead[i], modes[i] or '' }
+      end
+      if m == 0 then
+        admitted = false
+      end
+    end
+  end
+end
+
+if admitted then
+  local token = fence + 1
+  if now_us - token > SLACK then
+    token = now_us
+  end
+  if token >= MAX_TOKEN then
+    finish()
+    return { 'corrupt', 'fence', F, raw_fence or '' }
+  end
+  redis.call('SET', F, int(token))
+  redis.call('HSET', T, owner, int(token))
+  finish()
+  return { 'granted', token }
+end
+
+local wait_ms = nil
+local leases = chunked('ZMSCORE', E, ahead)
+for i = 1, #ahead do
+  local ends = tonumber(leases[i])
+  if not ends then
+    finish()
+    return { 'corrupt', 'lease', E .. ' ' .. ahead[i], leases[i] or '' }
+  end
+  if not wait_ms or ends - now_ms < wait_ms then
+    wait_ms = ends - now_ms
+  end
+end
+finish()
+return { 'queued', pos, math.max(wait_ms or 0, 0) }

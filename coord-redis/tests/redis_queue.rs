@@ -1,0 +1,645 @@
+//! Queued locks (fair locks, semaphores, read-write locks), `inspect` and
+//! `list` on a real Redis server: the grant rule of coord-core's memory
+//! backend, waking, tokens across a restart, corrupted stored values.
+
+use std::time::Duration;
+
+use coord_core::lock::{HoldMode, LockInfo, QueueOutcome, StoredKind};
+use coord_core::testkit::within;
+use coord_core::{AcquireOutcome, Error, FencingToken, LockBackend, LockOwner, Settings};
+use coord_redis::RedisBackend;
+use coord_redis::testkit::{RedisHarness, RedisServer};
+
+const TTL: Duration = Duration::from_secs(10);
+const LIMIT: Duration = Duration::from_secs(5);
+
+fn owner(name: &str) -> LockOwner {
+    LockOwner::new("test", name).unwrap()
+}
+
+async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn granted(b: &RedisBackend, name: &str, o: &str, mode: HoldMode) -> FencingToken {
+    match b.enqueue(name, &owner(o), mode, TTL).await.unwrap() {
+        QueueOutcome::Granted(g) => {
+            assert_eq!(g.ttl, TTL);
+            g.token
+        }
+        other => panic!("expected {o} to be granted {name}, got {other:?}"),
+    }
+}
+
+async fn queued(b: &RedisBackend, name: &str, o: &str, mode: HoldMode) -> u32 {
+    match b.enqueue(name, &owner(o), mode, TTL).await.unwrap() {
+        QueueOutcome::Queued {
+            ahead,
+            retry_after: Some(wait),
+        } => {
+            assert!(wait <= TTL, "{wait:?}");
+            ahead
+        }
+        other => panic!("expected {o} to wait for {name}, got {other:?}"),
+    }
+}
+
+/// Calls `enqueue` until granted (bounded): for an entry ahead whose lease
+/// ends on its own, which no notification announces.
+async fn granted_eventually(b: &RedisBackend, name: &str, o: &str, mode: HoldMode) -> FencingToken {
+    within(LIMIT, "the entry is granted", async {
+        loop {
+            match b.enqueue(name, &owner(o), mode, TTL).await.unwrap() {
+                QueueOutcome::Granted(g) => return g.token,
+                QueueOutcome::Queued { retry_after, .. } => {
+                    let wait = retry_after.unwrap_or(Duration::from_millis(10));
+                    tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+                }
+            }
+        }
+    })
+    .await
+}
+
+fn key(h: &RedisHarness, name: &str, suffix: &str) -> String {
+    format!("{}:lock:{{{name}}}{suffix}", h.settings().namespace)
+}
+
+#[tokio::test]
+async fn fair_lock_grants_in_arrival_order_with_increasing_tokens() {
+    let h = RedisHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let x = HoldMode::Exclusive;
+    let mut last = granted(&b, "fifo", "a", x).await;
+    for (i, o) in ["b", "c", "d"].iter().enumerate() {
+        assert_eq!(queued(&b, "fifo", o, x).await, i as u32 + 1);
+    }
+    // Calling again keeps the place (and refreshes the lease).
+    assert_eq!(queued(&b, "fifo", "c", x).await, 2);
+    // The same owner again: the same grant.
+    assert_eq!(
+        granted(&b, "fifo", "a", x).await,
+        last,
+        "enqueue is idempotent"
+    );
+    let mut holder = "a";
+    for next in ["b", "c", "d"] {
+        b.dequeue("fifo", &owner(holder)).await.unwrap();
+        // Only the head is granted; the ones behind still wait.
+        if next != "d" {
+            let behind = if next == "b" { "c" } else { "d" };
+            assert!(queued(&b, "fifo", behind, x).await >= 1);
+        }
+        let token = granted(&b, "fifo", next, x).await;
+        assert!(token > last, "{token} <= {last}");
+        last = token;
+        holder = next;
+    }
+    b.dequeue("fifo", &owner("d")).await.unwrap();
+    assert!(matches!(
+        b.dequeue("fifo", &owner("d")).await,
+        Err(Error::NotHeld(_))
+    ));
+}
+
+#[tokio::test]
+async fn semaphore_admits_up_to_its_limit() {
+    let h = RedisHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let s2 = HoldMode::Shared { limit: 2 };
+    let t1 = granted(&b, "sem", "a", s2).await;
+    let t2 = granted(&b, "sem", "b", s2).await;
+    assert!(t2 > t1);
+    assert_eq!(queued(&b, "sem", "c", s2).await, 2);
+    assert_eq!(queued(&b, "sem", "d", s2).await, 3);
+    b.dequeue("sem", &owner("a")).await.unwrap();
+    let t3 = granted(&b, "sem", "c", s2).await;
+    assert!(t3 > t2);
+    // Two holders again: d still waits.
+    assert_eq!(queued(&b, "sem", "d", s2).await, 2);
+    // A shared limit of 0 is refused, not stored.
+    assert!(matches!(
+        b.enqueue("sem", &owner("e"), HoldMode::Shared { limit: 0 }, TTL)
+            .await,
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[tokio::test]
+async fn readers_share_and_a_writer_waits_for_them_and_blocks_later_readers() {
+    let h = RedisHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let (r, w) = (HoldMode::READ, HoldMode::Exclusive);
+    granted(&b, "rw", "r1", r).await;
+    granted(&b, "rw", "r2", r).await;
+    assert_eq!(queued(&b, "rw", "w", w).await, 2);
+    // Fair: a reader arriving after the writer waits behind it.
+    assert_eq!(queued(&b, "rw", "r3", r).await, 3);
+    b.dequeue("rw", &owner("r1")).await.unwrap();
+    assert_eq!(queued(&b, "rw", "w", w).await, 1);
+    b.dequeue("rw", &owner("r2")).await.unwrap();
+    let tw = granted(&b, "rw", "w", w).await;
+    assert_eq!(queued(&b, "rw", "r3", r).await, 1);
+    b.dequeue("rw", &owner("w")).await.unwrap();
+    assert!(granted(&b, "rw", "r3", r).await > tw);
+}
+
+#[tokio::test]
+async fn an_expired_waiter_is_purged_and_wakes_the_next() {
+    let h = RedisHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let waiter = h.connect().await.unwrap();
+    let x = HoldMode::Exclusive;
+    granted(&b, "purge", "a", x).await;
+    // A waiter that dies: a short lease it never refreshes.
+    match b
+        .enqueue("purge", &owner("dead"), x, Duration::from_millis(50))
+        .await
+        .unwrap()
+    {
+        QueueOutcome::Queued { ahead: 1, .. } => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(queued(&b, "purge", "c", x).await, 2);
+    let mut events = waiter.subscribe_queue("purge", &owner("c")).await.unwrap();
+    b.dequeue("purge", &owner("a")).await.unwrap();
+    assert!(within(LIMIT, "the release is published", events.next()).await);
+    // Once the dead waiter's lease ends, the next call purges it and c is granted.
+    granted_eventually(&waiter, "purge", "c", x).await;
+    let info = b.list("purge").await.unwrap();
+    assert_eq!(info.len(), 1);
+    assert!(info[0].waiters.is_empty(), "{info:?}");
+    assert_eq!(info[0].holders[0].owner, "test:c");
+    // Its entry is gone: dequeue says so.
+    assert!(matches!(
+        b.dequeue("purge", &owner("dead")).await,
+        Err(Error::NotHeld(_))
+    ));
+}
+
+#[tokio::test]
+async fn an_expired_holder_is_purged_and_the_next_is_granted() {
+    let h = RedisHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let x = HoldMode::Exclusive;
+    match b
+        .enqueue("expire", &owner("a"), x, Duration::from_millis(100))
+        .await
+        .unwrap()
+    {
+        QueueOutcome::Granted(_) => {}
+        other => panic!("{other:?}"),
+    }
+    match b.enqueue("expire", &owner("b"), x, TTL).await.unwrap() {
+        QueueOutcome::Queued {
+            ahead: 1,
+            retry_after: Some(wait),
+        } => assert!(wait <= Duration::from_millis(100), "{wait:?}"),
+        other => panic!("{other:?}"),
+    }
+    granted_eventually(&b, "expire", "b", x).await;
+    // The purged holder can neither renew nor release.
+    assert!(matches!(
+        b.renew_queued("expire", &owner("a"), TTL).await,
+        Err(Error::NotHeld(_))
+    ));
+    assert!(matches!(
+        b.dequeue("expire", &owner("a")).await,
+        Err(Error::NotHeld(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_waiter_leaving_moves_the_ones_behind_it_up_and_wakes_them() {
+    let h = RedisHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let x = HoldMode::Exclusive;
+    granted(&b, "leave", "a", x).await;
+    assert_eq!(queued(&b, "leave", "b", x).await, 1);
+    assert_eq!(queued(&b, "leave", "c", x).await, 2);
+    let mut events = b.subscribe_queue("leave", &owner("c")).await.unwrap();
+    b.dequeue("leave", &owner("b")).await.unwrap();
+    assert!(within(LIMIT, "the waiter leaving is published", events.next()).await);
+    assert_eq!(queued(&b, "leave", "c", x).await, 1);
+    assert!(matches!(
+        b.dequeue("leave", &owner("b")).await,
+        Err(Error::NotHeld(_))
+    ));
+    b.dequeue("leave", &owner("a")).await.unwrap();
+    assert!(within(LIMIT, "the release is published", events.next()).await);
+    granted(&b, "leave", "c", x).await;
+}
+
+#[tokio::test]
+async fn renew_queued_needs_a_granted_entry() {
+    let h = RedisHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let x = HoldMode::Exclusive;
+    match b
+        .enqueue("renew", &owner("a"), x, Duration::from_millis(500))
+        .await
+        .unwrap()
+    {
+        QueueOutcome::Granted(_) => {}
+        other => panic!("{other:?}"),
+    }
+    queued(&b, "renew", "b", x).await;
+    b.renew_queued("renew", &owner("a"), TTL).await.unwrap();
+    let info = b.list("renew").await.unwrap();
+    let ttl = info[0].holders[0].ttl_remaining.unwrap();
+    assert!(ttl > TTL / 2 && ttl <= TTL, "{ttl:?}");
+    for who in ["b", "nobody"] {
+        assert!(matches!(
+            b.renew_queued("renew", &owner(who), TTL).await,
+            Err(Error::NotHeld(_))
+        ));
+    }
+}
+
+#[tokio::test]
+async fn force_release_removes_the_holders_and_keeps_the_waiters() {
+    let h = RedisHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let s2 = HoldMode::Shared { limit: 2 };
+    granted(&b, "force", "a", s2).await;
+    let t = granted(&b, "force", "b", s2).await;
+    queued(&b, "force", "c", s2).await;
+    let mut events = b.subscribe_queue("force", &owner("c")).await.unwrap();
+    assert_eq!(b.force_release_queued("force").await.unwrap(), 2);
+    assert!(within(LIMIT, "the force release is published", events.next()).await);
+    assert!(granted(&b, "force", "c", s2).await > t);
+    assert_eq!(b.force_release_queued("force").await.unwrap(), 1);
+    assert_eq!(b.force_release_queued("force").await.unwrap(), 0);
+    assert_eq!(b.force_release_queued("never").await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn queue_keys_go_with_the_last_entry_but_the_fence_stays() {
+    let h = RedisHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let mut raw = raw(h.server.url()).await;
+    let t1 = granted(&b, "gone", "a", HoldMode::Exclusive).await;
+    // A lease lock of the same name is another lock.
+    let lease = match b.try_acquire("gone", &owner("z"), TTL).await.unwrap() {
+        AcquireOutcome::Granted(g) => g.token,
+        other => panic!("the lease lock is independent of the queue: {other:?}"),
+    };
+    let queue_keys: Vec<String> = ["queue", "queue:lease", "queue:mode", "queue:token"]
+        .iter()
+        .map(|s| key(&h, "gone", &format!(":{s}")))
+        .collect();
+    for k in &queue_keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(k)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert!(ttl > 0 && ttl <= TTL.as_millis() as i64, "{k}: {ttl}");
+    }
+    b.dequeue("gone", &owner("a")).await.unwrap();
+    for k in &queue_keys {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(k)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert!(!exists, "{k} outlived its queue");
+    }
+    let fence: u64 = redis::cmd("GET")
+        .arg(key(&h, "gone", ":queue:fence"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(fence, t1.as_u64());
+    assert!(granted(&b, "gone", "b", HoldMode::Exclusive).await > t1);
+    // The lease lock is still held, with its own token.
+    let info = b.inspect("gone").await.unwrap().unwrap();
+    assert_eq!(info.holders[0].token, Some(lease));
+}
+
+#[tokio::test]
+async fn tokens_increase_across_a_restart_without_persistence() {
+    let mut server = RedisServer::spawn().expect("redis-server must start for this test");
+    let b = RedisBackend::connect(server.url(), &Settings::default())
+        .await
+        .unwrap();
+    let x = HoldMode::Exclusive;
+    let t1 = granted(&b, "restart", "a", x).await;
+    b.dequeue("restart", &owner("a")).await.unwrap();
+    let t2 = granted(&b, "restart", "b", x).await;
+    assert!(t2 > t1);
+
+    server.restart().unwrap();
+    // The same backend reconnects (the first calls may see the dropped connection).
+    let t3 = within(LIMIT, "the backend reconnects", async {
+        loop {
+            match b.enqueue("restart", &owner("c"), x, TTL).await {
+                Ok(QueueOutcome::Granted(g)) => return g.token,
+                Ok(other) => panic!("the queue should be empty after the restart: {other:?}"),
+                Err(e) => {
+                    assert!(e.is_retryable(), "{e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        t3 > t2,
+        "token went backwards after a restart: {t3} <= {t2}"
+    );
+}
+
+#[tokio::test]
+async fn corrupted_stored_values_are_errors_and_grant_nothing() {
+    let h = RedisHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let mut raw = raw(h.server.url()).await;
+    let r = HoldMode::READ;
+
+    // A mode ahead that does not decode: a shared entry is not granted.
+    granted(&b, "mode", "a", r).await;
+    let _: () = redis::cmd("HSET")
+        .arg(key(&h, "mode", ":queue:mode"))
+        .arg("test:a")
+        .arg("banana")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let err = b.enqueue("mode", &owner("b"), r, TTL).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Codec { .. }) && err.to_string().contains("banana"),
+        "{err:?}"
+    );
+    assert!(!err.is_retryable());
+    // A granted entry keeps its grant (its mode is no longer needed) …
+    let again = b.enqueue("mode", &owner("a"), r, TTL).await;
+    assert!(matches!(again, Ok(QueueOutcome::Granted(_))), "{again:?}");
+    // … but a waiting entry's own mode must decode.
+    let _: () = redis::cmd("HSET")
+        .arg(key(&h, "mode", ":queue:mode"))
+        .arg("test:b")
+        .arg("s0")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let err = b.enqueue("mode", &owner("b"), r, TTL).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Codec { .. }) && err.to_string().contains("s0"),
+        "{err:?}"
+    );
+    let err = b.list("mode").await.unwrap_err();
+    assert!(matches!(err, Error::Codec { .. }), "{err:?}");
+
+    // A fence that is not a token.
+    for bad in ["banana", "-5", "1.5", "9007199254740993"] {
+        let _: () = redis::cmd("SET")
+            .arg(key(&h, "fence", ":queue:fence"))
+            .arg(bad)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let err = b
+            .enqueue("fence", &owner("a"), HoldMode::Exclusive, TTL)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Codec { .. }) && err.to_string().contains(bad),
+            "{bad}: {err:?}"
+        );
+        // Nothing was queued.
+        assert!(b.list("fence").await.unwrap().is_empty());
+    }
+
+    // A granted entry's token that is not a token.
+    granted(&b, "token", "a", HoldMode::Exclusive).await;
+    let _: () = redis::cmd("HSET")
+        .arg(key(&h, "token", ":queue:token"))
+        .arg("test:a")
+        .arg("x1")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let err = b
+        .enqueue("token", &owner("a"), HoldMode::Exclusive, TTL)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Codec { .. }), "{err:?}");
+
+    // A queue key of another type.
+    let _: () = redis::cmd("SET")
+        .arg(key(&h, "type", ":queue:mode"))
+        .arg("x")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    for err in [
+        b.enqueue("type", &owner("a"), HoldMode::Exclusive, TTL)
+            .await
+            .unwrap_err(),
+        b.dequeue("type", &owner("a")).await.unwrap_err(),
+        b.renew_queued("type", &owner("a"), TTL).await.unwrap_err(),
+        b.force_release_queued("type").await.unwrap_err(),
+    ] {
+        assert!(
+            matches!(
+                err,
+                Error::Backend {
+                    retryable: false,
+                    ..
+                }
+            ) && err.to_string().contains("WRONGTYPE"),
+            "{err:?}"
+        );
+    }
+    let entries: bool = redis::cmd("EXISTS")
+        .arg(key(&h, "type", ":queue"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(!entries, "nothing is queued next to a key of another type");
+
+    // A lease lock's corrupted fence, as inspect reads it.
+    let _: () = redis::cmd("SET")
+        .arg(key(&h, "lease", ""))
+        .arg("test:a")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(key(&h, "lease", ":fence"))
+        .arg("pear")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let err = b.inspect("lease").await.unwrap_err();
+    assert!(
+        matches!(err, Error::Codec { .. }) && err.to_string().contains("pear"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn inspect_reads_the_lease_holder() {
+    let h = RedisHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let other = h.connect().await.unwrap();
+    assert_eq!(b.inspect("lease").await.unwrap(), None);
+    let token = match b.try_acquire("lease", &owner("a"), TTL).await.unwrap() {
+        AcquireOutcome::Granted(g) => g.token,
+        other => panic!("{other:?}"),
+    };
+    // A refused attempt marks the holder's value; inspect shows the owner alone.
+    assert!(matches!(
+        other.try_acquire("lease", &owner("b"), TTL).await.unwrap(),
+        AcquireOutcome::Held { .. }
+    ));
+    let info = b.inspect("lease").await.unwrap().unwrap();
+    assert_eq!(info.name, "lease");
+    assert_eq!(info.kind, StoredKind::Lease);
+    assert!(info.waiters.is_empty());
+    assert_eq!(info.holders.len(), 1);
+    let holder = &info.holders[0];
+    assert_eq!(holder.owner, "test:a");
+    assert_eq!(holder.token, Some(token));
+    assert_eq!(holder.mode, HoldMode::Exclusive);
+    let ttl = holder.ttl_remaining.unwrap();
+    assert!(ttl > TTL / 2 && ttl <= TTL, "{ttl:?}");
+    b.release("lease", &owner("a")).await.unwrap();
+    assert_eq!(b.inspect("lease").await.unwrap(), None);
+    // A queue of the same name is not the lease lock.
+    granted(&b, "lease", "q", HoldMode::Exclusive).await;
+    assert_eq!(b.inspect("lease").await.unwrap(), None);
+}
+
+fn names(infos: &[LockInfo]) -> Vec<(&str, StoredKind)> {
+    infos.iter().map(|i| (i.name.as_str(), i.kind)).collect()
+}
+
+#[tokio::test]
+async fn list_reports_lease_locks_and_queues_under_a_prefix_sorted_by_name() {
+    let h = RedisHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let lease = |name: &'static str| {
+        let b = b.clone();
+        async move {
+            match b.try_acquire(name, &owner("l"), TTL).await.unwrap() {
+                AcquireOutcome::Granted(g) => g.token,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let tl = lease("app/b").await;
+    lease("other/x").await;
+    lease("app*/glob").await;
+    let s2 = HoldMode::Shared { limit: 2 };
+    let t1 = granted(&b, "app/a", "h1", s2).await;
+    let t2 = granted(&b, "app/a", "h2", s2).await;
+    queued(&b, "app/a", "w1", s2).await;
+    queued(&b, "app/a", "w2", HoldMode::Exclusive).await;
+    granted(&b, "app/b", "q", HoldMode::Exclusive).await;
+    // An emptied queue is not listed.
+    granted(&b, "app/c", "q", HoldMode::Exclusive).await;
+    b.dequeue("app/c", &owner("q")).await.unwrap();
+
+    let all = b.list("app/").await.unwrap();
+    assert_eq!(
+        names(&all),
+        vec![
+            ("app/a", StoredKind::Queue),
+            ("app/b", StoredKind::Lease),
+            ("app/b", StoredKind::Queue),
+        ]
+    );
+    let a = &all[0];
+    let holders: Vec<_> = a
+        .holders
+        .iter()
+        .map(|h| (h.owner.as_str(), h.token, h.mode))
+        .collect();
+    assert_eq!(
+        holders,
+        vec![("test:h1", Some(t1), s2), ("test:h2", Some(t2), s2)]
+    );
+    let waiters: Vec<_> = a
+        .waiters
+        .iter()
+        .map(|h| (h.owner.as_str(), h.token, h.mode))
+        .collect();
+    assert_eq!(
+        waiters,
+        vec![
+            ("test:w1", None, s2),
+            ("test:w2", None, HoldMode::Exclusive)
+        ]
+    );
+    for e in a.holders.iter().chain(&a.waiters) {
+        let ttl = e.ttl_remaining.unwrap();
+        assert!(ttl > TTL / 2 && ttl <= TTL, "{ttl:?}");
+    }
+    assert_eq!(all[1].holders[0].token, Some(tl));
+    assert_eq!(all[1].holders[0].owner, "test:l");
+
+    // Glob characters in the prefix are literal.
+    assert_eq!(
+        names(&b.list("app*").await.unwrap()),
+        vec![("app*/glob", StoredKind::Lease)]
+    );
+    assert_eq!(
+        names(&b.list("").await.unwrap()),
+        vec![
+            ("app*/glob", StoredKind::Lease),
+            ("app/a", StoredKind::Queue),
+            ("app/b", StoredKind::Lease),
+            ("app/b", StoredKind::Queue),
+            ("other/x", StoredKind::Lease),
+        ]
+    );
+    assert!(b.list("nothing/").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn queues_and_list_work_on_a_cluster() {
+    let h = RedisHarness::start_cluster().await;
+    let b = h.connect().await.unwrap();
+    let x = HoldMode::Exclusive;
+    let mut expected = Vec::new();
+    for i in 0..24 {
+        let name = format!("spread/{i:02}");
+        granted(&b, &name, "a", x).await;
+        assert_eq!(queued(&b, &name, "b", x).await, 1);
+        expected.push(name);
+    }
+    let mut events = b.subscribe_queue("spread/00", &owner("b")).await.unwrap();
+    b.dequeue("spread/00", &owner("a")).await.unwrap();
+    assert!(within(LIMIT, "the release is published", events.next()).await);
+    granted(&b, "spread/00", "b", x).await;
+    let listed = b.list("spread/").await.unwrap();
+    let listed: Vec<&str> = listed.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(listed, expected);
+}
+
+#[tokio::test]
+async fn long_queues_are_read_in_chunks() {
+    // More entries than one command of the scripts takes (1000).
+    let h = RedisHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let n = 1200;
+    let mut last = FencingToken::new(0);
+    for i in 0..n {
+        let token = granted(&b, "many", &format!("r{i}"), HoldMode::READ).await;
+        assert!(token > last);
+        last = token;
+    }
+    assert_eq!(queued(&b, "many", "w", HoldMode::Exclusive).await, n);
+    let info = b.list("many").await.unwrap();
+    assert_eq!(info[0].holders.len(), n as usize);
+    assert_eq!(info[0].holders[n as usize - 1].token, Some(last));
+    assert_eq!(info[0].waiters.len(), 1);
+    assert_eq!(b.force_release_queued("many").await.unwrap(), n as usize);
+    assert!(granted(&b, "many", "w", HoldMode::Exclusive).await > last);
+}
