@@ -2,3 +2,4 @@
 //! `COORD_TEST_REDIS_URL`). Fails when no server can be started.
 
 coord_core::lock_conformance_tests!(redis, coord_redis::testkit::RedisHarness::start().await);
+coord_core::lock_kinds_conformance_tests!(redis, coord_redis::testkit::RedisHarness::start().await);

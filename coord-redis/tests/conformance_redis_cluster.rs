@@ -7,3 +7,7 @@ coord_core::lock_conformance_tests!(
     redis_cluster,
     coord_redis::testkit::RedisHarness::start_cluster().await
 );
+coord_core::lock_kinds_conformance_tests!(
+    redis_cluster,
+    coord_redis::testkit::RedisHarness::start_cluster().await
+);

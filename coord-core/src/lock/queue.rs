@@ -6,8 +6,10 @@
 //! says so for the entries ahead of it; since the rule only gets easier
 //! towards the head, the granted entries are always a prefix of the queue,
 //! and grants happen in arrival order. An entry gets its fencing token when
-//! it is granted, from the same per-name fence as every other grant, so
-//! tokens increase in grant order.
+//! it is granted, from the queue's own per-name fence (separate from the
+//! lease lock of the same name), so tokens increase in grant order. (etcd
+//! uses the entry's create revision, which increases in grant order as long
+//! as every caller of one semaphore gives the same number of permits.)
 
 use std::time::Duration;
 
