@@ -38,12 +38,14 @@ mod connection;
 mod error;
 mod lock;
 mod pubsub;
+mod redlock;
 mod queue;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use backend::RedisBackend;
 pub use config::{DEFAULT_PORT, RedisConfig, RedisMode, RedisNode};
+pub use redlock::{RedlockBackend, RedlockConfig};
 
 /// The `redis` crate this backend is built on, so users name the same version.
 pub use redis;

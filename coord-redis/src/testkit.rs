@@ -297,3 +297,115 @@ fn fastrand_u32() -> u32 {
     );
     h.finish() as u32
 }
+
+/// Redlock over several local servers: [`RedlockHarness::start`] spawns N
+/// `redis-server`s (never the `COORD_TEST_REDIS_URL` one: Redlock needs
+/// independent servers the test can stop and restart), and every
+/// [`new_backend`](LockHarness::new_backend) is a fresh
+/// [`RedlockBackend`](crate::RedlockBackend) over new connections to all of them.
+///
+/// Its servers are new, so nothing they could have granted before a restart
+/// exists: [`RedlockHarness::config`] turns the quarantine off and allows a
+/// slow (loaded) machine 2 s per request. Tests of the quarantine pass their
+/// own [`RedlockConfig`](crate::RedlockConfig) to
+/// [`RedlockHarness::connect_with`].
+///
+/// ```no_run
+/// use coord_redis::testkit::RedlockHarness;
+///
+/// # async fn run() -> coord_core::Result<()> {
+/// let mut h = RedlockHarness::try_start(3).await?;
+/// let backend = h.connect().await?;
+/// h.stop(2)?; // a minority down: locks still work
+/// # drop(backend); Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct RedlockHarness {
+    servers: Vec<RedisServer>,
+    settings: Settings,
+}
+
+impl RedlockHarness {
+    /// A harness on `n` new local servers. Panics (failing the test, never
+    /// skipping it) when they cannot be started.
+    pub async fn start(n: usize) -> RedlockHarness {
+        match Self::try_start(n).await {
+            Ok(h) => h,
+            Err(e) => panic!("cannot start {n} Redis servers for the Redlock tests: {e}"),
+        }
+    }
+
+    /// A harness on `n` new local servers, or why they could not be started.
+    pub async fn try_start(n: usize) -> Result<RedlockHarness> {
+        let servers = (0..n)
+            .map(|_| RedisServer::spawn())
+            .collect::<Result<Vec<_>>>()?;
+        let mut settings = Settings::default();
+        settings.namespace = format!("coordtest{:08x}", fastrand_u32());
+        Ok(RedlockHarness { servers, settings })
+    }
+
+    /// The harness's default Redlock options: no quarantine (the servers are
+    /// new), a 2 s server timeout, otherwise the defaults.
+    pub fn config() -> crate::RedlockConfig {
+        crate::RedlockConfig {
+            quarantine: Some(std::time::Duration::ZERO),
+            server_timeout: std::time::Duration::from_secs(2),
+            ..crate::RedlockConfig::default()
+        }
+    }
+
+    /// The settings each backend connects with (a namespace unique to this harness).
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The servers' URLs, in order.
+    pub fn urls(&self) -> Vec<&str> {
+        self.servers.iter().map(RedisServer::url).collect()
+    }
+
+    /// Server `i`.
+    pub fn server(&self, i: usize) -> &RedisServer {
+        &self.servers[i]
+    }
+
+    /// Kills server `i`.
+    pub fn stop(&mut self, i: usize) -> Result<()> {
+        self.servers[i].stop()
+    }
+
+    /// Kills server `i` (if running) and starts it again, empty, on the same port.
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        self.servers[i].restart()
+    }
+
+    /// A new Redlock over all servers with [`RedlockHarness::config`].
+    pub async fn connect(&self) -> Result<crate::RedlockBackend> {
+        self.connect_with(Self::config()).await
+    }
+
+    /// A new Redlock over all servers with `config`.
+    pub async fn connect_with(
+        &self,
+        config: crate::RedlockConfig,
+    ) -> Result<crate::RedlockBackend> {
+        crate::RedlockBackend::connect(&self.urls(), &self.settings, config).await
+    }
+
+    /// A plain backend on server `i` alone (same namespace), to look at or
+    /// change what that one server holds.
+    pub async fn connect_one(&self, i: usize) -> Result<RedisBackend> {
+        RedisBackend::connect(self.servers[i].url(), &self.settings).await
+    }
+}
+
+#[coord_core::async_trait]
+impl LockHarness for RedlockHarness {
+    async fn new_backend(&self) -> Arc<dyn LockBackend> {
+        match self.connect().await {
+            Ok(b) => Arc::new(b),
+            Err(e) => panic!("cannot connect Redlock to {:?}: {e}", self.urls()),
+        }
+    }
+}

@@ -1,0 +1,1335 @@
+//! [`RedlockBackend`]: one lease lock over N independent Redis servers
+//! (the Redlock algorithm), with fencing tokens and restart quarantine.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use coord_core::lock::{HolderInfo, StoredKind};
+use coord_core::{
+    AcquireOutcome, Capabilities, ComponentHealth, Error, FencingToken, HealthStatus, HoldMode,
+    LockBackend, LockGrant, LockInfo, LockOwner, ReleaseEvents, Result, Settings,
+};
+use futures::StreamExt;
+use futures::future::join_all;
+use redis::{Script, Value};
+use tokio::time::Instant;
+
+use crate::backend::RedisBackend;
+use crate::config::{RedisConfig, RedisMode};
+
+/// How often a server's `INFO server` is read when nothing went wrong.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Options of a [`RedlockBackend`]. Start from [`RedlockConfig::default`]
+/// and change the fields you need.
+///
+/// ```
+/// use std::time::Duration;
+/// use coord_redis::RedlockConfig;
+///
+/// let mut config = RedlockConfig::default();
+/// config.server_timeout = Duration::from_millis(50);
+/// config.max_ttl = Duration::from_secs(30);
+/// assert_eq!(config.retry_count, 3);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedlockConfig {
+    /// How many servers must grant (or renew) a lock. `None` (the default):
+    /// a majority, `n / 2 + 1`. A quorum of `n / 2` or less is refused, as
+    /// two holders could then each win one.
+    pub quorum: Option<usize>,
+    /// How long one request to one server may take (acquire, renew, release,
+    /// `INFO`). A server that does not answer in time counts as failed, so
+    /// keep it well below your TTLs. Default 200 ms.
+    pub server_timeout: Duration,
+    /// How many times an attempt that won some servers but not a majority (a
+    /// split vote between contenders) is tried again before reporting the
+    /// lock as held. Default 3.
+    pub retry_count: u32,
+    /// The bound of the random delay before each such retry: uniform in
+    /// `[0, retry_delay)`. Default 200 ms.
+    pub retry_delay: Duration,
+    /// The longest TTL any client of these servers uses; longer requests are
+    /// refused with [`Error::InvalidArgument`]. It bounds how long a lock
+    /// granted by a server before it restarted may still be held, so it sets
+    /// the quarantine of restarted servers. Default 60 s.
+    pub max_ttl: Duration,
+    /// How long after its start a server takes no part in grants. `None`
+    /// (the default): `max_ttl` plus the clock drift allowance of `max_ttl`,
+    /// the safe value. A shorter quarantine is only safe when the servers
+    /// are known never to have restarted while a lock was held (tests).
+    pub quarantine: Option<Duration>,
+}
+
+impl Default for RedlockConfig {
+    fn default() -> Self {
+        RedlockConfig {
+            quorum: None,
+            server_timeout: Duration::from_millis(200),
+            retry_count: 3,
+            retry_delay: Duration::from_millis(200),
+            max_ttl: Duration::from_secs(60),
+            quarantine: None,
+        }
+    }
+}
+
+/// The clock drift allowance of a lease of `ttl`: 1 % plus 2 ms.
+fn drift(ttl: Duration) -> Duration {
+    ttl / 100 + Duration::from_millis(2)
+}
+
+/// A lease lock over N independent Redis servers (the Redlock algorithm),
+/// used through coord-core's [`LockClient`](coord_core::LockClient) like any
+/// other lock backend: waiting, the watchdog and `lost()` work unchanged.
+///
+/// Meant for 3 or 5 servers, each a standalone `redis-server` (or a
+/// primary without replicas) with no data shared between them; it survives
+/// `(n - 1) / 2` of them being down. It needs no consensus system, but its
+/// safety rests on timing assumptions: bounded clock drift (1 % of the TTL
+/// plus 2 ms is allowed), and a holder that stops using the lock when its
+/// validity ends. Use the fencing token for anything that must be safe
+/// regardless.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use coord_core::{LockClient, Settings};
+/// use coord_redis::{RedlockBackend, RedlockConfig};
+///
+/// # async fn run() -> coord_core::Result<()> {
+/// let urls = ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"];
+/// let backend =
+///     RedlockBackend::connect(&urls, &Settings::default(), RedlockConfig::default()).await?;
+/// let client = LockClient::new(Arc::new(backend));
+/// let guard = client.lock("orders/42").ttl(Duration::from_secs(10)).build().acquire().await?;
+/// println!("fencing token {}, valid for {:?}", guard.fencing_token(), guard.ttl());
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+///
+/// # Acquiring
+///
+/// One attempt sends each server's own acquisition (`acquire.lua`, with its
+/// fencing token) to all servers at once, each bounded by
+/// [`RedlockConfig::server_timeout`]. It is granted when at least a quorum
+/// granted and the validity `ttl - elapsed - drift` (drift = 1 % of the TTL
+/// plus 2 ms) is still positive; the grant's [`LockGrant::ttl`] is that
+/// validity, never more, so the guard's [`valid_until`] is conservative.
+///
+/// A failed attempt releases the lock on every server it reached before
+/// returning: those that granted, and those whose reply was lost or was an
+/// error (they may have granted). An attempt that won some servers but not a
+/// quorum (contenders splitting the vote) is tried again up to
+/// [`RedlockConfig::retry_count`] times after a random delay below
+/// [`RedlockConfig::retry_delay`]; after that, or at once when no server
+/// granted, the answer is [`AcquireOutcome::Held`] with the shortest
+/// remaining lease reported, and the client's wait loop takes over.
+///
+/// It fails closed: when fewer than a quorum of servers answered at all
+/// (down, unreachable, too slow), the answer is [`Error::Unavailable`],
+/// naming how many answered and how many are needed. A quarantined server
+/// counts as an answer that does not grant.
+///
+/// An attempt by an owner that already holds the lock is a re-grant: each
+/// server extends its lease and returns its current token. The token is the
+/// same as before while the same servers grant; should a server that missed
+/// the first grant join, the token may be higher (still above every earlier
+/// holder's). A re-grant that fails releases the lock on the servers it
+/// reached, like every failed attempt: the earlier hold is then lost.
+///
+/// # Fencing tokens
+///
+/// Each server hands out its own tokens (a hybrid logical clock, see
+/// `acquire.lua`). The Redlock token of a grant is the highest token `T` of
+/// the servers that granted it; before the grant is returned, the fence of
+/// every granting server below `T` is raised to `T` (`raise_fence.lua`, one
+/// more round trip, in parallel, skipped when all tokens were equal). The
+/// grant fails unless a quorum of servers is known to have its fence at `T`
+/// or above. Any two quorums share a server, so the next grant's quorum
+/// includes a server whose fence is at least `T`, whose token is then above
+/// `T`, and so is the next Redlock token: tokens strictly increase per lock
+/// name across holders and clients.
+///
+/// This holds as long as, between two grants, the shared server kept its
+/// fence, which is true when at most a minority of servers lose their data
+/// (restart without persistence) between two grants. Beyond that, the
+/// per-server hybrid logical clock still raises a lost fence above earlier
+/// tokens when the servers' clocks agree to within the outage (see
+/// `acquire.lua`), and the quarantine below makes every outage last longer
+/// than `max_ttl`. Tokens are per lock name: tokens of different names are
+/// not comparable. A cheaper scheme (no extra round trip) would need each
+/// server's acquisition to take a floor for its token, which needs the
+/// quorum's tokens before they exist; raising after the vote is the price.
+///
+/// # Renewing, releasing, listening
+///
+/// [`renew`](LockBackend::renew) extends the lease on all servers at once
+/// (by the TTL plus the drift allowance, so that a server whose clock runs
+/// fast still holds it for the TTL); it succeeds when a quorum renewed,
+/// returns [`Error::NotHeld`] when a quorum can no longer renew (they said
+/// not held), and [`Error::Unavailable`] otherwise.
+/// [`release`](LockBackend::release) releases on all servers: `Ok` when any
+/// server released, `NotHeld` when every server answered and none held it.
+/// [`subscribe`](LockBackend::subscribe) merges the release notifications
+/// of every server it reaches (a release on any of them may free the lock);
+/// the merged stream ends when one of them ends, so the waiter listens anew.
+/// [`force_release`](LockBackend::force_release) removes the lock on all
+/// servers. [`inspect`](LockBackend::inspect) and
+/// [`list`](LockBackend::list) report the majority view: a holder reported
+/// by a quorum of servers, with the highest of their tokens and the time
+/// until fewer than a quorum still hold it (they need the servers'
+/// `inspect` / `list`). Queued locks are not supported.
+///
+/// # Restarted servers: quarantine
+///
+/// A server restarted without persistence has forgotten the locks it
+/// granted; were it to grant them again at once, two owners could each hold
+/// a quorum. So a server takes no part in grants (it counts as an answer
+/// that does not grant, and is not sent acquisitions or renewals) until the
+/// quarantine has passed since its process started: by default `max_ttl`
+/// plus its drift allowance, after which every lock it granted before has
+/// expired. Each server's `run_id` and start (from `INFO server`:
+/// `uptime_in_seconds`, rounded so the start is never placed too early) are
+/// read when connecting, before the next use of a server after any error
+/// from it (every restart shows as an error on the old connection), and in
+/// the background at most once a second otherwise, so an acquisition stays
+/// one round trip. A change of `run_id` is logged. This relies on the
+/// servers' uptime counters (their wall clocks) not jumping during a
+/// quarantine, and a freshly deployed set of servers grants nothing until
+/// its quarantine has passed.
+///
+/// [`valid_until`]: coord_core::LockGuard::valid_until
+#[derive(Clone)]
+pub struct RedlockBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    servers: Vec<Server>,
+    quorum: usize,
+    config: RedlockConfig,
+    quarantine: Duration,
+    caps: Capabilities,
+    raise_fence: Script,
+}
+
+/// One server and what is known about it.
+struct Server {
+    addr: String,
+    /// How to connect again when it was down at connect time.
+    reconnect: Option<(RedisConfig, Settings)>,
+    backend: RwLock<Option<RedisBackend>>,
+    state: Mutex<ServerState>,
+}
+
+#[derive(Default)]
+struct ServerState {
+    /// Bumped on every error, so a check that began before it is ignored.
+    generation: u64,
+    /// When the server may grant again; `None` until a check after its last
+    /// error (the server may have restarted).
+    ready_at: Option<Instant>,
+    run_id: Option<String>,
+    /// When the process of `run_id` leaves quarantine, as first estimated
+    /// (kept across errors, unlike `ready_at`).
+    ready_estimate: Option<Instant>,
+    /// The last successful check.
+    checked_at: Option<Instant>,
+    /// The last check attempt, successful or not.
+    tried_at: Option<Instant>,
+    /// Whether a background check runs.
+    checking: bool,
+}
+
+/// Whether one server may be used now.
+enum Gate {
+    Ready(RedisBackend),
+    Quarantined(Instant),
+    /// Unknown since an error: check it first.
+    CheckFirst,
+    /// Unknown, and checked less than a second ago without success.
+    Down,
+}
+
+/// A server that answered its check: usable, or quarantined until then.
+enum Opened {
+    Ready(RedisBackend),
+    Quarantined(Instant),
+}
+
+/// One server's answer to an acquisition.
+enum Vote {
+    Granted(FencingToken),
+    Refused(Option<Duration>),
+    Quarantined(Instant),
+    /// No answer; `sent` when the request may have reached the server.
+    Failed {
+        error: Error,
+        sent: bool,
+    },
+}
+
+/// One server's answer to a renewal.
+enum RenewVote {
+    Renewed,
+    NotHeld,
+    Failed(Error),
+}
+
+impl fmt::Debug for RedlockBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let addrs: Vec<&str> = self.inner.servers.iter().map(|s| s.addr.as_str()).collect();
+        f.debug_struct("RedlockBackend")
+            .field("servers", &addrs)
+            .field("quorum", &self.inner.quorum)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock_state(m: &Mutex<ServerState>) -> MutexGuard<'_, ServerState> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl RedlockBackend {
+    /// Connects to the standalone servers at `urls` (`redis://`,
+    /// `rediss://`), each with `settings` (namespace, timeouts). Servers
+    /// that cannot be reached now are retried later, at most once a second;
+    /// at least a quorum must be reachable now.
+    ///
+    /// Fails with [`Error::InvalidArgument`] for no URL, a malformed or
+    /// cluster URL, the same server twice, or a bad `config`, and with
+    /// [`Error::Unavailable`] when fewer than a quorum can be reached.
+    ///
+    /// ```no_run
+    /// # async fn run() -> coord_core::Result<()> {
+    /// use coord_core::Settings;
+    /// use coord_redis::{RedlockBackend, RedlockConfig};
+    ///
+    /// let urls = ["redis://a:6379", "redis://b:6379", "redis://c:6379"];
+    /// let backend =
+    ///     RedlockBackend::connect(&urls, &Settings::default(), RedlockConfig::default()).await?;
+    /// # drop(backend); Ok(()) }
+    /// ```
+    pub async fn connect(
+        urls: &[&str],
+        settings: &Settings,
+        config: RedlockConfig,
+    ) -> Result<RedlockBackend> {
+        let quorum = check_config(urls.len(), &config)?;
+        let mut configs = Vec::with_capacity(urls.len());
+        for url in urls {
+            let c = RedisConfig::from_url(url)?;
+            if c.mode != RedisMode::Standalone || c.nodes.len() != 1 {
+                return Err(Error::invalid(format!(
+                    "Redlock needs standalone servers, one per URL; {url:?} is not one"
+                )));
+            }
+            configs.push(c);
+        }
+        let connects = configs.iter().map(|c| async move {
+            let attempt = RedisBackend::connect_with(c.clone(), settings);
+            match tokio::time::timeout(settings.connect_timeout, attempt).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::Timeout(format!(
+                    "connecting to redis at {} took longer than {:?}",
+                    c.addresses(),
+                    settings.connect_timeout
+                ))),
+            }
+        });
+        let results = join_all(connects).await;
+        let mut servers = Vec::with_capacity(urls.len());
+        for (c, r) in configs.into_iter().zip(results) {
+            let backend = match r {
+                Ok(b) => Some(b),
+                // Down now: tried again at the first check, then once a second.
+                Err(e @ (Error::Unavailable { .. } | Error::Timeout(_))) => {
+                    tracing::warn!(server = %c.addresses(), error = %e, "redis server unreachable; Redlock goes on without it for now");
+                    None
+                }
+                Err(e) => return Err(e),
+            };
+            servers.push(Server {
+                addr: c.addresses(),
+                reconnect: Some((c, settings.clone())),
+                backend: RwLock::new(backend),
+                state: Mutex::new(ServerState::default()),
+            });
+        }
+        Self::build(servers, quorum, config).await
+    }
+
+    /// A Redlock over already connected standalone servers, one
+    /// [`RedisBackend`] each (they must use the same namespace as every
+    /// other client of the lock). Checks each server's `INFO server` now.
+    ///
+    /// Fails with [`Error::InvalidArgument`] for no backend, the same server
+    /// twice, a cluster, or a bad `config`, and with [`Error::Unavailable`]
+    /// when fewer than a quorum answer.
+    ///
+    /// ```no_run
+    /// # async fn run() -> coord_core::Result<()> {
+    /// use coord_core::Settings;
+    /// use coord_redis::{RedisBackend, RedlockBackend, RedlockConfig};
+    ///
+    /// let s = Settings::default();
+    /// let mut servers = Vec::new();
+    /// for url in ["redis://a:6379", "redis://b:6379", "redis://c:6379"] {
+    ///     servers.push(RedisBackend::connect(url, &s).await?);
+    /// }
+    /// let backend = RedlockBackend::new(servers, RedlockConfig::default()).await?;
+    /// # drop(backend); Ok(()) }
+    /// ```
+    pub async fn new(servers: Vec<RedisBackend>, config: RedlockConfig) -> Result<RedlockBackend> {
+        let quorum = check_config(servers.len(), &config)?;
+        let servers = servers
+            .into_iter()
+            .map(|b| Server {
+                addr: b.inner.addr.clone(),
+                reconnect: None,
+                backend: RwLock::new(Some(b)),
+                state: Mutex::new(ServerState::default()),
+            })
+            .collect();
+        Self::build(servers, quorum, config).await
+    }
+
+    async fn build(
+        servers: Vec<Server>,
+        quorum: usize,
+        config: RedlockConfig,
+    ) -> Result<RedlockBackend> {
+        for (i, s) in servers.iter().enumerate() {
+            if servers[..i].iter().any(|o| o.addr == s.addr) {
+                return Err(Error::invalid(format!(
+                    "redis at {} is listed twice; Redlock needs independent servers",
+                    s.addr
+                )));
+            }
+        }
+        let mut caps = Capabilities::new("redlock");
+        caps.linearizable = false;
+        caps.fencing = true;
+        caps.fair_ordering = false;
+        caps.native_ttl = true;
+        caps.watch = true;
+        caps.min_ttl = Duration::from_millis(10);
+        caps.distributed = true;
+        let quarantine = config
+            .quarantine
+            .unwrap_or(config.max_ttl + drift(config.max_ttl));
+        let backend = RedlockBackend {
+            inner: Arc::new(Inner {
+                servers,
+                quorum,
+                config,
+                quarantine,
+                caps,
+                raise_fence: Script::new(include_str!("scripts/raise_fence.lua")),
+            }),
+        };
+        let n = backend.inner.servers.len();
+        let checks = join_all((0..n).map(|i| backend.inner.check(i))).await;
+        let mut failed = Vec::new();
+        for (i, r) in checks.into_iter().enumerate() {
+            match r {
+                Ok(()) => {}
+                Err(e @ Error::InvalidArgument(_)) => return Err(e),
+                Err(e) => failed.push(format!("{}: {e}", backend.inner.servers[i].addr)),
+            }
+        }
+        if n - failed.len() < quorum {
+            return Err(Error::unavailable(
+                format!(
+                    "{} of {n} redis servers answered; Redlock needs {quorum} ({})",
+                    n - failed.len(),
+                    failed.join("; ")
+                ),
+                None,
+            ));
+        }
+        if n.is_multiple_of(2) {
+            tracing::warn!(
+                servers = n,
+                "Redlock over an even number of servers tolerates no more failures than over one fewer; use 3 or 5"
+            );
+        }
+        Ok(backend)
+    }
+
+    /// How many servers must agree.
+    pub fn quorum(&self) -> usize {
+        self.inner.quorum
+    }
+
+    /// The servers' addresses, in the order given.
+    pub fn servers(&self) -> Vec<&str> {
+        self.inner.servers.iter().map(|s| s.addr.as_str()).collect()
+    }
+
+    /// Whether server `index` is quarantined now (restarted less than the
+    /// quarantine ago), or `None` when its state is unknown (unreachable
+    /// since its last error) or `index` is out of range.
+    pub fn is_quarantined(&self, index: usize) -> Option<bool> {
+        let server = self.inner.servers.get(index)?;
+        let ready_at = lock_state(&server.state).ready_at?;
+        Some(Instant::now() < ready_at)
+    }
+
+    fn check_ttl(&self, ttl: Duration) -> Result<Duration> {
+        let ttl = self.inner.caps.effective_ttl(ttl);
+        if ttl > self.inner.config.max_ttl {
+            return Err(Error::invalid(format!(
+                "TTL {ttl:?} is longer than this Redlock's max_ttl {:?} (which sets the \
+                 quarantine of restarted servers); raise RedlockConfig::max_ttl",
+                self.inner.config.max_ttl
+            )));
+        }
+        Ok(ttl)
+    }
+}
+
+/// The quorum of `n` servers under `config`, or why `config` is unusable.
+fn check_config(n: usize, config: &RedlockConfig) -> Result<usize> {
+    if n == 0 {
+        return Err(Error::invalid(
+            "Redlock needs at least one server (3 or 5 are the intended use)",
+        ));
+    }
+    let quorum = config.quorum.unwrap_or(n / 2 + 1);
+    if quorum <= n / 2 || quorum > n {
+        return Err(Error::invalid(format!(
+            "a Redlock quorum of {quorum} over {n} servers is not a majority; use {} to {n}",
+            n / 2 + 1
+        )));
+    }
+    if config.server_timeout.is_zero() {
+        return Err(Error::invalid(
+            "RedlockConfig::server_timeout must be above zero",
+        ));
+    }
+    if config.max_ttl.is_zero() {
+        return Err(Error::invalid("RedlockConfig::max_ttl must be above zero"));
+    }
+    Ok(quorum)
+}
+
+/// `run_id` and `uptime_in_seconds` of an `INFO server` reply, and whether
+/// the server is a cluster node.
+fn parse_info(info: &str) -> Option<(String, u64, bool)> {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let run_id = field("run_id").filter(|r| !r.is_empty())?.to_owned();
+    let uptime = field("uptime_in_seconds")?.parse().ok()?;
+    let cluster = field("redis_mode") == Some("cluster");
+    Some((run_id, uptime, cluster))
+}
+
+/// A uniformly random delay in `[0, bound)`.
+fn jitter(bound: Duration) -> Duration {
+    let nanos = u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(if nanos == 0 {
+        0
+    } else {
+        fastrand::u64(..nanos)
+    })
+}
+
+/// Runs `fut`, failing with [`Error::Timeout`] after `limit`.
+async fn bounded<T>(
+    limit: Duration,
+    addr: &str,
+    what: &str,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout(format!(
+            "redis at {addr} did not answer {what} within {limit:?} (RedlockConfig::server_timeout)"
+        ))),
+    }
+}
+
+/// Whether an error says nothing about the server's state (a refusal or bad
+/// data, not a lost connection): such errors do not trigger a check.
+fn is_data_error(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::NotHeld(_) | Error::Codec { .. } | Error::InvalidArgument(_) | Error::Unsupported(_)
+    )
+}
+
+impl Inner {
+    fn backend(&self, i: usize) -> Option<RedisBackend> {
+        self.servers[i]
+            .backend
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records an error from server `i`: it is not used again before a check.
+    fn failed(&self, i: usize, e: &Error) {
+        if is_data_error(e) {
+            return;
+        }
+        let mut s = lock_state(&self.servers[i].state);
+        s.generation += 1;
+        s.ready_at = None;
+        s.tried_at = None;
+        tracing::debug!(server = %self.servers[i].addr, error = %e, "redlock server failed; checking it before its next use");
+    }
+
+    /// Whether server `i` may be used now. Starts a background check when
+    /// the last one is more than [`CHECK_EVERY`] old.
+    fn gate(self: &Arc<Self>, i: usize) -> Gate {
+        let now = Instant::now();
+        let mut s = lock_state(&self.servers[i].state);
+        let Some(ready_at) = s.ready_at else {
+            return match s.tried_at {
+                Some(t) if now < t + CHECK_EVERY => Gate::Down,
+                _ => Gate::CheckFirst,
+            };
+        };
+        if !s.checking
+            && s.checked_at.is_none_or(|t| now >= t + CHECK_EVERY)
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            s.checking = true;
+            let inner = self.clone();
+            handle.spawn(async move {
+                let _ = inner.check(i).await;
+                lock_state(&inner.servers[i].state).checking = false;
+            });
+        }
+        if now < ready_at {
+            return Gate::Quarantined(ready_at);
+        }
+        drop(s);
+        match self.backend(i) {
+            Some(b) => Gate::Ready(b),
+            None => Gate::CheckFirst,
+        }
+    }
+
+    /// [`gate`](Self::gate), checking the server first when it is unknown.
+    async fn open(self: &Arc<Self>, i: usize) -> Result<Opened> {
+        let mut gate = self.gate(i);
+        if matches!(gate, Gate::CheckFirst) {
+            self.check(i).await?;
+            gate = self.gate(i);
+        }
+        match gate {
+            Gate::Ready(b) => Ok(Opened::Ready(b)),
+            Gate::Quarantined(until) => Ok(Opened::Quarantined(until)),
+            Gate::CheckFirst | Gate::Down => Err(self.not_checked(i)),
+        }
+    }
+
+    fn not_checked(&self, i: usize) -> Error {
+        Error::unavailable(
+            format!(
+                "redis at {} failed and has not answered a check since",
+                self.servers[i].addr
+            ),
+            None,
+        )
+    }
+
+    /// Reads `INFO server` of server `i` (connecting first if need be) and
+    /// records its run id and when its quarantine ends.
+    async fn check(&self, i: usize) -> Result<()> {
+        let server = &self.servers[i];
+        let generation = {
+            let mut s = lock_state(&server.state);
+            s.tried_at = Some(Instant::now());
+            s.generation
+        };
+        let limit = self.config.server_timeout;
+        let backend = match self.backend(i) {
+            Some(b) => b,
+            None => {
+                let Some((config, settings)) = &server.reconnect else {
+                    return Err(self.not_checked(i));
+                };
+                let b = bounded(
+                    limit.max(settings.connect_timeout),
+                    &server.addr,
+                    "a connection",
+                    RedisBackend::connect_with(config.clone(), settings),
+                )
+                .await?;
+                *server.backend.write().unwrap_or_else(|p| p.into_inner()) = Some(b.clone());
+                b
+            }
+        };
+        let mut conn = backend.inner.conn.clone();
+        let info = bounded(limit, &server.addr, "INFO server", async {
+            redis::cmd("INFO")
+                .arg("server")
+                .query_async::<String>(&mut conn)
+                .await
+                .map_err(|e| crate::error::map_err(e, &server.addr))
+        })
+        .await;
+        let info = match info {
+            Ok(info) => info,
+            Err(e) => {
+                self.failed(i, &e);
+                return Err(e);
+            }
+        };
+        let Some((run_id, uptime, cluster)) = parse_info(&info) else {
+            return Err(Error::backend(
+                "redlock",
+                format!(
+                    "redis at {} answered INFO server without run_id and uptime_in_seconds; \
+                     Redlock cannot tell whether it restarted",
+                    server.addr
+                ),
+                false,
+                None,
+            ));
+        };
+        if cluster {
+            return Err(Error::invalid(format!(
+                "redis at {} is a cluster node; Redlock needs standalone servers",
+                server.addr
+            )));
+        }
+        let now = Instant::now();
+        // The start is placed at `now - uptime`, never earlier than the true
+        // start (uptime is rounded down), so the quarantine never ends early.
+        let ready_at = now + self.quarantine.saturating_sub(Duration::from_secs(uptime));
+        let mut s = lock_state(&server.state);
+        if s.generation != generation {
+            // An error came in meanwhile: this answer may predate a restart.
+            return Err(self.not_checked(i));
+        }
+        if s.run_id.as_deref().is_some_and(|old| old != run_id) {
+            tracing::warn!(server = %server.addr, "redis server restarted (new run_id); quarantined until its uptime reaches the quarantine");
+        }
+        if now < ready_at && s.ready_at.is_none_or(|r| r <= now) {
+            tracing::info!(server = %server.addr, uptime_s = uptime, quarantine = ?self.quarantine, "redis server started recently; it takes no part in Redlock grants until the quarantine ends");
+        }
+        // Each reading places the start no earlier than the true one; the
+        // earliest of them (same process) is the closest, and keeps a server
+        // that was out of quarantine from flapping back in on rounding.
+        let ready_at = match s.ready_estimate {
+            Some(earlier) if s.run_id.as_deref() == Some(run_id.as_str()) => earlier.min(ready_at),
+            _ => ready_at,
+        };
+        s.run_id = Some(run_id);
+        s.ready_estimate = Some(ready_at);
+        s.ready_at = Some(ready_at);
+        s.checked_at = Some(now);
+        Ok(())
+    }
+
+    /// One server's vote on an acquisition.
+    async fn acquire_on(
+        self: &Arc<Self>,
+        i: usize,
+        name: &str,
+        owner: &LockOwner,
+        ttl: Duration,
+    ) -> Vote {
+        let backend = match self.open(i).await {
+            Ok(Opened::Ready(b)) => b,
+            Ok(Opened::Quarantined(until)) => return Vote::Quarantined(until),
+            Err(error) => return Vote::Failed { error, sent: false },
+        };
+        let addr = &self.servers[i].addr;
+        let attempt = backend.try_acquire(name, owner, ttl);
+        match bounded(self.config.server_timeout, addr, "an acquisition", attempt).await {
+            Ok(AcquireOutcome::Granted(g)) => Vote::Granted(g.token),
+            Ok(AcquireOutcome::Held { retry_after }) => Vote::Refused(retry_after),
+            Err(error) => {
+                self.failed(i, &error);
+                Vote::Failed { error, sent: true }
+            }
+        }
+    }
+
+    /// Releases `owner`'s lock on the servers `touched`, ignoring answers
+    /// (a failed attempt's cleanup; a lease left behind expires anyway).
+    async fn unlock(&self, touched: &[usize], name: &str, owner: &LockOwner) {
+        let releases = touched.iter().map(|&i| async move {
+            let Some(b) = self.backend(i) else { return };
+            let addr = &self.servers[i].addr;
+            match bounded(self.config.server_timeout, addr, "a release", b.release(name, owner))
+                .await
+            {
+                Ok(()) | Err(Error::NotHeld(_)) => {}
+                Err(e) => {
+                    self.failed(i, &e);
+                    tracing::debug!(server = %addr, error = %e, "cleanup after a failed Redlock attempt failed; the lease expires with its TTL");
+                }
+            }
+        });
+        join_all(releases).await;
+    }
+
+    /// Raises the fence of `name` to `token` on the servers `below`.
+    /// Returns how many of them now surely have a fence at or above it.
+    async fn raise(&self, below: &[usize], name: &str, token: FencingToken) -> usize {
+        let raises = below.iter().map(|&i| async move {
+            let Some(b) = self.backend(i) else {
+                return false;
+            };
+            let addr = &self.servers[i].addr;
+            let key = format!("{}{name}}}:fence", b.inner.lock_prefix);
+            let script = &self.raise_fence;
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(script.get_hash())
+                .arg(1)
+                .arg(&key)
+                .arg(token.as_u64());
+            let reply = bounded(
+                self.config.server_timeout,
+                addr,
+                "a fence raise",
+                b.eval::<Value>(script, &cmd),
+            )
+            .await;
+            match reply {
+                Ok(Value::Int(fence)) if u64::try_from(fence).is_ok_and(|f| f >= token.as_u64()) => {
+                    true
+                }
+                Ok(other) => {
+                    tracing::warn!(server = %addr, fence = %key, reply = ?other, "the fence could not be raised (not a token?)");
+                    false
+                }
+                Err(e) => {
+                    self.failed(i, &e);
+                    false
+                }
+            }
+        });
+        join_all(raises).await.into_iter().filter(|ok| *ok).count()
+    }
+
+    /// Runs `op` on every connected server at once, each bounded by the
+    /// server timeout; `None` for a server without a connection.
+    async fn on_all<T, F, Fut>(&self, what: &str, op: F) -> Vec<Result<T>>
+    where
+        F: Fn(RedisBackend) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let calls = (0..self.servers.len()).map(|i| {
+            let backend = self.backend(i);
+            let fut = backend.map(&op);
+            async move {
+                let addr = &self.servers[i].addr;
+                let r = match fut {
+                    Some(f) => bounded(self.config.server_timeout, addr, what, f).await,
+                    None => Err(self.not_checked(i)),
+                };
+                if let Err(e) = &r {
+                    self.failed(i, e);
+                }
+                r
+            }
+        });
+        join_all(calls).await
+    }
+
+    fn unavailable(&self, answered: usize, what: &str, errors: &[Error]) -> Error {
+        let first = errors
+            .iter()
+            .find(|e| !is_data_error(e))
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        Error::unavailable(
+            format!(
+                "{answered} of {} redis servers answered {what}; Redlock needs {}{first}",
+                self.servers.len(),
+                self.quorum
+            ),
+            None,
+        )
+    }
+}
+
+/// The majority view of one lease lock from each server's [`LockInfo`]: the
+/// holder a quorum reports, with the highest of their tokens and the time
+/// until fewer than a quorum still hold it.
+fn majority_view(name: &str, infos: &[Option<&LockInfo>], quorum: usize) -> Option<LockInfo> {
+    let mut by_owner: BTreeMap<&str, Vec<&HolderInfo>> = BTreeMap::new();
+    for info in infos.iter().flatten() {
+        if info.kind != StoredKind::Lease {
+            continue;
+        }
+        if let Some(h) = info.holders.first() {
+            by_owner.entry(h.owner.as_str()).or_default().push(h);
+        }
+    }
+    let (owner, holders) = by_owner.into_iter().find(|(_, h)| h.len() >= quorum)?;
+    let token = holders.iter().filter_map(|h| h.token).max();
+    let mut remaining: Vec<Option<Duration>> = holders.iter().map(|h| h.ttl_remaining).collect();
+    // Longest first; `None` (unknown) sorts last, so it is used only when
+    // fewer than a quorum report a TTL.
+    remaining.sort_by(|a, b| b.cmp(a));
+    let ttl_remaining = if remaining.iter().all(Option::is_some) {
+        remaining.get(quorum - 1).copied().flatten()
+    } else {
+        None
+    };
+    Some(LockInfo {
+        name: name.to_owned(),
+        kind: StoredKind::Lease,
+        holders: vec![HolderInfo {
+            owner: owner.to_owned(),
+            token,
+            mode: HoldMode::Exclusive,
+            ttl_remaining,
+        }],
+        waiters: Vec::new(),
+    })
+}
+
+#[coord_core::async_trait]
+impl LockBackend for RedlockBackend {
+    fn capabilities(&self) -> &Capabilities {
+        &self.inner.caps
+    }
+
+    async fn try_acquire(
+        &self,
+        name: &str,
+        owner: &LockOwner,
+        ttl: Duration,
+    ) -> Result<AcquireOutcome> {
+        let ttl = self.check_ttl(ttl)?;
+        let inner = &self.inner;
+        let n = inner.servers.len();
+        let mut retries = 0;
+        loop {
+            let start = Instant::now();
+            let votes = join_all((0..n).map(|i| inner.acquire_on(i, name, owner, ttl))).await;
+            let mut granted: Vec<(usize, FencingToken)> = Vec::new();
+            let mut touched = Vec::new();
+            let mut refused = 0;
+            let mut quarantined = 0;
+            let mut retry_after: Option<Duration> = None;
+            let mut errors = Vec::new();
+            let mut hint = |d: Duration| {
+                retry_after = Some(retry_after.map_or(d, |r| r.min(d)));
+            };
+            for (i, vote) in votes.into_iter().enumerate() {
+                match vote {
+                    Vote::Granted(token) => {
+                        granted.push((i, token));
+                        touched.push(i);
+                    }
+                    Vote::Refused(after) => {
+                        refused += 1;
+                        if let Some(a) = after {
+                            hint(a);
+                        }
+                    }
+                    Vote::Quarantined(until) => {
+                        quarantined += 1;
+                        hint(until.saturating_duration_since(start));
+                    }
+                    Vote::Failed { error, sent } => {
+                        if sent {
+                            touched.push(i);
+                        }
+                        errors.push(error);
+                    }
+                }
+            }
+            let answered = granted.len() + refused + quarantined;
+            let failure = if granted.len() >= inner.quorum {
+                let top = granted
+                    .iter()
+                    .map(|(_, t)| *t)
+                    .max()
+                    .unwrap_or(FencingToken::new(0));
+                let below: Vec<usize> = granted
+                    .iter()
+                    .filter(|(_, t)| *t < top)
+                    .map(|(i, _)| *i)
+                    .collect();
+                let at_top = granted.len() - below.len();
+                let raised = if below.is_empty() {
+                    0
+                } else {
+                    inner.raise(&below, name, top).await
+                };
+                let elapsed = start.elapsed();
+                let validity = ttl.saturating_sub(elapsed + drift(ttl));
+                if at_top + raised < inner.quorum {
+                    inner.unavailable(at_top + raised, "a fence raise", &errors)
+                } else if validity.is_zero() {
+                    Error::Timeout(format!(
+                        "a quorum granted lock {name:?} but only after {elapsed:?}, too late \
+                         for a TTL of {ttl:?} (minus {:?} for clock drift); use a longer TTL \
+                         or a shorter RedlockConfig::server_timeout",
+                        drift(ttl)
+                    ))
+                } else {
+                    return Ok(AcquireOutcome::Granted(LockGrant {
+                        token: top,
+                        ttl: validity,
+                    }));
+                }
+            } else if answered < inner.quorum {
+                inner.unlock(&touched, name, owner).await;
+                return Err(inner.unavailable(answered, "an acquisition", &errors));
+            } else if !granted.is_empty()
+                && retries < inner.config.retry_count
+                && granted.len() + refused >= inner.quorum
+            {
+                // A split vote: give everything back, try again a bit later.
+                inner.unlock(&touched, name, owner).await;
+                retries += 1;
+                tokio::time::sleep(jitter(inner.config.retry_delay)).await;
+                continue;
+            } else {
+                inner.unlock(&touched, name, owner).await;
+                return Ok(AcquireOutcome::Held { retry_after });
+            };
+            inner.unlock(&touched, name, owner).await;
+            if retries >= inner.config.retry_count {
+                return Err(failure);
+            }
+            retries += 1;
+            tokio::time::sleep(jitter(inner.config.retry_delay)).await;
+        }
+    }
+
+    async fn renew(&self, name: &str, owner: &LockOwner, ttl: Duration) -> Result<()> {
+        let ttl = self.check_ttl(ttl)?;
+        // A server whose clock runs fast still holds it for `ttl`.
+        let server_ttl = ttl + drift(ttl);
+        let inner = &self.inner;
+        let renewals = (0..inner.servers.len()).map(|i| async move {
+            let backend = match inner.open(i).await {
+                Ok(Opened::Ready(b)) => b,
+                // Restarted: it holds nothing, and must not be made to.
+                Ok(Opened::Quarantined(_)) => return RenewVote::NotHeld,
+                Err(e) => return RenewVote::Failed(e),
+            };
+            let addr = &inner.servers[i].addr;
+            let renewal = backend.renew(name, owner, server_ttl);
+            match bounded(inner.config.server_timeout, addr, "a renewal", renewal).await {
+                Ok(()) => RenewVote::Renewed,
+                Err(Error::NotHeld(_)) => RenewVote::NotHeld,
+                Err(e) => {
+                    inner.failed(i, &e);
+                    RenewVote::Failed(e)
+                }
+            }
+        });
+        let votes = join_all(renewals).await;
+        let renewed = votes
+            .iter()
+            .filter(|v| matches!(v, RenewVote::Renewed))
+            .count();
+        let errors: Vec<Error> = votes
+            .into_iter()
+            .filter_map(|v| match v {
+                RenewVote::Failed(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        if renewed >= inner.quorum {
+            Ok(())
+        } else if renewed + errors.len() < inner.quorum {
+            Err(Error::NotHeld(format!(
+                "lock {name:?} is not held by {owner} on a quorum of redis servers \
+                 ({renewed} of {} renewed; {} needed)",
+                inner.servers.len(),
+                inner.quorum
+            )))
+        } else {
+            let answered = inner.servers.len() - errors.len();
+            Err(inner.unavailable(answered, "a renewal", &errors))
+        }
+    }
+
+    async fn release(&self, name: &str, owner: &LockOwner) -> Result<()> {
+        let results = self
+            .inner
+            .on_all("a release", |b| async move { b.release(name, owner).await })
+            .await;
+        if results.iter().any(Result::is_ok) {
+            return Ok(());
+        }
+        let errors: Vec<Error> = results.into_iter().filter_map(Result::err).collect();
+        if errors.iter().all(|e| matches!(e, Error::NotHeld(_))) {
+            return Err(Error::NotHeld(format!(
+                "lock {name:?} is not held by {owner} on any redis server"
+            )));
+        }
+        let answered = errors.iter().filter(|e| is_data_error(e)).count();
+        Err(self.inner.unavailable(answered, "a release", &errors))
+    }
+
+    async fn subscribe(&self, name: &str) -> Result<ReleaseEvents> {
+        let results = self
+            .inner
+            .on_all("a subscription", |b| async move { b.subscribe(name).await })
+            .await;
+        let mut streams = Vec::new();
+        let mut errors = Vec::new();
+        for r in results {
+            match r {
+                Ok(events) => streams.push(
+                    futures::stream::unfold(Some(events), |events| async move {
+                        let mut events = events?;
+                        let alive = events.next().await;
+                        Some((alive, alive.then_some(events)))
+                    })
+                    .boxed(),
+                ),
+                Err(e) => errors.push(e),
+            }
+        }
+        if streams.is_empty() {
+            return Err(self.inner.unavailable(0, "a subscription", &errors));
+        }
+        // One server's channel ending ends the merged stream: the waiter
+        // then listens anew (or polls) rather than miss that server's news.
+        let merged = futures::stream::select_all(streams)
+            .take_while(|alive| std::future::ready(*alive))
+            .map(|_| ());
+        Ok(ReleaseEvents::new(merged))
+    }
+
+    async fn force_release(&self, name: &str) -> Result<bool> {
+        let results = self
+            .inner
+            .on_all("a forced release", |b| async move {
+                b.force_release(name).await
+            })
+            .await;
+        if results.iter().any(|r| matches!(r, Ok(true))) {
+            return Ok(true);
+        }
+        let answered = results.iter().filter(|r| r.is_ok()).count();
+        if answered >= self.inner.quorum {
+            return Ok(false);
+        }
+        let errors: Vec<Error> = results.into_iter().filter_map(Result::err).collect();
+        Err(self
+            .inner
+            .unavailable(answered, "a forced release", &errors))
+    }
+
+    async fn inspect(&self, name: &str) -> Result<Option<LockInfo>> {
+        let results = self
+            .inner
+            .on_all("an inspection", |b| async move { b.inspect(name).await })
+            .await;
+        let mut infos = Vec::new();
+        let mut errors = Vec::new();
+        for r in results {
+            match r {
+                Ok(info) => infos.push(info),
+                Err(e @ (Error::Unsupported(_) | Error::Codec { .. })) => return Err(e),
+                Err(e) => errors.push(e),
+            }
+        }
+        let view: Vec<Option<&LockInfo>> = infos.iter().map(Option::as_ref).collect();
+        if let Some(info) = majority_view(name, &view, self.inner.quorum) {
+            return Ok(Some(info));
+        }
+        if infos.len() < self.inner.quorum {
+            return Err(self
+                .inner
+                .unavailable(infos.len(), "an inspection", &errors));
+        }
+        Ok(None)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<LockInfo>> {
+        let results = self
+            .inner
+            .on_all("a listing", |b| async move { b.list(prefix).await })
+            .await;
+        let mut lists = Vec::new();
+        let mut errors = Vec::new();
+        for r in results {
+            match r {
+                Ok(list) => lists.push(list),
+                Err(e @ (Error::Unsupported(_) | Error::Codec { .. })) => return Err(e),
+                Err(e) => errors.push(e),
+            }
+        }
+        if lists.len() < self.inner.quorum {
+            return Err(self.inner.unavailable(lists.len(), "a listing", &errors));
+        }
+        let mut names: BTreeMap<&str, Vec<Option<&LockInfo>>> = BTreeMap::new();
+        for list in &lists {
+            for info in list {
+                names
+                    .entry(info.name.as_str())
+                    .or_default()
+                    .push(Some(info));
+            }
+        }
+        Ok(names
+            .into_iter()
+            .filter_map(|(name, infos)| majority_view(name, &infos, self.inner.quorum))
+            .collect())
+    }
+
+    async fn health(&self) -> ComponentHealth {
+        let inner = &self.inner;
+        let n = inner.servers.len();
+        let start = Instant::now();
+        let pings = (0..n).map(|i| async move {
+            let Some(b) = inner.backend(i) else {
+                return Err(format!("{}: not connected", inner.servers[i].addr));
+            };
+            match tokio::time::timeout(inner.config.server_timeout, b.ping()).await {
+                Ok(h) if h.is_healthy() => Ok(h.latency.unwrap_or_default()),
+                Ok(h) => Err(format!(
+                    "{}: {}",
+                    inner.servers[i].addr,
+                    h.detail.unwrap_or_default()
+                )),
+                Err(_) => Err(format!("{}: no answer in time", inner.servers[i].addr)),
+            }
+        });
+        let results = join_all(pings).await;
+        let latency = start.elapsed();
+        let quarantined: Vec<&str> = (0..n)
+            .filter(|&i| self.is_quarantined(i) == Some(true))
+            .map(|i| inner.servers[i].addr.as_str())
+            .collect();
+        let problems: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+        let usable = n - problems.len() - quarantined.len().min(n - problems.len());
+        let mut detail = problems;
+        if !quarantined.is_empty() {
+            detail.push(format!(
+                "quarantined after a restart: {}",
+                quarantined.join(", ")
+            ));
+        }
+        let mut health = ComponentHealth::healthy("redlock", latency);
+        if !detail.is_empty() {
+            health.status = if usable >= inner.quorum {
+                HealthStatus::Degraded
+            } else {
+                HealthStatus::Unhealthy
+            };
+            health.detail = Some(format!(
+                "{usable} of {n} servers usable, {} needed; {}",
+                inner.quorum,
+                detail.join("; ")
+            ));
+        }
+        health
+    }
+
+    async fn close(&self) {
+        let backends = (0..self.inner.servers.len()).filter_map(|i| self.inner.backend(i));
+        join_all(backends.map(|b| async move { b.close().await })).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_needs_a_majority_quorum_and_a_server() {
+        let c = RedlockConfig::default();
+        assert!(matches!(
+            check_config(0, &c),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert_eq!(check_config(1, &c).unwrap(), 1);
+        assert_eq!(check_config(3, &c).unwrap(), 2);
+        assert_eq!(check_config(4, &c).unwrap(), 3);
+        assert_eq!(check_config(5, &c).unwrap(), 3);
+        let mut low = c.clone();
+        low.quorum = Some(2);
+        assert!(matches!(
+            check_config(4, &low),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert_eq!(check_config(3, &low).unwrap(), 2);
+        low.quorum = Some(4);
+        assert!(matches!(
+            check_config(3, &low),
+            Err(Error::InvalidArgument(_))
+        ));
+        let mut zero = c;
+        zero.server_timeout = Duration::ZERO;
+        assert!(matches!(
+            check_config(3, &zero),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn drift_is_one_percent_plus_two_ms() {
+        assert_eq!(drift(Duration::from_secs(10)), Duration::from_millis(102));
+        assert_eq!(drift(Duration::ZERO), Duration::from_millis(2));
+    }
+
+    #[test]
+    fn info_gives_run_id_uptime_and_mode() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n\
+                    run_id:abc123\r\nuptime_in_seconds:42\r\n";
+        assert_eq!(parse_info(info), Some(("abc123".to_owned(), 42, false)));
+        let cluster = "redis_mode:cluster\r\nrun_id:x\r\nuptime_in_seconds:0\r\n";
+        assert_eq!(parse_info(cluster), Some(("x".to_owned(), 0, true)));
+        assert_eq!(parse_info("run_id:x\r\n"), None);
+        assert_eq!(parse_info("run_id:\r\nuptime_in_seconds:1\r\n"), None);
+        assert_eq!(parse_info("run_id:x\r\nuptime_in_seconds:soon\r\n"), None);
+    }
+
+    #[test]
+    fn jitter_stays_below_its_bound() {
+        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
+        for _ in 0..100 {
+            assert!(jitter(Duration::from_millis(5)) < Duration::from_millis(5));
+        }
+    }
+
+    fn info(owner: &str, token: u64, ttl_ms: Option<u64>) -> LockInfo {
+        LockInfo {
+            name: "n".to_owned(),
+            kind: StoredKind::Lease,
+            holders: vec![HolderInfo {
+                owner: owner.to_owned(),
+                token: Some(FencingToken::new(token)),
+                mode: HoldMode::Exclusive,
+                ttl_remaining: ttl_ms.map(Duration::from_millis),
+            }],
+            waiters: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn majority_view_needs_a_quorum_of_one_owner() {
+        let (a1, a2, b) = (
+            info("c:a", 5, Some(900)),
+            info("c:a", 7, Some(500)),
+            info("c:b", 9, Some(100)),
+        );
+        let view = majority_view("n", &[Some(&a1), Some(&a2), Some(&b)], 2).unwrap();
+        let h = &view.holders[0];
+        assert_eq!(h.owner, "c:a");
+        assert_eq!(h.token, Some(FencingToken::new(7)));
+        // Held by a quorum until the second-longest lease ends.
+        assert_eq!(h.ttl_remaining, Some(Duration::from_millis(500)));
+        assert!(majority_view("n", &[Some(&a1), None, Some(&b)], 2).is_none());
+        assert!(majority_view("n", &[None, None, None], 2).is_none());
+    }
+}

@@ -1,0 +1,371 @@
+//! Redlock against real local servers: outages, cleanup, the restart
+//! quarantine and fencing tokens.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use coord_core::{AcquireOutcome, Error, FencingToken, LockBackend, LockClient, LockOwner};
+use coord_redis::testkit::RedlockHarness;
+use coord_redis::{RedlockBackend, RedlockConfig};
+use tokio::time::Instant;
+
+/// Whether server `i` of `h` holds the lock key of `name` (any owner).
+async fn has_lock(h: &RedlockHarness, i: usize, name: &str) -> bool {
+    let mut conn = redis::Client::open(h.server(i).url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let key = format!("{}:lock:{{{name}}}", h.settings().namespace);
+    redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async::<i64>(&mut conn)
+        .await
+        .expect("EXISTS")
+        == 1
+}
+
+fn owner(name: &str) -> LockOwner {
+    LockOwner::new("redlock-test", name).expect("owner")
+}
+
+async fn grant(b: &dyn LockBackend, name: &str, who: &LockOwner, ttl: Duration) -> FencingToken {
+    match b.try_acquire(name, who, ttl).await {
+        Ok(AcquireOutcome::Granted(g)) => {
+            assert!(
+                g.ttl < ttl,
+                "validity {:?} must be below the TTL {ttl:?}",
+                g.ttl
+            );
+            g.token
+        }
+        other => panic!("expected a grant of {name}, got {other:?}"),
+    }
+}
+
+/// Options whose quarantine a test can wait out.
+fn quick_quarantine() -> RedlockConfig {
+    let mut c = RedlockHarness::config();
+    c.max_ttl = Duration::from_secs(2);
+    c.quarantine = None;
+    c.retry_count = 1;
+    c.retry_delay = Duration::from_millis(20);
+    c
+}
+
+/// Waits (bounded) until no server of `b` is quarantined.
+async fn until_out_of_quarantine(b: &RedlockBackend, servers: &[usize]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !servers.iter().all(|&i| b.is_quarantined(i) == Some(false)) {
+        assert!(
+            Instant::now() < deadline,
+            "servers {servers:?} still quarantined after 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn works_with_a_minority_down() {
+    let mut h = RedlockHarness::start(3).await;
+    let before = Arc::new(h.connect().await.expect("connect"));
+    h.stop(2).expect("stop");
+    // Connecting while a minority is down works too.
+    let after = Arc::new(h.connect().await.expect("connect with one server down"));
+    let mut last = None;
+    for backend in [before, after] {
+        let client = LockClient::new(backend);
+        let guard = client
+            .lock("minority")
+            .ttl(Duration::from_secs(5))
+            .wait_timeout(Duration::from_secs(10))
+            .build()
+            .acquire()
+            .await
+            .expect("acquire with 2 of 3 servers");
+        assert!(guard.ttl() < Duration::from_secs(5));
+        if let Some(prev) = last {
+            assert!(guard.fencing_token() > prev);
+        }
+        last = Some(guard.fencing_token());
+        guard.renew().await.expect("renew with 2 of 3 servers");
+        guard.release().await.expect("release");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_without_a_majority_and_leaves_nothing() {
+    let mut h = RedlockHarness::start(3).await;
+    let b = h.connect().await.expect("connect");
+    h.stop(1).expect("stop");
+    h.stop(2).expect("stop");
+    let who = owner("a");
+    let err = b
+        .try_acquire("majority-down", &who, Duration::from_secs(5))
+        .await
+        .expect_err("no majority");
+    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("1 of 3") && msg.contains("needs 2"), "{msg}");
+    assert!(
+        !has_lock(&h, 0, "majority-down").await,
+        "the one server that granted must have been unlocked"
+    );
+    // A new client cannot even start without a quorum.
+    let err = h.connect().await.expect_err("no quorum to connect to");
+    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_vote_leaves_nothing_behind() {
+    let h = RedlockHarness::start(3).await;
+    let mut config = RedlockHarness::config();
+    config.retry_count = 2;
+    config.retry_delay = Duration::from_millis(10);
+    let b = h.connect_with(config).await.expect("connect");
+    // Someone else holds the lock on servers 1 and 2 only.
+    let other = owner("other");
+    for i in [1, 2] {
+        let one = h.connect_one(i).await.expect("connect one");
+        grant_plain(&one, "split", &other).await;
+    }
+    let who = owner("me");
+    let outcome = b
+        .try_acquire("split", &who, Duration::from_secs(5))
+        .await
+        .expect("attempt");
+    match outcome {
+        AcquireOutcome::Held { retry_after } => {
+            let after = retry_after.expect("the holder's remaining lease");
+            assert!(after <= Duration::from_secs(30), "{after:?}");
+        }
+        other => panic!("expected Held, got {other:?}"),
+    }
+    assert!(
+        !has_lock(&h, 0, "split").await,
+        "server 0 granted but the attempt failed: it must be unlocked"
+    );
+    assert!(has_lock(&h, 1, "split").await && has_lock(&h, 2, "split").await);
+    // Releasing by a non-holder changes nothing and says so.
+    assert!(matches!(
+        b.release("split", &who).await,
+        Err(Error::NotHeld(_))
+    ));
+}
+
+/// Takes `name` on one plain server for `who` (30 s).
+async fn grant_plain(b: &coord_redis::RedisBackend, name: &str, who: &LockOwner) -> FencingToken {
+    match b.try_acquire(name, who, Duration::from_secs(30)).await {
+        Ok(AcquireOutcome::Granted(g)) => g.token,
+        other => panic!("expected a grant on one server, got {other:?}"),
+    }
+}
+
+/// The classic Redlock hazard: the holder has servers 0 and 1 (server 2 was
+/// busy), server 1 restarts empty, server 2 is free. Without the quarantine
+/// another owner would win 1 and 2, a majority, while the first still
+/// believes it holds the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_is_quarantined() {
+    let mut h = RedlockHarness::start(3).await;
+    let config = quick_quarantine();
+    let early = h.connect_with(config.clone()).await.expect("connect");
+    // New servers are quarantined too: nothing is granted before it ends.
+    let who = owner("holder");
+    assert!(matches!(
+        early.try_acquire("q", &who, Duration::from_secs(2)).await,
+        Ok(AcquireOutcome::Held { .. })
+    ));
+    for i in 0..3 {
+        assert!(!has_lock(&h, i, "q").await);
+    }
+    until_out_of_quarantine(&early, &[0, 1, 2]).await;
+
+    // Server 2 is busy with a short lock of someone else.
+    let busy = h.connect_one(2).await.expect("connect one");
+    let squatter = owner("squatter");
+    assert!(matches!(
+        busy.try_acquire("q", &squatter, Duration::from_secs(60))
+            .await,
+        Ok(AcquireOutcome::Granted(_))
+    ));
+    let token = grant(&early, "q", &who, Duration::from_secs(2)).await;
+    assert!(has_lock(&h, 0, "q").await && has_lock(&h, 1, "q").await);
+    busy.release("q", &squatter).await.expect("squatter leaves");
+
+    h.restart(1).expect("restart server 1 empty");
+    let fresh = h.connect_with(config.clone()).await.expect("connect after");
+    assert_eq!(fresh.is_quarantined(1), Some(true));
+    let thief = owner("thief");
+    for b in [&fresh, &early] {
+        let outcome = b
+            .try_acquire("q", &thief, Duration::from_secs(2))
+            .await
+            .expect("attempt");
+        assert!(
+            matches!(outcome, AcquireOutcome::Held { .. }),
+            "a restarted server was counted: {outcome:?}"
+        );
+    }
+    // The client connected before the restart noticed it.
+    assert_eq!(early.is_quarantined(1), Some(true));
+    assert!(
+        !has_lock(&h, 1, "q").await,
+        "a quarantined server got a lock"
+    );
+    assert!(!has_lock(&h, 2, "q").await, "a failed attempt left a lock");
+    // The holder's majority is gone with server 1's data: its renewal says so.
+    assert!(matches!(
+        early.renew("q", &who, Duration::from_secs(2)).await,
+        Err(Error::NotHeld(_))
+    ));
+
+    // Once the holder's lease ran out, the lock is free again, with a higher token.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let next = loop {
+        match fresh
+            .try_acquire("q", &thief, Duration::from_secs(2))
+            .await
+            .expect("attempt")
+        {
+            AcquireOutcome::Granted(g) => break g.token,
+            AcquireOutcome::Held { retry_after } => {
+                assert!(Instant::now() < deadline, "never granted again");
+                let wait = retry_after.unwrap_or(Duration::from_millis(100));
+                tokio::time::sleep(wait.min(Duration::from_millis(200))).await;
+            }
+        }
+    };
+    assert!(next > token, "token {next} after {token}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_increase_across_grants_and_restarts() {
+    let mut h = RedlockHarness::start(3).await;
+    let config = quick_quarantine();
+    let b = h.connect_with(config.clone()).await.expect("connect");
+    until_out_of_quarantine(&b, &[0, 1, 2]).await;
+    let ttl = Duration::from_secs(2);
+    let mut last = FencingToken::new(0);
+    let mut next = |t: FencingToken| {
+        assert!(t > last, "token {t} after {last}");
+        last = t;
+    };
+    for round in 0..5 {
+        let who = owner(&format!("o{round}"));
+        next(grant(&b, "t", &who, ttl).await);
+        b.release("t", &who).await.expect("release");
+    }
+    for restarted in [1, 2] {
+        h.restart(restarted).expect("restart");
+        // The other two grant while the restarted one is quarantined ...
+        for round in 0..3 {
+            let who = owner(&format!("r{restarted}-{round}"));
+            next(grant(&b, "t", &who, ttl).await);
+            b.release("t", &who).await.expect("release");
+        }
+        assert_eq!(b.is_quarantined(restarted), Some(true));
+        // ... and it takes part again afterwards.
+        until_out_of_quarantine(&b, &[0, 1, 2]).await;
+    }
+    // A new client with its own connections continues the sequence.
+    let other = h.connect_with(config).await.expect("connect");
+    let who = owner("last");
+    next(grant(&other, "t", &who, ttl).await);
+    other.release("t", &who).await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_servers_tolerate_two_down() {
+    let mut h = RedlockHarness::start(5).await;
+    let b = Arc::new(h.connect().await.expect("connect"));
+    assert_eq!(b.quorum(), 3);
+    h.stop(0).expect("stop");
+    h.stop(3).expect("stop");
+    let client = LockClient::new(b.clone());
+    let guard = client
+        .lock("five")
+        .ttl(Duration::from_secs(5))
+        .build()
+        .acquire()
+        .await
+        .expect("acquire with 3 of 5");
+    let token = guard.fencing_token();
+    guard.release().await.expect("release");
+    let who = owner("five");
+    assert!(grant(b.as_ref(), "five", &who, Duration::from_secs(5)).await > token);
+    b.release("five", &who).await.expect("release");
+    h.stop(4).expect("stop");
+    let err = b
+        .try_acquire("five", &who, Duration::from_secs(5))
+        .await
+        .expect_err("2 of 5");
+    assert!(
+        matches!(err, Error::Unavailable { .. }) && err.to_string().contains("2 of 5"),
+        "{err}"
+    );
+    for i in [1, 2] {
+        assert!(!has_lock(&h, i, "five").await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validity_is_below_the_ttl_and_long_ttls_are_refused() {
+    let h = RedlockHarness::start(3).await;
+    let b = h.connect().await.expect("connect");
+    let who = owner("v");
+    let ttl = Duration::from_secs(10);
+    let started = Instant::now();
+    let granted = b.try_acquire("v", &who, ttl).await.expect("attempt");
+    let elapsed = started.elapsed();
+    let AcquireOutcome::Granted(g) = granted else {
+        panic!("expected a grant, got {granted:?}");
+    };
+    // ttl - elapsed - (1 % + 2 ms)
+    assert!(g.ttl <= ttl - Duration::from_millis(102), "{:?}", g.ttl);
+    assert!(
+        g.ttl >= ttl - Duration::from_millis(102) - elapsed,
+        "{:?}",
+        g.ttl
+    );
+    // The same owner again: the same token.
+    match b.try_acquire("v", &who, ttl).await.expect("again") {
+        AcquireOutcome::Granted(again) => assert_eq!(again.token, g.token),
+        other => panic!("expected a re-grant, got {other:?}"),
+    }
+    b.release("v", &who).await.expect("release");
+    let err = b
+        .try_acquire("v", &who, Duration::from_secs(61))
+        .await
+        .expect_err("above max_ttl");
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    let caps = b.capabilities();
+    assert_eq!(caps.backend, "redlock");
+    assert!(caps.fencing && caps.distributed && caps.watch && !caps.linearizable);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configurations_are_refused() {
+    let h = RedlockHarness::start(1).await;
+    let url = h.server(0).url();
+    let s = h.settings();
+    let none: [&str; 0] = [];
+    let err = RedlockBackend::connect(&none, s, RedlockConfig::default())
+        .await
+        .expect_err("no servers");
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    let err = RedlockBackend::connect(&[url, url], s, RedlockConfig::default())
+        .await
+        .expect_err("the same server twice");
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    let cluster = format!("redis+cluster://{}", url.trim_start_matches("redis://"));
+    let err = RedlockBackend::connect(&[cluster.as_str()], s, RedlockConfig::default())
+        .await
+        .expect_err("a cluster");
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    // One server is a valid (if pointless) Redlock.
+    let one = RedlockBackend::connect(&[url], s, RedlockHarness::config())
+        .await
+        .expect("one server");
+    assert_eq!(one.quorum(), 1);
+}
