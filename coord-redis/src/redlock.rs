@@ -130,6 +130,11 @@ fn drift(ttl: Duration) -> Duration {
 /// granted, the answer is [`AcquireOutcome::Held`] with the shortest
 /// remaining lease reported, and the client's wait loop takes over.
 ///
+/// TTLs above [`RedlockConfig::max_ttl`] are refused with
+/// [`Error::InvalidArgument`] (the quarantine below is sized by it). An
+/// attempt whose future is dropped midway (cancelled) cleans nothing up:
+/// what it took expires with the TTL.
+///
 /// It fails closed: when fewer than a quorum of servers answered at all
 /// (down, unreachable, too slow), the answer is [`Error::Unavailable`],
 /// naming how many answered and how many are needed. A quarantined server

@@ -369,3 +369,30 @@ async fn bad_configurations_are_refused() {
         .expect("one server");
     assert_eq!(one.quorum(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_and_list_report_the_majority_view() {
+    let h = RedlockHarness::start(3).await;
+    let b = h.connect().await.expect("connect");
+    assert_eq!(b.inspect("view/a").await.expect("inspect"), None);
+    let who = owner("viewer");
+    let token = grant(&b, "view/a", &who, Duration::from_secs(10)).await;
+    // A minority view (one server only) is not a holder.
+    let lone = h.connect_one(0).await.expect("connect one");
+    let stranger = owner("stranger");
+    grant_plain(&lone, "view/b", &stranger).await;
+
+    let info = b.inspect("view/a").await.expect("inspect").expect("held");
+    let holder = &info.holders[0];
+    assert_eq!(holder.owner, who.as_str());
+    assert_eq!(holder.token, Some(token));
+    let left = holder.ttl_remaining.expect("a remaining lease");
+    assert!(left <= Duration::from_secs(10), "{left:?}");
+    assert_eq!(b.inspect("view/b").await.expect("inspect"), None);
+
+    let listed = b.list("view/").await.expect("list");
+    let names: Vec<&str> = listed.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["view/a"]);
+    b.release("view/a", &who).await.expect("release");
+    assert_eq!(b.inspect("view/a").await.expect("inspect"), None);
+}
