@@ -36,6 +36,7 @@ mod batch;
 mod config;
 mod connection;
 mod error;
+mod fenced;
 mod lock;
 mod pubsub;
 mod redlock;
@@ -45,6 +46,7 @@ pub mod testkit;
 
 pub use backend::RedisBackend;
 pub use config::{DEFAULT_PORT, RedisConfig, RedisMode, RedisNode};
+pub use fenced::RedisFencedStore;
 pub use redlock::{RedlockBackend, RedlockConfig};
 
 /// The `redis` crate this backend is built on, so users name the same version.
