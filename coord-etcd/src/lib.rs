@@ -65,6 +65,7 @@
 mod backend;
 mod config;
 mod error;
+mod fenced;
 mod inspect;
 mod lease;
 mod lock;
@@ -74,6 +75,7 @@ pub mod testkit;
 
 pub use backend::EtcdBackend;
 pub use config::{DEFAULT_PORT, EtcdConfig};
+pub use fenced::EtcdFencedStore;
 pub use lease::PooledLease;
 
 /// Re-exported so users can run their own requests on [`EtcdBackend::client`]

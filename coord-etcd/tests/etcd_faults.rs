@@ -1,0 +1,152 @@
+//! Safety under faults on etcd: holders of one lease lock write to one
+//! fenced resource with their guards' fencing tokens, and a
+//! [`FenceAudit`](coord_core::testkit::FenceAudit) of the accepted writes
+//! must stay clean when etcd freezes (SIGSTOP) past the lease TTL or a
+//! holder stalls past its TTL; without fencing the audit must fail.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use coord_core::testkit::{AuditedResource, Fencing, Workload, paused_holder, within};
+use coord_core::{Error, LockClient};
+use coord_etcd::testkit::{EtcdHarness, EtcdServer};
+use coord_etcd::{EtcdBackend, Settings};
+
+/// etcd's shortest lease: the TTL of every lock here.
+const TTL: Duration = Duration::from_secs(2);
+
+/// etcd freezes for longer than the lease TTL while a holder is in its
+/// round: the holder must see `lost()` (its renewals get no answer), and
+/// once etcd runs again (and expires the lease) the next holders work
+/// without any violation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_paused_past_the_lease_ttl() {
+    // A server of its own: freezing the shared one would stall other tests.
+    let server = EtcdServer::start().expect("etcd must start for this test");
+    assert!(
+        server.is_spawned(),
+        "this test freezes etcd with SIGSTOP, which it can only do to a server it \
+         spawned: unset COORD_TEST_ETCD_ENDPOINTS"
+    );
+    let mut settings = Settings::default();
+    settings.request_timeout = Duration::from_millis(500);
+    // A round outlasts a grant's validity (5/6 of the 2 s lease), so the
+    // holder caught by the freeze is still working when its lease runs out.
+    let w = Workload {
+        rounds: 1,
+        writes_per_round: 12,
+        work: Duration::from_millis(150),
+        ttl: TTL,
+        ..Workload::new()
+    };
+    let resource = Arc::new(AuditedResource::new(Fencing::On));
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let backend = EtcdBackend::connect(&server.url(), &settings)
+            .await
+            .unwrap();
+        clients.push(LockClient::new(Arc::new(backend)));
+    }
+    let freeze = {
+        let (resource, server) = (resource.clone(), &server);
+        async move {
+            resource.audit().wait_for_accepted(1).await;
+            server.pause().expect("SIGSTOP etcd");
+            // The fault itself: etcd stands still for longer than the lease TTL.
+            tokio::time::sleep(TTL + Duration::from_secs(1)).await;
+            server.resume().expect("SIGCONT etcd");
+        }
+    };
+    let (report, ()) = within(
+        Duration::from_secs(60),
+        "the holders and the freeze finish",
+        async { tokio::join!(w.run(clients, resource.clone()), freeze) },
+    )
+    .await;
+    assert_eq!(report.rounds, 3, "{report:?}");
+    assert!(
+        report.lost >= 1,
+        "the holder caught by the freeze must observe lost(): {report:?}"
+    );
+    assert_eq!(report.accepted, resource.value());
+
+    // Recovery: a new holder gets the lock, with a token above every earlier
+    // one, and its writes are accepted.
+    let backend = EtcdBackend::connect(&server.url(), &settings)
+        .await
+        .unwrap();
+    let lock = LockClient::new(Arc::new(backend))
+        .lock(w.lock.clone())
+        .ttl(TTL)
+        .poll_interval(w.poll_interval)
+        .build();
+    let guard = within(
+        Duration::from_secs(20),
+        "a holder after the freeze acquires",
+        async {
+            loop {
+                match lock.acquire().await {
+                    Ok(guard) => break guard,
+                    Err(e) if e.is_retryable() => tokio::time::sleep(w.poll_interval).await,
+                    Err(e) => panic!("acquire after the freeze: {e}"),
+                }
+            }
+        },
+    )
+    .await;
+    let hold = format!("after/token{}", guard.fencing_token());
+    for _ in 0..3 {
+        resource
+            .write(&hold, guard.fencing_token())
+            .expect("the holder after the freeze writes");
+    }
+    guard.release().await.unwrap();
+
+    let audit = resource.audit();
+    assert_eq!(
+        audit.violations(),
+        Vec::<String>::new(),
+        "{:?}",
+        audit.writes()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_holder_is_refused_by_fencing() {
+    let h = EtcdHarness::start().await;
+    let r = within(
+        Duration::from_secs(30),
+        "the scenario ends",
+        paused_holder(&h, TTL, Fencing::On),
+    )
+    .await;
+    assert_eq!(r.violations, Vec::<String>::new(), "{:?}", r.writes);
+    assert!(
+        matches!(r.late_write, Err(Error::Conflict { .. })),
+        "{:?}",
+        r.late_write
+    );
+    assert!(r.observed_loss, "the paused holder must see lost()");
+    assert_eq!(r.others.accepted, 6, "{:?}", r.others);
+    assert!(r.writes[2..].iter().all(|(_, t)| *t > r.stale_token));
+}
+
+/// The negative control: without fencing the paused holder's late write is
+/// accepted, and the audit must report it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_fencing_the_paused_holder_breaks_the_audit() {
+    let h = EtcdHarness::start().await;
+    let r = within(
+        Duration::from_secs(30),
+        "the scenario ends",
+        paused_holder(&h, TTL, Fencing::Off),
+    )
+    .await;
+    assert!(r.late_write.is_ok());
+    assert!(r.observed_loss);
+    assert!(
+        r.violations.iter().any(|v| v.starts_with("interleaving")),
+        "{:?}",
+        r.violations
+    );
+}
