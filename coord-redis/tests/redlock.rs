@@ -25,6 +25,21 @@ async fn has_lock(h: &RedlockHarness, i: usize, name: &str) -> bool {
         == 1
 }
 
+/// The fence (last token) of `name` on server `i` of `h`.
+async fn fence(h: &RedlockHarness, i: usize, name: &str) -> u64 {
+    let mut conn = redis::Client::open(h.server(i).url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let key = format!("{}:lock:{{{name}}}:fence", h.settings().namespace);
+    redis::cmd("GET")
+        .arg(&key)
+        .query_async::<u64>(&mut conn)
+        .await
+        .expect("GET fence")
+}
+
 fn owner(name: &str) -> LockOwner {
     LockOwner::new("redlock-test", name).expect("owner")
 }
@@ -253,7 +268,12 @@ async fn tokens_increase_across_grants_and_restarts() {
     };
     for round in 0..5 {
         let who = owner(&format!("o{round}"));
-        next(grant(&b, "t", &who, ttl).await);
+        let token = grant(&b, "t", &who, ttl).await;
+        next(token);
+        // Every granting server's fence was raised to the Redlock token.
+        for i in 0..3 {
+            assert_eq!(fence(&h, i, "t").await, token.as_u64(), "server {i}");
+        }
         b.release("t", &who).await.expect("release");
     }
     for restarted in [1, 2] {
