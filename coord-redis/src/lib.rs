@@ -39,8 +39,8 @@ mod error;
 mod fenced;
 mod lock;
 mod pubsub;
-mod redlock;
 mod queue;
+mod redlock;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
