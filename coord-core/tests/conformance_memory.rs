@@ -7,5 +7,5 @@ coord_core::lock_kinds_conformance_tests!(memory, coord_core::testkit::MemoryHar
 #[test]
 fn every_case_is_listed() {
     assert_eq!(coord_core::testkit::lock::CASES.len(), 15);
-    assert_eq!(coord_core::testkit::kinds::CASES.len(), 16);
+    assert_eq!(coord_core::testkit::kinds::CASES.len(), 17);
 }

@@ -223,7 +223,7 @@ impl LockClient {
         };
         let mut first_error = None;
         for guard in held {
-            guard.mark_lost("the client was shut down");
+            guard.mark_closed("the client was shut down");
             if let Err(e) = self
                 .shared
                 .release_once(&guard.name, &guard.owner, guard.kind)

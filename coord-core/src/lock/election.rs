@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::lock::backend::ReleaseEvents;
 use crate::lock::client::LockClient;
 use crate::lock::guard::LockGuard;
-use crate::lock::handle::Lock;
+use crate::lock::handle::{Lock, RESUBSCRIBE_AFTER};
 use crate::lock::types::{FencingToken, LockOwner};
 
 /// The prefix of election locks' names.
@@ -115,18 +115,22 @@ impl Election {
         &self.lock_name
     }
 
+    /// The lock of one candidacy: its owner is `value#<random>`, so every
+    /// campaign is a candidate of its own (a second campaign never returns
+    /// the same term twice, and the cleanup of a failed one never ends a
+    /// later term).
     fn lock(&self, value: &str) -> Lock {
         self.client
             .lock(self.lock_name.clone())
             .ttl(self.ttl)
-            .owner(value)
+            .owner(format!("{value}#{:016x}", fastrand::u64(..)))
             .wait_forever()
             .build()
     }
 
     /// Waits until this client leads with `value` (no NUL byte; it is shown
-    /// to everyone by [`Election::leader`]). The same client campaigning
-    /// twice with the same value is the same candidate.
+    /// to everyone by [`Election::leader`]). Every call is a candidate of its
+    /// own, even with the same value.
     pub async fn campaign(&self, value: impl Into<String>) -> Result<Leadership> {
         let value = value.into();
         let guard = self.lock(&value).acquire().await?;
@@ -158,7 +162,7 @@ impl Election {
         })?;
         Ok(Some(LeaderInfo {
             client_id: owner.client_id().to_owned(),
-            value: owner.owner().to_owned(),
+            value: owner.logical().to_owned(),
             token,
             ttl_remaining: holder.ttl_remaining,
         }))
@@ -172,25 +176,38 @@ impl Election {
         struct State {
             election: Election,
             last: Option<Option<LeaderInfo>>,
+            /// The notification channel, when listening.
             events: Option<ReleaseEvents>,
+            /// When the channel was opened, or last failed to open.
+            listened_at: Option<Instant>,
             wake: Option<Instant>,
         }
         let state = State {
             election: self.clone(),
             last: None,
             events: None,
+            listened_at: None,
             wake: None,
         };
         futures::stream::unfold(state, |mut s| async move {
             loop {
                 if let Some(wake) = s.wake.take() {
-                    let events = s.events.get_or_insert_with(ReleaseEvents::never);
-                    tokio::select! {
-                        alive = events.next() => if !alive { s.events = None },
-                        _ = tokio::time::sleep_until(wake) => {}
+                    match s.events.as_mut() {
+                        Some(events) => tokio::select! {
+                            alive = events.next() => if !alive { s.events = None },
+                            _ = tokio::time::sleep_until(wake) => {}
+                        },
+                        None => tokio::time::sleep_until(wake).await,
                     }
                 }
-                if s.events.is_none() {
+                // (Re)subscribe, unless the channel failed or ended within
+                // RESUBSCRIBE_AFTER: then poll until that has passed, so a
+                // failing channel cannot make this loop spin.
+                let may_listen = s
+                    .listened_at
+                    .is_none_or(|at| at.elapsed() >= RESUBSCRIBE_AFTER);
+                if s.events.is_none() && may_listen {
+                    s.listened_at = Some(Instant::now());
                     s.events = s
                         .election
                         .client

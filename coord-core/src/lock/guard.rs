@@ -78,6 +78,16 @@ impl GuardShared {
 
     /// Marks the lock lost (once), stops renewal and wakes `lost()` waiters.
     pub(crate) fn mark_lost(&self, reason: &str) {
+        self.end(reason, true);
+    }
+
+    /// Like [`GuardShared::mark_lost`] for a hold the client itself ends
+    /// (shutdown): not counted as a loss in statistics and metrics.
+    pub(crate) fn mark_closed(&self, reason: &str) {
+        self.end(reason, false);
+    }
+
+    fn end(&self, reason: &str, count_as_lost: bool) {
         let changed = {
             let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
             let first = lost.is_none();
@@ -89,6 +99,8 @@ impl GuardShared {
         self.stop.cancel();
         if changed {
             self.lost_wake.notify_waiters();
+        }
+        if changed && count_as_lost {
             tracing::warn!(lock = %self.name, token = %self.token, reason, "lock lost");
             self.client.stats.lost(&self.name);
             if let Some(m) = &self.client.metrics {

@@ -110,8 +110,14 @@ impl LockBuilder {
         self
     }
 
-    /// A fixed logical owner instead of a fresh one per acquisition. Two
-    /// acquisitions with the same owner are the same hold (idempotent).
+    /// A fixed logical owner instead of a fresh one per acquisition.
+    ///
+    /// * Lease lock: two acquisitions with the same owner are the same hold
+    ///   (idempotent).
+    /// * Reentrant lock: the owner whose holds are counted (default: the
+    ///   current tokio task).
+    /// * Queued kinds: the name shown for the entry (`owner#<random>`); each
+    ///   acquisition is still an entry of its own.
     pub fn owner(mut self, owner: impl Into<String>) -> Self {
         self.owner = Some(owner.into());
         self
@@ -246,8 +252,16 @@ impl Lock {
         self.kind.validate()?;
         let client_id = &self.client.shared.client_id;
         match (&self.owner, self.kind) {
-            (Some(o), _) => Ok((LockOwner::new(client_id, o)?, false)),
+            // A lease lock with a fixed owner: the same hold (idempotent).
+            (Some(o), LockKind::Lease) => Ok((LockOwner::new(client_id, o)?, false)),
+            // The logical owner of a reentrant lock; each backend grant gets
+            // a tagged owner of its own (see `reentrant.rs`).
+            (Some(o), LockKind::Reentrant) => Ok((LockOwner::new(client_id, o)?, false)),
             (None, LockKind::Reentrant) => Ok((LockOwner::new(client_id, &current_task())?, false)),
+            // Queued kinds: a fixed owner only names the entry; every
+            // acquisition is an entry of its own, so the cleanup of a
+            // cancelled one never removes a later one.
+            (Some(o), _) => Ok((LockOwner::tagged(client_id, o)?, false)),
             (None, _) => Ok((self.client.shared.take_owner(), true)),
         }
     }
@@ -402,6 +416,13 @@ impl Lock {
     /// When `acquire()` gives up, counted from `started`.
     pub(crate) fn deadline(&self, started: Instant) -> Option<Instant> {
         self.wait_timeout.map(|t| started + t)
+    }
+
+    /// This lock with another wait timeout.
+    pub(crate) fn with_wait_timeout(&self, timeout: Option<Duration>) -> Lock {
+        let mut lock = self.clone();
+        lock.wait_timeout = timeout;
+        lock
     }
 
     /// The name, shared.

@@ -66,7 +66,8 @@ impl DurationHistogram {
         if self.count == 0 {
             Duration::ZERO
         } else {
-            self.sum / self.count as u32
+            let nanos = self.sum.as_nanos() / u128::from(self.count);
+            Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
         }
     }
 }

@@ -45,6 +45,23 @@ impl LockOwner {
         }
     }
 
+    /// An owner unique to one grant that still shows a logical owner:
+    /// `client_id:logical#<random>`. Used where one logical owner may ask
+    /// again while the cleanup of its earlier attempt is still in flight
+    /// (reentrant locks, queued kinds, elections), so that cleanup can never
+    /// end the newer hold.
+    pub fn tagged(client_id: &str, logical: &str) -> Result<Self> {
+        let owner = format!("{logical}#{:016x}", fastrand::u64(..));
+        LockOwner::new(client_id, &owner)
+    }
+
+    /// The logical owner of a [`LockOwner::tagged`] owner (the part before
+    /// the last `#`), or the whole owner part.
+    pub fn logical(&self) -> &str {
+        let owner = self.owner();
+        owner.rsplit_once('#').map_or(owner, |(logical, _)| logical)
+    }
+
     /// Parses the stored form `client_id:owner`.
     pub fn parse(stored: &str) -> Result<Self> {
         match stored.split_once(':') {
@@ -196,6 +213,15 @@ mod tests {
             LockOwner::new("te\0st", "a"),
             Err(Error::InvalidArgument(_))
         ));
+    }
+
+    #[test]
+    fn tagged_owners_differ_and_keep_the_logical_owner() {
+        let a = LockOwner::tagged("c", "node#1").unwrap();
+        let b = LockOwner::tagged("c", "node#1").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.logical(), "node#1");
+        assert_eq!(LockOwner::parse(a.as_str()).unwrap().logical(), "node#1");
     }
 
     #[test]

@@ -102,3 +102,47 @@ pub async fn count_survives_renewals(h: &dyn LockHarness) {
         .await
         .expect("release");
 }
+
+/// An acquisition whose reply was lost is cleaned up in the background; the
+/// same owner's next acquisition must not be ended by that cleanup.
+pub async fn lost_reply_cleanup_spares_the_next_hold(h: &dyn LockHarness) {
+    use crate::testkit::{Fault, FaultyLockBackend, LockOp};
+    use std::sync::Arc;
+    let name = unique_name("reentrant-lost-reply");
+    let faulty = Arc::new(FaultyLockBackend::new(h.new_backend().await));
+    // No retries: the lost reply fails the acquisition (a retry would just
+    // be granted the same attempt's hold again).
+    let a = crate::lock::LockClient::builder(faulty.clone())
+        .retry(crate::RetryPolicy::none())
+        .build()
+        .expect("client");
+    let b = client(h).await;
+    let lock = a
+        .lock(name.clone())
+        .reentrant()
+        .owner("worker")
+        .ttl(Duration::from_secs(30))
+        .build();
+    faulty.inject_times(LockOp::TryAcquire, Fault::LoseReply, 1);
+    let first = lock.acquire().await;
+    assert!(first.is_err(), "the reply was lost: {first:?}");
+    let held = lock.acquire().await.expect("the same owner acquires again");
+    within(
+        Duration::from_secs(10),
+        "the lost attempt is cleaned up",
+        async {
+            while faulty.calls(LockOp::Release) == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        },
+    )
+    .await;
+    // The cleanup went to the lost attempt's grant, not to this one.
+    held.renew().await.expect("still held after the cleanup");
+    let other = b.lock(name.clone()).reentrant().build();
+    assert!(
+        other.try_acquire().await.expect("try").is_none(),
+        "still held"
+    );
+    held.release().await.expect("release");
+}
