@@ -34,11 +34,15 @@ impl Entry {
 
     /// Leaves the queue now (a wait timeout or a busy `try_acquire`).
     async fn leave(mut self) {
-        let Some(owner) = self.owner.take() else {
+        // The owner stays in the entry until the call returns: if this
+        // future is dropped meanwhile, `Drop` still removes the entry.
+        let Some(owner) = self.owner.clone() else {
             return;
         };
         let kind = crate::lock::LockKind::Fair;
-        match self.shared.release_once(&self.name, &owner, kind).await {
+        let result = self.shared.release_once(&self.name, &owner, kind).await;
+        self.owner = None;
+        match result {
             Ok(()) | Err(Error::NotHeld(_)) => {
                 if self.pooled {
                     self.shared.recycle_owner(owner);
