@@ -106,6 +106,9 @@ impl MemoryFencedStore {
 #[async_trait]
 impl FencedStore for MemoryFencedStore {
     async fn write(&self, key: &str, token: FencingToken, value: &[u8]) -> Result<()> {
+        if key.is_empty() {
+            return Err(Error::invalid("fenced store key is empty"));
+        }
         let mut values = self.values.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((newest, _)) = values.get(key)
             && token < *newest

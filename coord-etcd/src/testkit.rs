@@ -288,6 +288,16 @@ impl EtcdHarness {
 }
 
 #[coord_core::async_trait]
+impl coord_core::testkit::fenced::FencedStoreHarness for EtcdHarness {
+    async fn new_fenced_store(&self) -> Arc<dyn coord_core::FencedStore> {
+        match self.connect().await {
+            Ok(b) => Arc::new(crate::EtcdFencedStore::new(&b)),
+            Err(e) => panic!("cannot connect to the etcd under test: {e}"),
+        }
+    }
+}
+
+#[coord_core::async_trait]
 impl LockHarness for EtcdHarness {
     async fn new_backend(&self) -> Arc<dyn LockBackend> {
         match self.connect().await {

@@ -274,6 +274,19 @@ impl RedisHarness {
 }
 
 #[coord_core::async_trait]
+impl coord_core::testkit::fenced::FencedStoreHarness for RedisHarness {
+    async fn new_fenced_store(&self) -> Arc<dyn coord_core::FencedStore> {
+        match self.connect().await {
+            Ok(b) => Arc::new(crate::RedisFencedStore::new(&b)),
+            Err(e) => panic!(
+                "cannot connect to the test Redis at {}: {e}",
+                self.server.url()
+            ),
+        }
+    }
+}
+
+#[coord_core::async_trait]
 impl LockHarness for RedisHarness {
     async fn new_backend(&self) -> Arc<dyn LockBackend> {
         match self.connect().await {

@@ -13,6 +13,7 @@
 mod checker;
 mod faults;
 mod fence_audit;
+pub mod fenced;
 pub mod kinds;
 pub mod lock;
 mod process;
@@ -47,6 +48,7 @@ pub trait LockHarness: Send + Sync + 'static {
 #[derive(Debug, Default)]
 pub struct MemoryHarness {
     store: MemoryBackend,
+    fenced: Arc<crate::fence::MemoryFencedStore>,
 }
 
 impl MemoryHarness {
@@ -60,6 +62,13 @@ impl MemoryHarness {
 impl LockHarness for MemoryHarness {
     async fn new_backend(&self) -> Arc<dyn LockBackend> {
         Arc::new(self.store.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl fenced::FencedStoreHarness for MemoryHarness {
+    async fn new_fenced_store(&self) -> Arc<dyn crate::fence::FencedStore> {
+        self.fenced.clone()
     }
 }
 
