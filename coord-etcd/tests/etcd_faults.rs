@@ -7,8 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use coord_core::testkit::{AuditedResource, Fencing, Workload, paused_holder, within};
-use coord_core::{Error, LockClient};
+use coord_core::LockClient;
+use coord_core::testkit::{
+    AuditedResource, Fencing, Workload, paused_holder_is_refused_by_fencing,
+    unfenced_paused_holder_breaks_the_audit, within,
+};
 use coord_etcd::testkit::{EtcdHarness, EtcdServer};
 use coord_etcd::{EtcdBackend, Settings};
 
@@ -113,40 +116,12 @@ async fn etcd_paused_past_the_lease_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_holder_is_refused_by_fencing() {
-    let h = EtcdHarness::start().await;
-    let r = within(
-        Duration::from_secs(30),
-        "the scenario ends",
-        paused_holder(&h, TTL, Fencing::On),
-    )
-    .await;
-    assert_eq!(r.violations, Vec::<String>::new(), "{:?}", r.writes);
-    assert!(
-        matches!(r.late_write, Err(Error::Conflict { .. })),
-        "{:?}",
-        r.late_write
-    );
-    assert!(r.observed_loss, "the paused holder must see lost()");
-    assert_eq!(r.others.accepted, 6, "{:?}", r.others);
-    assert!(r.writes[2..].iter().all(|(_, t)| *t > r.stale_token));
+    paused_holder_is_refused_by_fencing(&EtcdHarness::start().await, TTL).await;
 }
 
 /// The negative control: without fencing the paused holder's late write is
 /// accepted, and the audit must report it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_fencing_the_paused_holder_breaks_the_audit() {
-    let h = EtcdHarness::start().await;
-    let r = within(
-        Duration::from_secs(30),
-        "the scenario ends",
-        paused_holder(&h, TTL, Fencing::Off),
-    )
-    .await;
-    assert!(r.late_write.is_ok());
-    assert!(r.observed_loss);
-    assert!(
-        r.violations.iter().any(|v| v.starts_with("interleaving")),
-        "{:?}",
-        r.violations
-    );
+    unfenced_paused_holder_breaks_the_audit(&EtcdHarness::start().await, TTL).await;
 }

@@ -26,7 +26,8 @@ pub use checker::ExclusionChecker;
 pub use faults::{Fault, FaultyLockBackend, LockOp};
 pub use fence_audit::{
     AuditedResource, FenceAudit, Fencing, LOSS_MARGIN, PausedHolderReport, Workload,
-    WorkloadReport, paused_holder,
+    WorkloadReport, paused_holder, paused_holder_is_refused_by_fencing,
+    unfenced_paused_holder_breaks_the_audit,
 };
 pub use process::ServerProcess;
 
