@@ -394,6 +394,7 @@ fn main() {
     // Redlock over 3 and 5 servers.
     let mut redlock_config = RedlockConfig::default();
     redlock_config.quarantine = Some(Duration::ZERO);
+    let mut redlock_ops = Vec::new();
     for n in [3, 5] {
         let urls: Vec<&str> = redlock_servers[..n].iter().map(RedisServer::url).collect();
         let backend: Arc<dyn LockBackend> = Arc::new(
@@ -422,9 +423,10 @@ fn main() {
             section: "redlock lease lock",
             label: format!("{n} servers vs coord lease, 1 server"),
             floor: redis_lease.clone(),
-            ours,
+            ours: ours.clone(),
             ops: REDIS_OPS,
         });
+        redlock_ops.push(ours);
     }
 
     println!(
@@ -443,6 +445,30 @@ fn main() {
             p.label,
             1.0 / r
         );
+    }
+
+    // Redlock over 5 servers with 2 of them hung (SIGSTOP: connections
+    // open, no answer) vs Redlock over the 3 live ones: an attempt should
+    // cost one round trip of the live servers, not the hung ones' timeout.
+    for s in &redlock_servers[3..5] {
+        s.process().expect("local").pause().expect("SIGSTOP");
+    }
+    let hung = Pair {
+        section: "redlock lease lock, 2 of 5 servers hung",
+        label: "5 servers (2 hung) vs 3 servers".to_owned(),
+        floor: redlock_ops[0].clone(),
+        ours: redlock_ops[1].clone(),
+        ops: REDIS_OPS,
+    };
+    let (r, f, o) = ratio(&rt, &hung);
+    println!("  {}", hung.section);
+    println!(
+        "    {:<38} {o:>9.1} µs vs {f:>9.1} µs = {r:>5.2}× time, {:>5.2}× throughput",
+        hung.label,
+        1.0 / r
+    );
+    for s in &redlock_servers[3..5] {
+        s.process().expect("local").resume().expect("SIGCONT");
     }
 
     // Contention: 16 contenders, each with its own connection and client.

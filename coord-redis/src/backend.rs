@@ -100,6 +100,12 @@ impl RedisBackend {
         .await
     }
 
+    /// The namespace of every key (the lock prefix is `{ns}:lock:{`).
+    pub(crate) fn namespace(&self) -> &str {
+        let prefix = &self.inner.lock_prefix;
+        prefix.strip_suffix(":lock:{").unwrap_or(prefix.as_str())
+    }
+
     /// One timed `PING`.
     pub async fn ping(&self) -> ComponentHealth {
         let span = tracing::debug_span!("coord.redis.health", addr = %self.inner.addr);

@@ -69,11 +69,7 @@ impl fmt::Debug for RedisFencedStore {
 impl RedisFencedStore {
     /// A fenced store on `backend`'s connection, with keys under its namespace.
     pub fn new(backend: &RedisBackend) -> Self {
-        // The lock prefix is `{ns}:lock:{`; the namespace is what precedes it.
-        let lock_prefix = &backend.inner.lock_prefix;
-        let namespace = lock_prefix
-            .strip_suffix(":lock:{")
-            .unwrap_or(lock_prefix.as_str());
+        let namespace = backend.namespace();
         RedisFencedStore {
             backend: backend.clone(),
             prefix: format!("{namespace}:fenced:"),

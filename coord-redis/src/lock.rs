@@ -26,7 +26,10 @@ pub(crate) struct Scripts {
 impl Scripts {
     pub(crate) fn new() -> Self {
         Scripts {
-            acquire: Script::new(include_str!("scripts/acquire.lua")),
+            acquire: Script::new(concat!(
+                include_str!("scripts/lease_acquire.lua"),
+                include_str!("scripts/acquire.lua")
+            )),
             renew: Script::new(include_str!("scripts/renew.lua")),
             release: Script::new(include_str!("scripts/release.lua")),
             force_release: Script::new(include_str!("scripts/force_release.lua")),
@@ -411,7 +414,7 @@ impl LockBackend for RedisBackend {
 
 /// Decodes `acquire.lua`'s reply: a token (>= 0), `-2 - pttl` (< 0) when
 /// held by someone else, or the corrupted fence value (a string).
-fn parse_acquire(
+pub(crate) fn parse_acquire(
     reply: &Value,
     fence_key: &str,
     ttl: Duration,

@@ -201,12 +201,45 @@ fn drift(ttl: Duration) -> Duration {
 /// expired. Each server's `run_id` and start (from `INFO server`:
 /// `uptime_in_seconds`, rounded so the start is never placed too early) are
 /// read when connecting, before the next use of a server after any error
-/// from it (every restart shows as an error on the old connection), and in
-/// the background at most once a second otherwise, so an acquisition stays
-/// one round trip. A change of `run_id` is logged. This relies on the
-/// servers' uptime counters (their wall clocks) not jumping during a
-/// quarantine, and a freshly deployed set of servers grants nothing until
-/// its quarantine has passed.
+/// from it, and in the background at most once a second otherwise, so an
+/// acquisition stays one round trip. A change of `run_id` is logged.
+///
+/// The server enforces it too, in the same script as each grant
+/// (`redlock_acquire.lua`): the first check of a server process writes a
+/// boot record (`{ns}:redlock:boot`: its `run_id` and start), and an
+/// acquisition is refused, with nothing changed, when the record is
+/// missing (the process restarted without persistence and nobody checked
+/// it since), names another `run_id` than the client checked, or shows the
+/// process younger than the quarantine. So every request that reaches a
+/// restarted process is refused, whatever happened to the client's
+/// connection while it was in flight (the connection manager re-connects
+/// transparently). A grant is also not counted when an error from that
+/// server came in while it was in flight; such a grant is released.
+///
+/// **What the quarantine guarantees.** No server takes part in a grant
+/// less than `max_ttl` plus 1 % of it plus 2 ms after its process started,
+/// so a lock it forgot in a restart had expired (its holder's validity
+/// ended) before the server can grant it again, and two owners never both
+/// hold a valid Redlock grant. This assumes: every client of these servers
+/// uses a TTL no longer than this `max_ttl` (longer ones are refused here,
+/// but a client configured with a larger `max_ttl` and a shorter
+/// quarantine weakens the others); the servers' wall clocks do not jump
+/// while a process is young (its start is read from `uptime_in_seconds`,
+/// which is placed one second late to allow for its rounding, and compared
+/// with `TIME`); and clocks of clients and servers run at rates within 1 %
+/// of each other (the drift allowance). A server restarted **with**
+/// persistence keeps its boot record and its locks; the new `run_id` is
+/// noticed at the next check (after an error, or within a second) and the
+/// server is quarantined from then on, so use AOF with `appendfsync
+/// always`, or no persistence, on Redlock servers. A freshly deployed set
+/// of servers grants nothing until its quarantine has passed.
+///
+/// **Servers that are down.** A server that failed is checked again in the
+/// background; an attempt does not wait for that check unless fewer than a
+/// quorum of servers are usable without it, and a server whose check failed
+/// is not probed again for a second. So with a minority of servers down or
+/// hung, an attempt takes one round trip of the live servers, not the
+/// `server_timeout` of the dead ones.
 ///
 /// [`valid_until`]: coord_core::LockGuard::valid_until
 #[derive(Clone)]
@@ -219,8 +252,16 @@ struct Inner {
     quorum: usize,
     config: RedlockConfig,
     quarantine: Duration,
+    /// The quarantine in whole milliseconds (rounded up), as the acquire
+    /// script takes it.
+    quarantine_ms: u64,
     caps: Capabilities,
     raise_fence: Script,
+    /// `redlock_boot.lua`: `INFO server`, and the server's boot record.
+    boot: Script,
+    /// `redlock_acquire.lua`: an acquisition made only by a checked,
+    /// unquarantined server process.
+    acquire: Script,
 }
 
 /// One server and what is known about it.
@@ -245,15 +286,23 @@ struct ServerState {
     ready_estimate: Option<Instant>,
     /// The last successful check.
     checked_at: Option<Instant>,
-    /// The last check attempt, successful or not.
-    tried_at: Option<Instant>,
+    /// When the last check failed, if it did (cleared by a successful one):
+    /// the server is probed again [`CHECK_EVERY`] later, not on every attempt.
+    check_failed_at: Option<Instant>,
     /// Whether a background check runs.
     checking: bool,
 }
 
 /// Whether one server may be used now.
 enum Gate {
-    Ready(RedisBackend),
+    /// Usable: checked, out of quarantine. Requests carry `run_id` (the
+    /// server refuses them if it is another process), and a reply is
+    /// trusted only if no error from the server came in since `generation`.
+    Ready {
+        backend: RedisBackend,
+        run_id: String,
+        generation: u64,
+    },
     Quarantined(Instant),
     /// Unknown since an error: check it first.
     CheckFirst,
@@ -261,17 +310,14 @@ enum Gate {
     Down,
 }
 
-/// A server that answered its check: usable, or quarantined until then.
-enum Opened {
-    Ready(RedisBackend),
-    Quarantined(Instant),
-}
-
 /// One server's answer to an acquisition.
 enum Vote {
     Granted(FencingToken),
     Refused(Option<Duration>),
     Quarantined(Instant),
+    /// The server answered that it is not the process the client checked
+    /// (it restarted): an answer that does not grant; it is checked again.
+    Unverified,
     /// No answer; `sent` when the request may have reached the server.
     Failed {
         error: Error,
@@ -429,14 +475,22 @@ impl RedlockBackend {
         let quarantine = config
             .quarantine
             .unwrap_or(config.max_ttl + drift(config.max_ttl));
+        let quarantine_ms =
+            u64::try_from(quarantine.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
         let backend = RedlockBackend {
             inner: Arc::new(Inner {
                 servers,
                 quorum,
                 config,
                 quarantine,
+                quarantine_ms,
                 caps,
                 raise_fence: Script::new(include_str!("scripts/raise_fence.lua")),
+                boot: Script::new(include_str!("scripts/redlock_boot.lua")),
+                acquire: Script::new(concat!(
+                    include_str!("scripts/lease_acquire.lua"),
+                    include_str!("scripts/redlock_acquire.lua")
+                )),
             }),
         };
         let n = backend.inner.servers.len();
@@ -539,6 +593,12 @@ fn parse_info(info: &str) -> Option<(String, u64, bool)> {
     Some((run_id, uptime, cluster))
 }
 
+/// The key of a server's boot record (`redlock_boot.lua`), in `backend`'s
+/// namespace.
+fn boot_key(backend: &RedisBackend) -> String {
+    format!("{}:redlock:boot", backend.namespace())
+}
+
 /// A uniformly random delay in `[0, bound)`.
 fn jitter(bound: Duration) -> Duration {
     let nanos = u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX);
@@ -590,7 +650,6 @@ impl Inner {
         let mut s = lock_state(&self.servers[i].state);
         s.generation += 1;
         s.ready_at = None;
-        s.tried_at = None;
         tracing::debug!(server = %self.servers[i].addr, error = %e, "redlock server failed; checking it before its next use");
     }
 
@@ -600,44 +659,81 @@ impl Inner {
         let now = Instant::now();
         let mut s = lock_state(&self.servers[i].state);
         let Some(ready_at) = s.ready_at else {
-            return match s.tried_at {
+            return match s.check_failed_at {
                 Some(t) if now < t + CHECK_EVERY => Gate::Down,
                 _ => Gate::CheckFirst,
             };
         };
-        if !s.checking
-            && s.checked_at.is_none_or(|t| now >= t + CHECK_EVERY)
-            && let Ok(handle) = tokio::runtime::Handle::try_current()
-        {
-            s.checking = true;
-            let inner = self.clone();
-            handle.spawn(async move {
-                let _ = inner.check(i).await;
-                lock_state(&inner.servers[i].state).checking = false;
-            });
+        if s.checked_at.is_none_or(|t| now >= t + CHECK_EVERY) {
+            self.spawn_check(i, &mut s);
         }
         if now < ready_at {
             return Gate::Quarantined(ready_at);
         }
+        let (Some(run_id), generation) = (s.run_id.clone(), s.generation) else {
+            return Gate::CheckFirst;
+        };
         drop(s);
         match self.backend(i) {
-            Some(b) => Gate::Ready(b),
+            Some(backend) => Gate::Ready {
+                backend,
+                run_id,
+                generation,
+            },
             None => Gate::CheckFirst,
         }
     }
 
-    /// [`gate`](Self::gate), checking the server first when it is unknown.
-    async fn open(self: &Arc<Self>, i: usize) -> Result<Opened> {
-        let mut gate = self.gate(i);
-        if matches!(gate, Gate::CheckFirst) {
-            self.check(i).await?;
-            gate = self.gate(i);
+    /// Starts a check of server `i` in the background unless one runs.
+    fn spawn_check(self: &Arc<Self>, i: usize, s: &mut ServerState) {
+        if s.checking {
+            return;
         }
-        match gate {
-            Gate::Ready(b) => Ok(Opened::Ready(b)),
-            Gate::Quarantined(until) => Ok(Opened::Quarantined(until)),
-            Gate::CheckFirst | Gate::Down => Err(self.not_checked(i)),
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        s.checking = true;
+        let inner = self.clone();
+        handle.spawn(async move {
+            let _ = inner.check(i).await;
+            lock_state(&inner.servers[i].state).checking = false;
+        });
+    }
+
+    /// The gate of every server for one attempt. Servers unknown since an
+    /// error are checked in the background while the others are used; the
+    /// attempt waits for those checks only when fewer than a quorum of
+    /// servers are usable without them. Servers whose last check failed
+    /// less than [`CHECK_EVERY`] ago are not probed again, so an attempt
+    /// with a minority down costs one round trip of the live servers.
+    async fn gates(self: &Arc<Self>) -> Vec<Gate> {
+        let mut gates: Vec<Gate> = (0..self.servers.len()).map(|i| self.gate(i)).collect();
+        let unknown: Vec<usize> = (0..gates.len())
+            .filter(|&i| matches!(gates[i], Gate::CheckFirst))
+            .collect();
+        if unknown.is_empty() {
+            return gates;
         }
+        let ready = gates
+            .iter()
+            .filter(|g| matches!(g, Gate::Ready { .. }))
+            .count();
+        if ready >= self.quorum {
+            for &i in &unknown {
+                self.spawn_check(i, &mut lock_state(&self.servers[i].state));
+            }
+            return gates;
+        }
+        join_all(unknown.iter().map(|&i| self.check(i))).await;
+        for i in unknown {
+            gates[i] = self.gate(i);
+        }
+        gates
+    }
+
+    /// Whether an error from server `i` came in since `generation`.
+    fn failed_since(&self, i: usize, generation: u64) -> bool {
+        lock_state(&self.servers[i].state).generation != generation
     }
 
     fn not_checked(&self, i: usize) -> Error {
@@ -650,15 +746,32 @@ impl Inner {
         )
     }
 
-    /// Reads `INFO server` of server `i` (connecting first if need be) and
-    /// records its run id and when its quarantine ends.
+    /// Reads `INFO server` of server `i` (connecting first if need be),
+    /// records its run id and when its quarantine ends, and has the server
+    /// keep its boot record (`redlock_boot.lua`). A failure is remembered,
+    /// so the server is not probed again for [`CHECK_EVERY`].
     async fn check(&self, i: usize) -> Result<()> {
+        let result = self.check_once(i).await;
+        let mut s = lock_state(&self.servers[i].state);
+        match result {
+            Ok(true) => {
+                s.check_failed_at = None;
+                Ok(())
+            }
+            // Raced by an error: not the server's failure; checked again soon.
+            Ok(false) => Err(self.not_checked(i)),
+            Err(e) => {
+                s.check_failed_at = Some(Instant::now());
+                Err(e)
+            }
+        }
+    }
+
+    /// One check: `Ok(false)` when an error from the server came in while
+    /// it ran, so its answer may predate a restart and was dropped.
+    async fn check_once(&self, i: usize) -> Result<bool> {
         let server = &self.servers[i];
-        let generation = {
-            let mut s = lock_state(&server.state);
-            s.tried_at = Some(Instant::now());
-            s.generation
-        };
+        let generation = lock_state(&server.state).generation;
         let limit = self.config.server_timeout;
         let backend = match self.backend(i) {
             Some(b) => b,
@@ -677,14 +790,14 @@ impl Inner {
                 b
             }
         };
-        let mut conn = backend.inner.conn.clone();
-        let info = bounded(limit, &server.addr, "INFO server", async {
-            redis::cmd("INFO")
-                .arg("server")
-                .query_async::<String>(&mut conn)
-                .await
-                .map_err(|e| crate::error::map_err(e, &server.addr))
-        })
+        let mut cmd = crate::lock::evalsha(&self.boot, 1);
+        cmd.arg(boot_key(&backend));
+        let info = bounded(
+            limit,
+            &server.addr,
+            "INFO server",
+            backend.eval::<String>(&self.boot, &cmd),
+        )
         .await;
         let info = match info {
             Ok(info) => info,
@@ -712,13 +825,17 @@ impl Inner {
             )));
         }
         let now = Instant::now();
-        // The start is placed at `now - uptime`, never earlier than the true
-        // start (uptime is rounded down), so the quarantine never ends early.
-        let ready_at = now + self.quarantine.saturating_sub(Duration::from_secs(uptime));
+        // `uptime_in_seconds` is the difference of two whole seconds (the
+        // server clock now and at its start, each rounded down), so it may
+        // overstate the true uptime by up to a second: the start is placed
+        // at `now - (uptime - 1)`, never earlier than the true start, so the
+        // quarantine never ends early.
+        let up = Duration::from_secs(uptime.saturating_sub(1));
+        let ready_at = now + self.quarantine.saturating_sub(up);
         let mut s = lock_state(&server.state);
         if s.generation != generation {
             // An error came in meanwhile: this answer may predate a restart.
-            return Err(self.not_checked(i));
+            return Ok(false);
         }
         if s.run_id.as_deref().is_some_and(|old| old != run_id) {
             tracing::warn!(server = %server.addr, "redis server restarted (new run_id); quarantined until its uptime reaches the quarantine");
@@ -737,30 +854,95 @@ impl Inner {
         s.ready_estimate = Some(ready_at);
         s.ready_at = Some(ready_at);
         s.checked_at = Some(now);
-        Ok(())
+        Ok(true)
     }
 
-    /// One server's vote on an acquisition.
+    /// One server's vote on an acquisition, through its `gate`.
+    ///
+    /// The request runs `redlock_acquire.lua`, which grants only when the
+    /// server process is the one the client checked (its run id) and is out
+    /// of quarantine, in the same script as the grant. A grant is counted
+    /// only if no error from that server came in while it was in flight
+    /// (another request may have met a restart and the connection been
+    /// re-established meanwhile); otherwise it is cleaned up like a lost reply.
     async fn acquire_on(
         self: &Arc<Self>,
         i: usize,
+        gate: Gate,
         name: &str,
         owner: &LockOwner,
         ttl: Duration,
     ) -> Vote {
-        let backend = match self.open(i).await {
-            Ok(Opened::Ready(b)) => b,
-            Ok(Opened::Quarantined(until)) => return Vote::Quarantined(until),
-            Err(error) => return Vote::Failed { error, sent: false },
+        let (backend, run_id, generation) = match gate {
+            Gate::Ready {
+                backend,
+                run_id,
+                generation,
+            } => (backend, run_id, generation),
+            Gate::Quarantined(until) => return Vote::Quarantined(until),
+            Gate::CheckFirst | Gate::Down => {
+                return Vote::Failed {
+                    error: self.not_checked(i),
+                    sent: false,
+                };
+            }
         };
         let addr = &self.servers[i].addr;
-        let attempt = backend.try_acquire(name, owner, ttl);
+        let fence = format!("{}{name}}}:fence", backend.inner.lock_prefix);
+        let mut cmd = crate::lock::evalsha(&self.acquire, 3);
+        cmd.arg(boot_key(&backend))
+            .arg(&fence[..fence.len() - ":fence".len()])
+            .arg(&fence)
+            .arg(self.quarantine_ms)
+            .arg(&run_id)
+            .arg(owner.as_str())
+            .arg(crate::lock::ttl_ms(ttl));
+        let attempt = async {
+            let reply = backend.eval_raw::<Value>(&self.acquire, &cmd).await;
+            let reply = match reply {
+                Ok(Value::ServerError(e)) => Err(redis::RedisError::from(e)),
+                other => other,
+            };
+            match reply {
+                Err(e) if e.code() == Some("UNCHECKED") => Ok(Vote::Unverified),
+                Err(e) if e.code() == Some("QUARANTINED") => {
+                    let ms = e.detail().and_then(|d| d.trim().parse().ok()).unwrap_or(0);
+                    Ok(Vote::Quarantined(
+                        Instant::now() + Duration::from_millis(ms),
+                    ))
+                }
+                Err(e) => Err(crate::error::map_err(e, addr)),
+                Ok(v) => match crate::lock::parse_acquire(&v, &fence, ttl, addr)? {
+                    AcquireOutcome::Granted(g) => Ok(Vote::Granted(g.token)),
+                    AcquireOutcome::Held { retry_after } => Ok(Vote::Refused(retry_after)),
+                },
+            }
+        };
         match bounded(self.config.server_timeout, addr, "an acquisition", attempt).await {
-            Ok(AcquireOutcome::Granted(g)) => Vote::Granted(g.token),
-            Ok(AcquireOutcome::Held { retry_after }) => Vote::Refused(retry_after),
+            Ok(Vote::Granted(_)) if self.failed_since(i, generation) => Vote::Failed {
+                error: Error::unavailable(
+                    format!(
+                        "redis at {addr} failed while a grant from it was in flight; \
+                         the grant is not counted"
+                    ),
+                    None,
+                ),
+                sent: true,
+            },
+            Ok(vote @ (Vote::Unverified | Vote::Quarantined(_))) => {
+                tracing::info!(server = %addr, "redis server refused a Redlock grant as restarted or quarantined; checking it again");
+                // Not a connection error, but the client's view is stale.
+                let mut s = lock_state(&self.servers[i].state);
+                s.generation += 1;
+                s.ready_at = None;
+                drop(s);
+                vote
+            }
+            Ok(vote) => vote,
             Err(error) => {
                 self.failed(i, &error);
-                Vote::Failed { error, sent: true }
+                let sent = !is_data_error(&error);
+                Vote::Failed { error, sent }
             }
         }
     }
@@ -823,15 +1005,27 @@ impl Inner {
         join_all(raises).await.into_iter().filter(|ok| *ok).count()
     }
 
-    /// Runs `op` on every connected server at once, each bounded by the
-    /// server timeout; `None` for a server without a connection.
-    async fn on_all<T, F, Fut>(&self, what: &str, op: F) -> Vec<Result<T>>
+    /// Whether server `i` is unknown since an error (a check is due or
+    /// failed less than [`CHECK_EVERY`] ago): calls skip it, rather than
+    /// wait the server timeout of a server that is probably down.
+    fn is_unusable(self: &Arc<Self>, i: usize) -> bool {
+        matches!(self.gate(i), Gate::CheckFirst | Gate::Down)
+    }
+
+    /// Runs `op` on every usable connected server at once, each bounded by
+    /// the server timeout; an error for a server that is unusable (see
+    /// [`is_unusable`](Self::is_unusable)) or has no connection.
+    async fn on_all<T, F, Fut>(self: &Arc<Self>, what: &str, op: F) -> Vec<Result<T>>
     where
         F: Fn(RedisBackend) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         let calls = (0..self.servers.len()).map(|i| {
-            let backend = self.backend(i);
+            let backend = if self.is_unusable(i) {
+                None
+            } else {
+                self.backend(i)
+            };
             let fut = backend.map(&op);
             async move {
                 let addr = &self.servers[i].addr;
@@ -916,11 +1110,17 @@ impl LockBackend for RedlockBackend {
     ) -> Result<AcquireOutcome> {
         let ttl = self.check_ttl(ttl)?;
         let inner = &self.inner;
-        let n = inner.servers.len();
         let mut retries = 0;
         loop {
             let start = Instant::now();
-            let votes = join_all((0..n).map(|i| inner.acquire_on(i, name, owner, ttl))).await;
+            let gates = inner.gates().await;
+            let votes = join_all(
+                gates
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, gate)| inner.acquire_on(i, gate, name, owner, ttl)),
+            )
+            .await;
             let mut granted: Vec<(usize, FencingToken)> = Vec::new();
             let mut touched = Vec::new();
             let mut refused = 0;
@@ -945,6 +1145,10 @@ impl LockBackend for RedlockBackend {
                     Vote::Quarantined(until) => {
                         quarantined += 1;
                         hint(until.saturating_duration_since(start));
+                    }
+                    Vote::Unverified => {
+                        quarantined += 1;
+                        hint(inner.config.server_timeout);
                     }
                     Vote::Failed { error, sent } => {
                         if sent {
@@ -1019,12 +1223,13 @@ impl LockBackend for RedlockBackend {
         // A server whose clock runs fast still holds it for `ttl`.
         let server_ttl = ttl + drift(ttl);
         let inner = &self.inner;
-        let renewals = (0..inner.servers.len()).map(|i| async move {
-            let backend = match inner.open(i).await {
-                Ok(Opened::Ready(b)) => b,
+        let gates = inner.gates().await;
+        let renewals = gates.into_iter().enumerate().map(|(i, gate)| async move {
+            let backend = match gate {
+                Gate::Ready { backend, .. } => backend,
                 // Restarted: it holds nothing, and must not be made to.
-                Ok(Opened::Quarantined(_)) => return RenewVote::NotHeld,
-                Err(e) => return RenewVote::Failed(e),
+                Gate::Quarantined(_) => return RenewVote::NotHeld,
+                Gate::CheckFirst | Gate::Down => return RenewVote::Failed(inner.not_checked(i)),
             };
             let addr = &inner.servers[i].addr;
             let renewal = backend.renew(name, owner, server_ttl);
@@ -1065,6 +1270,20 @@ impl LockBackend for RedlockBackend {
     }
 
     async fn release(&self, name: &str, owner: &LockOwner) -> Result<()> {
+        // A server skipped as unusable may still hold the lock (a grant in
+        // flight when it failed): it is released there in the background,
+        // bounded by the server timeout, so the caller does not wait for it.
+        for i in 0..self.inner.servers.len() {
+            if self.inner.is_unusable(i)
+                && let Some(b) = self.inner.backend(i)
+            {
+                let (name, owner) = (name.to_owned(), owner.clone());
+                let limit = self.inner.config.server_timeout;
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(limit, b.release(&name, &owner)).await;
+                });
+            }
+        }
         let results = self
             .inner
             .on_all("a release", |b| async move { b.release(name, owner).await })
