@@ -3,7 +3,7 @@
 //! native lock/unlock. Starts its own servers through the testkit fixtures.
 //!
 //! ```text
-//! cargo bench --bench lock --features full,testkit
+//! cargo bench -p coord-benches --bench lock
 //! ```
 //!
 //! Criterion reports each workload; the ratios printed at the end come from

@@ -5,7 +5,7 @@
 //! criterion): it prints one table at the end.
 //!
 //! ```text
-//! cargo bench --bench lock_kinds --features full,testkit
+//! cargo bench -p coord-benches --bench lock_kinds
 //! ```
 //!
 //! Uncontended rows: sequential acquire+release cycles on one client, each

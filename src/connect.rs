@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use coord_core::url::redact;
-use coord_core::{Error, LockBackend, Result, Settings};
+use coord_core::{Error, FencedStore, LockBackend, Result, Settings};
 
 /// The schemes `Coord::connect` understands, for error messages.
 const SCHEMES: &str = "memory://, redis://, rediss://, redis+cluster://, etcd://, etcds://";
@@ -37,8 +37,14 @@ pub(crate) fn split_scheme(url: &str) -> Result<(String, &str)> {
     Ok((scheme.to_ascii_lowercase(), rest))
 }
 
-/// Connects the lock backend named by `url`.
-pub(crate) async fn lock_backend(url: &str, settings: &Settings) -> Result<Arc<dyn LockBackend>> {
+/// One backend, as each primitive uses it.
+pub(crate) struct Connected {
+    pub(crate) locks: Arc<dyn LockBackend>,
+    pub(crate) fenced: Arc<dyn FencedStore>,
+}
+
+/// Connects the backend named by `url`.
+pub(crate) async fn backend(url: &str, settings: &Settings) -> Result<Connected> {
     let (scheme, rest) = split_scheme(url)?;
     let _ = (rest, settings);
     match scheme.as_str() {
@@ -52,7 +58,11 @@ pub(crate) async fn lock_backend(url: &str, settings: &Settings) -> Result<Arc<d
                         redact(url)
                     )));
                 }
-                Ok(Arc::new(coord_core::memory::MemoryBackend::named(name)))
+                let backend = coord_core::memory::MemoryBackend::named(name);
+                Ok(Connected {
+                    fenced: backend.fenced_store(),
+                    locks: Arc::new(backend),
+                })
             }
             #[cfg(not(feature = "memory"))]
             Err(feature_missing("memory", "memory"))
@@ -60,9 +70,11 @@ pub(crate) async fn lock_backend(url: &str, settings: &Settings) -> Result<Arc<d
         "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
             #[cfg(feature = "redis")]
             {
-                Ok(Arc::new(
-                    coord_redis::RedisBackend::connect(url, settings).await?,
-                ))
+                let backend = coord_redis::RedisBackend::connect(url, settings).await?;
+                Ok(Connected {
+                    fenced: Arc::new(coord_redis::RedisFencedStore::new(&backend)),
+                    locks: Arc::new(backend),
+                })
             }
             #[cfg(not(feature = "redis"))]
             Err(feature_missing(&scheme, "redis"))
@@ -70,9 +82,11 @@ pub(crate) async fn lock_backend(url: &str, settings: &Settings) -> Result<Arc<d
         "etcd" | "etcds" => {
             #[cfg(feature = "etcd")]
             {
-                Ok(Arc::new(
-                    coord_etcd::EtcdBackend::connect(url, settings).await?,
-                ))
+                let backend = coord_etcd::EtcdBackend::connect(url, settings).await?;
+                Ok(Connected {
+                    fenced: Arc::new(coord_etcd::EtcdFencedStore::new(&backend)),
+                    locks: Arc::new(backend),
+                })
             }
             #[cfg(not(feature = "etcd"))]
             Err(feature_missing(&scheme, "etcd"))

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use coord_core::url::redact;
 use coord_core::{
-    Capabilities, ComponentHealth, Error, LockBuilder, LockClient, Metrics, Result, Settings,
+    Capabilities, ComponentHealth, Error, FencedStore, LockBuilder, LockClient, Metrics, Result,
+    Settings,
 };
 
 use crate::connect;
@@ -25,10 +26,19 @@ pub struct Coord {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     locks: LockClient,
+    fenced: Arc<dyn FencedStore>,
     settings: Settings,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coord")
+            .field("locks", &self.locks)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Options of a [`Coord`]: settings, metrics registry, client id.
@@ -77,9 +87,9 @@ impl CoordBuilder {
         }
         let span = tracing::debug_span!("coord.connect", url = %redact(&settings.url));
         let backend =
-            tracing::Instrument::instrument(connect::lock_backend(&settings.url, &settings), span)
+            tracing::Instrument::instrument(connect::backend(&settings.url, &settings), span)
                 .await?;
-        let mut locks = LockClient::builder(backend).settings(&settings);
+        let mut locks = LockClient::builder(backend.locks).settings(&settings);
         if let Some(registry) = &self.registry {
             locks = locks.metrics(Metrics::register(registry)?);
         }
@@ -89,6 +99,7 @@ impl CoordBuilder {
         Ok(Coord {
             inner: Arc::new(Inner {
                 locks: locks.build()?,
+                fenced: backend.fenced,
                 settings,
             }),
         })
@@ -129,6 +140,26 @@ impl Coord {
     /// A leader election named `name`.
     pub fn election(&self, name: impl Into<String>) -> coord_core::lock::ElectionBuilder {
         self.locks().election(name)
+    }
+
+    /// A store that accepts a write only with a fencing token at least as
+    /// new as the last one it accepted for that key, on this backend (Redis:
+    /// one Lua compare-and-set; etcd: a txn; memory: in process). Use it for
+    /// state that must stay safe even when a lock holder pauses past its
+    /// lease: pass the guard's [`fencing_token`](coord_core::LockGuard::fencing_token).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let coord = coord::Coord::connect("memory://fenced-doc").await?;
+    /// let store = coord.fenced_store();
+    /// let guard = coord.lock("report").build().acquire().await?;
+    /// store.write("report", guard.fencing_token(), b"done").await?;
+    /// let (token, value) = store.read("report").await?.expect("written");
+    /// assert_eq!((token, value.as_slice()), (guard.fencing_token(), &b"done"[..]));
+    /// # Ok::<_, coord::Error>(()) }).unwrap();
+    /// ```
+    pub fn fenced_store(&self) -> Arc<dyn FencedStore> {
+        self.inner.fenced.clone()
     }
 
     /// Lock administration: list, force-release, statistics.

@@ -38,6 +38,19 @@ async fn lock_through_facade(url: &str, backend: &str) {
     first.release().await.expect("release");
     let second = lock.acquire().await.expect("acquire again");
     assert!(second.fencing_token() > token);
+
+    // The fenced store of the same backend: the older token is refused.
+    let store = coord.fenced_store();
+    store
+        .write(&name, second.fencing_token(), b"new")
+        .await
+        .expect("fenced write");
+    assert!(matches!(
+        store.write(&name, token, b"stale").await,
+        Err(Error::Conflict { .. })
+    ));
+    let (stored, value) = store.read(&name).await.expect("read").expect("stored");
+    assert_eq!((stored, value.as_slice()), (second.fencing_token(), &b"new"[..]));
     coord
         .shutdown(Duration::from_secs(5))
         .await

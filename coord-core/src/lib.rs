@@ -50,7 +50,7 @@ pub use lock::{
 };
 pub use metrics::Metrics;
 pub use retry::RetryPolicy;
-pub use settings::{LockSettings, RetrySettings, Settings};
+pub use settings::{LockSettings, RetrySettings, SETTINGS_KEYS, Settings};
 
 /// Re-exported so backend crates and users implement traits with the same version.
 pub use async_trait::async_trait;

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 /// assert_eq!(settings.lock.ttl, std::time::Duration::from_secs(30));
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Settings {
     /// Which backend to use. Default `memory://`.
@@ -51,7 +51,7 @@ impl Default for Settings {
 
 /// Exponential backoff with jitter for retryable errors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RetrySettings {
     /// First delay. Default 20 ms.
@@ -80,7 +80,7 @@ impl Default for RetrySettings {
 
 /// Defaults of every lock built without explicit options.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct LockSettings {
     /// Lease TTL. Default 30 s. The watchdog renews at a third of it.
@@ -108,10 +108,35 @@ impl Default for LockSettings {
     }
 }
 
+/// Every settings key, dotted: what `coord.toml` and `COORD_*` may set.
+pub const SETTINGS_KEYS: &[&str] = &[
+    "url",
+    "namespace",
+    "connect_timeout",
+    "request_timeout",
+    "retry.initial_backoff",
+    "retry.max_backoff",
+    "retry.max_retries",
+    "retry.max_elapsed",
+    "lock.ttl",
+    "lock.wait_timeout",
+    "lock.poll_interval",
+    "lock.watchdog",
+];
+
+/// The prefix of the environment variables the settings read.
+const ENV_PREFIX: &str = "COORD_";
+
 impl Settings {
     /// The defaults, then `coord.toml` in the working directory (if present),
     /// then `COORD_*` environment variables (`COORD_URL`,
-    /// `COORD_LOCK__TTL=10s`: a double underscore separates levels).
+    /// `COORD_LOCK__TTL=10s`: a double underscore separates levels;
+    /// `COORD_TEST_*` belong to the testkit and are not settings).
+    ///
+    /// Strict: an unknown key in either place (`conect_timeout`,
+    /// `COORD_LOCK_TTL` with one underscore) is refused, naming the closest
+    /// valid key; so is a zero or sub-millisecond `lock.ttl`, a zero timeout
+    /// or poll interval, and an empty URL or namespace.
     pub fn load() -> Result<Self> {
         Self::from_figment(Self::figment())
     }
@@ -120,15 +145,118 @@ impl Settings {
     pub fn figment() -> Figment {
         Figment::from(Serialized::defaults(Settings::default()))
             .merge(Toml::file("coord.toml"))
-            .merge(Env::prefixed("COORD_").split("__"))
+            .merge(
+                Env::prefixed(ENV_PREFIX)
+                    .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"))
+                    .split("__"),
+            )
     }
 
-    /// Extracts settings from any figment, with errors that name the field.
+    /// Extracts settings from any figment, with errors that name the field
+    /// (and, for an unknown key, the closest valid one), then checks them
+    /// ([`Settings::validate`]).
     pub fn from_figment(figment: Figment) -> Result<Self> {
-        figment
-            .extract()
-            .map_err(|e| Error::invalid(format!("bad coord settings: {e}")))
+        let settings: Settings = figment.extract().map_err(settings_error)?;
+        settings.validate()?;
+        Ok(settings)
     }
+
+    /// Checks values that parse but cannot work: a zero or sub-millisecond
+    /// lock TTL, zero timeouts or poll interval, an empty URL or namespace.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("connect_timeout", self.connect_timeout),
+            ("request_timeout", self.request_timeout),
+            ("lock.poll_interval", self.lock.poll_interval),
+        ];
+        for (key, value) in positive {
+            if value.is_zero() {
+                return Err(Error::invalid(format!(
+                    "bad coord settings: {key} is 0s; give a positive duration such as 5s"
+                )));
+            }
+        }
+        if self.lock.ttl < crate::lock::MIN_TTL {
+            return Err(Error::invalid(format!(
+                "bad coord settings: lock.ttl is {:?}; give a TTL of at least {:?}, such as 30s",
+                self.lock.ttl,
+                crate::lock::MIN_TTL
+            )));
+        }
+        if self.lock.wait_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::invalid(
+                "bad coord settings: lock.wait_timeout is 0s; leave it out to wait forever, \
+                 or give a positive duration",
+            ));
+        }
+        if self.url.trim().is_empty() {
+            return Err(Error::invalid(
+                "bad coord settings: url is empty; use memory://, redis://host:6379 or etcd://host:2379",
+            ));
+        }
+        if self.namespace.is_empty() {
+            return Err(Error::invalid(
+                "bad coord settings: namespace is empty; every key needs a prefix (default \"coord\")",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A figment error as [`Error::InvalidArgument`]; an unknown key names the
+/// closest valid one (and its environment variable, when it came from one).
+fn settings_error(error: figment::Error) -> Error {
+    let messages: Vec<String> = error
+        .into_iter()
+        .map(|e| match &e.kind {
+            figment::error::Kind::UnknownField(field, _) => {
+                let from_env = e
+                    .metadata
+                    .as_ref()
+                    .is_some_and(|m| m.name.contains("environment"));
+                let mut path: Vec<&str> = e.path.iter().map(String::as_str).collect();
+                if path.last() != Some(&field.as_str()) {
+                    path.push(field);
+                }
+                unknown_key(&path.join("."), from_env)
+            }
+            _ => e.to_string(),
+        })
+        .collect();
+    Error::invalid(format!("bad coord settings: {}", messages.join("; ")))
+}
+
+/// The message for an unknown settings key (`dotted`, as figment saw it).
+fn unknown_key(dotted: &str, from_env: bool) -> String {
+    let env_name = |key: &str| format!("{ENV_PREFIX}{}", key.replace('.', "__").to_uppercase());
+    // An environment variable with single underscores (COORD_LOCK_TTL)
+    // arrives as `lock_ttl`: compare with '.' and '_' alike.
+    let flat = |k: &str| k.replace(['.', '_'], "");
+    let closest = SETTINGS_KEYS
+        .iter()
+        .map(|k| {
+            let d =
+                strsim::levenshtein(dotted, k).min(strsim::levenshtein(&flat(dotted), &flat(k)));
+            (d, *k)
+        })
+        .min()
+        .filter(|(d, _)| *d <= dotted.len().max(3) / 2)
+        .map(|(_, k)| k);
+    let (shown, hint) = if from_env {
+        (
+            env_name(dotted),
+            closest.map(|k| format!("; did you mean {} (`{k}`)?", env_name(k))),
+        )
+    } else {
+        (
+            format!("`{dotted}` in coord.toml"),
+            closest.map(|k| format!("; did you mean `{k}`?")),
+        )
+    };
+    format!(
+        "unknown setting {shown}{}",
+        hint.unwrap_or_else(|| format!("; the settings are {}", SETTINGS_KEYS.join(", ")))
+    )
 }
 
 #[cfg(test)]
@@ -152,6 +280,95 @@ mod tests {
             assert!(s.lock.watchdog);
             Ok(())
         });
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_naming_the_closest() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("coord.toml", "conect_timeout = \"2s\"\n")?;
+            let err = Settings::load().unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument(_)));
+            let msg = err.to_string();
+            assert!(
+                msg.contains("conect_timeout") && msg.contains("`connect_timeout`"),
+                "{msg}"
+            );
+
+            jail.create_file("coord.toml", "[lock]\nttll = \"2s\"\n")?;
+            let msg = Settings::load().unwrap_err().to_string();
+            assert!(
+                msg.contains("lock.ttll") && msg.contains("`lock.ttl`"),
+                "{msg}"
+            );
+
+            jail.create_file("coord.toml", "")?;
+            jail.set_env("COORD_LOCK_TTL", "7s");
+            let msg = Settings::load().unwrap_err().to_string();
+            assert!(
+                msg.contains("COORD_LOCK_TTL") && msg.contains("COORD_LOCK__TTL"),
+                "{msg}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn testkit_variables_are_not_settings() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("COORD_TEST_REDIS_URL", "redis://127.0.0.1:1");
+            assert!(Settings::load().is_ok());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn values_that_cannot_work_are_refused_at_load() {
+        for (key, value) in [
+            ("COORD_LOCK__TTL", "0s"),
+            ("COORD_LOCK__TTL", "500us"),
+            ("COORD_CONNECT_TIMEOUT", "0s"),
+            ("COORD_LOCK__POLL_INTERVAL", "0ms"),
+            ("COORD_NAMESPACE", ""),
+        ] {
+            figment::Jail::expect_with(|jail| {
+                jail.set_env(key, value);
+                let err = Settings::load().unwrap_err();
+                assert!(
+                    matches!(err, Error::InvalidArgument(_)),
+                    "{key}={value}: {err}"
+                );
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn settings_keys_list_every_field() {
+        let mut every = Settings::default();
+        every.lock.wait_timeout = Some(Duration::from_secs(1));
+        let figment = Figment::from(Serialized::defaults(every));
+        let mut keys = Vec::new();
+        fn walk(prefix: &str, dict: &figment::value::Dict, keys: &mut Vec<String>) {
+            for (k, v) in dict {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match v {
+                    figment::value::Value::Dict(_, d) => walk(&key, d, keys),
+                    _ => keys.push(key),
+                }
+            }
+        }
+        let data = figment::Provider::data(&figment).expect("data");
+        for dict in data.values() {
+            walk("", dict, &mut keys);
+        }
+        keys.sort();
+        let mut listed: Vec<String> = SETTINGS_KEYS.iter().map(|k| (*k).to_owned()).collect();
+        listed.sort();
+        assert_eq!(keys, listed);
     }
 
     #[test]

@@ -164,8 +164,8 @@ async fn restart_while_held(reps: usize, b_config: RedlockConfig) -> (Vec<String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_under_a_bare_quorum_never_grants_twice() {
-    // COORD_REDLOCK_RESTART_REPS=50 for a longer local run.
-    let reps = std::env::var("COORD_REDLOCK_RESTART_REPS")
+    // COORD_TEST_REDLOCK_REPS=50 for a longer local run.
+    let reps = std::env::var("COORD_TEST_REDLOCK_REPS")
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(6);

@@ -73,6 +73,7 @@ impl ElectionBuilder {
     /// The election.
     pub fn build(self) -> Election {
         Election {
+            name_len: self.name.len(),
             lock_name: format!("{ELECTION_PREFIX}{}", self.name),
             client: self.client,
             ttl: self.ttl,
@@ -85,6 +86,8 @@ impl ElectionBuilder {
 #[derive(Debug, Clone)]
 pub struct Election {
     client: LockClient,
+    /// The length of the election's own name (the end of `lock_name`).
+    name_len: usize,
     lock_name: String,
     ttl: Duration,
     poll_interval: Duration,
@@ -115,6 +118,21 @@ impl Election {
         &self.lock_name
     }
 
+    /// The election's own name, as given to [`LockClient::election`].
+    pub fn name(&self) -> &str {
+        &self.lock_name[self.lock_name.len() - self.name_len..]
+    }
+
+    /// Checks the election's name and TTL by the rule of lock names.
+    fn check(&self) -> Result<()> {
+        crate::lock::types::validate_lock_request(self.name(), self.ttl).map_err(|e| match e {
+            Error::InvalidArgument(m) => {
+                Error::InvalidArgument(format!("election: {}", m.replacen("lock ", "", 1)))
+            }
+            other => other,
+        })
+    }
+
     /// The lock of one candidacy: its owner is `value#<random>`, so every
     /// campaign is a candidate of its own (a second campaign never returns
     /// the same term twice, and the cleanup of a failed one never ends a
@@ -133,6 +151,7 @@ impl Election {
     /// own, even with the same value.
     pub async fn campaign(&self, value: impl Into<String>) -> Result<Leadership> {
         let value = value.into();
+        self.check()?;
         let guard = self.lock(&value).acquire().await?;
         Ok(Leadership { guard, value })
     }
@@ -140,12 +159,14 @@ impl Election {
     /// Becomes leader with `value` only if nobody leads now.
     pub async fn try_campaign(&self, value: impl Into<String>) -> Result<Option<Leadership>> {
         let value = value.into();
+        self.check()?;
         let guard = self.lock(&value).try_acquire().await?;
         Ok(guard.map(|guard| Leadership { guard, value }))
     }
 
     /// The current leader, if any (one round trip).
     pub async fn leader(&self) -> Result<Option<LeaderInfo>> {
+        self.check()?;
         let info = self.client.backend().inspect(&self.lock_name).await?;
         let Some(holder) = info.and_then(|i| i.holders.into_iter().next()) else {
             return Ok(None);

@@ -154,6 +154,16 @@ pub struct Lock {
 enum Attempt {
     Granted(LockGrant, Instant),
     Held(Option<Duration>),
+    /// Granted, but the grant's validity ran out while the reply was in
+    /// flight (a paused server, a slow network): not a hold. The lock may
+    /// still be ours on the server until its lease ends there.
+    LostOnArrival,
+}
+
+/// Whether a grant whose request was sent at `sent_at` is already past its
+/// validity: such a guard would be lost on arrival.
+pub(crate) fn lost_on_arrival(grant: &LockGrant, sent_at: Instant) -> bool {
+    sent_at.elapsed() >= grant.ttl
 }
 
 impl Lock {
@@ -235,6 +245,16 @@ impl Lock {
                 self.recycle(owner, pooled);
                 None
             }
+            Attempt::LostOnArrival => {
+                // Give it back now, so that it does not block others until
+                // its lease ends; an error leaves it to expire.
+                let shared = &self.client.shared;
+                let _ = shared
+                    .call("release", shared.backend.release(&self.name, &owner))
+                    .await;
+                self.recycle(owner, pooled);
+                None
+            }
         })
     }
 
@@ -288,6 +308,9 @@ impl Lock {
                     return Ok(self.guard(owner, pooled, grant, sent_at, started, contended));
                 }
                 Attempt::Held(retry_after) => retry_after,
+                // Ask again at once: the same owner's next grant renews the
+                // lease (or the lock went to someone else meanwhile).
+                Attempt::LostOnArrival => Some(Duration::ZERO),
             };
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
@@ -355,6 +378,10 @@ impl Lock {
             })
             .await;
         match result {
+            Ok(AcquireOutcome::Granted(grant)) if lost_on_arrival(&grant, sent_at) => {
+                tracing::debug!(lock = %self.name, ttl = ?grant.ttl, elapsed = ?sent_at.elapsed(), "a grant arrived after its validity ended; not a hold");
+                Ok(Attempt::LostOnArrival)
+            }
             Ok(AcquireOutcome::Granted(grant)) => Ok(Attempt::Granted(grant, sent_at)),
             Ok(AcquireOutcome::Held { retry_after }) => Ok(Attempt::Held(retry_after)),
             Err(e) => {

@@ -24,5 +24,6 @@ pub use kind::LockKind;
 pub use queue::{HoldMode, HolderInfo, LockInfo, QueueOutcome, StoredKind};
 pub use stats::{DurationHistogram, LockStats, MAX_TRACKED_LOCKS, OTHER_LOCKS};
 pub use types::{
-    AcquireOutcome, FencingToken, LockGrant, LockOwner, MAX_LOCK_NAME_LEN, validate_lock_request,
+    AcquireOutcome, FencingToken, LockGrant, LockOwner, MAX_LOCK_NAME_LEN, MIN_TTL,
+    validate_lock_request,
 };

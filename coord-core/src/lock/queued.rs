@@ -111,13 +111,16 @@ impl Lock {
         let started = Instant::now();
         let entry = self.entry(&owner, pooled);
         match self.enqueue_once(&owner).await {
-            Ok((QueueOutcome::Granted(grant), sent_at)) => {
+            Ok((QueueOutcome::Granted(grant), sent_at))
+                if !crate::lock::handle::lost_on_arrival(&grant, sent_at) =>
+            {
                 let owner = entry.into_owner();
                 Ok(Some(
                     self.guard(owner, pooled, grant, sent_at, started, false),
                 ))
             }
-            Ok((QueueOutcome::Queued { .. }, _)) => {
+            // Queued, or granted too late to be a hold: leave the queue.
+            Ok((QueueOutcome::Granted(_) | QueueOutcome::Queued { .. }, _)) => {
                 entry.leave().await;
                 Ok(None)
             }
@@ -168,6 +171,14 @@ impl Lock {
         let mut _waiting = None;
         loop {
             let retry_after = match self.enqueue_once(&owner).await {
+                Ok((QueueOutcome::Granted(grant), sent_at))
+                    if crate::lock::handle::lost_on_arrival(&grant, sent_at) =>
+                {
+                    // Granted too late to be a hold: ask again at once (the
+                    // entry's next answer renews its lease, or it re-queues).
+                    tracing::debug!(lock = %self.name(), "a grant arrived after its validity ended; not a hold");
+                    Some(Duration::ZERO)
+                }
                 Ok((QueueOutcome::Granted(grant), sent_at)) => {
                     let owner = entry.into_owner();
                     let contended = events.is_some();

@@ -157,7 +157,12 @@ pub enum AcquireOutcome {
 /// The longest lock name accepted, in bytes.
 pub const MAX_LOCK_NAME_LEN: usize = 1024;
 
-/// Checks a lock name and TTL the way every backend needs them.
+/// The shortest TTL a lock (or election, or queued entry) may have.
+pub const MIN_TTL: Duration = Duration::from_millis(1);
+
+/// Checks a lock name and TTL the way every backend needs them: one rule
+/// for locks of every kind and for elections (whose name is checked the
+/// same way, before its `election/` prefix is added).
 pub fn validate_lock_request(name: &str, ttl: Duration) -> Result<()> {
     if name.is_empty() {
         return Err(Error::invalid("lock name is empty"));
@@ -175,6 +180,11 @@ pub fn validate_lock_request(name: &str, ttl: Duration) -> Result<()> {
         return Err(Error::invalid(
             "lock TTL is zero; give a positive TTL such as 10s",
         ));
+    }
+    if ttl < MIN_TTL {
+        return Err(Error::invalid(format!(
+            "lock TTL {ttl:?} is below {MIN_TTL:?}, the shortest any backend keeps; give a TTL such as 10s"
+        )));
     }
     if ttl > Duration::from_secs(365 * 24 * 3600) {
         return Err(Error::invalid(format!(

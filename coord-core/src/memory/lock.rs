@@ -23,6 +23,7 @@ use crate::memory::queue::Queues;
 pub struct MemoryBackend {
     store: Arc<Mutex<Store>>,
     caps: Arc<Capabilities>,
+    fenced: Arc<crate::fence::MemoryFencedStore>,
 }
 
 #[derive(Debug, Default)]
@@ -76,7 +77,25 @@ impl MemoryBackend {
         MemoryBackend {
             store: Arc::default(),
             caps: Arc::new(caps),
+            fenced: Arc::default(),
         }
+    }
+
+    /// The fenced store that lives beside this store's locks (shared by its
+    /// clones, so by every `memory://name` of one name).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use coord_core::{FencedStore, FencingToken};
+    /// use coord_core::memory::MemoryBackend;
+    ///
+    /// let store = MemoryBackend::new().fenced_store();
+    /// store.write("report", FencingToken::new(7), b"v1").await?;
+    /// assert!(store.write("report", FencingToken::new(6), b"stale").await.is_err());
+    /// # Ok::<_, coord_core::Error>(()) }).unwrap();
+    /// ```
+    pub fn fenced_store(&self) -> Arc<crate::fence::MemoryFencedStore> {
+        self.fenced.clone()
     }
 
     /// Whether two handles share one store.

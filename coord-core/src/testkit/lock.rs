@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::Error;
-use crate::lock::{AcquireOutcome, LockClient, LockGuard, LockOwner};
+use crate::lock::{AcquireOutcome, LockClient, LockGuard, LockKind, LockOwner};
 use crate::testkit::{
     ExclusionChecker, Fault, FaultyLockBackend, LockHarness, LockOp, unique_name, within,
 };
@@ -412,7 +412,8 @@ pub async fn dropped_guard_is_released(h: &dyn LockHarness) {
     got.release().await.expect("release");
 }
 
-/// Empty and oversized names and a zero TTL are `InvalidArgument`.
+/// Empty and oversized names, a zero TTL and one below 1 ms are
+/// `InvalidArgument`, for locks of every kind and for elections alike.
 pub async fn bad_input_is_invalid_argument(h: &dyn LockHarness) {
     let c = client(h).await;
     let huge = "k".repeat(crate::lock::MAX_LOCK_NAME_LEN + 1);
@@ -420,14 +421,31 @@ pub async fn bad_input_is_invalid_argument(h: &dyn LockHarness) {
         ("", Duration::from_secs(1)),
         (huge.as_str(), Duration::from_secs(1)),
         ("ok", Duration::ZERO),
+        ("ok", Duration::from_micros(500)),
     ] {
-        let lock = c.lock(name).ttl(ttl).build();
+        for kind in [
+            LockKind::Lease,
+            LockKind::Reentrant,
+            LockKind::Fair,
+            LockKind::Semaphore(2),
+        ] {
+            let lock = c.lock(name).ttl(ttl).kind(kind).build();
+            assert!(
+                matches!(lock.acquire().await, Err(Error::InvalidArgument(_))),
+                "{kind:?} {name:.8}/{ttl:?}"
+            );
+            assert!(matches!(
+                lock.try_acquire().await,
+                Err(Error::InvalidArgument(_))
+            ));
+        }
+        let election = c.election(name).ttl(ttl).build();
         assert!(
-            matches!(lock.acquire().await, Err(Error::InvalidArgument(_))),
-            "{name:.8}/{ttl:?}"
+            matches!(election.campaign("v").await, Err(Error::InvalidArgument(_))),
+            "election {name:.8}/{ttl:?}"
         );
         assert!(matches!(
-            lock.try_acquire().await,
+            election.try_campaign("v").await,
             Err(Error::InvalidArgument(_))
         ));
     }

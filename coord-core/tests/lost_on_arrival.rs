@@ -1,0 +1,57 @@
+//! A grant whose validity ran out while its reply was in flight (a paused
+//! server, a slow network) is not a hold: `acquire()` never returns a guard
+//! that is lost on arrival, and `try_acquire()` gives such a grant back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use coord_core::memory::MemoryBackend;
+use coord_core::testkit::{Fault, FaultyLockBackend, LockOp};
+use coord_core::{LockBackend, LockClient, RetryPolicy};
+use tokio::time::Instant;
+
+const TTL: Duration = Duration::from_millis(200);
+
+fn setup() -> (Arc<FaultyLockBackend>, LockClient, MemoryBackend) {
+    let store = MemoryBackend::new();
+    let faulty = Arc::new(FaultyLockBackend::new(Arc::new(store.clone())));
+    let client = LockClient::builder(faulty.clone())
+        .retry(RetryPolicy::none())
+        .build()
+        .expect("client");
+    (faulty, client, store)
+}
+
+#[tokio::test(start_paused = true)]
+async fn acquire_asks_again_instead_of_returning_a_lost_guard() {
+    let (faulty, client, _) = setup();
+    // The first attempt's reply comes after the whole TTL.
+    faulty.inject_times(LockOp::TryAcquire, Fault::Delay(TTL * 2), 1);
+    let lock = client
+        .lock("late")
+        .ttl(TTL)
+        .wait_timeout(Duration::from_secs(5))
+        .build();
+    let guard = lock.acquire().await.expect("acquire");
+    assert!(guard.is_held(), "acquire returned a guard already lost");
+    assert!(guard.valid_until() > Instant::now());
+    assert_eq!(faulty.calls(LockOp::TryAcquire), 2, "asked again once");
+    guard.release().await.expect("release");
+}
+
+#[tokio::test(start_paused = true)]
+async fn try_acquire_gives_a_late_grant_back() {
+    let (faulty, client, store) = setup();
+    let lock = client
+        .lock("late-once")
+        .ttl(Duration::from_secs(10))
+        .build();
+    faulty.inject_times(LockOp::TryAcquire, Fault::Delay(Duration::from_secs(11)), 1);
+    assert!(lock.try_acquire().await.expect("attempt").is_none());
+    // Given back: the lock is free at once, not only when its lease ends.
+    assert!(
+        store.inspect("late-once").await.expect("inspect").is_none(),
+        "the late grant was left behind"
+    );
+    assert!(lock.try_acquire().await.expect("attempt").is_some());
+}
