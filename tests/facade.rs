@@ -50,7 +50,10 @@ async fn lock_through_facade(url: &str, backend: &str) {
         Err(Error::Conflict { .. })
     ));
     let (stored, value) = store.read(&name).await.expect("read").expect("stored");
-    assert_eq!((stored, value.as_slice()), (second.fencing_token(), &b"new"[..]));
+    assert_eq!(
+        (stored, value.as_slice()),
+        (second.fencing_token(), &b"new"[..])
+    );
     coord
         .shutdown(Duration::from_secs(5))
         .await

@@ -33,6 +33,7 @@ mod health;
 pub mod lock;
 pub mod memory;
 mod metrics;
+pub mod probe;
 mod retry;
 mod settings;
 #[cfg(feature = "testkit")]

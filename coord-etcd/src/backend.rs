@@ -198,31 +198,40 @@ async fn connect(config: EtcdConfig, settings: &Settings) -> Result<EtcdBackend>
         ),
         other => other,
     };
+    // One deadline for the whole connection: the connect and the first
+    // request (Client::connect opens connections lazily).
     let wait = settings.connect_timeout.max(Duration::from_millis(1));
-    let client = call(
-        "connect to etcd",
-        wait,
-        Client::connect(endpoints.clone(), Some(options)),
-    )
-    .await
-    .map_err(unavailable)?;
+    let until = tokio::time::Instant::now() + wait;
+    let left = || until.saturating_duration_since(tokio::time::Instant::now());
     let prefix = match settings.namespace.trim_end_matches('/') {
         "" => String::new(),
         ns => format!("{ns}/"),
     };
-    // Client::connect opens connections lazily: make one request to be sure.
-    let mut kv = client.kv_client();
-    let probe = kv.get(
-        format!("{prefix}health"),
-        Some(GetOptions::new().with_count_only()),
-    );
-    match deadline("reach etcd", wait, probe)
+    let attempt = async {
+        let client = call(
+            "connect to etcd",
+            left(),
+            Client::connect(endpoints.clone(), Some(options)),
+        )
         .await
-        .map_err(unavailable)?
-    {
-        Ok(_) => {}
-        Err(e) => return Err(unavailable(map("reach etcd", e))),
-    }
+        .map_err(unavailable)?;
+        let mut kv = client.kv_client();
+        let probe = kv.get(
+            format!("{prefix}health"),
+            Some(GetOptions::new().with_count_only()),
+        );
+        match deadline("reach etcd", left(), probe)
+            .await
+            .map_err(unavailable)?
+        {
+            Ok(_) => Ok(client),
+            Err(e) => Err(unavailable(map("reach etcd", e))),
+        }
+    };
+    let client = match attempt.await {
+        Ok(client) => client,
+        Err(e) => return Err(explain_connect_error(e, &config, left()).await),
+    };
     tracing::debug!("connected to etcd");
     let mut caps = Capabilities::new("etcd");
     caps.linearizable = true;
@@ -243,6 +252,31 @@ async fn connect(config: EtcdConfig, settings: &Settings) -> Result<EtcdBackend>
             caps,
         }),
     })
+}
+
+/// Makes a failed connection's error say what answers at the first
+/// endpoint when that is clearly not etcd (a Redis server, another
+/// protocol), within what is `left` of the connect timeout.
+async fn explain_connect_error(e: Error, config: &EtcdConfig, left: Duration) -> Error {
+    use coord_core::probe::{Peer, probe};
+    let Some(host) = config.hosts.first() else {
+        return e;
+    };
+    if config.tls || left.is_zero() {
+        return e;
+    }
+    let peer = probe(host, left.min(Duration::from_secs(2))).await;
+    match peer {
+        Peer::Redis | Peer::RedisNeedsAuth | Peer::Other(_) | Peer::Http(_) => Error::unavailable(
+            format!(
+                "etcd at {host} {}: this does not look like an etcd server; check the URL's \
+                 host and port (etcd listens on 2379 by default, Redis on 6379)",
+                peer.describe()
+            ),
+            Some(Box::new(e) as _),
+        ),
+        _ => e,
+    }
 }
 
 fn holds(

@@ -31,6 +31,10 @@ pub(crate) fn map(what: &str, err: etcd_client::Error) -> Error {
                     boxed(err),
                 ),
                 DEADLINE_EXCEEDED => Error::Timeout(message),
+                // tonic's own request timeout.
+                CANCELLED if status.message().contains("Timeout expired") => {
+                    Error::Timeout(message)
+                }
                 ABORTED | RESOURCE_EXHAUSTED | CANCELLED => {
                     Error::backend(BACKEND, message, true, boxed(err))
                 }

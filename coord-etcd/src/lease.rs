@@ -13,7 +13,7 @@ use coord_core::{Error, Result};
 use etcd_client::{LeaseClient, LeaseKeepAliveStream, LeaseKeeper};
 use tokio::time::Instant;
 
-use crate::error::{call, is_lease_not_found, map};
+use crate::error::{call, deadline, is_lease_not_found, map};
 
 /// The shortest lease etcd grants (its minimum TTL is 1.5 × the election timeout).
 pub(crate) const MIN_LEASE_SECS: u64 = 2;
@@ -106,6 +106,16 @@ impl LeasePool {
         if let Some(lease) = self.get(bucket) {
             if lease.remaining(now) >= min_remaining {
                 return Ok(lease);
+            }
+            if lease.remaining(now).is_zero() {
+                // Its guaranteed life ran out: every hold on it is lost (its
+                // guards were or will be told so). Never bring it back, even
+                // if etcd restored it after a restart: its keys would live on
+                // as holds nobody has. Revoke it (deleting them) and start
+                // a new lease.
+                self.discard(&lease);
+                self.revoke_in_background(lease.id);
+                return self.grant(bucket).await;
             }
             match self.keep_alive(&lease, now + min_remaining).await? {
                 KeepAlive::Alive => return Ok(lease),
@@ -224,6 +234,36 @@ impl LeasePool {
             Err(e) if is_lease_not_found(&e) => Ok(None),
             Err(e) => Err(map("keep an etcd lease alive", e)),
         }
+    }
+
+    /// Revokes lease `id` in the background (its keys go with it), retrying
+    /// for a while when etcd does not answer; a lease that could not be
+    /// revoked expires with its TTL, as nobody keeps it alive.
+    pub(crate) fn revoke_in_background(&self, id: i64) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (mut client, timeout) = (self.client.clone(), self.timeout);
+        handle.spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            for _ in 0..6 {
+                match deadline("revoke a lease", timeout, client.revoke(id)).await {
+                    Ok(Ok(_)) => {
+                        tracing::debug!(lease = id, "revoked an expired etcd lease and its keys");
+                        return;
+                    }
+                    Ok(Err(e)) if is_lease_not_found(&e) => return,
+                    Ok(Err(e)) => {
+                        tracing::debug!(lease = id, error = %e, "could not revoke an expired etcd lease yet");
+                    }
+                    Err(e) => {
+                        tracing::debug!(lease = id, error = %e, "could not revoke an expired etcd lease yet");
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        });
     }
 
     /// The pool's leases.

@@ -229,6 +229,30 @@ impl LockBackend for EtcdBackend {
         self.forget_all();
         self.inner.leases.revoke_all().await;
     }
+
+    /// The hold's lease ran out unrenewed, and with it every hold on that
+    /// shared lease: the lease is dropped from the pool and revoked in the
+    /// background, so that etcd, if it restored the lease after a restart,
+    /// does not keep the lost holds' keys alive (the next acquisition
+    /// would wait on them).
+    fn hold_lost(&self, name: &str, owner: &LockOwner) {
+        let lease_key = self.lock_keys(name).prefix;
+        let queue_key = self.queue_keys(name).entry(owner);
+        for key in [lease_key, queue_key] {
+            if let Some(bucket) = self.held_bucket(&key, owner.as_str()) {
+                self.forget(&key, Some(owner.as_str()));
+                if let Some(lease) = self.inner.leases.get(bucket) {
+                    tracing::debug!(
+                        lock = name,
+                        lease = lease.id,
+                        "a hold on this lease was lost; revoking it"
+                    );
+                    self.inner.leases.discard(&lease);
+                    self.inner.leases.revoke_in_background(lease.id);
+                }
+            }
+        }
+    }
 }
 
 impl EtcdBackend {

@@ -125,3 +125,43 @@ async fn a_paused_holder_is_refused_by_fencing() {
 async fn without_fencing_the_paused_holder_breaks_the_audit() {
     unfenced_paused_holder_breaks_the_audit(&EtcdHarness::start().await, TTL).await;
 }
+
+/// A hold that was signalled lost must not live on: etcd killed while a
+/// lock is held, the guard sees `lost()`, etcd comes back with its data
+/// (and the client's lease, which etcd restores), and the same client
+/// acquires the same name again. It must not wait on its own stale key:
+/// the grant comes within the TTL plus a second of etcd's return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_hold_does_not_block_its_own_client_after_a_restart() {
+    let server = EtcdServer::start().expect("etcd must start for this test");
+    assert!(
+        server.is_spawned(),
+        "this test kills etcd, which it can only do to a server it spawned: \
+         unset COORD_TEST_ETCD_ENDPOINTS"
+    );
+    let ttl = Duration::from_secs(6);
+    let mut settings = Settings::default();
+    settings.request_timeout = Duration::from_millis(500);
+    settings.connect_timeout = Duration::from_secs(1);
+    let backend = EtcdBackend::connect(&server.url(), &settings)
+        .await
+        .expect("connect");
+    let client = LockClient::new(Arc::new(backend));
+    let lock = client.lock("restart/self-block").ttl(ttl).build();
+    let guard = lock.acquire().await.expect("acquire");
+    server.stop().expect("SIGKILL etcd");
+    within(ttl * 2, "the guard is signalled lost", guard.lost()).await;
+    server.restart().expect("restart etcd on its data");
+    let back = tokio::time::Instant::now();
+    let again = within(
+        ttl + Duration::from_secs(1),
+        "the same client acquires the name again",
+        lock.acquire(),
+    )
+    .await
+    .expect("acquire after the restart");
+    assert!(again.fencing_token() > guard.fencing_token());
+    eprintln!("granted again {:?} after etcd's return", back.elapsed());
+    drop(guard);
+    again.release().await.expect("release");
+}

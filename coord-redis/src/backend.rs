@@ -71,14 +71,40 @@ impl RedisBackend {
     }
 
     /// Connects with an already parsed configuration.
+    ///
+    /// The whole connection (TCP, TLS, authentication, the version check)
+    /// is bounded by `settings.connect_timeout`. When it fails, the address
+    /// is probed once, so that a URL pointed at something else says so
+    /// ("this does not look like a Redis server"), and a server that wants
+    /// a password while the URL has none says that a password is needed.
     pub async fn connect_with(config: RedisConfig, settings: &Settings) -> Result<RedisBackend> {
+        let addr = config.addresses();
+        let limit = settings.connect_timeout;
+        let until = tokio::time::Instant::now() + limit;
+        let attempt = Self::open(&config, settings);
+        match tokio::time::timeout(limit, attempt).await {
+            Ok(Ok(backend)) => Ok(backend),
+            Ok(Err(e)) => {
+                let left = until.saturating_duration_since(tokio::time::Instant::now());
+                Err(explain_connect_error(e, &config, left).await)
+            }
+            Err(_) => Err(Error::Timeout(format!(
+                "redis at {addr} did not complete a connection within connect_timeout \
+                 ({limit:?}): it accepted the connection but did not answer like Redis, or \
+                 it is paused or overloaded; check the URL's host and port (Redis listens \
+                 on 6379 by default)"
+            ))),
+        }
+    }
+
+    async fn open(config: &RedisConfig, settings: &Settings) -> Result<RedisBackend> {
         let addr = config.addresses();
         let span = tracing::info_span!("coord.redis.connect", addr = %addr, mode = ?config.mode);
         async move {
-            let conn = Connection::open(&config, settings).await?;
+            let conn = Connection::open(config, settings).await?;
             check_server_version(&conn, &addr).await?;
             let clients = (0..config.nodes.len())
-                .map(|i| standalone_client(&config, i))
+                .map(|i| standalone_client(config, i))
                 .collect::<Result<Vec<_>>>()?;
             let pubsub = PubSubHub::new(clients, addr.clone(), settings.connect_timeout);
             tracing::debug!("connected");
@@ -151,6 +177,43 @@ impl RedisBackend {
     }
 }
 
+/// Makes a failed connection's error say what answers at the address, when
+/// that is not Redis (an etcd or HTTP port, a silent listener). Errors
+/// about credentials, and servers that answer like Redis, keep their error.
+async fn explain_connect_error(e: Error, config: &RedisConfig, left: std::time::Duration) -> Error {
+    if config.tls || left.is_zero() || is_credentials_error(&e) {
+        return e;
+    }
+    let Some(node) = config.nodes.first() else {
+        return e;
+    };
+    let addr = node.to_string();
+    let peer = coord_core::probe::probe(&addr, left.min(std::time::Duration::from_secs(2))).await;
+    use coord_core::probe::Peer;
+    match peer {
+        Peer::Redis | Peer::RedisNeedsAuth | Peer::Unreachable(_) => e,
+        Peer::Silent => Error::Timeout(format!(
+            "redis at {addr} {}: this does not look like a Redis server, or it is paused; \
+             check the URL's host and port (Redis listens on 6379 by default)",
+            peer.describe()
+        )),
+        other => Error::unavailable(
+            format!(
+                "redis at {addr} {}: this does not look like a Redis server; check the URL's \
+                 host and port (Redis listens on 6379 by default, etcd on 2379)",
+                other.describe()
+            ),
+            Some(Box::new(e) as _),
+        ),
+    }
+}
+
+/// Whether `e` is about credentials (wrong or missing password).
+fn is_credentials_error(e: &Error) -> bool {
+    let text = e.to_string();
+    text.contains("password") || text.contains("credentials")
+}
+
 /// The oldest Redis the lock scripts run on: `SET key value NX GET` is 7.0.
 const MIN_SERVER_MAJOR: u64 = 7;
 
@@ -168,6 +231,18 @@ async fn check_server_version(conn: &Connection, addr: &str) -> Result<()> {
         Ok(reply) => server_version(&reply),
         Err(e) if e.is_io_error() || e.is_timeout() => {
             return Err(map_err(e, addr));
+        }
+        Err(e) if e.code() == Some("NOAUTH") => {
+            return Err(Error::backend(
+                "redis",
+                format!(
+                    "redis at {addr} needs a password and the URL gives none: put it in the \
+                     URL, redis://:PASSWORD@{addr} (or redis://USER:PASSWORD@{addr} for an ACL \
+                     user)"
+                ),
+                false,
+                Some(Box::new(e) as _),
+            ));
         }
         Err(e) => {
             tracing::debug!(error = %e, "HELLO refused; asking INFO server");

@@ -158,7 +158,10 @@ impl RedisServer {
         Ok(first)
     }
 
-    fn spawn_with(extra: &[&str]) -> Result<RedisServer> {
+    /// Like [`RedisServer::spawn`], with more `redis-server` arguments
+    /// (`["--requirepass", "secret"]`); [`url`](Self::url) carries no
+    /// password.
+    pub fn spawn_with(extra: &[&str]) -> Result<RedisServer> {
         let dir = tempfile::tempdir().map_err(|e| {
             Error::unavailable("cannot create a temporary directory", Some(e.into()))
         })?;

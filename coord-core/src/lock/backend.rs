@@ -131,6 +131,17 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
 
     /// Releases what the backend holds for this client (leases, connections).
     async fn close(&self) {}
+
+    /// Tells the backend that the client signalled `owner`'s hold of `name`
+    /// lost because its lease ran out unrenewed (renewals failed, or could
+    /// not be sent in time), so that nothing keeps that hold alive: a
+    /// backend that shares a lease among holds (etcd) drops and revokes it
+    /// rather than renew it again when the server comes back, as the other
+    /// holds on it ran out too. Not called for a refused renewal, a release
+    /// or a shutdown; must not block. Default: nothing.
+    fn hold_lost(&self, name: &str, owner: &LockOwner) {
+        let _ = (name, owner);
+    }
 }
 
 fn unsupported(backend: &str, what: &str) -> Error {

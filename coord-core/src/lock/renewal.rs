@@ -109,6 +109,7 @@ async fn renew_once(guard: Arc<GuardShared>) {
     }
     if sent_at >= valid_until {
         guard.mark_lost("the lease ran out before it could be renewed");
+        client.backend.hold_lost(&guard.name, &guard.owner);
         return;
     }
     let budget = valid_until - sent_at;
@@ -140,10 +141,12 @@ async fn renew_once(guard: Arc<GuardShared>) {
         }
         Ok(Err(e)) => {
             guard.mark_lost(&format!("renewal failed until the lease ran out: {e}"));
+            client.backend.hold_lost(&guard.name, &guard.owner);
             (e.kind_label(), None)
         }
         Err(_) => {
             guard.mark_lost("renewal did not finish before the lease ran out");
+            client.backend.hold_lost(&guard.name, &guard.owner);
             ("timeout", None)
         }
     };

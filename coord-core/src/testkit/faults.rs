@@ -283,4 +283,8 @@ impl LockBackend for FaultyLockBackend {
     async fn close(&self) {
         self.inner.close().await;
     }
+
+    fn hold_lost(&self, name: &str, owner: &LockOwner) {
+        self.inner.hold_lost(name, owner);
+    }
 }
