@@ -137,6 +137,17 @@ impl Coord {
         self.lock(name).semaphore(permits)
     }
 
+    /// A multi-lock over `names`: all taken or none, in one deadlock-free
+    /// order, with one deadline and one guard (see
+    /// [`LockClient::multi_lock`]).
+    pub fn multi_lock<I, S>(&self, names: I) -> coord_core::MultiLockBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.locks().multi_lock(names)
+    }
+
     /// A leader election named `name`.
     pub fn election(&self, name: impl Into<String>) -> coord_core::lock::ElectionBuilder {
         self.locks().election(name)

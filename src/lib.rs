@@ -5,10 +5,12 @@ mod coord;
 
 pub use crate::coord::{Coord, CoordBuilder};
 pub use coord_core::{
-    AcquireOutcome, Capabilities, ComponentHealth, Election, Error, FencedResource, FencedStore,
-    FencingToken, HealthStatus, LeaderInfo, Leadership, Lock, LockAdmin, LockBackend, LockBuilder,
-    LockClient, LockGrant, LockGuard, LockInfo, LockKind, LockOwner, LockSettings, LockStats,
-    MemoryFencedStore, Metrics, Result, RetryPolicy, RetrySettings, Settings, fence,
+    AcquireOutcome, Capabilities, ComponentHealth, Election, ElectionBuilder, Error,
+    FencedResource, FencedStore, FencingToken, HealthStatus, HolderInfo, LeaderInfo, LeaderTerm,
+    Leadership, Lock, LockAdmin, LockBackend, LockBuilder, LockClient, LockGrant, LockGuard,
+    LockInfo, LockKind, LockOwner, LockSettings, LockStats, MemoryFencedStore, Metrics,
+    MultiLockBuilder, MultiLockGuard, Result, RetryPolicy, RetrySettings, Settings, StoredKind,
+    fence,
 };
 
 /// The in-process backend (`memory://`).

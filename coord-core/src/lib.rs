@@ -45,9 +45,10 @@ pub use error::{BoxError, Error, Result};
 pub use fence::{FencedResource, FencedStore, MemoryFencedStore};
 pub use health::{ComponentHealth, HealthStatus};
 pub use lock::{
-    AcquireOutcome, Election, FencingToken, HoldMode, LeaderInfo, Leadership, Lock, LockAdmin,
-    LockBackend, LockBuilder, LockClient, LockClientBuilder, LockGrant, LockGuard, LockInfo,
-    LockKind, LockOwner, LockStats, QueueOutcome, ReleaseEvents,
+    AcquireOutcome, Election, ElectionBuilder, FencingToken, HoldMode, HolderInfo, LeaderInfo,
+    LeaderTerm, Leadership, Lock, LockAdmin, LockBackend, LockBuilder, LockClient,
+    LockClientBuilder, LockGrant, LockGuard, LockInfo, LockKind, LockOwner, LockStats,
+    MultiLockBuilder, MultiLockGuard, QueueOutcome, ReleaseEvents, StoredKind,
 };
 pub use metrics::Metrics;
 pub use retry::RetryPolicy;

@@ -15,6 +15,7 @@ pub struct Metrics {
     lock_ops: IntCounterVec,
     lock_wait: HistogramVec,
     lock_lost: IntCounterVec,
+    lock_at_risk: IntCounterVec,
     lock_acquisitions: IntCounterVec,
     lock_wait_by_lock: HistogramVec,
     lock_hold: HistogramVec,
@@ -70,6 +71,14 @@ impl Metrics {
                 &["backend", "lock"],
             )
             .map_err(prom)?,
+            lock_at_risk: IntCounterVec::new(
+                Opts::new(
+                    "coord_lock_at_risk_total",
+                    "Holds whose renewal failed and is being retried (at risk of loss), per lock",
+                ),
+                &["backend", "lock"],
+            )
+            .map_err(prom)?,
             lock_acquisitions: IntCounterVec::new(
                 Opts::new(
                     "coord_lock_acquisitions_total",
@@ -109,7 +118,7 @@ impl Metrics {
         registry
             .register(Box::new(m.lock_wait.clone()))
             .map_err(prom)?;
-        for family in [&m.lock_lost, &m.lock_acquisitions] {
+        for family in [&m.lock_lost, &m.lock_at_risk, &m.lock_acquisitions] {
             registry.register(Box::new(family.clone())).map_err(prom)?;
         }
         for family in [&m.lock_wait_by_lock, &m.lock_hold] {
@@ -156,6 +165,11 @@ impl Metrics {
     /// client to [`MAX_TRACKED_LOCKS`](crate::lock::MAX_TRACKED_LOCKS) values).
     pub fn lock_lost(&self, backend: &str, lock: &str) {
         self.lock_lost.with_label_values(&[backend, lock]).inc();
+    }
+
+    /// Records a hold of `lock` becoming at risk (a renewal failed).
+    pub fn lock_at_risk(&self, backend: &str, lock: &str) {
+        self.lock_at_risk.with_label_values(&[backend, lock]).inc();
     }
 
     /// Records one grant of `lock`: how long it waited and whether it had to.

@@ -153,3 +153,35 @@ async fn failing_renewals_are_retried_until_the_lease_runs_out() {
     );
     assert!(renewals(&backend) > 2, "failures were retried");
 }
+
+/// A failed renewal puts the hold at risk (before any loss); a renewal
+/// that succeeds again clears it, and the lock was never lost.
+#[tokio::test(start_paused = true)]
+async fn failed_renewals_signal_at_risk_before_loss() {
+    let (backend, holder, _) = setup();
+    let guard = holder
+        .lock("risk")
+        .ttl(Duration::from_secs(3))
+        .build()
+        .acquire()
+        .await
+        .unwrap();
+    assert!(!guard.is_at_risk());
+    backend.inject(LockOp::Renew, Fault::Unavailable);
+    tokio::time::timeout(Duration::from_secs(2), guard.at_risk())
+        .await
+        .expect("at risk after the first failed renewal (due at 1 s)");
+    assert!(guard.is_at_risk());
+    assert!(guard.is_held(), "at risk, not lost");
+    backend.clear();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while guard.is_at_risk() {
+        assert!(
+            Instant::now() < deadline,
+            "a successful renewal clears the risk"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(guard.is_held());
+    guard.release().await.unwrap();
+}

@@ -141,40 +141,13 @@ impl LockBackend for EtcdBackend {
     }
 
     async fn subscribe(&self, name: &str) -> Result<ReleaseEvents> {
-        let LockKeys { prefix, end } = self.lock_keys(name);
-        let mut watch = self.inner.client.watch_client();
-        let created = async {
-            // Every holder key of the lock; DELETE events only (releases,
-            // force-releases and lease expiries).
-            let options = WatchOptions::new()
-                .with_range(end)
-                .with_filters([WatchFilterType::NoPut]);
-            let mut stream = watch.watch(prefix, Some(options)).await?;
-            // etcd-client returns before etcd confirms the watch: wait for
-            // that, or a release right after this call could be missed.
-            loop {
-                match stream.message().await? {
-                    Some(resp) if resp.canceled() => {
-                        return Err(etcd_client::Error::WatchError(format!(
-                            "etcd cancelled the watch: {}",
-                            resp.cancel_reason()
-                        )));
-                    }
-                    Some(resp) if resp.created() => return Ok(stream),
-                    Some(_) => {}
-                    None => {
-                        return Err(etcd_client::Error::WatchError(
-                            "the watch stream closed before etcd created the watch".into(),
-                        ));
-                    }
-                }
-            }
-        };
-        let stream = call("watch a lock", self.inner.timeout, created).await?;
-        Ok(ReleaseEvents::new(futures::stream::unfold(
-            stream,
-            next_delete,
-        )))
+        self.watch_lock(name, false).await
+    }
+
+    /// A watch of every holder key of the lock: grants (PUT) as well as
+    /// releases and expiries (DELETE).
+    async fn subscribe_changes(&self, name: &str) -> Result<ReleaseEvents> {
+        self.watch_lock(name, true).await
     }
 
     async fn force_release(&self, name: &str) -> Result<bool> {
@@ -256,6 +229,47 @@ impl LockBackend for EtcdBackend {
 }
 
 impl EtcdBackend {
+    /// A watch of lock `name`'s holder keys: deletes only, or every change.
+    async fn watch_lock(&self, name: &str, changes: bool) -> Result<ReleaseEvents> {
+        let LockKeys { prefix, end } = self.lock_keys(name);
+
+        let mut watch = self.inner.client.watch_client();
+        let created = async {
+            // Every holder key of the lock: DELETE events only (releases,
+            // force-releases and lease expiries), or every change.
+            let mut options = WatchOptions::new().with_range(end);
+            if !changes {
+                options = options.with_filters([WatchFilterType::NoPut]);
+            }
+            let mut stream = watch.watch(prefix, Some(options)).await?;
+            // etcd-client returns before etcd confirms the watch: wait for
+            // that, or a release right after this call could be missed.
+            loop {
+                match stream.message().await? {
+                    Some(resp) if resp.canceled() => {
+                        return Err(etcd_client::Error::WatchError(format!(
+                            "etcd cancelled the watch: {}",
+                            resp.cancel_reason()
+                        )));
+                    }
+                    Some(resp) if resp.created() => return Ok(stream),
+                    Some(_) => {}
+                    None => {
+                        return Err(etcd_client::Error::WatchError(
+                            "the watch stream closed before etcd created the watch".into(),
+                        ));
+                    }
+                }
+            }
+        };
+        let stream = call("watch a lock", self.inner.timeout, created).await?;
+        Ok(if changes {
+            ReleaseEvents::new(futures::stream::unfold(stream, next_change))
+        } else {
+            ReleaseEvents::new(futures::stream::unfold(stream, next_delete))
+        })
+    }
+
     /// Whether `key` exists (a linearizable count-only read).
     async fn exists(&self, key: &str) -> Result<bool> {
         let mut kv = self.inner.client.kv_client();
@@ -353,6 +367,18 @@ fn malformed(what: &str) -> Error {
 
 /// The next "released" signal of a lock's watch: a DELETE event (a release,
 /// a force-release or a lease expiry). Ends when the watch ends.
+/// The next change of any kind on a watch.
+async fn next_change(mut stream: WatchStream) -> Option<((), WatchStream)> {
+    loop {
+        match stream.message().await {
+            Ok(Some(resp)) if resp.canceled() => return None,
+            Ok(Some(resp)) if !resp.events().is_empty() => return Some(((), stream)),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
 async fn next_delete(mut stream: WatchStream) -> Option<((), WatchStream)> {
     loop {
         match stream.message().await {

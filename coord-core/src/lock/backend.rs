@@ -132,6 +132,18 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     /// Releases what the backend holds for this client (leases, connections).
     async fn close(&self) {}
 
+    /// Like [`subscribe`](Self::subscribe), but signals every change of
+    /// holder of the lease lock `name`: grants as well as releases and
+    /// expiries. [`Election::observe`](crate::lock::Election::observe)
+    /// listens with it, so that a new leader is seen at once, however short
+    /// its term. Backends must signal grants at least for names that start
+    /// with [`ELECTION_PREFIX`](crate::lock::ELECTION_PREFIX). Default:
+    /// `subscribe` (releases only; observers then see a new leader at the
+    /// next poll).
+    async fn subscribe_changes(&self, name: &str) -> Result<ReleaseEvents> {
+        self.subscribe(name).await
+    }
+
     /// Tells the backend that the client signalled `owner`'s hold of `name`
     /// lost because its lease ran out unrenewed (renewals failed, or could
     /// not be sent in time), so that nothing keeps that hold alive: a

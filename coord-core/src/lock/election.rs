@@ -23,7 +23,7 @@
 
 use std::time::Duration;
 
-use futures::Stream;
+use futures::stream::BoxStream;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
@@ -190,10 +190,32 @@ impl Election {
     }
 
     /// A stream of leadership changes: the current leader (or `None`) first,
-    /// then every change of term. Woken by release notifications, at the
-    /// leader's lease end, and at the poll interval at the latest. A failed
-    /// read is yielded as an error and the stream goes on.
-    pub fn observe(&self) -> impl Stream<Item = Result<Option<LeaderInfo>>> + Send + 'static {
+    /// then every change of term, in order. Woken by the backend's change
+    /// notifications ([`LockBackend::subscribe_changes`]: every grant and
+    /// release of the election's lock), at the leader's lease end, and at the
+    /// poll interval at the latest, so a term is seen even when it is
+    /// shorter than the poll interval (a term shorter than one read of the
+    /// leader may still be missed). A failed read is yielded as an error and
+    /// the stream goes on. The stream is boxed: no pinning needed.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use futures::StreamExt;
+    /// # let client = coord_core::LockClient::new(std::sync::Arc::new(coord_core::memory::MemoryBackend::new()));
+    /// let election = client.election("scheduler").build();
+    /// let mut changes = election.observe();
+    /// assert!(changes.next().await.unwrap()?.is_none()); // nobody leads yet
+    /// let term = election.campaign("node-1").await?;
+    /// assert_eq!(changes.next().await.unwrap()?.unwrap().value, "node-1");
+    /// # term.resign().await?;
+    /// # Ok::<_, coord_core::Error>(()) }).unwrap();
+    /// ```
+    ///
+    /// [`LockBackend::subscribe_changes`]: crate::LockBackend::subscribe_changes
+    pub fn observe(&self) -> BoxStream<'static, Result<Option<LeaderInfo>>> {
+        if let Err(e) = self.check() {
+            return Box::pin(futures::stream::once(async move { Err(e) }));
+        }
         struct State {
             election: Election,
             last: Option<Option<LeaderInfo>>,
@@ -210,7 +232,7 @@ impl Election {
             listened_at: None,
             wake: None,
         };
-        futures::stream::unfold(state, |mut s| async move {
+        let stream = futures::stream::unfold(state, |mut s| async move {
             loop {
                 if let Some(wake) = s.wake.take() {
                     match s.events.as_mut() {
@@ -233,7 +255,7 @@ impl Election {
                         .election
                         .client
                         .backend()
-                        .subscribe(&s.election.lock_name)
+                        .subscribe_changes(&s.election.lock_name)
                         .await
                         .ok();
                 }
@@ -259,7 +281,8 @@ impl Election {
                     return Some((Ok(now), s));
                 }
             }
-        })
+        });
+        Box::pin(stream)
     }
 }
 

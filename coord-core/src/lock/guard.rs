@@ -46,6 +46,11 @@ pub(crate) struct GuardShared {
     pub(crate) holds: AtomicUsize,
     /// When the grant arrived (for hold-time statistics).
     granted_at: Instant,
+    /// Whether the last renewal failed (and is being retried): the hold is
+    /// at risk of being lost. Cleared by a successful renewal.
+    at_risk: AtomicBool,
+    /// Wakes `at_risk()` waiters when `at_risk` is set.
+    at_risk_wake: Notify,
 }
 
 impl GuardShared {
@@ -70,6 +75,28 @@ impl GuardShared {
 
     pub(crate) fn is_lost(&self) -> bool {
         self.lost_reason().is_some()
+    }
+
+    /// Records a failed renewal (the watchdog retries while the lease
+    /// lasts): the hold is at risk until a renewal succeeds.
+    pub(crate) fn renewal_failed(&self) {
+        if !self.at_risk.swap(true, Ordering::AcqRel) {
+            tracing::warn!(lock = %self.name, token = %self.token, "lock at risk: renewal failed; retrying while the lease lasts");
+            if let Some(m) = &self.client.metrics {
+                m.lock_at_risk(
+                    self.client.backend_name,
+                    self.client.stats.label(&self.name),
+                );
+            }
+            self.at_risk_wake.notify_waiters();
+        }
+    }
+
+    /// Records a successful renewal: the hold is safe again.
+    pub(crate) fn renewal_succeeded(&self) {
+        if self.at_risk.swap(false, Ordering::AcqRel) {
+            tracing::info!(lock = %self.name, "lock safe again: renewed");
+        }
     }
 
     fn lost_reason(&self) -> Option<String> {
@@ -171,6 +198,8 @@ impl LockGuard {
             kind,
             holds: AtomicUsize::new(1),
             granted_at: Instant::now(),
+            at_risk: AtomicBool::new(false),
+            at_risk_wake: Notify::new(),
         });
         let id = client.track(shared.clone());
         if watchdog_on {
@@ -237,6 +266,44 @@ impl LockGuard {
     /// before the grant (or the last renewal) was requested.
     pub fn valid_until(&self) -> Instant {
         self.shared.valid_until()
+    }
+
+    /// Whether the last renewal failed and is being retried: the lock is
+    /// still held (until [`valid_until`](Self::valid_until)) but at risk of
+    /// being lost, like Curator's SUSPENDED before LOST. Cleared when a
+    /// renewal succeeds. Counted in `coord_lock_at_risk_total`.
+    pub fn is_at_risk(&self) -> bool {
+        self.shared.at_risk.load(Ordering::Acquire) && !self.shared.is_lost()
+    }
+
+    /// Resolves when the lock becomes at risk (a renewal failed; see
+    /// [`is_at_risk`](Self::is_at_risk)), or is lost, whichever comes
+    /// first: time to pause work that must not outlive the lock, or to
+    /// checkpoint.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let client = coord_core::LockClient::new(std::sync::Arc::new(coord_core::memory::MemoryBackend::new()));
+    /// let guard = client.lock("job").build().acquire().await?;
+    /// tokio::select! {
+    ///     _ = guard.at_risk() => eprintln!("renewals are failing; pausing the work"),
+    ///     _ = async { /* the protected work */ } => {}
+    /// }
+    /// # Ok::<_, coord_core::Error>(()) }).unwrap();
+    /// ```
+    pub async fn at_risk(&self) {
+        loop {
+            let woken = self.shared.at_risk_wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.shared.at_risk.load(Ordering::Acquire) || self.shared.is_lost() {
+                return;
+            }
+            tokio::select! {
+                _ = &mut woken => {}
+                _ = self.lost() => return,
+            }
+        }
     }
 
     /// Whether the lock is still held: not lost, and within its validity.

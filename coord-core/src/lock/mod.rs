@@ -7,6 +7,8 @@ mod election;
 mod guard;
 mod handle;
 mod kind;
+mod leader_selector;
+mod multi;
 mod queue;
 mod queued;
 mod reentrant;
@@ -21,6 +23,8 @@ pub use election::{ELECTION_PREFIX, Election, ElectionBuilder, LeaderInfo, Leade
 pub use guard::LockGuard;
 pub use handle::{Lock, LockBuilder};
 pub use kind::LockKind;
+pub use leader_selector::LeaderTerm;
+pub use multi::{MultiLockBuilder, MultiLockGuard};
 pub use queue::{HoldMode, HolderInfo, LockInfo, QueueOutcome, StoredKind};
 pub use stats::{DurationHistogram, LockStats, MAX_TRACKED_LOCKS, OTHER_LOCKS};
 pub use types::{

@@ -128,6 +128,7 @@ async fn renew_once(guard: Arc<GuardShared>) {
     let (outcome, next) = match result {
         Ok(Ok(())) => {
             guard.extend(sent_at + guard.ttl);
+            guard.renewal_succeeded();
             ("ok", Some(sent_at + period))
         }
         Ok(Err(Error::NotHeld(_))) => {
@@ -136,6 +137,7 @@ async fn renew_once(guard: Arc<GuardShared>) {
         }
         Ok(Err(e)) if Instant::now() < guard.valid_until() => {
             tracing::debug!(lock = %guard.name, error = %e, "renewal failed; retrying while the lease lasts");
+            guard.renewal_failed();
             let retry_at = Instant::now() + (period / 8).max(Duration::from_millis(5));
             (e.kind_label(), Some(retry_at))
         }

@@ -31,6 +31,8 @@ struct Store {
     locks: HashMap<String, Held>,
     fences: HashMap<String, u64>,
     listeners: HashMap<String, broadcast::Sender<()>>,
+    /// Listeners to every change of holder (grants too): observers.
+    observers: HashMap<String, broadcast::Sender<()>>,
     queues: Queues,
 }
 
@@ -57,7 +59,27 @@ impl Store {
         {
             self.listeners.remove(name);
         }
+        self.changed(name);
     }
+
+    /// Signals a change of holder of `name` to its observers.
+    fn changed(&mut self, name: &str) {
+        if !self.observers.is_empty()
+            && let Some(tx) = self.observers.get(name)
+            && tx.send(()).is_err()
+        {
+            self.observers.remove(name);
+        }
+    }
+}
+
+/// A new listener on the channel of `name` in `channels`.
+fn listen(channels: &mut HashMap<String, broadcast::Sender<()>>, name: &str) -> ReleaseEvents {
+    let rx = channels
+        .entry(name.to_owned())
+        .or_insert_with(|| broadcast::channel(16).0)
+        .subscribe();
+    broadcast_events(rx)
 }
 
 impl Default for MemoryBackend {
@@ -148,6 +170,7 @@ impl LockBackend for MemoryBackend {
                 expires: now + ttl,
             },
         );
+        store.changed(name);
         Ok(AcquireOutcome::Granted(LockGrant {
             token: FencingToken::new(token),
             ttl,
@@ -183,14 +206,12 @@ impl LockBackend for MemoryBackend {
         }
     }
 
+    async fn subscribe_changes(&self, name: &str) -> Result<ReleaseEvents> {
+        Ok(listen(&mut self.store().observers, name))
+    }
+
     async fn subscribe(&self, name: &str) -> Result<ReleaseEvents> {
-        let rx = self
-            .store()
-            .listeners
-            .entry(name.to_owned())
-            .or_insert_with(|| broadcast::channel(16).0)
-            .subscribe();
-        Ok(broadcast_events(rx))
+        Ok(listen(&mut self.store().listeners, name))
     }
 
     async fn force_release(&self, name: &str) -> Result<bool> {

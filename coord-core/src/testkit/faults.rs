@@ -287,4 +287,9 @@ impl LockBackend for FaultyLockBackend {
     fn hold_lost(&self, name: &str, owner: &LockOwner) {
         self.inner.hold_lost(name, owner);
     }
+
+    async fn subscribe_changes(&self, name: &str) -> Result<ReleaseEvents> {
+        let call = self.inner.subscribe_changes(name);
+        self.apply(LockOp::Subscribe, call).await
+    }
 }

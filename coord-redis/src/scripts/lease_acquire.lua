@@ -8,6 +8,9 @@
 -- owner    the owner (`client_id:owner`, never contains a NUL byte)
 -- ttl      the TTL in milliseconds (integer >= 1)
 --
+-- A grant of an election's lock (name `election/…`) is published on the lock's channel
+-- `{ns}:lock:{name}:released`, so that observers see every new leader at once.
+--
 -- Returns one of (integers: a table reply costs the server more):
 --   token >= 1     granted. When `owner` already holds the lock the lease is extended
 --                  and the current token is returned again (idempotent re-grant).
@@ -66,6 +69,9 @@ local function acquire(lock, fence, owner, ttl)
     if now - token > SLACK then
       redis.call('INCRBY', fence, now - token)
       token = now
+    end
+    if string.find(lock, ':lock:{election/', 1, true) then
+      redis.call('PUBLISH', lock .. ':released', '')
     end
     return token
   end

@@ -9,13 +9,17 @@
 --
 -- When a waiter was refused while the lock was held, publishes an empty message on
 -- the channel KEYS[1] .. ':released' (`{ns}:lock:{name}:released`) after deleting;
--- a lock nobody waited for is released without a PUBLISH.
+-- a lock nobody waited for is released without a PUBLISH, except an election's
+-- (name `election/…`), whose observers listen without marking the lock.
 -- Returns, for one release, 1 when ARGV[1] held the lock (now deleted), else 0
 -- (nothing changed).
 local function release(lock, owner)
   local holder = redis.call('GET', lock)
   if holder == owner then
     redis.call('DEL', lock)
+    if string.find(lock, ':lock:{election/', 1, true) then
+      redis.call('PUBLISH', lock .. ':released', '')
+    end
     return 1
   end
   if holder == owner .. '\0' then

@@ -161,6 +161,61 @@ pub async fn observe_reports_changes(h: &dyn LockHarness) {
     term.resign().await.expect("resign");
 }
 
+/// Four terms of 300 ms each, handed from one candidate (each on its own
+/// client) to the next, with a poll interval far longer than a term:
+/// `observe()` reports every leader, in order. Its stream needs no pinning.
+pub async fn observe_reports_every_term(h: &dyn LockHarness) {
+    let name = unique_name("election-every-term");
+    let observer = client(h)
+        .await
+        .election(name.clone())
+        .ttl(Duration::from_secs(30))
+        .poll_interval(Duration::from_secs(60))
+        .build();
+    let mut changes = observer.observe();
+    let first = within(Duration::from_secs(10), "the first reading", changes.next())
+        .await
+        .expect("stream")
+        .expect("read");
+    assert!(first.is_none(), "nobody leads yet: {first:?}");
+    let mut candidates = Vec::new();
+    for _ in 0..4 {
+        candidates.push(
+            client(h)
+                .await
+                .election(name.clone())
+                .ttl(Duration::from_secs(30))
+                .build(),
+        );
+    }
+    let terms = tokio::spawn(async move {
+        for (i, candidate) in candidates.into_iter().enumerate() {
+            let term = candidate
+                .campaign(format!("leader-{i}"))
+                .await
+                .expect("campaign");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            term.resign().await.expect("resign");
+        }
+    });
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let change = within(
+            Duration::from_secs(10),
+            "the next term is observed",
+            changes.next(),
+        )
+        .await
+        .expect("stream")
+        .expect("read");
+        if let Some(leader) = change {
+            seen.push(leader.value);
+        }
+    }
+    assert_eq!(seen, ["leader-0", "leader-1", "leader-2", "leader-3"]);
+    terms.await.expect("terms");
+}
+
 fn other_client_id(term: &crate::lock::Leadership) -> String {
     term.guard().owner().client_id().to_owned()
 }

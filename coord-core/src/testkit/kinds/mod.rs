@@ -1,6 +1,6 @@
 //! The conformance suites of the lock kinds beyond the lease lock:
-//! reentrant, fair, read-write, semaphore, leader election and lock
-//! administration. Like [`lock`](crate::testkit::lock), every case runs
+//! reentrant, fair, read-write, semaphore, leader election, multi-lock and
+//! lock administration. Like [`lock`](crate::testkit::lock), every case runs
 //! unchanged on every backend;
 //! [`lock_kinds_conformance_tests!`](crate::lock_kinds_conformance_tests)
 //! expands them into tests named `conformance_<kind>_<case>_<backend>`.
@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod election;
 pub mod fair;
+pub mod multi;
 pub mod reentrant;
 pub mod rwlock;
 pub mod semaphore;
@@ -33,6 +34,9 @@ pub const CASES: &[&str] = &[
     "election::one_leader_at_a_time",
     "election::new_leader_after_leader_dies",
     "election::observe_reports_changes",
+    "election::observe_reports_every_term",
+    "multi::all_or_nothing",
+    "multi::opposite_orders_do_not_deadlock",
     "admin::list_shows_holders_and_waiters",
     "admin::force_release_refuses_old_holder_fenced_write",
     "admin::stats_count_acquisitions",
@@ -83,6 +87,9 @@ macro_rules! lock_kinds_conformance_tests {
             election::one_leader_at_a_time,
             election::new_leader_after_leader_dies,
             election::observe_reports_changes,
+            election::observe_reports_every_term,
+            multi::all_or_nothing,
+            multi::opposite_orders_do_not_deadlock,
             admin::list_shows_holders_and_waiters,
             admin::force_release_refuses_old_holder_fenced_write,
             admin::stats_count_acquisitions,
