@@ -4,7 +4,7 @@
 //! fencing tokens on one server (`redis://`, `rediss://`) or a Redis Cluster
 //! (`redis+cluster://`). Every operation is one `EVALSHA` of a Lua script,
 //! and on a standalone server concurrent acquisitions and releases share one
-//! (see `batch.rs`); waiters are woken through a dedicated pub/sub
+//! script call; waiters are woken through a dedicated pub/sub
 //! connection. Needs Redis 7.0 or later.
 //!
 //! Most users reach it through the `coord` facade (`Coord::connect("redis://…")`);

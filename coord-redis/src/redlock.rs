@@ -114,8 +114,8 @@ fn drift(ttl: Duration) -> Duration {
 ///
 /// # Acquiring
 ///
-/// One attempt sends each server's own acquisition (`acquire.lua`, with its
-/// fencing token) to all servers at once, each bounded by
+/// One attempt sends each server's own acquisition (the lease lock's
+/// script, with its fencing token) to all servers at once, each bounded by
 /// [`RedlockConfig::server_timeout`]. It is granted when at least a quorum
 /// granted and the validity `ttl - elapsed - drift` (drift = 1 % of the TTL
 /// plus 2 ms) is still positive; the grant's [`LockGrant::ttl`] is that
@@ -149,11 +149,10 @@ fn drift(ttl: Duration) -> Duration {
 ///
 /// # Fencing tokens
 ///
-/// Each server hands out its own tokens (a hybrid logical clock, see
-/// `acquire.lua`). The Redlock token of a grant is the highest token `T` of
+/// Each server hands out its own tokens (a hybrid logical clock: a counter
+/// raised to the server's clock in microseconds when it falls behind). The Redlock token of a grant is the highest token `T` of
 /// the servers that granted it; before the grant is returned, the fence of
-/// every granting server below `T` is raised to `T` (`raise_fence.lua`, one
-/// more round trip, in parallel, skipped when all tokens were equal). The
+/// every granting server below `T` is raised to `T` (one more round trip, in parallel, skipped when all tokens were equal). The
 /// grant fails unless a quorum of servers is known to have its fence at `T`
 /// or above. Any two quorums share a server, so the next grant's quorum
 /// includes a server whose fence is at least `T`, whose token is then above
@@ -164,8 +163,7 @@ fn drift(ttl: Duration) -> Duration {
 /// fence, which is true when at most a minority of servers lose their data
 /// (restart without persistence) between two grants. Beyond that, the
 /// per-server hybrid logical clock still raises a lost fence above earlier
-/// tokens when the servers' clocks agree to within the outage (see
-/// `acquire.lua`), and the quarantine below makes every outage last longer
+/// tokens when the servers' clocks agree to within the outage, and the quarantine below makes every outage last longer
 /// than `max_ttl`. Tokens are per lock name: tokens of different names are
 /// not comparable. A cheaper scheme (no extra round trip) would need each
 /// server's acquisition to take a floor for its token, which needs the
@@ -204,8 +202,7 @@ fn drift(ttl: Duration) -> Duration {
 /// from it, and in the background at most once a second otherwise, so an
 /// acquisition stays one round trip. A change of `run_id` is logged.
 ///
-/// The server enforces it too, in the same script as each grant
-/// (`redlock_acquire.lua`): the first check of a server process writes a
+/// The server enforces it too, in the same script as each grant: the first check of a server process writes a
 /// boot record (`{ns}:redlock:boot`: its `run_id` and start), and an
 /// acquisition is refused, with nothing changed, when the record is
 /// missing (the process restarted without persistence and nobody checked
