@@ -18,6 +18,8 @@ use crate::error::{batch_item_error, map_err, unexpected_reply};
 /// The lock scripts, hashed once per backend.
 pub(crate) struct Scripts {
     acquire: Script,
+    /// Redlock's guarded acquisition (see `crate::redlock`).
+    pub(crate) redlock_acquire: Script,
     renew: Script,
     release: Script,
     force_release: Script,
@@ -30,6 +32,10 @@ impl Scripts {
                 include_str!("scripts/lease_acquire.lua"),
                 include_str!("scripts/acquire.lua")
             )),
+            redlock_acquire: Script::new(concat!(
+                include_str!("scripts/lease_acquire.lua"),
+                include_str!("scripts/redlock_acquire.lua")
+            )),
             renew: Script::new(include_str!("scripts/renew.lua")),
             release: Script::new(include_str!("scripts/release.lua")),
             force_release: Script::new(include_str!("scripts/force_release.lua")),
@@ -41,6 +47,9 @@ impl Scripts {
 pub(crate) struct LockBatches {
     acquire: Arc<Batcher<AcquireCall, AcquireOutcome>>,
     release: Arc<Batcher<ReleaseCall, ()>>,
+    /// Redlock's guarded acquisitions on this server.
+    pub(crate) redlock_acquire:
+        Arc<Batcher<crate::redlock::RedlockAcquireCall, crate::redlock::ServerVote>>,
 }
 
 impl LockBatches {
@@ -48,6 +57,7 @@ impl LockBatches {
         LockBatches {
             acquire: Arc::new(Batcher::new(Abandoned::Skip)),
             release: Arc::new(Batcher::new(Abandoned::Send)),
+            redlock_acquire: Arc::new(Batcher::new(Abandoned::Skip)),
         }
     }
 }
@@ -73,7 +83,7 @@ struct ReleaseCall {
 }
 
 /// Sends `call` through `batcher` (standalone servers), or alone.
-async fn send_one<I, O, S, F>(
+pub(crate) async fn send_one<I, O, S, F>(
     batcher: Option<&Arc<Batcher<I, O>>>,
     call: I,
     what: &str,
@@ -96,7 +106,7 @@ where
 
 /// A call a batched script carries: its script, and its keys and arguments
 /// (each script loops over groups of `KEYS` keys and as many arguments).
-trait ScriptCall {
+pub(crate) trait ScriptCall {
     /// Keys (and arguments) per call.
     const KEYS: usize;
     fn script(scripts: &Scripts) -> &Script;
@@ -148,7 +158,7 @@ async fn script_call<C: ScriptCall>(
 
 /// Sends `calls` as one script call; one result per call, in order. A
 /// batch refused for spanning slots is sent again one call at a time.
-async fn send_calls<C: ScriptCall, O>(
+pub(crate) async fn send_calls<C: ScriptCall, O>(
     backend: &RedisBackend,
     calls: &[C],
     what: &str,

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::backend::RedisBackend;
 use crate::config::{RedisConfig, RedisMode};
+use crate::lock::{LockKeys, ScriptCall, send_calls, send_one};
 
 /// How often a server's `INFO server` is read when nothing went wrong.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -256,9 +257,6 @@ struct Inner {
     raise_fence: Script,
     /// `redlock_boot.lua`: `INFO server`, and the server's boot record.
     boot: Script,
-    /// `redlock_acquire.lua`: an acquisition made only by a checked,
-    /// unquarantined server process.
-    acquire: Script,
 }
 
 /// One server and what is known about it.
@@ -484,10 +482,6 @@ impl RedlockBackend {
                 caps,
                 raise_fence: Script::new(include_str!("scripts/raise_fence.lua")),
                 boot: Script::new(include_str!("scripts/redlock_boot.lua")),
-                acquire: Script::new(concat!(
-                    include_str!("scripts/lease_acquire.lua"),
-                    include_str!("scripts/redlock_acquire.lua")
-                )),
             }),
         };
         let n = backend.inner.servers.len();
@@ -588,6 +582,105 @@ fn parse_info(info: &str) -> Option<(String, u64, bool)> {
     let uptime = field("uptime_in_seconds")?.parse().ok()?;
     let cluster = field("redis_mode") == Some("cluster");
     Some((run_id, uptime, cluster))
+}
+
+/// One server's answer to a guarded acquisition (`redlock_acquire.lua`).
+pub(crate) enum ServerVote {
+    Granted(FencingToken),
+    Held(Option<Duration>),
+    /// Not the process the client checked (restarted): nothing changed.
+    Unchecked,
+    /// Younger than the quarantine, for this long more: nothing changed.
+    Quarantined(Duration),
+}
+
+/// One guarded acquisition, as a batch carries it.
+pub(crate) struct RedlockAcquireCall {
+    boot: String,
+    keys: LockKeys,
+    fence_end: usize,
+    quarantine_ms: u64,
+    run_id: String,
+    owner: LockOwner,
+    ttl: Duration,
+}
+
+impl ScriptCall for RedlockAcquireCall {
+    const KEYS: usize = 3;
+    fn script(scripts: &crate::lock::Scripts) -> &Script {
+        &scripts.redlock_acquire
+    }
+    fn keys(&self, cmd: &mut redis::Cmd) {
+        cmd.arg(&self.boot)
+            .arg(self.keys.lock())
+            .arg(&self.keys.buf[..self.fence_end]);
+    }
+    fn args(&self, cmd: &mut redis::Cmd) {
+        cmd.arg(self.quarantine_ms)
+            .arg(&self.run_id)
+            .arg(self.owner.as_str())
+            .arg(crate::lock::ttl_ms(self.ttl));
+    }
+}
+
+/// Decodes `redlock_acquire.lua`'s reply for one call.
+fn parse_vote(reply: &Value, call: &RedlockAcquireCall, addr: &str) -> Result<ServerVote> {
+    if let Value::Array(items) = reply
+        && items.first() == Some(&Value::BulkString(b"redlock".to_vec()))
+    {
+        return match (items.get(1), items.get(2)) {
+            (Some(Value::BulkString(s)), _) if s == b"unchecked" => Ok(ServerVote::Unchecked),
+            (Some(Value::BulkString(s)), Some(Value::Int(ms))) if s == b"quarantined" => Ok(
+                ServerVote::Quarantined(Duration::from_millis(u64::try_from(*ms).unwrap_or(0))),
+            ),
+            _ => Err(crate::error::unexpected_reply("redlock acquire", reply)),
+        };
+    }
+    let fence = &call.keys.buf[..call.fence_end];
+    Ok(
+        match crate::lock::parse_acquire(reply, fence, call.ttl, addr)? {
+            AcquireOutcome::Granted(g) => ServerVote::Granted(g.token),
+            AcquireOutcome::Held { retry_after } => ServerVote::Held(retry_after),
+        },
+    )
+}
+
+impl RedisBackend {
+    /// One guarded acquisition on this server for Redlock: granted only
+    /// when the server process is `run_id` and older than `quarantine_ms`.
+    /// Concurrent calls share one script call, like plain acquisitions.
+    async fn redlock_acquire(
+        &self,
+        name: &str,
+        owner: &LockOwner,
+        ttl: Duration,
+        quarantine_ms: u64,
+        run_id: String,
+    ) -> Result<ServerVote> {
+        let (keys, fence_end) = LockKeys::new(&self.inner.lock_prefix, name).with_fence();
+        let call = RedlockAcquireCall {
+            boot: boot_key(self),
+            keys,
+            fence_end,
+            quarantine_ms,
+            run_id,
+            owner: owner.clone(),
+            ttl,
+        };
+        let backend = self.clone();
+        let batcher = self.inner.batches.as_ref().map(|b| &b.redlock_acquire);
+        send_one(batcher, call, "redlock acquire", move |calls| {
+            let backend = backend.clone();
+            async move {
+                let addr = backend.inner.addr.clone();
+                send_calls(&backend, &calls, "redlock acquire", |c, v| {
+                    parse_vote(v, c, &addr)
+                })
+                .await
+            }
+        })
+        .await
+    }
 }
 
 /// The key of a server's boot record (`redlock_boot.lua`), in `backend`'s
@@ -885,37 +978,16 @@ impl Inner {
             }
         };
         let addr = &self.servers[i].addr;
-        let fence = format!("{}{name}}}:fence", backend.inner.lock_prefix);
-        let mut cmd = crate::lock::evalsha(&self.acquire, 3);
-        cmd.arg(boot_key(&backend))
-            .arg(&fence[..fence.len() - ":fence".len()])
-            .arg(&fence)
-            .arg(self.quarantine_ms)
-            .arg(&run_id)
-            .arg(owner.as_str())
-            .arg(crate::lock::ttl_ms(ttl));
-        let attempt = async {
-            let reply = backend.eval_raw::<Value>(&self.acquire, &cmd).await;
-            let reply = match reply {
-                Ok(Value::ServerError(e)) => Err(redis::RedisError::from(e)),
-                other => other,
-            };
-            match reply {
-                Err(e) if e.code() == Some("UNCHECKED") => Ok(Vote::Unverified),
-                Err(e) if e.code() == Some("QUARANTINED") => {
-                    let ms = e.detail().and_then(|d| d.trim().parse().ok()).unwrap_or(0);
-                    Ok(Vote::Quarantined(
-                        Instant::now() + Duration::from_millis(ms),
-                    ))
-                }
-                Err(e) => Err(crate::error::map_err(e, addr)),
-                Ok(v) => match crate::lock::parse_acquire(&v, &fence, ttl, addr)? {
-                    AcquireOutcome::Granted(g) => Ok(Vote::Granted(g.token)),
-                    AcquireOutcome::Held { retry_after } => Ok(Vote::Refused(retry_after)),
-                },
-            }
-        };
-        match bounded(self.config.server_timeout, addr, "an acquisition", attempt).await {
+        let attempt = backend.redlock_acquire(name, owner, ttl, self.quarantine_ms, run_id);
+        let vote = bounded(self.config.server_timeout, addr, "an acquisition", attempt)
+            .await
+            .map(|v| match v {
+                ServerVote::Granted(token) => Vote::Granted(token),
+                ServerVote::Held(after) => Vote::Refused(after),
+                ServerVote::Unchecked => Vote::Unverified,
+                ServerVote::Quarantined(left) => Vote::Quarantined(Instant::now() + left),
+            });
+        match vote {
             Ok(Vote::Granted(_)) if self.failed_since(i, generation) => Vote::Failed {
                 error: Error::unavailable(
                     format!(

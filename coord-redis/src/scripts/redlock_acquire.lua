@@ -1,4 +1,4 @@
--- redlock_acquire.lua: one server's part of a Redlock acquisition: acquire.lua's attempt,
+-- redlock_acquire.lua: one server's part of Redlock acquisitions: acquire.lua's attempt,
 -- made only when this server process is the one the client checked and has left its
 -- quarantine (sent after lease_acquire.lua, which defines `acquire`).
 --
@@ -8,26 +8,54 @@
 -- ARGV[1]  the quarantine in milliseconds (integer >= 0)
 -- ARGV[2]  the run id the client last checked on this server
 -- ARGV[3]  the owner, ARGV[4] the TTL in milliseconds, as in acquire.lua
+-- A batch of N attempts (see batch.rs) repeats the pattern: KEYS[3i-2..3i] and
+-- ARGV[4i-3..4i] are the i-th attempt's, and the reply is an array of the N replies,
+-- the pair {'error', message} standing in for an attempt that failed.
 --
--- Returns `acquire`'s reply (see lease_acquire.lua), or, with nothing changed, an error:
---   UNCHECKED ...     no boot record, or one of another run id: the server restarted (or
---                     was never checked) since the client's check; check it again
---   QUARANTINED <ms>  the process started less than the quarantine ago; <ms> are left
+-- Returns, for one attempt, `acquire`'s reply (see lease_acquire.lua), or, with nothing
+-- changed:
+--   {'redlock', 'unchecked'}          no boot record, or one of another run id: the
+--                                     server restarted (or was never checked) since the
+--                                     client's check; check it again
+--   {'redlock', 'quarantined', <ms>}  the process started less than the quarantine
+--                                     ago; <ms> are left
 -- The check runs in the same script as the grant, so every request that reaches a
 -- restarted process is refused, whatever the client's connection did meanwhile.
-local record = redis.call('GET', KEYS[1])
-local run_id, start
-if record then
-  run_id, start = string.match(record, '^(%x+) (%d+)$')
+
+-- The server clock in microseconds, read once per script call.
+local clock = nil
+
+local function guarded(boot, lock, fence, quarantine, run_id, owner, ttl)
+  local record = redis.call('GET', boot)
+  local id, start
+  if record then
+    id, start = string.match(record, '^(%x+) (%d+)$')
+  end
+  if not id or id ~= run_id then
+    return { 'redlock', 'unchecked' }
+  end
+  if not clock then
+    local t = redis.call('TIME')
+    clock = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  end
+  local left = tonumber(start) + tonumber(quarantine) * 1000 - clock
+  if left > 0 then
+    return { 'redlock', 'quarantined', math.ceil(left / 1000) }
+  end
+  return acquire(lock, fence, owner, ttl)
 end
-if not run_id or run_id ~= ARGV[2] then
-  return redis.error_reply('UNCHECKED this server has no boot record of run ' .. ARGV[2] ..
-    ': it restarted or was not checked')
+
+if #KEYS == 3 then
+  return guarded(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local left = tonumber(start) + tonumber(ARGV[1]) * 1000 - now
-if left > 0 then
-  return redis.error_reply('QUARANTINED ' .. string.format('%.0f', math.ceil(left / 1000)))
+local replies = {}
+for i = 1, #KEYS / 3 do
+  local k, a = 3 * i - 2, 4 * i - 3
+  local ok, reply = pcall(guarded, KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[a], ARGV[a + 1],
+    ARGV[a + 2], ARGV[a + 3])
+  if not ok or (type(reply) == 'table' and reply.err) then
+    reply = { 'error', type(reply) == 'table' and reply.err or tostring(reply) }
+  end
+  replies[i] = reply
 end
-return acquire(KEYS[2], KEYS[3], ARGV[3], ARGV[4])
+return replies
