@@ -12,6 +12,7 @@ use tracing::Instrument;
 use crate::config::EtcdConfig;
 use crate::error::{call, deadline, map};
 use crate::lease::{LeasePool, MIN_LEASE_SECS, PooledLease};
+use crate::members::Members;
 
 /// A client of an etcd cluster implementing coord's backend traits. Cheap to
 /// clone; clones share the connection and the leases.
@@ -31,6 +32,9 @@ pub(crate) struct Inner {
     pub(crate) prefix: String,
     pub(crate) timeout: Duration,
     pub(crate) leases: LeasePool,
+    /// The members of the endpoint list, probed in the background while
+    /// this lives.
+    _members: Arc<Members>,
     /// The locks this client holds: lock prefix → (owner, TTL bucket of their lease).
     holds: Mutex<HashMap<String, (String, u64)>>,
     pub(crate) caps: Capabilities,
@@ -207,31 +211,70 @@ async fn connect(config: EtcdConfig, settings: &Settings) -> Result<EtcdBackend>
         "" => String::new(),
         ns => format!("{ns}/"),
     };
+    let probe_timeout = settings.request_timeout.min(Duration::from_secs(1));
+    let members = Arc::new(Members::new(
+        endpoints.clone(),
+        options.clone(),
+        format!("{prefix}health"),
+        probe_timeout,
+    ));
     let attempt = async {
+        // With several members, connect to those that answer (a member
+        // down or hung must not fail or stall the connect).
+        // A cluster electing a leader (its leader just died) answers no
+        // linearizable read for a moment: probe again until the deadline.
+        let mut connect_to = endpoints.clone();
+        if members.is_list() {
+            loop {
+                let alive = members.probe_all(probe_timeout.min(left() / 2)).await;
+                if alive.iter().any(|a| *a) {
+                    connect_to = members.urls_of(&alive);
+                    members.set_in_balancer(&alive);
+                    break;
+                }
+                if left() < Duration::from_millis(300) {
+                    members.set_in_balancer(&vec![true; endpoints.len()]);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         let client = call(
             "connect to etcd",
             left(),
-            Client::connect(endpoints.clone(), Some(options)),
+            Client::connect(connect_to, Some(options)),
         )
         .await
         .map_err(unavailable)?;
         let mut kv = client.kv_client();
-        let probe = kv.get(
-            format!("{prefix}health"),
-            Some(GetOptions::new().with_count_only()),
-        );
-        match deadline("reach etcd", left(), probe)
-            .await
-            .map_err(unavailable)?
-        {
-            Ok(_) => Ok(client),
-            Err(e) => Err(unavailable(map("reach etcd", e))),
+        loop {
+            let probe = kv.get(
+                format!("{prefix}health"),
+                Some(GetOptions::new().with_count_only()),
+            );
+            match deadline("reach etcd", left(), probe)
+                .await
+                .map_err(unavailable)?
+            {
+                Ok(_) => return Ok(client),
+                Err(e) => {
+                    let e = map("reach etcd", e);
+                    // A leader election passes; anything else is an answer.
+                    if !e.is_retryable() || left() < Duration::from_millis(200) {
+                        return Err(unavailable(e));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
         }
     };
     let client = match attempt.await {
         Ok(client) => client,
         Err(e) => return Err(explain_connect_error(e, &config, left()).await),
     };
+    if members.is_list() {
+        Members::watch(&members, client.clone());
+    }
     tracing::debug!("connected to etcd");
     let mut caps = Capabilities::new("etcd");
     caps.linearizable = true;
@@ -245,6 +288,7 @@ async fn connect(config: EtcdConfig, settings: &Settings) -> Result<EtcdBackend>
         inner: Arc::new(Inner {
             leases: LeasePool::new(client.lease_client(), timeout),
             client,
+            _members: members,
             config,
             prefix,
             timeout,

@@ -69,6 +69,7 @@ mod fenced;
 mod inspect;
 mod lease;
 mod lock;
+mod members;
 mod queue;
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -19,11 +19,15 @@ use coord_core::{Error, LockBackend, Result, Settings};
 
 use crate::EtcdBackend;
 
+mod cluster;
+
+pub use cluster::EtcdCluster;
+
 /// The environment variable naming an existing etcd to test against
 /// (`host:port[,host:port…]`, `http://` optional) instead of spawning one.
 pub const ENDPOINTS_ENV: &str = "COORD_TEST_ETCD_ENDPOINTS";
 
-const INSTALL_HINT: &str = "install etcd (`apt-get install etcd-server`) or set \
+pub(crate) const INSTALL_HINT: &str = "install etcd (`apt-get install etcd-server`) or set \
     COORD_TEST_ETCD_ENDPOINTS to the endpoints of a running etcd";
 
 /// How long a spawned etcd may take to answer requests.
@@ -151,23 +155,39 @@ impl EtcdServer {
         })
     }
 
-    /// Waits until etcd answers a linearizable read, on a runtime of its own
-    /// in a thread of its own (so it works inside and outside a runtime).
     fn wait_ready(&self) -> Result<()> {
-        let url = self.url();
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| Error::unavailable("cannot start a runtime", Some(e.into())))?
-                        .block_on(wait_ready(&url))
-                })
-                .join()
-                .unwrap_or_else(|_| Err(Error::unavailable("the readiness check panicked", None)))
-        })
+        wait_ready_blocking(&self.url())
     }
+}
+
+/// Waits until etcd at `url` answers a linearizable read, on a runtime of
+/// its own in a thread of its own (so it works inside and outside a runtime).
+pub(crate) fn wait_ready_blocking(url: &str) -> Result<()> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Error::unavailable("cannot start a runtime", Some(e.into())))?
+                    .block_on(wait_ready(url))
+            })
+            .join()
+            .unwrap_or_else(|_| Err(Error::unavailable("the readiness check panicked", None)))
+    })
+}
+
+/// A temporary data directory for an etcd process (in `/dev/shm` when it exists).
+pub(crate) fn data_dir() -> Result<tempfile::TempDir> {
+    let shm = Path::new("/dev/shm");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("coord-etcd-test-");
+    if shm.is_dir() {
+        builder.tempdir_in(shm)
+    } else {
+        builder.tempdir()
+    }
+    .map_err(|e| Error::unavailable("cannot create a data directory for etcd", Some(e.into())))
 }
 
 async fn wait_ready(url: &str) -> Result<()> {
@@ -194,24 +214,44 @@ async fn wait_ready(url: &str) -> Result<()> {
 }
 
 fn spawn_etcd() -> Result<EtcdServer> {
-    let shm = Path::new("/dev/shm");
-    let mut builder = tempfile::Builder::new();
-    builder.prefix("coord-etcd-test-");
-    let data_dir = if shm.is_dir() {
-        builder.tempdir_in(shm)
-    } else {
-        builder.tempdir()
-    }
-    .map_err(|e| Error::unavailable("cannot create a data directory for etcd", Some(e.into())))?;
+    let data_dir = data_dir()?;
     let client_port = ServerProcess::free_port()?;
     let peer_port = ServerProcess::free_port()?;
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let args = member_args(
+        "coord-test",
+        &data_dir,
+        client_port,
+        peer_port,
+        &format!("coord-test={peer}"),
+    );
+    let process = ServerProcess::spawn("etcd", args, client_port, INSTALL_HINT)?;
+    Ok(EtcdServer {
+        endpoints: vec![format!("127.0.0.1:{client_port}")],
+        spawned: Some(Spawned {
+            process: Mutex::new(process),
+            _data_dir: data_dir,
+        }),
+    })
+}
+
+/// The arguments of one etcd member `name` listening on loopback, with its
+/// data under `dir`, in a new cluster `initial_cluster`
+/// (`name=http://127.0.0.1:PEER,…`).
+pub(crate) fn member_args(
+    name: &str,
+    dir: &tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+    initial_cluster: &str,
+) -> Vec<String> {
     let client = format!("http://127.0.0.1:{client_port}");
     let peer = format!("http://127.0.0.1:{peer_port}");
-    let args = [
+    [
         "--name",
-        "coord-test",
+        name,
         "--data-dir",
-        &data_dir.path().join("data").to_string_lossy(),
+        &dir.path().join("data").to_string_lossy(),
         "--listen-client-urls",
         &client,
         "--advertise-client-urls",
@@ -221,7 +261,7 @@ fn spawn_etcd() -> Result<EtcdServer> {
         "--initial-advertise-peer-urls",
         &peer,
         "--initial-cluster",
-        &format!("coord-test={peer}"),
+        initial_cluster,
         "--initial-cluster-state",
         "new",
         "--logger",
@@ -230,15 +270,7 @@ fn spawn_etcd() -> Result<EtcdServer> {
         "error",
     ]
     .map(str::to_owned)
-    .to_vec();
-    let process = ServerProcess::spawn("etcd", args, client_port, INSTALL_HINT)?;
-    Ok(EtcdServer {
-        endpoints: vec![format!("127.0.0.1:{client_port}")],
-        spawned: Some(Spawned {
-            process: Mutex::new(process),
-            _data_dir: data_dir,
-        }),
-    })
+    .to_vec()
 }
 
 fn process(spawned: &Spawned) -> MutexGuard<'_, ServerProcess> {
