@@ -8,6 +8,6 @@ coord_core::fenced_store_conformance_tests!(memory, coord_core::testkit::MemoryH
 #[test]
 fn every_case_is_listed() {
     assert_eq!(coord_core::testkit::lock::CASES.len(), 15);
-    assert_eq!(coord_core::testkit::kinds::CASES.len(), 20);
+    assert_eq!(coord_core::testkit::kinds::CASES.len(), 21);
     assert_eq!(coord_core::testkit::fenced::CASES.len(), 3);
 }

@@ -48,6 +48,7 @@ impl EtcdBackend {
                 owner,
                 mode: HoldMode::Exclusive,
                 ttl_remaining,
+                value: proclaimed(holder),
             }],
             waiters: Vec::new(),
         }))
@@ -99,6 +100,7 @@ impl EtcdBackend {
                     token: Some(token(kv)?),
                     mode: HoldMode::Exclusive,
                     ttl_remaining: ttls.get(&kv.lease()).copied(),
+                    value: proclaimed(kv),
                 }],
                 waiters: Vec::new(),
             });
@@ -124,6 +126,7 @@ impl EtcdBackend {
                     token: if granted { Some(token(kv)?) } else { None },
                     mode: mode_of(kv)?,
                     ttl_remaining: ttls.get(&kv.lease()).copied(),
+                    value: None,
                 };
                 if granted {
                     info.holders.push(holder);
@@ -234,6 +237,12 @@ fn stored_owner(key: &[u8], prefix: usize) -> Result<String> {
             )
         })?;
     Ok(owner.to_owned())
+}
+
+/// The value a lease lock's holder proclaimed: its key's value (empty
+/// until a proclaim).
+fn proclaimed(kv: &KeyValue) -> Option<String> {
+    (!kv.value().is_empty()).then(|| String::from_utf8_lossy(kv.value()).into_owned())
 }
 
 #[cfg(test)]

@@ -144,6 +144,28 @@ impl LockBackend for EtcdBackend {
         self.watch_lock(name, false).await
     }
 
+    /// Puts the value on the holder's key, keeping its lease and create
+    /// revision (one txn: only while the key exists).
+    async fn proclaim(&self, name: &str, owner: &LockOwner, value: &str) -> Result<()> {
+        let key = self.lock_key(name, owner);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Greater, 0)])
+            .and_then([TxnOp::put(
+                key,
+                value,
+                Some(PutOptions::new().with_ignore_lease()),
+            )]);
+        let mut kv = self.inner.client.kv_client();
+        let resp = call("proclaim", self.inner.timeout, kv.txn(txn)).await?;
+        if resp.succeeded() {
+            Ok(())
+        } else {
+            Err(Error::NotHeld(format!(
+                "lock {name:?} is not held by {owner}"
+            )))
+        }
+    }
+
     /// A watch of every holder key of the lock: grants (PUT) as well as
     /// releases and expiries (DELETE).
     async fn subscribe_changes(&self, name: &str) -> Result<ReleaseEvents> {

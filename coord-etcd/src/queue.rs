@@ -352,47 +352,41 @@ impl EtcdBackend {
         call(what, self.inner.timeout, get).await
     }
 
-    /// Reads the queue and opens the watch that can grant `own`'s entry.
+    /// Opens a watch of the queue's deletions, then reads the queue and
+    /// picks which deletions can grant `own`'s entry.
+    ///
+    /// The watch starts at "now" and is open before the read, so a deletion
+    /// after the read is always reported, and one in between shows in the
+    /// read. (A watch from the read's revision would do the same with one
+    /// key, but etcd serves a watch that starts in the past from its
+    /// background sync, every 100 ms: under contention, wake-ups then came
+    /// up to 100 ms late.) Deletions of other entries reach the client and
+    /// are ignored by the filter; they wake nobody.
     async fn queue_target(&self, keys: &QueueKeys, own: &str) -> Result<Target> {
         let what = "watch a queued lock";
-        let mut last = None;
-        for _ in 0..MAX_ATTEMPTS {
-            let read = self.read_queue(keys, what).await?;
-            let revision = read
-                .header()
-                .map(|h| h.revision())
-                .ok_or_else(|| malformed("a read without revision"))?;
-            let kvs = read.kvs();
-            let Some(pos) = position(kvs, own) else {
-                return Ok(Target::Absent);
-            };
-            let Some(watched) = watch_target(kvs, pos)? else {
-                return Ok(Target::Grantable);
-            };
-            let (key, options, filter) = match watched {
-                Watched::Key(key) => (key, WatchOptions::new(), Filter::Any),
-                Watched::Ahead(ahead) => (
-                    keys.prefix.as_bytes().to_vec(),
-                    WatchOptions::new().with_range(keys.end.clone()),
-                    Filter::Keys(ahead),
-                ),
-            };
-            let options = options
-                .with_start_revision(revision + 1)
-                .with_filters([WatchFilterType::NoPut]);
-            match call(what, self.inner.timeout, open_watch(self, key, options)).await? {
-                Ok(stream) => return Ok(Target::Watch(Box::new(stream), filter)),
-                // The read's revision was compacted meanwhile: read again.
-                Err(reason) => last = Some(reason),
-            }
-        }
-        Err(Error::unavailable(
-            format!(
-                "{what}: etcd cancelled the watch: {}",
-                last.unwrap_or_default()
-            ),
-            None,
-        ))
+        let options = WatchOptions::new()
+            .with_range(keys.end.clone())
+            .with_filters([WatchFilterType::NoPut]);
+        let opened = call(
+            what,
+            self.inner.timeout,
+            open_watch(self, keys.prefix.as_bytes().to_vec(), options),
+        )
+        .await?;
+        let stream = opened.map_err(|reason| {
+            Error::unavailable(format!("{what}: etcd cancelled the watch: {reason}"), None)
+        })?;
+        let read = self.read_queue(keys, what).await?;
+        let kvs = read.kvs();
+        let Some(pos) = position(kvs, own) else {
+            return Ok(Target::Absent);
+        };
+        let filter = match watch_target(kvs, pos)? {
+            None => return Ok(Target::Grantable),
+            Some(Watched::Key(key)) => HashSet::from([key]),
+            Some(Watched::Ahead(ahead)) => ahead,
+        };
+        Ok(Target::Watch(Box::new(stream), filter))
     }
 }
 
@@ -431,16 +425,9 @@ enum Target {
     Absent,
     /// Its entry can be granted now: signal.
     Grantable,
-    /// A watch of DELETE events, and which of them matter.
-    Watch(Box<WatchStream>, Filter),
-}
-
-/// Which deletions wake the waiter.
-enum Filter {
-    /// Every one the watch reports (it watches a single key).
-    Any,
-    /// Those of these keys (the entries ahead of it).
-    Keys(HashSet<Vec<u8>>),
+    /// A watch of the queue's DELETE events, and the keys whose deletion
+    /// can grant the entry.
+    Watch(Box<WatchStream>, HashSet<Vec<u8>>),
 }
 
 /// What a waiting entry must watch to be woken when it may be granted.
@@ -507,12 +494,7 @@ impl Listener {
                     Ok(Some(resp)) => {
                         let woken = resp.events().iter().any(|e| {
                             e.event_type() == EventType::Delete
-                                && match &filter {
-                                    Filter::Any => true,
-                                    Filter::Keys(keys) => {
-                                        e.kv().is_some_and(|kv| keys.contains(kv.key()))
-                                    }
-                                }
+                                && e.kv().is_some_and(|kv| filter.contains(kv.key()))
                         });
                         if woken {
                             return Some(((), self));

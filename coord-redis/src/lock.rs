@@ -23,6 +23,7 @@ pub(crate) struct Scripts {
     renew: Script,
     release: Script,
     force_release: Script,
+    proclaim: Script,
 }
 
 impl Scripts {
@@ -39,6 +40,7 @@ impl Scripts {
             renew: Script::new(include_str!("scripts/renew.lua")),
             release: Script::new(include_str!("scripts/release.lua")),
             force_release: Script::new(include_str!("scripts/force_release.lua")),
+            proclaim: Script::new(include_str!("scripts/proclaim.lua")),
         }
     }
 }
@@ -381,6 +383,21 @@ impl LockBackend for RedisBackend {
 
     async fn inspect(&self, name: &str) -> Result<Option<LockInfo>> {
         self.inspect_lock(name).await
+    }
+
+    async fn proclaim(&self, name: &str, owner: &LockOwner, value: &str) -> Result<()> {
+        let keys = LockKeys::new(&self.inner.lock_prefix, name);
+        let script = &self.inner.scripts.proclaim;
+        let mut cmd = evalsha(script, 2);
+        cmd.arg(keys.lock())
+            .arg(format!("{}:value", keys.lock()))
+            .arg(owner.as_str())
+            .arg(value);
+        if self.eval::<i64>(script, &cmd).await? == 1 {
+            Ok(())
+        } else {
+            Err(not_held(name, owner))
+        }
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<LockInfo>> {

@@ -288,6 +288,7 @@ fn parse_info(name: &str, keys: &QueueKeys, reply: &Value, addr: &str) -> Result
             token,
             mode,
             ttl_remaining,
+            value: None,
         };
         if token.is_some() {
             info.holders.push(holder);
@@ -302,7 +303,7 @@ fn parse_info(name: &str, keys: &QueueKeys, reply: &Value, addr: &str) -> Result
 fn parse_inspect(name: &str, fence_key: &str, reply: &Value) -> Result<Option<LockInfo>> {
     let items = match reply {
         v if is_absent(v) => return Ok(None),
-        Value::Array(items) if items.len() == 3 => items,
+        Value::Array(items) if items.len() == 3 || items.len() == 4 => items,
         other => return Err(unexpected_reply("inspect", other)),
     };
     let owner = text(&items[0]).ok_or_else(|| unexpected_reply("inspect", reply))?;
@@ -326,6 +327,7 @@ fn parse_inspect(name: &str, fence_key: &str, reply: &Value) -> Result<Option<Lo
             token,
             mode: HoldMode::Exclusive,
             ttl_remaining,
+            value: items.get(3).and_then(text),
         }],
         waiters: Vec::new(),
     }))
@@ -480,8 +482,15 @@ impl RedisBackend {
         let (keys, fence_end) = LockKeys::new(&self.inner.lock_prefix, name).with_fence();
         let fence = &keys.buf[..fence_end];
         let script = &SCRIPTS.inspect;
-        let mut cmd = evalsha(script, 2);
+        // An election's holder may have proclaimed a value.
+        let value_key = name
+            .starts_with(coord_core::lock::ELECTION_PREFIX)
+            .then(|| format!("{}:value", keys.lock()));
+        let mut cmd = evalsha(script, if value_key.is_some() { 3 } else { 2 });
         cmd.arg(keys.lock()).arg(fence);
+        if let Some(k) = &value_key {
+            cmd.arg(k);
+        }
         let reply = self.eval::<Value>(script, &cmd).await?;
         parse_inspect(name, fence, &reply)
     }

@@ -1160,6 +1160,7 @@ fn majority_view(name: &str, infos: &[Option<&LockInfo>], quorum: usize) -> Opti
             token,
             mode: HoldMode::Exclusive,
             ttl_remaining,
+            value: None,
         }],
         waiters: Vec::new(),
     })
@@ -1604,6 +1605,7 @@ mod tests {
                 token: Some(FencingToken::new(token)),
                 mode: HoldMode::Exclusive,
                 ttl_remaining: ttl_ms.map(Duration::from_millis),
+                value: None,
             }],
             waiters: Vec::new(),
         }

@@ -132,6 +132,16 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     /// Releases what the backend holds for this client (leases, connections).
     async fn close(&self) {}
 
+    /// Sets the value `owner`, the holder of lease lock `name`, proclaims
+    /// (shown as [`HolderInfo::value`](crate::lock::HolderInfo::value) by
+    /// [`inspect`](Self::inspect)), without a new grant: same token, same
+    /// lease; observers of changes are signalled. [`Error::NotHeld`] when
+    /// `owner` does not hold it. Default: unsupported.
+    async fn proclaim(&self, name: &str, owner: &LockOwner, value: &str) -> Result<()> {
+        let _ = (name, owner, value);
+        Err(unsupported(self.capabilities().backend, "proclaim"))
+    }
+
     /// Like [`subscribe`](Self::subscribe), but signals every change of
     /// holder of the lease lock `name`: grants as well as releases and
     /// expiries. [`Election::observe`](crate::lock::Election::observe)

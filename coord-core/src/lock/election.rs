@@ -183,7 +183,10 @@ impl Election {
         })?;
         Ok(Some(LeaderInfo {
             client_id: owner.client_id().to_owned(),
-            value: owner.logical().to_owned(),
+            value: holder
+                .value
+                .clone()
+                .unwrap_or_else(|| owner.logical().to_owned()),
             token,
             ttl_remaining: holder.ttl_remaining,
         }))
@@ -314,6 +317,37 @@ impl Leadership {
     /// Resolves when leadership is lost, like [`LockGuard::lost`].
     pub async fn lost(&self) -> Error {
         self.guard.lost().await
+    }
+
+    /// Changes the value this leader announces, without a new election:
+    /// same term, same fencing token; [`Election::leader`] shows the new
+    /// value and observers see the change. [`Error::NotHeld`] when this
+    /// client no longer leads. The value must not contain a NUL byte.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let client = coord_core::LockClient::new(std::sync::Arc::new(coord_core::memory::MemoryBackend::new()));
+    /// let election = client.election("api").build();
+    /// let mut term = election.campaign("node-1 starting").await?;
+    /// term.proclaim("node-1 ready at 10.0.0.1:8080").await?;
+    /// let leader = election.leader().await?.expect("a leader");
+    /// assert_eq!(leader.value, "node-1 ready at 10.0.0.1:8080");
+    /// assert_eq!(leader.token, term.fencing_token());
+    /// # Ok::<_, coord_core::Error>(()) }).unwrap();
+    /// ```
+    pub async fn proclaim(&mut self, value: impl Into<String>) -> Result<()> {
+        let value = value.into();
+        if value.contains('\0') {
+            return Err(Error::invalid("a proclaimed value contains a NUL byte"));
+        }
+        let client = &self.guard.shared.client;
+        let name = &self.guard.shared.name;
+        let owner = &self.guard.shared.owner;
+        client
+            .call("proclaim", client.backend.proclaim(name, owner, &value))
+            .await?;
+        self.value = value;
+        Ok(())
     }
 
     /// Steps down now, so another candidate is elected at once.

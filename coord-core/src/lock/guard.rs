@@ -163,7 +163,7 @@ impl GuardShared {
 #[derive(Debug)]
 #[must_use = "dropping the guard releases the lock"]
 pub struct LockGuard {
-    shared: Arc<GuardShared>,
+    pub(crate) shared: Arc<GuardShared>,
     id: u64,
     done: bool,
 }

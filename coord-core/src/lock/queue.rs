@@ -127,6 +127,9 @@ pub struct HolderInfo {
     pub mode: HoldMode,
     /// How long its lease still runs, when the backend can tell.
     pub ttl_remaining: Option<Duration>,
+    /// The value the holder proclaimed after its grant
+    /// ([`Leadership::proclaim`](crate::lock::Leadership::proclaim)), if any.
+    pub value: Option<String>,
 }
 
 /// One lock as [`list`](crate::lock::LockBackend::list) reports it.

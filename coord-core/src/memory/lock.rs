@@ -41,6 +41,8 @@ struct Held {
     owner: String,
     token: u64,
     expires: Instant,
+    /// What the holder proclaimed.
+    value: Option<String>,
 }
 
 impl Store {
@@ -168,6 +170,7 @@ impl LockBackend for MemoryBackend {
                 owner: owner.as_str().to_owned(),
                 token,
                 expires: now + ttl,
+                value: None,
             },
         );
         store.changed(name);
@@ -198,6 +201,21 @@ impl LockBackend for MemoryBackend {
             Some(held) if held.owner == owner.as_str() => {
                 store.locks.remove(name);
                 store.notify(name);
+                Ok(())
+            }
+            _ => Err(Error::NotHeld(format!(
+                "lock {name:?} is not held by {owner}"
+            ))),
+        }
+    }
+
+    async fn proclaim(&self, name: &str, owner: &LockOwner, value: &str) -> Result<()> {
+        let now = Instant::now();
+        let mut store = self.store();
+        match store.holder(name, now) {
+            Some(held) if held.owner == owner.as_str() => {
+                held.value = Some(value.to_owned());
+                store.changed(name);
                 Ok(())
             }
             _ => Err(Error::NotHeld(format!(
@@ -313,6 +331,7 @@ fn lease_info(name: &str, held: &Held, now: Instant) -> LockInfo {
             token: Some(FencingToken::new(held.token)),
             mode: HoldMode::Exclusive,
             ttl_remaining: Some(held.expires.saturating_duration_since(now)),
+            value: held.value.clone(),
         }],
         waiters: Vec::new(),
     }

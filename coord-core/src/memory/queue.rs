@@ -180,6 +180,7 @@ impl Queues {
                 token: e.token.map(FencingToken::new),
                 mode: e.mode,
                 ttl_remaining: Some(e.expires.saturating_duration_since(now)),
+                value: None,
             };
             out.push(LockInfo {
                 name: name.clone(),

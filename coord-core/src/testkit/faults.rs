@@ -288,6 +288,10 @@ impl LockBackend for FaultyLockBackend {
         self.inner.hold_lost(name, owner);
     }
 
+    async fn proclaim(&self, name: &str, owner: &LockOwner, value: &str) -> Result<()> {
+        self.inner.proclaim(name, owner, value).await
+    }
+
     async fn subscribe_changes(&self, name: &str) -> Result<ReleaseEvents> {
         let call = self.inner.subscribe_changes(name);
         self.apply(LockOp::Subscribe, call).await

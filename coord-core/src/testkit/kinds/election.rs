@@ -216,6 +216,72 @@ pub async fn observe_reports_every_term(h: &dyn LockHarness) {
     terms.await.expect("terms");
 }
 
+/// `proclaim()` changes the leader's value without a new term: same
+/// token, `leader()` shows it, observers see it; after resigning it is
+/// `NotHeld`.
+pub async fn proclaim_changes_the_value_in_the_same_term(h: &dyn LockHarness) {
+    let name = unique_name("election-proclaim");
+    let c = client(h).await;
+    let election = c
+        .election(name.clone())
+        .ttl(Duration::from_secs(30))
+        .poll_interval(Duration::from_secs(60))
+        .build();
+    let mut changes = election.observe();
+    let first = within(Duration::from_secs(10), "the first reading", changes.next())
+        .await
+        .expect("stream")
+        .expect("read");
+    assert!(first.is_none());
+    let mut term = election.campaign("starting").await.expect("campaign");
+    let seen = within(Duration::from_secs(10), "the new leader", changes.next())
+        .await
+        .expect("stream")
+        .expect("read")
+        .expect("a leader");
+    assert_eq!(seen.value, "starting");
+    term.proclaim("ready at 10.0.0.1:8080")
+        .await
+        .expect("proclaim");
+    assert_eq!(term.value(), "ready at 10.0.0.1:8080");
+    let leader = election.leader().await.expect("leader").expect("a leader");
+    assert_eq!(leader.value, "ready at 10.0.0.1:8080");
+    assert_eq!(leader.token, term.fencing_token(), "no new term");
+    let seen = within(
+        Duration::from_secs(10),
+        "the proclaimed value",
+        changes.next(),
+    )
+    .await
+    .expect("stream")
+    .expect("read")
+    .expect("a leader");
+    assert_eq!(seen.value, "ready at 10.0.0.1:8080");
+    assert_eq!(seen.token, term.fencing_token());
+    // Another candidate's campaign shows its own value, not the old one.
+    let token = term.fencing_token();
+    let guard_owner = term.guard().owner().clone();
+    term.resign().await.expect("resign");
+    let next = client(h)
+        .await
+        .election(name)
+        .ttl(Duration::from_secs(30))
+        .build()
+        .campaign("successor")
+        .await
+        .expect("campaign");
+    let leader = election.leader().await.expect("leader").expect("a leader");
+    assert_eq!(leader.value, "successor");
+    assert!(leader.token > token);
+    assert!(matches!(
+        c.backend()
+            .proclaim(election.lock_name(), &guard_owner, "late")
+            .await,
+        Err(crate::error::Error::NotHeld(_))
+    ));
+    next.resign().await.expect("resign");
+}
+
 fn other_client_id(term: &crate::lock::Leadership) -> String {
     term.guard().owner().client_id().to_owned()
 }
