@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder};
 
 use crate::error::{Error, Result};
 use crate::settings::RetrySettings;
@@ -44,17 +44,31 @@ impl RetryPolicy {
 
     /// Runs `op` until it succeeds, fails with an error that is not
     /// retryable, or the policy is exhausted; returns the last result.
-    pub async fn run<T, F, Fut>(&self, op: F) -> Result<T>
+    pub async fn run<T, F, Fut>(&self, mut op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        op.retry(self.backoff)
-            .when(Error::is_retryable)
-            .notify(|err: &Error, delay: Duration| {
+        // The first attempt costs nothing more than the call: the backoff
+        // is built only once a retryable error came back.
+        let mut last = op().await;
+        if !last.as_ref().is_err_and(Error::is_retryable) {
+            return last;
+        }
+        let mut delays = self.backoff.build();
+        loop {
+            let Some(delay) = delays.next() else {
+                return last;
+            };
+            if let Err(err) = &last {
                 tracing::debug!(error = %err, ?delay, "retrying after a retryable error");
-            })
-            .await
+            }
+            tokio::time::sleep(delay).await;
+            last = op().await;
+            if !last.as_ref().is_err_and(Error::is_retryable) {
+                return last;
+            }
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! `LockClient`: one client's view of a lock backend, shared by all its locks.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -127,7 +127,7 @@ impl LockClientBuilder {
                 metrics: self.metrics,
                 waiting: AtomicUsize::new(0),
                 next_guard: AtomicU64::new(0),
-                held: Mutex::new(HashMap::new()),
+                held: Mutex::new(HashMap::default()),
                 idle_owners: Mutex::new(Vec::new()),
                 renewals: Arc::new(RenewalScheduler::new()),
                 stats: StatsTable::default(),

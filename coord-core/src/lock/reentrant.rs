@@ -8,7 +8,7 @@
 //! attempt) of one grant can never end a later one. A per-(name, owner)
 //! gate serialises only the acquisitions of one owner.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 

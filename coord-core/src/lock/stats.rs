@@ -2,7 +2,7 @@
 //! for the locks it takes (and exported as Prometheus metrics when the client
 //! has [`Metrics`](crate::Metrics)).
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 

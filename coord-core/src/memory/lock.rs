@@ -1,6 +1,6 @@
 //! Lease locks in process memory.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -161,9 +161,17 @@ impl LockBackend for MemoryBackend {
                 retry_after: Some(held.expires.saturating_duration_since(now)),
             });
         }
-        let fence = store.fences.entry(name.to_owned()).or_insert(0);
-        *fence += 1;
-        let token = *fence;
+        // No allocation for a name seen before.
+        let token = match store.fences.get_mut(name) {
+            Some(fence) => {
+                *fence += 1;
+                *fence
+            }
+            None => {
+                store.fences.insert(name.to_owned(), 1);
+                1
+            }
+        };
         store.locks.insert(
             name.to_owned(),
             Held {

@@ -1,6 +1,6 @@
 //! Queued locks (fair locks, semaphores, read-write locks) in process memory.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::time::Duration;
 
 use tokio::sync::broadcast;
