@@ -697,3 +697,28 @@ async fn concurrent_calls_share_script_calls_and_a_bad_lock_fails_alone() {
         assert!(!exists, "{name} is still held");
     }
 }
+
+/// A held lock whose fence key was deleted outside coord is still inspected:
+/// the holder without a token, not an unexpected-reply error.
+#[tokio::test]
+async fn inspect_of_a_lock_without_its_fence_shows_the_holder() {
+    let h = RedisHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let ns = &h.settings().namespace;
+    let mut raw = raw(h.server.url()).await;
+    let o = owner("fenceless");
+    grant(&b, "fenceless", &o).await;
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{ns}:lock:{{fenceless}}:fence"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let info = b
+        .inspect("fenceless")
+        .await
+        .expect("inspect")
+        .expect("held");
+    assert_eq!(info.holders[0].owner, o.as_str());
+    assert_eq!(info.holders[0].token, None);
+    b.release("fenceless", &o).await.unwrap();
+}

@@ -20,7 +20,8 @@ end
 if string.byte(holder, -1) == 0 then
   holder = string.sub(holder, 1, -2)
 end
-local reply = { holder, redis.call('GET', KEYS[2]), redis.call('PTTL', KEYS[1]) }
+-- `or false`: a nil would end the array there (false is sent as a nil element).
+local reply = { holder, redis.call('GET', KEYS[2]) or false, redis.call('PTTL', KEYS[1]) }
 if KEYS[3] then
   local record = redis.call('GET', KEYS[3])
   if record and string.sub(record, 1, #holder + 1) == holder .. '\n' then
