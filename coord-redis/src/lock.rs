@@ -370,7 +370,7 @@ impl LockBackend for RedisBackend {
 
     async fn subscribe(&self, name: &str) -> Result<ReleaseEvents> {
         let channel = LockKeys::new(&self.inner.lock_prefix, name).into_channel();
-        self.inner.pubsub.subscribe(channel).await
+        self.inner.pubsub.subscribe(channel, None).await
     }
 
     async fn force_release(&self, name: &str) -> Result<bool> {
@@ -422,8 +422,8 @@ impl LockBackend for RedisBackend {
         self.queue_dequeue(name, owner).await
     }
 
-    async fn subscribe_queue(&self, name: &str, _owner: &LockOwner) -> Result<ReleaseEvents> {
-        self.queue_subscribe(name).await
+    async fn subscribe_queue(&self, name: &str, owner: &LockOwner) -> Result<ReleaseEvents> {
+        self.queue_subscribe(name, owner).await
     }
 
     async fn force_release_queued(&self, name: &str) -> Result<usize> {

@@ -47,7 +47,7 @@ struct Live {
 #[derive(Debug, Default)]
 struct Channels {
     dead: bool,
-    map: HashMap<String, (broadcast::Sender<()>, usize)>,
+    map: HashMap<String, (broadcast::Sender<Arc<[u8]>>, usize)>,
 }
 
 impl Live {
@@ -84,7 +84,14 @@ impl PubSubHub {
     }
 
     /// Release signals of `channel`, subscribed (and confirmed) on return.
-    pub(crate) async fn subscribe(self: &Arc<Self>, channel: String) -> Result<ReleaseEvents> {
+    /// With `only`, a message wakes this stream only when it is empty or
+    /// names `only` on one of its lines (the queue scripts publish the
+    /// owners they let in).
+    pub(crate) async fn subscribe(
+        self: &Arc<Self>,
+        channel: String,
+        only: Option<String>,
+    ) -> Result<ReleaseEvents> {
         let mut slot = self.live.lock().await;
         let live = match slot.as_ref() {
             Some(live) if !live.is_dead() => live.clone(),
@@ -136,12 +143,18 @@ impl PubSubHub {
             live: Arc::downgrade(&live),
             channel: Some(channel),
         };
-        let stream = futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
-            match rx.recv().await {
-                Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => Some(((), (rx, guard))),
-                Err(broadcast::error::RecvError::Closed) => None,
-            }
-        });
+        let stream =
+            futures::stream::unfold((rx, guard, only), |(mut rx, guard, only)| async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(payload) if !wakes(&payload, only.as_deref()) => {}
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                            return Some(((), (rx, guard, only)));
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            });
         Ok(ReleaseEvents::new(stream))
     }
 
@@ -185,7 +198,7 @@ impl PubSubHub {
                     if let Some((tx, _)) = channels.map.get(msg.get_channel_name()) {
                         // No receiver left is fine: the entry goes when its
                         // last stream is dropped.
-                        let _ = tx.send(());
+                        let _ = tx.send(Arc::from(msg.get_payload_bytes()));
                     }
                 }
                 tracing::debug!("redis pub/sub connection ended; waiters fall back to polling");
@@ -237,6 +250,19 @@ impl PubSubHub {
     }
 }
 
+/// Whether a message with `payload` wakes a stream that listens for `only`:
+/// always without `only` or for an empty message, else when a line of the
+/// payload is `only`.
+fn wakes(payload: &[u8], only: Option<&str>) -> bool {
+    match only {
+        None => true,
+        Some(_) if payload.is_empty() => true,
+        Some(owner) => payload
+            .split(|b| *b == b'\n')
+            .any(|line| line == owner.as_bytes()),
+    }
+}
+
 /// Held by each stream; leaves the channel when the stream is dropped.
 #[derive(Debug)]
 struct Subscription {
@@ -258,5 +284,21 @@ impl Drop for Subscription {
             let live = self.live.clone();
             rt.spawn(async move { hub.leave(live, channel).await });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wakes;
+
+    #[test]
+    fn a_queue_waiter_wakes_only_when_named_or_for_everyone() {
+        assert!(wakes(b"", None));
+        assert!(wakes(b"c:a", None));
+        assert!(wakes(b"", Some("c:a")), "an empty message wakes everyone");
+        assert!(wakes(b"c:a", Some("c:a")));
+        assert!(wakes(b"c:b\nc:a", Some("c:a")));
+        assert!(!wakes(b"c:b\nc:ab", Some("c:a")), "whole lines only");
+        assert!(!wakes(b"c:b", Some("c:a")));
     }
 }

@@ -26,11 +26,13 @@
 //!
 //! # Waking
 //!
-//! Every removal publishes one message on the queue's channel, which every
-//! waiter of that queue listens to: a thundering herd among the waiters of one
-//! queue (each retries its `enqueue`, and only the ones now admitted are
-//! granted). That costs a round trip per waiter and removal, never a wrong
-//! grant; etcd wakes the successor only.
+//! A removal that lets waiting entries in publishes their owners, one per
+//! line, on the queue's channel (the script applies [`HoldMode::admits`] from
+//! the head of the queue). Every waiter of the queue listens to the channel,
+//! but only those named wake and ask again, so a release costs one
+//! `enqueue` of the next grantee(s), not one per waiter. An empty message
+//! (a mode that does not decode, or more than 128 entries let in at once)
+//! wakes every waiter.
 //!
 //! # Listing
 //!
@@ -450,10 +452,18 @@ impl RedisBackend {
     }
 
     /// [`LockBackend::subscribe_queue`](coord_core::LockBackend::subscribe_queue):
-    /// every waiter of a queue shares its channel (see the module documentation).
-    pub(crate) async fn queue_subscribe(&self, name: &str) -> Result<ReleaseEvents> {
+    /// every waiter of a queue shares its channel, and wakes only for the
+    /// messages that name it (see the module documentation).
+    pub(crate) async fn queue_subscribe(
+        &self,
+        name: &str,
+        owner: &LockOwner,
+    ) -> Result<ReleaseEvents> {
         let channel = QueueKeys::new(&self.inner.lock_prefix, name).channel();
-        self.inner.pubsub.subscribe(channel).await
+        self.inner
+            .pubsub
+            .subscribe(channel, Some(owner.as_str().to_owned()))
+            .await
     }
 
     /// [`LockBackend::force_release_queued`](coord_core::LockBackend::force_release_queued).

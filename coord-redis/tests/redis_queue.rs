@@ -165,9 +165,20 @@ async fn an_expired_waiter_is_purged_and_wakes_the_next() {
         other => panic!("{other:?}"),
     }
     assert_eq!(queued(&b, "purge", "c", x).await, 2);
-    let mut events = waiter.subscribe_queue("purge", &owner("c")).await.unwrap();
+    // The release lets the (dead) waiter ahead of c in: it is the one woken.
+    let mut events = waiter
+        .subscribe_queue("purge", &owner("dead"))
+        .await
+        .unwrap();
     b.dequeue("purge", &owner("a")).await.unwrap();
-    assert!(within(LIMIT, "the release is published", events.next()).await);
+    assert!(
+        within(
+            LIMIT,
+            "the release is published to the next grantee",
+            events.next()
+        )
+        .await
+    );
     // Once the dead waiter's lease ends, the next call purges it and c is granted.
     granted_eventually(&waiter, "purge", "c", x).await;
     let info = b.list("purge").await.unwrap();
@@ -214,7 +225,7 @@ async fn an_expired_holder_is_purged_and_the_next_is_granted() {
 }
 
 #[tokio::test]
-async fn a_waiter_leaving_moves_the_ones_behind_it_up_and_wakes_them() {
+async fn a_waiter_leaving_moves_the_ones_behind_it_up_and_the_release_wakes_the_next() {
     let h = RedisHarness::start().await;
     let b = h.connect().await.unwrap();
     let x = HoldMode::Exclusive;
@@ -222,8 +233,8 @@ async fn a_waiter_leaving_moves_the_ones_behind_it_up_and_wakes_them() {
     assert_eq!(queued(&b, "leave", "b", x).await, 1);
     assert_eq!(queued(&b, "leave", "c", x).await, 2);
     let mut events = b.subscribe_queue("leave", &owner("c")).await.unwrap();
+    // b leaving lets nobody in (a still holds): c moves up without a wake-up.
     b.dequeue("leave", &owner("b")).await.unwrap();
-    assert!(within(LIMIT, "the waiter leaving is published", events.next()).await);
     assert_eq!(queued(&b, "leave", "c", x).await, 1);
     assert!(matches!(
         b.dequeue("leave", &owner("b")).await,
@@ -642,4 +653,28 @@ async fn long_queues_are_read_in_chunks() {
     assert_eq!(info[0].waiters.len(), 1);
     assert_eq!(b.force_release_queued("many").await.unwrap(), n as usize);
     assert!(granted(&b, "many", "w", HoldMode::Exclusive).await > last);
+}
+
+/// A release wakes only the waiters it lets in: with three waiters behind
+/// one holder, the release wakes the first, not the two behind it.
+#[tokio::test]
+async fn a_release_wakes_only_the_next_grantee() {
+    let h = RedisHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let x = HoldMode::Exclusive;
+    granted(&b, "next", "a", x).await;
+    for (who, ahead) in [("w1", 1), ("w2", 2), ("w3", 3)] {
+        assert_eq!(queued(&b, "next", who, x).await, ahead);
+    }
+    let mut first = b.subscribe_queue("next", &owner("w1")).await.unwrap();
+    let mut third = b.subscribe_queue("next", &owner("w3")).await.unwrap();
+    b.dequeue("next", &owner("a")).await.unwrap();
+    assert!(within(LIMIT, "the next grantee is woken", first.next()).await);
+    granted(&b, "next", "w1", x).await;
+    // w2 leaves: nobody is let in (w1 holds), so w3 is not woken; then w1
+    // releases and w3, now first, is.
+    b.dequeue("next", &owner("w2")).await.unwrap();
+    b.dequeue("next", &owner("w1")).await.unwrap();
+    assert!(within(LIMIT, "w3 is woken by w1's release", third.next()).await);
+    granted(&b, "next", "w3", x).await;
 }

@@ -11,8 +11,9 @@
 -- KEYS[3]  M  `{ns}:lock:{name}:queue:mode`   HASH owner -> hold mode (`x` or `s<limit>`)
 -- KEYS[4]  T  `{ns}:lock:{name}:queue:token`  HASH owner -> fencing token, once granted
 -- These four expire together at the end of the last lease (PEXPIREAT) and are deleted
--- when the queue empties. Any removal of an entry publishes an empty message on the
--- channel `{ns}:lock:{name}:queue:released` (Q .. ':released') to wake the waiters.
+-- when the queue empties. A removal of an entry that lets waiting entries in publishes
+-- their owners, one per line, on the channel `{ns}:lock:{name}:queue:released`
+-- (Q .. ':released'): only those waiters wake (an empty message wakes every waiter).
 --
 -- A stored value the scripts cannot use makes them reply (tables, not error replies, so
 -- queue.rs can tell a corrupted value from a failed request):
@@ -120,9 +121,45 @@ local function purge()
   remove(redis.call('ZRANGEBYSCORE', E, '-inf', int(now_ms)))
 end
 
+-- How many entries from the head a wake-up looks at; beyond, it wakes everyone.
+local WAKE_SCAN = 128
+
+-- The waiting entries (no token yet) that the queue now admits, in queue order, as
+-- HoldMode::admits decides; nil to wake every waiter (a mode that does not decode, or
+-- more admitted entries than WAKE_SCAN).
+local function admitted_waiters()
+  local owners = redis.call('ZRANGE', Q, 0, WAKE_SCAN - 1)
+  local wake = {}
+  local ahead, exclusive_ahead = 0, false
+  for _, owner in ipairs(owners) do
+    local mode = decode_mode(redis.call('HGET', M, owner))
+    if mode == nil then
+      return nil
+    end
+    local admitted
+    if mode == 0 then
+      admitted = ahead == 0
+    else
+      admitted = not exclusive_ahead and ahead < mode
+    end
+    if not admitted then
+      return wake
+    end
+    if redis.call('HEXISTS', T, owner) == 0 then
+      wake[#wake + 1] = owner
+    end
+    ahead = ahead + 1
+    exclusive_ahead = exclusive_ahead or mode == 0
+  end
+  if #owners == WAKE_SCAN then
+    return nil
+  end
+  return wake
+end
+
 -- Keeps the keys alive until the last lease ends (deleting them once the queue is
--- empty) and wakes the waiters when an entry went. Called before every reply of a
--- script that may have changed the queue.
+-- empty) and wakes the waiters that an entry's going let in. Called before every
+-- reply of a script that may have changed the queue.
 local function finish()
   if redis.call('ZCARD', Q) == 0 then
     redis.call('DEL', Q, E, M, T)
@@ -135,8 +172,13 @@ local function finish()
       end
     end
   end
-  if changed then
-    redis.call('PUBLISH', Q .. ':released', '')
+  if changed and redis.call('EXISTS', Q) == 1 then
+    local wake = admitted_waiters()
+    if wake == nil then
+      redis.call('PUBLISH', Q .. ':released', '')
+    elseif #wake > 0 then
+      redis.call('PUBLISH', Q .. ':released', table.concat(wake, '\n'))
+    end
   end
 end
 
