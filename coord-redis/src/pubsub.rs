@@ -44,10 +44,13 @@ struct Live {
     dispatcher: JoinHandle<()>,
 }
 
+/// The messages of one channel, as their payloads.
+type Payloads = broadcast::Sender<Arc<[u8]>>;
+
 #[derive(Debug, Default)]
 struct Channels {
     dead: bool,
-    map: HashMap<String, (broadcast::Sender<Arc<[u8]>>, usize)>,
+    map: HashMap<String, (Payloads, usize)>,
 }
 
 impl Live {
