@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use coord::etcd::EtcdBackend;
 use coord::etcd::testkit::EtcdServer;
-use coord::redis::RedisBackend;
 use coord::redis::testkit::RedisServer;
+use coord::redis::{RedisBackend, RedlockBackend, RedlockConfig};
 use coord::{AcquireOutcome, Lock, LockBackend, LockClient, LockOwner, Settings};
 use criterion::Criterion;
 use etcd_client::{Compare, CompareOp, LockOptions, PutOptions, Txn, TxnOp};
@@ -230,6 +230,79 @@ fn redis_pairs(rt: &Runtime, url: &str) -> Vec<Pair> {
     ]
 }
 
+/// Redlock over three servers against the raw three-way floor: `SET NX PX`
+/// on the three servers at once, then the compare-and-delete on the three
+/// at once, each server's commands built once per task and all calls in
+/// flight on one multiplexed connection per server.
+fn redlock_pairs(rt: &Runtime, urls: &[&str]) -> Vec<Pair> {
+    let del = redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
+    );
+    let conns: Vec<redis::aio::ConnectionManager> = urls
+        .iter()
+        .map(|url| {
+            rt.block_on(async {
+                let mut c = redis::Client::open(*url)
+                    .expect("redis url")
+                    .get_connection_manager()
+                    .await
+                    .expect("redis connection");
+                del.load_async(&mut c).await.expect("SCRIPT LOAD");
+                c
+            })
+        })
+        .collect();
+    let hash = del.get_hash().to_owned();
+    let cmds: Arc<Vec<(redis::Cmd, redis::Cmd)>> = Arc::new(
+        (0..TASKS)
+            .map(|t| {
+                let key = format!("bench:raw3:{t}");
+                let val = owner_value();
+                let mut set = redis::cmd("SET");
+                set.arg(&key).arg(&val).arg("NX").arg("PX").arg(30_000);
+                let mut del = redis::cmd("EVALSHA");
+                del.arg(&hash).arg(1).arg(&key).arg(&val);
+                (set, del)
+            })
+            .collect(),
+    );
+    let conns = Arc::new(conns);
+    let floor = op(move |t| {
+        let (conns, cmds) = (conns.clone(), cmds.clone());
+        async move {
+            let (set, del) = &cmds[t as usize];
+            let sets = conns.iter().map(|c| {
+                let mut c = c.clone();
+                async move { set.query_async::<Option<String>>(&mut c).await }
+            });
+            for r in futures::future::join_all(sets).await {
+                assert!(r.expect("SET NX PX").is_some(), "raw lock {t} was not free");
+            }
+            let dels = conns.iter().map(|c| {
+                let mut c = c.clone();
+                async move { del.query_async::<i64>(&mut c).await }
+            });
+            for r in futures::future::join_all(dels).await {
+                assert_eq!(r.expect("EVALSHA"), 1);
+            }
+        }
+    });
+    let mut config = RedlockConfig::default();
+    config.quarantine = Some(Duration::ZERO); // fresh servers
+    let backend: Arc<dyn LockBackend> = Arc::new(
+        rt.block_on(RedlockBackend::connect(urls, &Settings::default(), config))
+            .expect("redlock"),
+    );
+    vec![Pair {
+        label: "redlock, 3 servers: coord vs raw 3-way SET NX PX + EVALSHA",
+        floor: ("redlock/raw_3way", floor),
+        ours: (
+            "redlock/coord_lease_lock",
+            coord_ops(LockClient::new(backend), "bench/redlock"),
+        ),
+    }]
+}
+
 fn etcd_pairs(rt: &Runtime, url: &str, endpoint: &str) -> Vec<Pair> {
     let (raw, lease) = rt.block_on(async {
         let mut client = etcd_client::Client::connect([endpoint], None)
@@ -302,7 +375,12 @@ fn main() {
     eprintln!("starting redis-server and etcd on free loopback ports...");
     let redis = RedisServer::start().expect("redis-server (apt-get install redis-server)");
     let etcd = EtcdServer::start().expect("etcd (apt-get install etcd-server)");
+    let redlock_servers: Vec<RedisServer> = (0..3)
+        .map(|_| RedisServer::spawn().expect("redis-server for Redlock"))
+        .collect();
+    let redlock_urls: Vec<&str> = redlock_servers.iter().map(RedisServer::url).collect();
     let mut pairs = redis_pairs(&rt, redis.url());
+    pairs.extend(redlock_pairs(&rt, &redlock_urls));
     pairs.extend(etcd_pairs(&rt, &etcd.url(), &etcd.endpoints()[0]));
 
     let mut c = Criterion::default()
@@ -332,5 +410,5 @@ fn main() {
         }
     }
     drop(rt);
-    drop((redis, etcd));
+    drop((redis, etcd, redlock_servers));
 }
