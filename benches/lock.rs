@@ -20,6 +20,7 @@ use coord::etcd::testkit::EtcdServer;
 use coord::redis::testkit::RedisServer;
 use coord::redis::{RedisBackend, RedlockBackend, RedlockConfig};
 use coord::{AcquireOutcome, Lock, LockBackend, LockClient, LockOwner, Settings};
+use coord_benches::{compare_and_delete, owner_value, redis_conn};
 use criterion::Criterion;
 use etcd_client::{Compare, CompareOp, LockOptions, PutOptions, Txn, TxnOp};
 use tokio::runtime::Runtime;
@@ -117,10 +118,6 @@ fn ratio(rt: &Runtime, p: &Pair, concurrent: bool) -> (f64, f64, f64) {
     })
 }
 
-fn owner_value() -> String {
-    format!("bench:{:016x}", fastrand::u64(..))
-}
-
 fn coord_ops(client: LockClient, prefix: &str) -> Op {
     let locks: Arc<Vec<Lock>> = Arc::new(
         (0..TASKS)
@@ -167,39 +164,39 @@ fn direct_ops(backend: Arc<dyn LockBackend>, prefix: &str) -> Op {
     })
 }
 
-fn redis_pairs(rt: &Runtime, url: &str) -> Vec<Pair> {
-    let raw = rt.block_on(async {
-        redis::Client::open(url)
-            .expect("redis url")
-            .get_connection_manager()
-            .await
-            .expect("redis connection")
-    });
-    // The strongest floor the raw client allows: every task's key and value
-    // built once, the script loaded once and called by hash (no NOSCRIPT
-    // round trip, no invocation wrapper), all calls in flight on one
-    // multiplexed connection.
-    let del = redis::Script::new(
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
-    );
-    rt.block_on(async {
-        let mut conn = raw.clone();
-        del.load_async(&mut conn).await.expect("SCRIPT LOAD");
-    });
-    let hash = del.get_hash().to_owned();
-    let cmds: Arc<Vec<(redis::Cmd, redis::Cmd)>> = Arc::new(
+/// The strongest raw floor's commands, one pair per task: `SET key val NX PX`
+/// and the compare-and-delete script called by hash (loaded on every
+/// connection of `conns` first, so no call meets NOSCRIPT), each built once,
+/// so a cycle pays only the round trips.
+fn raw_lock_cmds(
+    rt: &Runtime,
+    conns: &[redis::aio::ConnectionManager],
+    prefix: &str,
+) -> Arc<Vec<(redis::Cmd, redis::Cmd)>> {
+    let del = compare_and_delete();
+    for conn in conns {
+        let mut conn = conn.clone();
+        rt.block_on(del.load_async(&mut conn)).expect("SCRIPT LOAD");
+    }
+    let hash = del.get_hash();
+    Arc::new(
         (0..TASKS)
             .map(|t| {
-                let key = format!("bench:raw:{t}");
+                let key = format!("{prefix}:{t}");
                 let val = owner_value();
                 let mut set = redis::cmd("SET");
                 set.arg(&key).arg(&val).arg("NX").arg("PX").arg(30_000);
                 let mut del = redis::cmd("EVALSHA");
-                del.arg(&hash).arg(1).arg(&key).arg(&val);
+                del.arg(hash).arg(1).arg(&key).arg(&val);
                 (set, del)
             })
             .collect(),
-    );
+    )
+}
+
+fn redis_pairs(rt: &Runtime, url: &str) -> Vec<Pair> {
+    let raw = rt.block_on(redis_conn(url));
+    let cmds = raw_lock_cmds(rt, std::slice::from_ref(&raw), "bench:raw");
     let floor = op(move |t| {
         let mut conn = raw.clone();
         let cmds = cmds.clone();
@@ -235,37 +232,11 @@ fn redis_pairs(rt: &Runtime, url: &str) -> Vec<Pair> {
 /// at once, each server's commands built once per task and all calls in
 /// flight on one multiplexed connection per server.
 fn redlock_pairs(rt: &Runtime, urls: &[&str]) -> Vec<Pair> {
-    let del = redis::Script::new(
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
-    );
     let conns: Vec<redis::aio::ConnectionManager> = urls
         .iter()
-        .map(|url| {
-            rt.block_on(async {
-                let mut c = redis::Client::open(*url)
-                    .expect("redis url")
-                    .get_connection_manager()
-                    .await
-                    .expect("redis connection");
-                del.load_async(&mut c).await.expect("SCRIPT LOAD");
-                c
-            })
-        })
+        .map(|url| rt.block_on(redis_conn(url)))
         .collect();
-    let hash = del.get_hash().to_owned();
-    let cmds: Arc<Vec<(redis::Cmd, redis::Cmd)>> = Arc::new(
-        (0..TASKS)
-            .map(|t| {
-                let key = format!("bench:raw3:{t}");
-                let val = owner_value();
-                let mut set = redis::cmd("SET");
-                set.arg(&key).arg(&val).arg("NX").arg("PX").arg(30_000);
-                let mut del = redis::cmd("EVALSHA");
-                del.arg(&hash).arg(1).arg(&key).arg(&val);
-                (set, del)
-            })
-            .collect(),
-    );
+    let cmds = raw_lock_cmds(rt, &conns, "bench:raw3");
     let conns = Arc::new(conns);
     let floor = op(move |t| {
         let (conns, cmds) = (conns.clone(), cmds.clone());

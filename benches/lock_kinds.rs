@@ -35,6 +35,7 @@ use coord::etcd::testkit::EtcdServer;
 use coord::redis::testkit::RedisServer;
 use coord::redis::{RedisBackend, RedlockBackend, RedlockConfig};
 use coord::{Lock, LockBackend, LockClient, Settings};
+use coord_benches::{compare_and_delete, owner_value, redis_conn};
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use tokio::runtime::Runtime;
 
@@ -105,24 +106,6 @@ fn ratio(rt: &Runtime, p: &Pair) -> (f64, f64, f64) {
         let us = |d: Duration| d.as_secs_f64() * 1e6 / ops as f64;
         (r, us(f), us(o))
     })
-}
-
-fn owner_value() -> String {
-    format!("bench:{:016x}", fastrand::u64(..))
-}
-
-async fn redis_conn(url: &str) -> redis::aio::ConnectionManager {
-    redis::Client::open(url)
-        .expect("redis url")
-        .get_connection_manager()
-        .await
-        .expect("redis connection")
-}
-
-fn compare_and_delete() -> redis::Script {
-    redis::Script::new(
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
-    )
 }
 
 /// `SET key val NX PX 30000`: whether it was set.

@@ -10,17 +10,6 @@
 --
 -- Returns, for one attempt, `acquire`'s reply; for a batch, an array of the N replies,
 -- the pair {'error', message} standing in for an attempt that failed.
-if #KEYS == 2 then
-  return acquire(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
-end
--- A batch: one reply per lock, in order. A failed attempt's error becomes the pair
--- {'error', message}: an error element would make clients fail the whole array.
-local replies = {}
-for i = 1, #KEYS / 2 do
-  local ok, reply = pcall(acquire, KEYS[2 * i - 1], KEYS[2 * i], ARGV[2 * i - 1], ARGV[2 * i])
-  if not ok or (type(reply) == 'table' and reply.err) then
-    reply = { 'error', type(reply) == 'table' and reply.err or tostring(reply) }
-  end
-  replies[i] = reply
-end
-return replies
+return dispatch(2, 2, function(k, a)
+  return acquire(KEYS[k + 1], KEYS[k + 2], ARGV[a + 1], ARGV[a + 2])
+end)

@@ -1,6 +1,7 @@
 -- lease_acquire.lua: the function `acquire(lock, fence, owner, ttl)`, one attempt to take a
--- lease lock, handing out a fencing token. Not a script on its own: acquire.lua and
--- redlock_acquire.lua are each sent with this file in front of them.
+-- lease lock, handing out a fencing token, and `dispatch`, which runs a script's attempt
+-- once or over a batch. Not a script on its own: acquire.lua and redlock_acquire.lua are
+-- each sent with this file in front of them.
 --
 -- lock     the lock key  `{ns}:lock:{name}`        value = owner, expires after the TTL;
 --                                                   a trailing NUL byte marks "someone waits"
@@ -93,3 +94,23 @@ local function acquire(lock, fence, owner, ttl)
   return -2 - redis.call('PTTL', lock)
 end
 
+-- Runs `attempt(k, a)` for each call of the script: one call when KEYS holds `keys` keys,
+-- else a batch of #KEYS / keys calls (see batch.rs), the i-th with its keys from
+-- KEYS[k + 1] and its `args` arguments from ARGV[a + 1] (k = keys * (i - 1),
+-- a = args * (i - 1)). Returns the one reply, or for a batch an array of the replies in
+-- order, a failed call's error as the pair {'error', message}: an error element would
+-- make clients fail the whole array.
+local function dispatch(keys, args, attempt)
+  if #KEYS == keys then
+    return attempt(0, 0)
+  end
+  local replies = {}
+  for i = 1, #KEYS / keys do
+    local ok, reply = pcall(attempt, keys * (i - 1), args * (i - 1))
+    if not ok or (type(reply) == 'table' and reply.err) then
+      reply = { 'error', type(reply) == 'table' and reply.err or tostring(reply) }
+    end
+    replies[i] = reply
+  end
+  return replies
+end

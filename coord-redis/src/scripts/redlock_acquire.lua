@@ -45,17 +45,7 @@ local function guarded(boot, lock, fence, quarantine, run_id, owner, ttl)
   return acquire(lock, fence, owner, ttl)
 end
 
-if #KEYS == 3 then
-  return guarded(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
-end
-local replies = {}
-for i = 1, #KEYS / 3 do
-  local k, a = 3 * i - 2, 4 * i - 3
-  local ok, reply = pcall(guarded, KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[a], ARGV[a + 1],
-    ARGV[a + 2], ARGV[a + 3])
-  if not ok or (type(reply) == 'table' and reply.err) then
-    reply = { 'error', type(reply) == 'table' and reply.err or tostring(reply) }
-  end
-  replies[i] = reply
-end
-return replies
+return dispatch(3, 4, function(k, a)
+  return guarded(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
+    ARGV[a + 4])
+end)
