@@ -53,6 +53,7 @@ pub struct CoordBuilder {
 
 impl CoordBuilder {
     /// Settings to use instead of [`Settings::load`] (`coord.toml`, `COORD_*`).
+    /// They are checked like loaded ones ([`Settings::validate`]) at connect.
     pub fn settings(mut self, settings: Settings) -> Self {
         self.settings = Some(settings);
         self
@@ -85,6 +86,8 @@ impl CoordBuilder {
         if let Some(url) = self.url {
             settings.url = url;
         }
+        // The same checks as for loaded settings, for settings made in code.
+        settings.validate()?;
         let span = tracing::debug_span!("coord.connect", url = %redact(&settings.url));
         let backend =
             tracing::Instrument::instrument(connect::backend(&settings.url, &settings), span)

@@ -162,3 +162,19 @@ async fn settings_pick_the_backend() {
         .expect("connect");
     assert_eq!(coord.capabilities().backend, "redis");
 }
+
+/// Settings made in code are checked like loaded ones: a zero TTL is
+/// refused at connect, not at the first acquisition.
+#[tokio::test]
+async fn settings_made_in_code_are_checked_at_connect() {
+    let mut bad = settings();
+    bad.lock.ttl = Duration::ZERO;
+    let err = Coord::builder()
+        .settings(bad)
+        .url("memory://")
+        .connect()
+        .await
+        .expect_err("a zero TTL");
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+    assert!(err.to_string().contains("lock.ttl"), "{err}");
+}
