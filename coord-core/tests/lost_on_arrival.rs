@@ -55,3 +55,35 @@ async fn try_acquire_gives_a_late_grant_back() {
     );
     assert!(lock.try_acquire().await.expect("attempt").is_some());
 }
+
+/// A late grant whose give-back fails may still be held: its owner is not
+/// handed to the next acquisition (which would then "own" that stale hold).
+#[tokio::test(start_paused = true)]
+async fn a_late_grant_that_could_not_be_given_back_keeps_its_owner_out_of_the_pool() {
+    let (faulty, client, store) = setup();
+    let lock = client
+        .lock("late-stuck")
+        .ttl(Duration::from_secs(10))
+        .build();
+    faulty.inject_times(LockOp::TryAcquire, Fault::Delay(Duration::from_secs(11)), 1);
+    faulty.inject_times(LockOp::Release, Fault::Unavailable, 1);
+    assert!(lock.try_acquire().await.expect("attempt").is_none());
+    let stale = store
+        .inspect("late-stuck")
+        .await
+        .expect("inspect")
+        .expect("the late grant is still there: its release failed");
+    let stale_owner = stale.holders[0].owner.clone();
+    let other = client
+        .lock("other")
+        .build()
+        .acquire()
+        .await
+        .expect("acquire");
+    assert_ne!(
+        other.owner().as_str(),
+        stale_owner,
+        "the owner of a hold that may still exist was reused"
+    );
+    other.release().await.expect("release");
+}

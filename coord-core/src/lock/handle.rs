@@ -249,10 +249,20 @@ impl Lock {
                 // Give it back now, so that it does not block others until
                 // its lease ends; an error leaves it to expire.
                 let shared = &self.client.shared;
-                let _ = shared
+                match shared
                     .call("release", shared.backend.release(&self.name, &owner))
-                    .await;
-                self.recycle(owner, pooled);
+                    .await
+                {
+                    Ok(()) | Err(Error::NotHeld(_)) => self.recycle(owner, pooled),
+                    // Maybe still held: the background release keeps the
+                    // owner out of the pool until it is surely gone.
+                    Err(_) => shared.release_in_background(
+                        self.name.clone(),
+                        owner,
+                        pooled,
+                        LockKind::Lease,
+                    ),
+                }
                 None
             }
         })
