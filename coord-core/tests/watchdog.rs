@@ -154,6 +154,32 @@ async fn failing_renewals_are_retried_until_the_lease_runs_out() {
     assert!(renewals(&backend) > 2, "failures were retried");
 }
 
+/// A hold whose lease runs out unrenewed is reported to the backend
+/// (`hold_lost`), exactly once, whether the watchdog or a `lost()` waiter
+/// notices first: here the waiter does (on the real clock it wakes at the
+/// lease end, before the watchdog's next retry), and the backend must still
+/// hear of it, or etcd keeps the lost hold's key on its restored lease.
+#[tokio::test]
+async fn a_hold_that_runs_out_is_reported_to_the_backend_once() {
+    let (backend, holder, _) = setup();
+    let guard = holder
+        .lock("ran-out")
+        .ttl(Duration::from_millis(600))
+        .build()
+        .acquire()
+        .await
+        .unwrap();
+    backend.inject(LockOp::Renew, Fault::Unavailable);
+    let err = tokio::time::timeout(Duration::from_secs(3), guard.lost())
+        .await
+        .expect("lost by the end of the lease");
+    assert!(matches!(err, Error::LockLost(_)), "{err}");
+    assert_eq!(backend.holds_lost(), 1, "the backend was told once");
+    // The watchdog's next retry finds the guard lost and says nothing more.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(backend.holds_lost(), 1, "the backend was told once");
+}
+
 /// A failed renewal puts the hold at risk (before any loss); a renewal
 /// that succeeds again clears it, and the lock was never lost.
 #[tokio::test(start_paused = true)]

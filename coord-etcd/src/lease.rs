@@ -28,6 +28,13 @@ pub struct PooledLease {
     pub ttl: Duration,
 }
 
+/// How long a background revocation keeps trying while etcd does not answer.
+const REVOKE_RETRY_FOR: Duration = Duration::from_secs(300);
+
+/// The longest pause between two tries of a background revocation: etcd's
+/// return is noticed within about this long.
+const REVOKE_RETRY_MAX_DELAY: Duration = Duration::from_millis(500);
+
 /// The TTL bucket (whole seconds, at least [`MIN_LEASE_SECS`]) of a lock TTL.
 pub(crate) fn bucket(ttl: Duration) -> u64 {
     let secs = ttl.as_nanos().div_ceil(1_000_000_000);
@@ -237,31 +244,37 @@ impl LeasePool {
     }
 
     /// Revokes lease `id` in the background (its keys go with it), retrying
-    /// for a while when etcd does not answer; a lease that could not be
-    /// revoked expires with its TTL, as nobody keeps it alive.
+    /// until etcd answers, for up to [`REVOKE_RETRY_FOR`]: a lease whose
+    /// holds were lost is often revoked while etcd is down, and etcd restores
+    /// leases with a fresh TTL when it comes back, so a revocation given up
+    /// too early would leave the lost holds' keys blocking the name for one
+    /// more TTL. Past that bound the lease expires with its TTL, as nobody
+    /// keeps it alive.
     pub(crate) fn revoke_in_background(&self, id: i64) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let (mut client, timeout) = (self.client.clone(), self.timeout);
         handle.spawn(async move {
-            let mut delay = Duration::from_millis(100);
-            for _ in 0..6 {
-                match deadline("revoke a lease", timeout, client.revoke(id)).await {
+            let give_up = Instant::now() + REVOKE_RETRY_FOR;
+            let mut delay = Duration::from_millis(50);
+            loop {
+                let error = match deadline("revoke a lease", timeout, client.revoke(id)).await {
                     Ok(Ok(_)) => {
-                        tracing::debug!(lease = id, "revoked an expired etcd lease and its keys");
+                        tracing::debug!(lease = id, "revoked a lost etcd lease and its keys");
                         return;
                     }
                     Ok(Err(e)) if is_lease_not_found(&e) => return,
-                    Ok(Err(e)) => {
-                        tracing::debug!(lease = id, error = %e, "could not revoke an expired etcd lease yet");
-                    }
-                    Err(e) => {
-                        tracing::debug!(lease = id, error = %e, "could not revoke an expired etcd lease yet");
-                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                if Instant::now() + delay > give_up {
+                    tracing::warn!(lease = id, error = %error, "could not revoke a lost etcd lease; it expires with its TTL");
+                    return;
                 }
+                tracing::debug!(lease = id, error = %error, "could not revoke a lost etcd lease yet");
                 tokio::time::sleep(delay).await;
-                delay *= 2;
+                delay = (delay * 2).min(REVOKE_RETRY_MAX_DELAY);
             }
         });
     }

@@ -108,13 +108,24 @@ impl GuardShared {
         self.end(reason, true);
     }
 
+    /// Marks the lock lost because its lease ran out unrenewed, and tells the
+    /// backend once ([`LockBackend::hold_lost`](crate::lock::LockBackend::hold_lost)),
+    /// whichever of the watchdog and a `lost()` waiter sees it first, so that
+    /// nothing of the lost hold lives on in the backend.
+    pub(crate) fn mark_expired(&self, reason: &str) {
+        if self.end(reason, true) {
+            self.client.backend.hold_lost(&self.name, &self.owner);
+        }
+    }
+
     /// Like [`GuardShared::mark_lost`] for a hold the client itself ends
     /// (shutdown): not counted as a loss in statistics and metrics.
     pub(crate) fn mark_closed(&self, reason: &str) {
         self.end(reason, false);
     }
 
-    fn end(&self, reason: &str, count_as_lost: bool) {
+    /// Ends the hold with `reason`; true when this call ended it.
+    fn end(&self, reason: &str, count_as_lost: bool) -> bool {
         let changed = {
             let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
             let first = lost.is_none();
@@ -137,6 +148,7 @@ impl GuardShared {
                 );
             }
         }
+        changed
     }
 }
 
@@ -328,7 +340,12 @@ impl LockGuard {
                 _ = &mut woken => {},
                 _ = tokio::time::sleep_until(until) => {
                     if Instant::now() >= self.shared.valid_until() {
-                        self.shared.mark_lost("the lease ran out without renewal");
+                        let reason = "the lease ran out without renewal";
+                        if self.shared.watchdog {
+                            self.shared.mark_expired(reason);
+                        } else {
+                            self.shared.mark_lost(reason);
+                        }
                     }
                 }
             }

@@ -108,8 +108,7 @@ async fn renew_once(guard: Arc<GuardShared>) {
         return;
     }
     if sent_at >= valid_until {
-        guard.mark_lost("the lease ran out before it could be renewed");
-        client.backend.hold_lost(&guard.name, &guard.owner);
+        guard.mark_expired("the lease ran out before it could be renewed");
         return;
     }
     let budget = valid_until - sent_at;
@@ -142,13 +141,11 @@ async fn renew_once(guard: Arc<GuardShared>) {
             (e.kind_label(), Some(retry_at))
         }
         Ok(Err(e)) => {
-            guard.mark_lost(&format!("renewal failed until the lease ran out: {e}"));
-            client.backend.hold_lost(&guard.name, &guard.owner);
+            guard.mark_expired(&format!("renewal failed until the lease ran out: {e}"));
             (e.kind_label(), None)
         }
         Err(_) => {
-            guard.mark_lost("renewal did not finish before the lease ran out");
-            client.backend.hold_lost(&guard.name, &guard.owner);
+            guard.mark_expired("renewal did not finish before the lease ran out");
             ("timeout", None)
         }
     };

@@ -89,6 +89,7 @@ pub struct FaultyLockBackend {
     inner: Arc<dyn LockBackend>,
     rules: Mutex<Vec<Rule>>,
     calls: [AtomicUsize; OPS],
+    holds_lost: AtomicUsize,
 }
 
 impl FaultyLockBackend {
@@ -98,6 +99,7 @@ impl FaultyLockBackend {
             inner,
             rules: Mutex::new(Vec::new()),
             calls: Default::default(),
+            holds_lost: AtomicUsize::new(0),
         }
     }
 
@@ -124,6 +126,12 @@ impl FaultyLockBackend {
     /// How many calls of `op` were made (faulted or not).
     pub fn calls(&self, op: LockOp) -> usize {
         self.calls[op as usize].load(Ordering::SeqCst)
+    }
+
+    /// How many times the client told the backend that a hold was lost
+    /// ([`LockBackend::hold_lost`]).
+    pub fn holds_lost(&self) -> usize {
+        self.holds_lost.load(Ordering::SeqCst)
     }
 
     fn push(&self, op: LockOp, fault: Fault, remaining: Option<usize>) {
@@ -285,6 +293,7 @@ impl LockBackend for FaultyLockBackend {
     }
 
     fn hold_lost(&self, name: &str, owner: &LockOwner) {
+        self.holds_lost.fetch_add(1, Ordering::SeqCst);
         self.inner.hold_lost(name, owner);
     }
 
