@@ -1,6 +1,7 @@
 //! The embedded memory backend beside in-process floors: acquire+release of
 //! a lease lock through `LockClient` (tokens, TTL, `lost()`, the watchdog)
-//! against a `tokio::sync::Mutex` lock/unlock and a `DashMap` insert+remove,
+//! against the backend's own calls without the client, a
+//! `tokio::sync::Mutex` lock/unlock and a `DashMap` insert+remove,
 //! sequentially and with 64 tasks. A plain timed program (no criterion).
 //!
 //! ```text
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coord::memory::MemoryBackend;
-use coord::{Lock, LockClient};
+use coord::{Lock, LockBackend, LockClient, LockOwner};
 use dashmap::DashMap;
 use tokio::runtime::Runtime;
 
@@ -19,6 +20,7 @@ const SEQ_OPS: u64 = 200_000;
 const TASKS: u64 = 64;
 const PER_TASK: u64 = 5_000;
 const ROUNDS: usize = 7;
+const TTL: Duration = Duration::from_secs(30);
 
 async fn seq<F, Fut>(ops: u64, f: F) -> Duration
 where
@@ -71,8 +73,11 @@ fn main() {
     let map: Arc<DashMap<String, u64>> = Arc::new(DashMap::new());
     let keys: Arc<Vec<String>> = Arc::new((0..TASKS).map(|t| format!("bench/mem/{t}")).collect());
 
+    let backend = Arc::new(MemoryBackend::new());
+    let owner = LockOwner::new("bench", "raw").expect("owner");
     let mut rows: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
         ("coord memory lease lock", Vec::new(), Vec::new()),
+        ("MemoryBackend calls (no client)", Vec::new(), Vec::new()),
         ("tokio::sync::Mutex lock/unlock", Vec::new(), Vec::new()),
         ("DashMap insert+remove", Vec::new(), Vec::new()),
     ];
@@ -88,6 +93,16 @@ fn main() {
             })
             .await;
             rows[0].1.push(d.as_nanos() as f64 / SEQ_OPS as f64);
+            let (b, o, k) = (backend.clone(), owner.clone(), keys.clone());
+            let d = seq(SEQ_OPS, |_| {
+                let (b, o, k) = (b.clone(), o.clone(), k.clone());
+                async move {
+                    b.try_acquire(&k[0], &o, TTL).await.expect("acquire");
+                    b.release(&k[0], &o).await.expect("release");
+                }
+            })
+            .await;
+            rows[1].1.push(d.as_nanos() as f64 / SEQ_OPS as f64);
             let m = mutex.clone();
             let d = seq(SEQ_OPS, |_| {
                 let m = m.clone();
@@ -96,7 +111,7 @@ fn main() {
                 }
             })
             .await;
-            rows[1].1.push(d.as_nanos() as f64 / SEQ_OPS as f64);
+            rows[2].1.push(d.as_nanos() as f64 / SEQ_OPS as f64);
             let (mp, k) = (map.clone(), keys.clone());
             let d = seq(SEQ_OPS, |i| {
                 let (mp, k) = (mp.clone(), k.clone());
@@ -106,7 +121,7 @@ fn main() {
                 }
             })
             .await;
-            rows[2].1.push(d.as_nanos() as f64 / SEQ_OPS as f64);
+            rows[3].1.push(d.as_nanos() as f64 / SEQ_OPS as f64);
 
             let total = (TASKS * PER_TASK) as f64;
             let l = locks.clone();
@@ -119,6 +134,16 @@ fn main() {
             })
             .await;
             rows[0].2.push(total / d.as_secs_f64());
+            let (b, o, k) = (backend.clone(), owner.clone(), keys.clone());
+            let d = par(move |t, _| {
+                let (b, o, k) = (b.clone(), o.clone(), k.clone());
+                async move {
+                    b.try_acquire(&k[t as usize], &o, TTL).await.expect("acquire");
+                    b.release(&k[t as usize], &o).await.expect("release");
+                }
+            })
+            .await;
+            rows[1].2.push(total / d.as_secs_f64());
             let m = mutex.clone();
             let d = par(move |_, _| {
                 let m = m.clone();
@@ -127,7 +152,7 @@ fn main() {
                 }
             })
             .await;
-            rows[1].2.push(total / d.as_secs_f64());
+            rows[2].2.push(total / d.as_secs_f64());
             let (mp, k) = (map.clone(), keys.clone());
             let d = par(move |t, i| {
                 let (mp, k) = (mp.clone(), k.clone());
@@ -137,7 +162,7 @@ fn main() {
                 }
             })
             .await;
-            rows[2].2.push(total / d.as_secs_f64());
+            rows[3].2.push(total / d.as_secs_f64());
         }
     });
     println!("memory backend vs in-process floors (median of {ROUNDS} rounds)");

@@ -1,9 +1,8 @@
 //! `LockClient`: one client's view of a lock backend, shared by all its locks.
 
-use foldhash::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::capabilities::Capabilities;
@@ -15,14 +14,12 @@ use crate::lock::handle::LockBuilder;
 use crate::lock::kind::LockKind;
 use crate::lock::reentrant::ReentrantSlots;
 use crate::lock::renewal::RenewalScheduler;
+use crate::lock::shards::{HeldGuards, OwnerPool};
 use crate::lock::stats::{LockStats, StatsTable};
 use crate::lock::types::LockOwner;
 use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
 use crate::settings::{LockSettings, Settings};
-
-/// The most owners a client keeps for reuse.
-const MAX_IDLE_OWNERS: usize = 1024;
 
 /// Builds locks on one backend. Cheap to clone; clones share the backend
 /// connection, the client id and the set of held locks.
@@ -55,9 +52,9 @@ pub(crate) struct ClientShared {
     pub(crate) metrics: Option<Metrics>,
     waiting: AtomicUsize,
     next_guard: AtomicU64,
-    held: Mutex<HashMap<u64, Arc<GuardShared>>>,
+    held: HeldGuards,
     /// Owners whose holds have ended, for reuse (see [`ClientShared::take_owner`]).
-    idle_owners: Mutex<Vec<LockOwner>>,
+    idle_owners: OwnerPool,
     pub(crate) renewals: Arc<RenewalScheduler>,
     pub(crate) stats: StatsTable,
     pub(crate) reentrant: ReentrantSlots,
@@ -127,8 +124,8 @@ impl LockClientBuilder {
                 metrics: self.metrics,
                 waiting: AtomicUsize::new(0),
                 next_guard: AtomicU64::new(0),
-                held: Mutex::new(HashMap::default()),
-                idle_owners: Mutex::new(Vec::new()),
+                held: HeldGuards::default(),
+                idle_owners: OwnerPool::default(),
                 renewals: Arc::new(RenewalScheduler::new()),
                 stats: StatsTable::default(),
                 reentrant: ReentrantSlots::default(),
@@ -194,7 +191,7 @@ impl LockClient {
 
     /// How many locks this client holds (guards not yet released or dropped).
     pub fn held(&self) -> usize {
-        self.shared.held.lock().map(|h| h.len()).unwrap_or(0)
+        self.shared.held.len()
     }
 
     /// What this client saw of lock `name`: acquisitions, contended
@@ -217,10 +214,7 @@ impl LockClient {
     /// Releases every lock this client holds, then closes the backend.
     /// Guards still alive afterwards report their lock as lost.
     pub async fn shutdown(&self) -> Result<()> {
-        let held: Vec<_> = match self.shared.held.lock() {
-            Ok(mut h) => h.drain().map(|(_, g)| g).collect(),
-            Err(_) => Vec::new(),
-        };
+        let held = self.shared.held.drain();
         let mut first_error = None;
         for guard in held {
             guard.mark_closed("the client was shut down");
@@ -308,20 +302,14 @@ impl ClientShared {
     /// key holders by owner (etcd) from piling up deleted keys.
     pub(crate) fn take_owner(&self) -> LockOwner {
         self.idle_owners
-            .lock()
-            .ok()
-            .and_then(|mut idle| idle.pop())
+            .take()
             .unwrap_or_else(|| LockOwner::unique(&self.client_id))
     }
 
     /// Returns an owner whose hold has surely ended (released, refused as
     /// not held, or never granted) for reuse.
     pub(crate) fn recycle_owner(&self, owner: LockOwner) {
-        if let Ok(mut idle) = self.idle_owners.lock()
-            && idle.len() < MAX_IDLE_OWNERS
-        {
-            idle.push(owner);
-        }
+        self.idle_owners.put(owner);
     }
 
     /// Releases `owner`'s hold on `name` in the background (a dropped guard,
@@ -353,24 +341,17 @@ impl ClientShared {
 
     pub(crate) fn track(&self, guard: Arc<GuardShared>) -> u64 {
         let id = self.next_guard.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut held) = self.held.lock() {
-            held.insert(id, guard);
-        }
+        self.held.insert(id, guard);
         id
     }
 
     /// The guards held now (for the renewal task's scan).
     pub(crate) fn held_guards(&self) -> Vec<Arc<GuardShared>> {
-        self.held
-            .lock()
-            .map(|h| h.values().cloned().collect())
-            .unwrap_or_default()
+        self.held.all()
     }
 
     pub(crate) fn untrack(&self, id: u64) {
-        if let Ok(mut held) = self.held.lock() {
-            held.remove(&id);
-        }
+        self.held.remove(id);
     }
 
     pub(crate) fn waiting_enter(self: &Arc<Self>) -> WaitingMark {

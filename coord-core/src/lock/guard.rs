@@ -6,13 +6,54 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::lock::client::ClientShared;
 use crate::lock::kind::LockKind;
 use crate::lock::renewal::RenewalScheduler;
+use crate::lock::stats::StatsCell;
 use crate::lock::types::{FencingToken, LockGrant, LockOwner};
+
+/// Stops a guard's renewals: set once, at release or loss. (An atomic flag
+/// and a `Notify` in the guard itself, where a `CancellationToken` would
+/// cost an allocation and a mutex on every grant.)
+#[derive(Debug, Default)]
+pub(crate) struct StopSignal {
+    stopped: AtomicBool,
+    /// Whether anyone ever waited (most guards are released with no renewal
+    /// in flight, and then `cancel` skips the `Notify`'s lock).
+    waited: AtomicBool,
+    wake: Notify,
+}
+
+impl StopSignal {
+    pub(crate) fn cancel(&self) {
+        // SeqCst with the same in `cancelled`: either the waiter sees
+        // `stopped` or this sees `waited`.
+        if !self.stopped.swap(true, Ordering::SeqCst) && self.waited.load(Ordering::SeqCst) {
+            self.wake.notify_waiters();
+        }
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once [`StopSignal::cancel`] was called.
+    pub(crate) async fn cancelled(&self) {
+        self.waited.store(true, Ordering::SeqCst);
+        loop {
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            // Registered before the check, so a cancel in between still wakes us.
+            woken.as_mut().enable();
+            if self.is_cancelled() {
+                return;
+            }
+            woken.await;
+        }
+    }
+}
 
 /// What a guard, its watchdog and the client's shutdown share.
 #[derive(Debug)]
@@ -32,7 +73,7 @@ pub(crate) struct GuardShared {
     lost: Mutex<Option<String>>,
     /// Wakes `lost()` waiters when `lost` is set.
     lost_wake: Notify,
-    pub(crate) stop: CancellationToken,
+    pub(crate) stop: StopSignal,
     /// Whether the client's renewal task renews this lock.
     pub(crate) watchdog: bool,
     /// Nanoseconds after `base` of the next renewal.
@@ -51,6 +92,8 @@ pub(crate) struct GuardShared {
     at_risk: AtomicBool,
     /// Wakes `at_risk()` waiters when `at_risk` is set.
     at_risk_wake: Notify,
+    /// The lock's statistics.
+    stats: Arc<StatsCell>,
 }
 
 impl GuardShared {
@@ -83,10 +126,7 @@ impl GuardShared {
         if !self.at_risk.swap(true, Ordering::AcqRel) {
             tracing::warn!(lock = %self.name, token = %self.token, "lock at risk: renewal failed; retrying while the lease lasts");
             if let Some(m) = &self.client.metrics {
-                m.lock_at_risk(
-                    self.client.backend_name,
-                    self.client.stats.label(&self.name),
-                );
+                m.lock_at_risk(self.client.backend_name, self.stats.label());
             }
             self.at_risk_wake.notify_waiters();
         }
@@ -140,12 +180,9 @@ impl GuardShared {
         }
         if changed && count_as_lost {
             tracing::warn!(lock = %self.name, token = %self.token, reason, "lock lost");
-            self.client.stats.lost(&self.name);
+            self.stats.lost();
             if let Some(m) = &self.client.metrics {
-                m.lock_lost(
-                    self.client.backend_name,
-                    self.client.stats.label(&self.name),
-                );
+                m.lock_lost(self.client.backend_name, self.stats.label());
             }
         }
         changed
@@ -156,13 +193,9 @@ impl GuardShared {
     /// Records the hold time of a hold that ended.
     pub(crate) fn record_hold(&self) {
         let held = self.granted_at.elapsed();
-        self.client.stats.released(&self.name, held);
+        self.stats.released(held);
         if let Some(m) = &self.client.metrics {
-            m.lock_held(
-                self.client.backend_name,
-                self.client.stats.label(&self.name),
-                held,
-            );
+            m.lock_held(self.client.backend_name, self.stats.label(), held);
         }
     }
 }
@@ -189,8 +222,10 @@ impl LockGuard {
         pooled: bool,
         grant: LockGrant,
         sent_at: Instant,
+        granted_at: Instant,
         watchdog_on: bool,
         kind: LockKind,
+        stats: Arc<StatsCell>,
     ) -> Self {
         let shared = Arc::new(GuardShared {
             client: client.clone(),
@@ -203,15 +238,16 @@ impl LockGuard {
             valid_for_nanos: AtomicU64::new(grant.ttl.as_nanos() as u64),
             lost: Mutex::new(None),
             lost_wake: Notify::new(),
-            stop: CancellationToken::new(),
+            stop: StopSignal::default(),
             watchdog: watchdog_on,
             next_renewal_nanos: AtomicU64::new((grant.ttl / 3).as_nanos() as u64),
             renewing: AtomicBool::new(false),
             kind,
             holds: AtomicUsize::new(1),
-            granted_at: Instant::now(),
+            granted_at,
             at_risk: AtomicBool::new(false),
             at_risk_wake: Notify::new(),
+            stats,
         });
         let id = client.track(shared.clone());
         if watchdog_on {

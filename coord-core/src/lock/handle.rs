@@ -1,6 +1,6 @@
 //! `Lock`: a named lock with its options, and the acquire/wait loop.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -11,6 +11,7 @@ use crate::lock::backend::ReleaseEvents;
 use crate::lock::client::LockClient;
 use crate::lock::guard::LockGuard;
 use crate::lock::kind::LockKind;
+use crate::lock::stats::StatsCell;
 use crate::lock::types::{AcquireOutcome, LockGrant, LockOwner, validate_lock_request};
 
 /// A waiter whose notification channel ends listens again, unless the channel
@@ -134,6 +135,7 @@ impl LockBuilder {
             watchdog: self.watchdog,
             owner: self.owner,
             kind: self.kind,
+            stats: Arc::default(),
         }
     }
 }
@@ -149,10 +151,14 @@ pub struct Lock {
     watchdog: bool,
     owner: Option<String>,
     kind: LockKind,
+    /// This lock's statistics cell, looked up in the client's table on
+    /// first use (shared by the handle's clones).
+    stats: Arc<OnceLock<Arc<StatsCell>>>,
 }
 
 enum Attempt {
-    Granted(LockGrant, Instant),
+    /// The grant, when its request was sent and when its reply arrived.
+    Granted(LockGrant, Instant, Instant),
     Held(Option<Duration>),
     /// Granted, but the grant's validity ran out while the reply was in
     /// flight (a paused server, a slow network): not a hold. The lock may
@@ -162,8 +168,8 @@ enum Attempt {
 
 /// Whether a grant whose request was sent at `sent_at` is already past its
 /// validity: such a guard would be lost on arrival.
-pub(crate) fn lost_on_arrival(grant: &LockGrant, sent_at: Instant) -> bool {
-    sent_at.elapsed() >= grant.ttl
+pub(crate) fn lost_on_arrival(grant: &LockGrant, sent_at: Instant, arrived: Instant) -> bool {
+    arrived.saturating_duration_since(sent_at) >= grant.ttl
 }
 
 impl Lock {
@@ -237,9 +243,9 @@ impl Lock {
         pooled: bool,
     ) -> Result<Option<LockGuard>> {
         let started = Instant::now();
-        Ok(match self.attempt(&owner, pooled).await? {
-            Attempt::Granted(grant, sent_at) => {
-                Some(self.guard(owner, pooled, grant, sent_at, started, false))
+        Ok(match self.attempt(&owner, pooled, started).await? {
+            Attempt::Granted(grant, sent_at, arrived) => {
+                Some(self.guard(owner, pooled, grant, (sent_at, arrived), started, false))
             }
             Attempt::Held(_) => {
                 self.recycle(owner, pooled);
@@ -311,11 +317,19 @@ impl Lock {
         let mut events: Option<ReleaseEvents> = None;
         let mut subscribed_at: Option<Instant> = None;
         let mut _waiting = None;
+        let mut first = true;
         loop {
-            let retry_after = match self.attempt(&owner, pooled).await? {
-                Attempt::Granted(grant, sent_at) => {
+            // The first attempt goes out now: one clock reading less.
+            let sent_at = if std::mem::take(&mut first) {
+                started
+            } else {
+                Instant::now()
+            };
+            let retry_after = match self.attempt(&owner, pooled, sent_at).await? {
+                Attempt::Granted(grant, sent_at, arrived) => {
                     let contended = events.is_some();
-                    return Ok(self.guard(owner, pooled, grant, sent_at, started, contended));
+                    let timing = (sent_at, arrived);
+                    return Ok(self.guard(owner, pooled, grant, timing, started, contended));
                 }
                 Attempt::Held(retry_after) => retry_after,
                 // Ask again at once: the same owner's next grant renews the
@@ -373,11 +387,11 @@ impl Lock {
 
     /// One attempt. On an error the request may have been applied, so the
     /// owner is handed to a background release (never assumed "not acquired").
-    async fn attempt(&self, owner: &LockOwner, pooled: bool) -> Result<Attempt> {
+    /// `sent_at` is a reading of the clock taken just before the call:
+    /// validity counts from before the request is sent (before the first
+    /// retry, which only makes it shorter), never from wall-clock time.
+    async fn attempt(&self, owner: &LockOwner, pooled: bool, sent_at: Instant) -> Result<Attempt> {
         let shared = &self.client.shared;
-        // Validity counts from before the request is sent (before the first
-        // retry, which only makes it shorter), never from wall-clock time.
-        let sent_at = Instant::now();
         let result = shared
             .retry
             .run(|| {
@@ -387,12 +401,13 @@ impl Lock {
                 )
             })
             .await;
+        let arrived = Instant::now();
         match result {
-            Ok(AcquireOutcome::Granted(grant)) if lost_on_arrival(&grant, sent_at) => {
-                tracing::debug!(lock = %self.name, ttl = ?grant.ttl, elapsed = ?sent_at.elapsed(), "a grant arrived after its validity ended; not a hold");
+            Ok(AcquireOutcome::Granted(grant)) if lost_on_arrival(&grant, sent_at, arrived) => {
+                tracing::debug!(lock = %self.name, ttl = ?grant.ttl, elapsed = ?(arrived - sent_at), "a grant arrived after its validity ended; not a hold");
                 Ok(Attempt::LostOnArrival)
             }
-            Ok(AcquireOutcome::Granted(grant)) => Ok(Attempt::Granted(grant, sent_at)),
+            Ok(AcquireOutcome::Granted(grant)) => Ok(Attempt::Granted(grant, sent_at, arrived)),
             Ok(AcquireOutcome::Held { retry_after }) => Ok(Attempt::Held(retry_after)),
             Err(e) => {
                 if matches!(e, Error::InvalidArgument(_) | Error::Unsupported(_)) {
@@ -417,21 +432,17 @@ impl Lock {
         owner: LockOwner,
         pooled: bool,
         grant: LockGrant,
-        sent_at: Instant,
+        (sent_at, granted_at): (Instant, Instant),
         started: Instant,
         contended: bool,
     ) -> LockGuard {
         let shared = &self.client.shared;
-        let waited = started.elapsed();
-        shared.stats.acquired(&self.name, waited, contended);
+        let waited = granted_at.saturating_duration_since(started);
+        let stats = self.stats_cell();
+        stats.acquired(waited, contended);
         if let Some(m) = &shared.metrics {
             m.lock_acquired(shared.backend_name, waited);
-            m.lock_granted(
-                shared.backend_name,
-                shared.stats.label(&self.name),
-                waited,
-                contended,
-            );
+            m.lock_granted(shared.backend_name, stats.label(), waited, contended);
         }
         LockGuard::new(
             shared.clone(),
@@ -440,9 +451,17 @@ impl Lock {
             pooled,
             grant,
             sent_at,
+            granted_at,
             self.watchdog,
             self.kind,
+            stats.clone(),
         )
+    }
+
+    /// This lock's statistics cell.
+    pub(crate) fn stats_cell(&self) -> &Arc<StatsCell> {
+        self.stats
+            .get_or_init(|| self.client.shared.stats.cell(&self.name))
     }
 
     /// How long a waiter may sleep before its next attempt.

@@ -13,6 +13,7 @@ mod queue;
 mod queued;
 mod reentrant;
 mod renewal;
+mod shards;
 mod stats;
 mod types;
 

@@ -110,13 +110,16 @@ impl Lock {
     ) -> Result<Option<LockGuard>> {
         let started = Instant::now();
         let entry = self.entry(&owner, pooled);
-        match self.enqueue_once(&owner).await {
+        let reply = self.enqueue_once(&owner).await;
+        let arrived = Instant::now();
+        match reply {
             Ok((QueueOutcome::Granted(grant), sent_at))
-                if !crate::lock::handle::lost_on_arrival(&grant, sent_at) =>
+                if !crate::lock::handle::lost_on_arrival(&grant, sent_at, arrived) =>
             {
                 let owner = entry.into_owner();
+                let timing = (sent_at, arrived);
                 Ok(Some(
-                    self.guard(owner, pooled, grant, sent_at, started, false),
+                    self.guard(owner, pooled, grant, timing, started, false),
                 ))
             }
             // Queued, or granted too late to be a hold: leave the queue.
@@ -170,9 +173,11 @@ impl Lock {
         let mut subscribed_at: Option<Instant> = None;
         let mut _waiting = None;
         loop {
-            let retry_after = match self.enqueue_once(&owner).await {
+            let reply = self.enqueue_once(&owner).await;
+            let arrived = Instant::now();
+            let retry_after = match reply {
                 Ok((QueueOutcome::Granted(grant), sent_at))
-                    if crate::lock::handle::lost_on_arrival(&grant, sent_at) =>
+                    if crate::lock::handle::lost_on_arrival(&grant, sent_at, arrived) =>
                 {
                     // Granted too late to be a hold: ask again at once (the
                     // entry's next answer renews its lease, or it re-queues).
@@ -182,7 +187,8 @@ impl Lock {
                 Ok((QueueOutcome::Granted(grant), sent_at)) => {
                     let owner = entry.into_owner();
                     let contended = events.is_some();
-                    return Ok(self.guard(owner, pooled, grant, sent_at, started, contended));
+                    let timing = (sent_at, arrived);
+                    return Ok(self.guard(owner, pooled, grant, timing, started, contended));
                 }
                 Ok((QueueOutcome::Queued { retry_after, .. }, _)) => retry_after,
                 Err(e) => return Err(self.failed(entry, e)),

@@ -3,7 +3,8 @@
 //! has [`Metrics`](crate::Metrics)).
 
 use foldhash::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Upper bounds of the histogram buckets, in seconds (the last is +∞).
@@ -46,21 +47,6 @@ pub struct DurationHistogram {
 }
 
 impl DurationHistogram {
-    fn record(&mut self, d: Duration) {
-        if self.buckets.is_empty() {
-            self.buckets = BUCKETS.iter().map(|b| (*b, 0)).collect();
-        }
-        self.count += 1;
-        self.sum += d;
-        self.max = self.max.max(d);
-        let secs = d.as_secs_f64();
-        for (bound, n) in &mut self.buckets {
-            if secs <= *bound {
-                *n += 1;
-            }
-        }
-    }
-
     /// The mean, or zero when empty.
     pub fn mean(&self) -> Duration {
         if self.count == 0 {
@@ -87,59 +73,168 @@ pub struct LockStats {
     pub hold: DurationHistogram,
 }
 
-/// The statistics of one client, by lock name.
+/// A [`DurationHistogram`] updated with atomics: buckets are counted
+/// singly and made cumulative when read.
 #[derive(Debug, Default)]
-pub(crate) struct StatsTable {
-    by_lock: Mutex<HashMap<String, LockStats>>,
+struct AtomicHistogram {
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+    max_nanos: AtomicU64,
+    buckets: [AtomicU64; BUCKETS.len()],
 }
 
-impl StatsTable {
-    fn with(&self, name: &str, f: impl FnOnce(&mut LockStats)) {
-        let mut by_lock = self.by_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let key = if by_lock.contains_key(name) || by_lock.len() < MAX_TRACKED_LOCKS {
-            name
-        } else {
-            OTHER_LOCKS
-        };
-        f(by_lock.entry(key.to_owned()).or_default());
+impl AtomicHistogram {
+    fn record(&self, d: Duration) {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.max_nanos.fetch_max(nanos, Ordering::Relaxed);
+        let i = BUCKET_NANOS
+            .iter()
+            .position(|bound| nanos <= *bound)
+            .unwrap_or(BUCKETS.len() - 1);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn acquired(&self, name: &str, waited: Duration, contended: bool) {
-        self.with(name, |s| {
-            s.acquisitions += 1;
-            s.contended += u64::from(contended);
-            s.wait.record(waited);
-        });
+    fn snapshot(&self) -> DurationHistogram {
+        let count = self.count.load(Ordering::Relaxed);
+        if count == 0 {
+            return DurationHistogram::default();
+        }
+        let mut total = 0;
+        let buckets = BUCKETS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(bound, n)| {
+                total += n.load(Ordering::Relaxed);
+                (*bound, total)
+            })
+            .collect();
+        DurationHistogram {
+            count,
+            sum: Duration::from_nanos(self.sum_nanos.load(Ordering::Relaxed)),
+            max: Duration::from_nanos(self.max_nanos.load(Ordering::Relaxed)),
+            buckets,
+        }
     }
+}
 
-    pub(crate) fn released(&self, name: &str, held: Duration) {
-        self.with(name, |s| s.hold.record(held));
+/// The bucket bounds in nanoseconds (the last is `u64::MAX`).
+const BUCKET_NANOS: [u64; BUCKETS.len()] = {
+    let mut n = [u64::MAX; BUCKETS.len()];
+    let mut i = 0;
+    while i + 1 < BUCKETS.len() {
+        n[i] = (BUCKETS[i] * 1e9) as u64;
+        i += 1;
     }
+    n
+};
 
-    pub(crate) fn lost(&self, name: &str) {
-        self.with(name, |s| s.lost += 1);
-    }
+/// The statistics of one lock name (or of [`OTHER_LOCKS`]), updated without
+/// a lock: a lock handle looks its cell up once and keeps it.
+#[derive(Debug)]
+pub(crate) struct StatsCell {
+    /// The name the statistics and metrics are kept under.
+    label: Arc<str>,
+    acquisitions: AtomicU64,
+    contended: AtomicU64,
+    lost: AtomicU64,
+    wait: AtomicHistogram,
+    hold: AtomicHistogram,
+}
 
-    /// The label a lock's metrics carry (bounded like the table).
-    pub(crate) fn label<'a>(&self, name: &'a str) -> &'a str {
-        let by_lock = self.by_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if by_lock.contains_key(name) || by_lock.len() < MAX_TRACKED_LOCKS {
-            name
-        } else {
-            OTHER_LOCKS
+impl StatsCell {
+    fn new(label: Arc<str>) -> Self {
+        StatsCell {
+            label,
+            acquisitions: AtomicU64::new(0),
+            contended: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            wait: AtomicHistogram::default(),
+            hold: AtomicHistogram::default(),
         }
     }
 
-    pub(crate) fn get(&self, name: &str) -> Option<LockStats> {
-        let by_lock = self.by_lock.lock().unwrap_or_else(|e| e.into_inner());
-        by_lock.get(name).cloned()
+    /// The label this lock's metrics carry (bounded like the table).
+    pub(crate) fn label(&self) -> &str {
+        &self.label
     }
 
+    pub(crate) fn acquired(&self, waited: Duration, contended: bool) {
+        self.acquisitions.fetch_add(1, Ordering::Relaxed);
+        if contended {
+            self.contended.fetch_add(1, Ordering::Relaxed);
+        }
+        self.wait.record(waited);
+    }
+
+    pub(crate) fn released(&self, held: Duration) {
+        self.hold.record(held);
+    }
+
+    pub(crate) fn lost(&self) {
+        self.lost.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> LockStats {
+        LockStats {
+            acquisitions: self.acquisitions.load(Ordering::Relaxed),
+            contended: self.contended.load(Ordering::Relaxed),
+            lost: self.lost.load(Ordering::Relaxed),
+            wait: self.wait.snapshot(),
+            hold: self.hold.snapshot(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.acquisitions.load(Ordering::Relaxed) == 0
+            && self.lost.load(Ordering::Relaxed) == 0
+            && self.hold.count.load(Ordering::Relaxed) == 0
+    }
+}
+
+/// The statistics of one client, by lock name.
+#[derive(Debug, Default)]
+pub(crate) struct StatsTable {
+    by_lock: Mutex<HashMap<Arc<str>, Arc<StatsCell>>>,
+}
+
+impl StatsTable {
+    /// The cell of lock `name`: its own while fewer than
+    /// [`MAX_TRACKED_LOCKS`] names are tracked, else the shared
+    /// [`OTHER_LOCKS`] cell.
+    pub(crate) fn cell(&self, name: &Arc<str>) -> Arc<StatsCell> {
+        let mut by_lock = self.by_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cell) = by_lock.get(&**name) {
+            return cell.clone();
+        }
+        let label: Arc<str> = if by_lock.len() < MAX_TRACKED_LOCKS {
+            name.clone()
+        } else {
+            Arc::from(OTHER_LOCKS)
+        };
+        by_lock
+            .entry(label.clone())
+            .or_insert_with(|| Arc::new(StatsCell::new(label)))
+            .clone()
+    }
+
+    /// What was seen of lock `name`, if anything.
+    pub(crate) fn get(&self, name: &str) -> Option<LockStats> {
+        let by_lock = self.by_lock.lock().unwrap_or_else(|e| e.into_inner());
+        by_lock
+            .get(name)
+            .filter(|c| !c.is_empty())
+            .map(|c| c.snapshot())
+    }
+
+    /// Every lock seen, by name.
     pub(crate) fn all(&self) -> Vec<(String, LockStats)> {
         let by_lock = self.by_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut all: Vec<_> = by_lock
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .filter(|(_, c)| !c.is_empty())
+            .map(|(k, c)| (k.to_string(), c.snapshot()))
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
@@ -153,10 +248,11 @@ mod tests {
     #[test]
     fn records_counts_and_buckets() {
         let t = StatsTable::default();
-        t.acquired("a", Duration::from_millis(2), false);
-        t.acquired("a", Duration::from_millis(200), true);
-        t.released("a", Duration::from_secs(2));
-        t.lost("a");
+        let a = t.cell(&Arc::from("a"));
+        a.acquired(Duration::from_millis(2), false);
+        a.acquired(Duration::from_millis(200), true);
+        a.released(Duration::from_secs(2));
+        a.lost();
         let s = t.get("a").unwrap();
         assert_eq!((s.acquisitions, s.contended, s.lost), (2, 1, 1));
         assert_eq!(s.wait.count, 2);
@@ -171,10 +267,11 @@ mod tests {
     fn names_beyond_the_cap_share_one_entry() {
         let t = StatsTable::default();
         for i in 0..MAX_TRACKED_LOCKS + 5 {
-            t.acquired(&format!("l{i}"), Duration::ZERO, false);
+            t.cell(&Arc::from(format!("l{i}")))
+                .acquired(Duration::ZERO, false);
         }
         assert_eq!(t.all().len(), MAX_TRACKED_LOCKS + 1);
         assert_eq!(t.get(OTHER_LOCKS).unwrap().acquisitions, 5);
-        assert_eq!(t.label("l999999"), OTHER_LOCKS);
+        assert_eq!(t.cell(&Arc::from("l999999")).label(), OTHER_LOCKS);
     }
 }

@@ -1,6 +1,7 @@
 //! Lease locks in process memory.
 
 use foldhash::HashMap;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -21,10 +22,16 @@ use crate::memory::queue::Queues;
 /// simulated client.
 #[derive(Debug, Clone)]
 pub struct MemoryBackend {
-    store: Arc<Mutex<Store>>,
+    /// The store, split by lock name into shards (a name's locks, fences,
+    /// queues and listeners all live in its shard), so that calls on
+    /// different names rarely meet on one mutex.
+    store: Arc<[Mutex<Store>; SHARDS]>,
     caps: Arc<Capabilities>,
     fenced: Arc<crate::fence::MemoryFencedStore>,
 }
+
+/// How many shards the store has.
+const SHARDS: usize = 16;
 
 #[derive(Debug, Default)]
 struct Store {
@@ -75,6 +82,12 @@ impl Store {
     }
 }
 
+fn lock_shard(shard: &Mutex<Store>) -> MutexGuard<'_, Store> {
+    // A panic while holding the lock cannot leave the maps half-updated
+    // in a way that matters more than losing the process' locks.
+    shard.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A new listener on the channel of `name` in `channels`.
 fn listen(channels: &mut HashMap<String, broadcast::Sender<()>>, name: &str) -> ReleaseEvents {
     let rx = channels
@@ -99,7 +112,7 @@ impl MemoryBackend {
         caps.native_ttl = true;
         caps.watch = true;
         MemoryBackend {
-            store: Arc::default(),
+            store: Arc::new(std::array::from_fn(|_| Mutex::default())),
             caps: Arc::new(caps),
             fenced: Arc::default(),
         }
@@ -127,10 +140,10 @@ impl MemoryBackend {
         Arc::ptr_eq(&self.store, &other.store)
     }
 
-    fn store(&self) -> MutexGuard<'_, Store> {
-        // A panic while holding the lock cannot leave the maps half-updated
-        // in a way that matters more than losing the process' locks.
-        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    /// The shard of lock `name`, locked.
+    fn store(&self, name: &str) -> MutexGuard<'_, Store> {
+        let shard = foldhash::fast::FixedState::with_seed(0).hash_one(name) as usize % SHARDS;
+        lock_shard(&self.store[shard])
     }
 }
 
@@ -148,7 +161,7 @@ impl LockBackend for MemoryBackend {
     ) -> Result<AcquireOutcome> {
         let now = Instant::now();
         let ttl = self.caps.effective_ttl(ttl);
-        let mut store = self.store();
+        let mut store = self.store(name);
         if let Some(held) = store.holder(name, now) {
             if held.owner == owner.as_str() {
                 held.expires = now + ttl;
@@ -191,7 +204,7 @@ impl LockBackend for MemoryBackend {
     async fn renew(&self, name: &str, owner: &LockOwner, ttl: Duration) -> Result<()> {
         let now = Instant::now();
         let ttl = self.caps.effective_ttl(ttl);
-        match self.store().holder(name, now) {
+        match self.store(name).holder(name, now) {
             Some(held) if held.owner == owner.as_str() => {
                 held.expires = now + ttl;
                 Ok(())
@@ -204,7 +217,7 @@ impl LockBackend for MemoryBackend {
 
     async fn release(&self, name: &str, owner: &LockOwner) -> Result<()> {
         let now = Instant::now();
-        let mut store = self.store();
+        let mut store = self.store(name);
         match store.holder(name, now) {
             Some(held) if held.owner == owner.as_str() => {
                 store.locks.remove(name);
@@ -219,7 +232,7 @@ impl LockBackend for MemoryBackend {
 
     async fn proclaim(&self, name: &str, owner: &LockOwner, value: &str) -> Result<()> {
         let now = Instant::now();
-        let mut store = self.store();
+        let mut store = self.store(name);
         match store.holder(name, now) {
             Some(held) if held.owner == owner.as_str() => {
                 held.value = Some(value.to_owned());
@@ -233,16 +246,16 @@ impl LockBackend for MemoryBackend {
     }
 
     async fn subscribe_changes(&self, name: &str) -> Result<ReleaseEvents> {
-        Ok(listen(&mut self.store().observers, name))
+        Ok(listen(&mut self.store(name).observers, name))
     }
 
     async fn subscribe(&self, name: &str) -> Result<ReleaseEvents> {
-        Ok(listen(&mut self.store().listeners, name))
+        Ok(listen(&mut self.store(name).listeners, name))
     }
 
     async fn force_release(&self, name: &str) -> Result<bool> {
         let now = Instant::now();
-        let mut store = self.store();
+        let mut store = self.store(name);
         let was_held = store.holder(name, now).is_some();
         if was_held {
             store.locks.remove(name);
@@ -253,7 +266,7 @@ impl LockBackend for MemoryBackend {
 
     async fn inspect(&self, name: &str) -> Result<Option<LockInfo>> {
         let now = Instant::now();
-        let mut store = self.store();
+        let mut store = self.store(name);
         Ok(store
             .holder(name, now)
             .map(|held| lease_info(name, held, now)))
@@ -261,18 +274,22 @@ impl LockBackend for MemoryBackend {
 
     async fn list(&self, prefix: &str) -> Result<Vec<LockInfo>> {
         let now = Instant::now();
-        let mut store = self.store();
-        let names: Vec<String> = store
-            .locks
-            .keys()
-            .filter(|n| n.starts_with(prefix))
-            .cloned()
-            .collect();
-        let mut out: Vec<LockInfo> = names
-            .iter()
-            .filter_map(|n| store.holder(n, now).map(|h| lease_info(n, h, now)))
-            .collect();
-        out.extend(store.queues.list(prefix, now));
+        let mut out: Vec<LockInfo> = Vec::new();
+        for shard in self.store.iter() {
+            let mut store = lock_shard(shard);
+            let names: Vec<String> = store
+                .locks
+                .keys()
+                .filter(|n| n.starts_with(prefix))
+                .cloned()
+                .collect();
+            out.extend(
+                names
+                    .iter()
+                    .filter_map(|n| store.holder(n, now).map(|h| lease_info(n, h, now))),
+            );
+            out.extend(store.queues.list(prefix, now));
+        }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
@@ -287,7 +304,7 @@ impl LockBackend for MemoryBackend {
         let ttl = self.caps.effective_ttl(ttl);
         let now = Instant::now();
         Ok(self
-            .store()
+            .store(name)
             .queues
             .enqueue(name, owner.as_str(), mode, ttl, now))
     }
@@ -295,27 +312,29 @@ impl LockBackend for MemoryBackend {
     async fn renew_queued(&self, name: &str, owner: &LockOwner, ttl: Duration) -> Result<()> {
         let ttl = self.caps.effective_ttl(ttl);
         let now = Instant::now();
-        self.store().queues.renew(name, owner.as_str(), ttl, now)
+        self.store(name).queues.renew(name, owner.as_str(), ttl, now)
     }
 
     async fn dequeue(&self, name: &str, owner: &LockOwner) -> Result<()> {
         let now = Instant::now();
-        self.store().queues.dequeue(name, owner.as_str(), now)
+        self.store(name).queues.dequeue(name, owner.as_str(), now)
     }
 
     async fn subscribe_queue(&self, name: &str, _owner: &LockOwner) -> Result<ReleaseEvents> {
-        let rx = self.store().queues.subscribe(name);
+        let rx = self.store(name).queues.subscribe(name);
         Ok(broadcast_events(rx))
     }
 
     async fn force_release_queued(&self, name: &str) -> Result<usize> {
         let now = Instant::now();
-        Ok(self.store().queues.force_release(name, now))
+        Ok(self.store(name).queues.force_release(name, now))
     }
 
     async fn health(&self) -> ComponentHealth {
         let start = std::time::Instant::now();
-        drop(self.store());
+        for shard in self.store.iter() {
+            drop(lock_shard(shard));
+        }
         ComponentHealth::healthy("memory", start.elapsed())
     }
 }
