@@ -35,17 +35,25 @@ const SHARDS: usize = 16;
 
 #[derive(Debug, Default)]
 struct Store {
-    locks: HashMap<String, Held>,
-    fences: HashMap<String, u64>,
+    /// Every lock name ever acquired: its fence and its holder, if any (kept
+    /// after release, so that a name seen before costs no allocation).
+    locks: HashMap<String, Slot>,
     listeners: HashMap<String, broadcast::Sender<()>>,
     /// Listeners to every change of holder (grants too): observers.
     observers: HashMap<String, broadcast::Sender<()>>,
     queues: Queues,
 }
 
+#[derive(Debug, Default)]
+struct Slot {
+    /// The last token granted.
+    fence: u64,
+    held: Option<Held>,
+}
+
 #[derive(Debug)]
 struct Held {
-    owner: String,
+    owner: LockOwner,
     token: u64,
     expires: Instant,
     /// What the holder proclaimed.
@@ -55,11 +63,21 @@ struct Held {
 impl Store {
     /// The live holder of `name`, dropping an expired one (and waking waiters).
     fn holder(&mut self, name: &str, now: Instant) -> Option<&mut Held> {
-        if self.locks.get(name).is_some_and(|h| h.expires <= now) {
-            self.locks.remove(name);
+        let slot = self.locks.get_mut(name)?;
+        if slot.held.as_ref().is_some_and(|h| h.expires <= now) {
+            slot.held = None;
             self.notify(name);
+            return None;
         }
-        self.locks.get_mut(name)
+        self.locks.get_mut(name)?.held.as_mut()
+    }
+
+    /// Ends the hold on `name` (if any) and wakes its waiters.
+    fn vacate(&mut self, name: &str) {
+        if let Some(slot) = self.locks.get_mut(name) {
+            slot.held = None;
+        }
+        self.notify(name);
     }
 
     fn notify(&mut self, name: &str) {
@@ -163,7 +181,7 @@ impl LockBackend for MemoryBackend {
         let ttl = self.caps.effective_ttl(ttl);
         let mut store = self.store(name);
         if let Some(held) = store.holder(name, now) {
-            if held.owner == owner.as_str() {
+            if held.owner == *owner {
                 held.expires = now + ttl;
                 return Ok(AcquireOutcome::Granted(LockGrant {
                     token: FencingToken::new(held.token),
@@ -175,25 +193,20 @@ impl LockBackend for MemoryBackend {
             });
         }
         // No allocation for a name seen before.
-        let token = match store.fences.get_mut(name) {
-            Some(fence) => {
-                *fence += 1;
-                *fence
-            }
-            None => {
-                store.fences.insert(name.to_owned(), 1);
-                1
-            }
+        if !store.locks.contains_key(name) {
+            store.locks.insert(name.to_owned(), Slot::default());
+        }
+        let Some(slot) = store.locks.get_mut(name) else {
+            unreachable!("inserted above");
         };
-        store.locks.insert(
-            name.to_owned(),
-            Held {
-                owner: owner.as_str().to_owned(),
-                token,
-                expires: now + ttl,
-                value: None,
-            },
-        );
+        slot.fence += 1;
+        let token = slot.fence;
+        slot.held = Some(Held {
+            owner: owner.clone(),
+            token,
+            expires: now + ttl,
+            value: None,
+        });
         store.changed(name);
         Ok(AcquireOutcome::Granted(LockGrant {
             token: FencingToken::new(token),
@@ -205,7 +218,7 @@ impl LockBackend for MemoryBackend {
         let now = Instant::now();
         let ttl = self.caps.effective_ttl(ttl);
         match self.store(name).holder(name, now) {
-            Some(held) if held.owner == owner.as_str() => {
+            Some(held) if held.owner == *owner => {
                 held.expires = now + ttl;
                 Ok(())
             }
@@ -219,9 +232,8 @@ impl LockBackend for MemoryBackend {
         let now = Instant::now();
         let mut store = self.store(name);
         match store.holder(name, now) {
-            Some(held) if held.owner == owner.as_str() => {
-                store.locks.remove(name);
-                store.notify(name);
+            Some(held) if held.owner == *owner => {
+                store.vacate(name);
                 Ok(())
             }
             _ => Err(Error::NotHeld(format!(
@@ -234,7 +246,7 @@ impl LockBackend for MemoryBackend {
         let now = Instant::now();
         let mut store = self.store(name);
         match store.holder(name, now) {
-            Some(held) if held.owner == owner.as_str() => {
+            Some(held) if held.owner == *owner => {
                 held.value = Some(value.to_owned());
                 store.changed(name);
                 Ok(())
@@ -258,8 +270,7 @@ impl LockBackend for MemoryBackend {
         let mut store = self.store(name);
         let was_held = store.holder(name, now).is_some();
         if was_held {
-            store.locks.remove(name);
-            store.notify(name);
+            store.vacate(name);
         }
         Ok(was_held)
     }
@@ -354,7 +365,7 @@ fn lease_info(name: &str, held: &Held, now: Instant) -> LockInfo {
         name: name.to_owned(),
         kind: StoredKind::Lease,
         holders: vec![HolderInfo {
-            owner: held.owner.clone(),
+            owner: held.owner.as_str().to_owned(),
             token: Some(FencingToken::new(held.token)),
             mode: HoldMode::Exclusive,
             ttl_remaining: Some(held.expires.saturating_duration_since(now)),
