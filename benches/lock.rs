@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! cargo bench -p coord-benches --bench lock
+//! # only the ratios of the pairs whose label contains "redis:", no criterion runs
+//! COORD_BENCH_ONLY=redis: cargo bench -p coord-benches --bench lock -- none
 //! ```
 //!
 //! Criterion reports each workload; the ratios printed at the end come from
@@ -353,6 +355,11 @@ fn main() {
     let mut pairs = redis_pairs(&rt, redis.url());
     pairs.extend(redlock_pairs(&rt, &redlock_urls));
     pairs.extend(etcd_pairs(&rt, &etcd.url(), &etcd.endpoints()[0]));
+    // COORD_BENCH_ONLY=<text>: only the pairs whose label contains it.
+    if let Ok(only) = std::env::var("COORD_BENCH_ONLY") {
+        pairs.retain(|p| p.label.contains(only.as_str()));
+        eprintln!("COORD_BENCH_ONLY={only}: {} pairs", pairs.len());
+    }
 
     let mut c = Criterion::default()
         .sample_size(20)
