@@ -138,7 +138,9 @@ fn main() {
             let d = par(move |t, _| {
                 let (b, o, k) = (b.clone(), o.clone(), k.clone());
                 async move {
-                    b.try_acquire(&k[t as usize], &o, TTL).await.expect("acquire");
+                    b.try_acquire(&k[t as usize], &o, TTL)
+                        .await
+                        .expect("acquire");
                     b.release(&k[t as usize], &o).await.expect("release");
                 }
             })

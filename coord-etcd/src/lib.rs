@@ -65,19 +65,16 @@
 mod backend;
 mod config;
 mod error;
-mod fenced;
-mod inspect;
 mod lease;
 mod lock;
 mod members;
-mod queue;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use backend::EtcdBackend;
 pub use config::{DEFAULT_PORT, EtcdConfig};
-pub use fenced::EtcdFencedStore;
 pub use lease::PooledLease;
+pub use lock::fenced::EtcdFencedStore;
 
 /// Re-exported so users can run their own requests on [`EtcdBackend::client`]
 /// with the same version.

@@ -32,22 +32,18 @@
 //! [`RedisServer`]: https://docs.rs/coord-redis/latest/coord_redis/testkit/struct.RedisServer.html
 
 mod backend;
-mod batch;
 mod config;
 mod connection;
 mod error;
-mod fenced;
 mod lock;
 mod pubsub;
-mod queue;
-mod redlock;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use backend::RedisBackend;
 pub use config::{DEFAULT_PORT, RedisConfig, RedisMode, RedisNode};
-pub use fenced::RedisFencedStore;
-pub use redlock::{RedlockBackend, RedlockConfig};
+pub use lock::fenced::RedisFencedStore;
+pub use lock::redlock::{RedlockBackend, RedlockConfig};
 
 /// The `redis` crate this backend is built on, so users name the same version.
 pub use redis;

@@ -1,8 +1,8 @@
 //! `LockClient`: one client's view of a lock backend, shared by all its locks.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use crate::capabilities::Capabilities;

@@ -323,7 +323,9 @@ impl LockBackend for MemoryBackend {
     async fn renew_queued(&self, name: &str, owner: &LockOwner, ttl: Duration) -> Result<()> {
         let ttl = self.caps.effective_ttl(ttl);
         let now = Instant::now();
-        self.store(name).queues.renew(name, owner.as_str(), ttl, now)
+        self.store(name)
+            .queues
+            .renew(name, owner.as_str(), ttl, now)
     }
 
     async fn dequeue(&self, name: &str, owner: &LockOwner) -> Result<()> {

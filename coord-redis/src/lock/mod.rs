@@ -1,6 +1,11 @@
 //! [`LockBackend`] for [`RedisBackend`]: one `EVALSHA` per operation, shared
 //! by concurrent acquisitions (and releases) on a standalone server.
 
+pub(crate) mod batch;
+pub(crate) mod fenced;
+pub(crate) mod queue;
+pub(crate) mod redlock;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,13 +17,13 @@ use coord_core::{
 use redis::{Cmd, Script, Value};
 
 use crate::backend::RedisBackend;
-use crate::batch::{Abandoned, Batcher};
 use crate::error::{batch_item_error, map_err, unexpected_reply};
+use crate::lock::batch::{Abandoned, Batcher};
 
 /// The lock scripts, hashed once per backend.
 pub(crate) struct Scripts {
     acquire: Script,
-    /// Redlock's guarded acquisition (see `crate::redlock`).
+    /// Redlock's guarded acquisition (see `redlock`).
     pub(crate) redlock_acquire: Script,
     renew: Script,
     release: Script,
@@ -45,13 +50,13 @@ impl Scripts {
     }
 }
 
-/// The batch queues of the two hot operations (see [`crate::batch`]).
+/// The batch queues of the two hot operations (see [`batch`]).
 pub(crate) struct LockBatches {
     acquire: Arc<Batcher<AcquireCall, AcquireOutcome>>,
     release: Arc<Batcher<ReleaseCall, ()>>,
     /// Redlock's guarded acquisitions on this server.
     pub(crate) redlock_acquire:
-        Arc<Batcher<crate::redlock::RedlockAcquireCall, crate::redlock::ServerVote>>,
+        Arc<Batcher<crate::lock::redlock::RedlockAcquireCall, crate::lock::redlock::ServerVote>>,
 }
 
 impl LockBatches {

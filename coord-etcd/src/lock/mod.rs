@@ -3,6 +3,10 @@
 //! release is a plain delete of that key. Fencing tokens are create
 //! revisions; waiters are woken by watches.
 
+pub(crate) mod fenced;
+pub(crate) mod inspect;
+pub(crate) mod queue;
+
 use std::time::Duration;
 
 use coord_core::lock::{HoldMode, LockInfo, QueueOutcome};

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::backend::EtcdBackend;
 use crate::error::call;
-use crate::queue::{grant_flags, mode_of, queue_root};
+use crate::lock::queue::{grant_flags, mode_of, queue_root};
 
 /// The most leases of other clients whose TTL one `list` asks etcd for.
 pub(crate) const MAX_TTL_QUERIES: usize = 16;
