@@ -150,6 +150,46 @@ impl Error {
         self
     }
 
+    /// This error for one of several callers that shared one outcome (the
+    /// waiters of one cache load): the same kind and message, the shared
+    /// error as its source where the kind has one.
+    pub fn from_shared(shared: &std::sync::Arc<Error>) -> Error {
+        let source = || -> Option<BoxError> { Some(Box::new(shared.clone())) };
+        match &**shared {
+            Error::Unavailable { message, .. } => Error::Unavailable {
+                message: message.clone(),
+                source: source(),
+            },
+            Error::Codec { message, .. } => Error::Codec {
+                message: message.clone(),
+                source: source(),
+            },
+            Error::Backend {
+                backend,
+                message,
+                retryable,
+                ..
+            } => Error::Backend {
+                backend,
+                message: message.clone(),
+                retryable: *retryable,
+                source: source(),
+            },
+            Error::Timeout(m) => Error::Timeout(m.clone()),
+            Error::NotHeld(m) => Error::NotHeld(m.clone()),
+            Error::LockLost(m) => Error::LockLost(m.clone()),
+            Error::NotFound(m) => Error::NotFound(m.clone()),
+            Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
+            Error::Unsupported(m) => Error::Unsupported(m.clone()),
+            Error::CircuitOpen(m) => Error::CircuitOpen(m.clone()),
+            Error::NoInstances(m) => Error::NoInstances(m.clone()),
+            Error::Conflict { expected, actual } => Error::Conflict {
+                expected: expected.clone(),
+                actual: actual.clone(),
+            },
+        }
+    }
+
     /// A short, stable label for metrics (`timeout`, `not_held`, ...).
     pub fn kind_label(&self) -> &'static str {
         match self {

@@ -26,6 +26,7 @@
 //! # Ok::<_, coord_core::Error>(()) }).unwrap();
 //! ```
 
+pub mod cache;
 mod capabilities;
 mod error;
 pub mod fence;
@@ -40,6 +41,7 @@ mod settings;
 pub mod testkit;
 pub mod url;
 
+pub use cache::{CacheBackend, CacheBuilder, CacheCodec, CacheStats, MultiLevelCache};
 pub use capabilities::Capabilities;
 pub use error::{BoxError, Error, Result};
 pub use fence::{FencedResource, FencedStore, MemoryFencedStore};

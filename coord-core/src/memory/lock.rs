@@ -28,6 +28,7 @@ pub struct MemoryBackend {
     store: Arc<[Mutex<Store>; SHARDS]>,
     caps: Arc<Capabilities>,
     fenced: Arc<crate::fence::MemoryFencedStore>,
+    caches: crate::memory::cache::SharedCaches,
 }
 
 /// How many shards the store has.
@@ -133,6 +134,7 @@ impl MemoryBackend {
             store: Arc::new(std::array::from_fn(|_| Mutex::default())),
             caps: Arc::new(caps),
             fenced: Arc::default(),
+            caches: Arc::default(),
         }
     }
 
@@ -151,6 +153,11 @@ impl MemoryBackend {
     /// ```
     pub fn fenced_store(&self) -> Arc<crate::fence::MemoryFencedStore> {
         self.fenced.clone()
+    }
+
+    /// The caches of this store (shared by its clones).
+    pub(crate) fn caches(&self) -> &crate::memory::cache::MemoryCaches {
+        &self.caches
     }
 
     /// Whether two handles share one store.

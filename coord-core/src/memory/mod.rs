@@ -1,6 +1,7 @@
 //! The in-process backend: the embedded default, held to the same
 //! conformance suite as Redis and etcd.
 
+mod cache;
 mod lock;
 mod queue;
 

@@ -1,0 +1,170 @@
+//! `CacheBuilder`: the options of one typed, two-level cache.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::cache::backend::{CacheBackend, validate_cache_name, validate_cache_ttl};
+use crate::cache::codec::CacheCodec;
+use crate::cache::multi_level::MultiLevelCache;
+use crate::error::{Error, Result};
+
+/// The options of a [`MultiLevelCache`]; every one has a default.
+#[derive(Debug, Clone)]
+pub(crate) struct CacheOptions {
+    pub(crate) ttl: Duration,
+    pub(crate) l1_ttl: Duration,
+    pub(crate) l1_max_entries: u64,
+    pub(crate) l1_max_bytes: Option<u64>,
+    pub(crate) negative_ttl: Duration,
+    pub(crate) jitter: f64,
+    pub(crate) codec: CacheCodec,
+    pub(crate) compress_above: usize,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions {
+            ttl: Duration::from_secs(300),
+            l1_ttl: Duration::from_secs(60),
+            l1_max_entries: 10_000,
+            l1_max_bytes: None,
+            negative_ttl: Duration::from_secs(30),
+            jitter: 0.1,
+            codec: CacheCodec::Json,
+            compress_above: 4096,
+        }
+    }
+}
+
+impl CacheOptions {
+    /// `ttl` spread by up to ± the jitter fraction, so keys written together
+    /// do not all expire together (avalanche protection).
+    pub(crate) fn jittered(&self, ttl: Duration) -> Duration {
+        if self.jitter <= 0.0 {
+            return ttl;
+        }
+        let factor = 1.0 + self.jitter * (fastrand::f64() * 2.0 - 1.0);
+        ttl.mul_f64(factor)
+            .max(crate::cache::backend::MIN_CACHE_TTL)
+    }
+}
+
+/// Builds a [`MultiLevelCache`]: `coord.cache("users").ttl(..).build::<User>()`.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use coord_core::cache::CacheBuilder;
+/// use coord_core::memory::MemoryBackend;
+///
+/// let backend = Arc::new(MemoryBackend::new());
+/// let users = CacheBuilder::new(backend, "users")
+///     .ttl(Duration::from_secs(600))
+///     .l1_max_entries(50_000)
+///     .build::<String>()?;
+/// let name = users.get_or_load("42", || async { Ok(Some("Ada".to_string())) }).await?;
+/// assert_eq!(name.as_deref().map(String::as_str), Some("Ada"));
+/// # Ok::<_, coord_core::Error>(()) }).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct CacheBuilder {
+    backend: Arc<dyn CacheBackend>,
+    name: String,
+    options: CacheOptions,
+}
+
+impl CacheBuilder {
+    /// A cache named `name` (its keys' namespace on the backend) over `backend`.
+    pub fn new(backend: Arc<dyn CacheBackend>, name: impl Into<String>) -> Self {
+        CacheBuilder {
+            backend,
+            name: name.into(),
+            options: CacheOptions::default(),
+        }
+    }
+
+    /// How long a value lives in the backend (L2). Default 5 minutes.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.options.ttl = ttl;
+        self
+    }
+
+    /// The longest a value stays in the in-process L1 (never longer than its
+    /// L2 TTL). Invalidations keep L1 current; this bounds staleness if one
+    /// is ever lost without a reconnect. Default 60 s.
+    pub fn l1_ttl(mut self, ttl: Duration) -> Self {
+        self.options.l1_ttl = ttl;
+        self
+    }
+
+    /// The most entries the L1 keeps. Default 10 000.
+    pub fn l1_max_entries(mut self, entries: u64) -> Self {
+        self.options.l1_max_entries = entries;
+        self
+    }
+
+    /// Bounds the L1 by the encoded size of its values instead of their
+    /// number.
+    pub fn l1_max_bytes(mut self, bytes: u64) -> Self {
+        self.options.l1_max_bytes = Some(bytes);
+        self
+    }
+
+    /// How long a "not found" from the loader is remembered, in both levels
+    /// (penetration protection). Default 30 s.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.options.negative_ttl = ttl;
+        self
+    }
+
+    /// The TTL spread, a fraction between 0 and 0.5: each write's TTL is
+    /// drawn from `ttl × (1 ± jitter)`. Default 0.1.
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.options.jitter = fraction;
+        self
+    }
+
+    /// The value codec. Default [`CacheCodec::Json`].
+    pub fn codec(mut self, codec: CacheCodec) -> Self {
+        self.options.codec = codec;
+        self
+    }
+
+    /// Values whose encoding is longer than this are stored lz4-compressed.
+    /// Default 4 KiB.
+    pub fn compress_above(mut self, bytes: usize) -> Self {
+        self.options.compress_above = bytes;
+        self
+    }
+
+    /// The cache, for values of type `T`. Fails with
+    /// [`Error::InvalidArgument`] on a bad name or option. Starts the
+    /// invalidation listener, so call it inside a tokio runtime.
+    pub fn build<T>(self) -> Result<MultiLevelCache<T>>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        validate_cache_name(&self.name)?;
+        let o = &self.options;
+        validate_cache_ttl(o.ttl)?;
+        validate_cache_ttl(o.l1_ttl).map_err(|e| e.context("l1_ttl"))?;
+        validate_cache_ttl(o.negative_ttl).map_err(|e| e.context("negative_ttl"))?;
+        if !(0.0..=0.5).contains(&o.jitter) {
+            return Err(Error::invalid(format!(
+                "cache jitter {} is outside 0..=0.5",
+                o.jitter
+            )));
+        }
+        if o.l1_max_entries == 0 || o.l1_max_bytes == Some(0) {
+            return Err(Error::invalid(
+                "the L1 bound is zero; give at least one entry (or byte)",
+            ));
+        }
+        MultiLevelCache::start(self.backend, self.name, self.options)
+    }
+}

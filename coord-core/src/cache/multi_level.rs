@@ -1,0 +1,624 @@
+//! `MultiLevelCache`: an in-process `moka` L1 over a shared backend (L2),
+//! with single-flight loads, negative caching, TTL jitter and invalidation
+//! across instances.
+
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use moka::Expiry;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+
+use crate::cache::backend::{CacheBackend, CacheEvent, validate_cache_key, validate_cache_ttl};
+use crate::cache::builder::{CacheBuilder, CacheOptions};
+use crate::cache::envelope::{self, Opened};
+use crate::cache::stats::{CacheCounters, CacheStats, bump};
+use crate::error::{Error, Result};
+use crate::health::ComponentHealth;
+
+/// One L1 entry: the value (`None`: known absent) and how long it may stay.
+struct L1Entry<T> {
+    value: Option<Arc<T>>,
+    ttl: Duration,
+    weight: u32,
+}
+
+impl<T> Clone for L1Entry<T> {
+    fn clone(&self) -> Self {
+        L1Entry {
+            value: self.value.clone(),
+            ttl: self.ttl,
+            weight: self.weight,
+        }
+    }
+}
+
+/// Each L1 entry expires after its own TTL.
+struct ByEntry;
+
+impl<T> Expiry<String, L1Entry<T>> for ByEntry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &L1Entry<T>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        value: &L1Entry<T>,
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+struct Inner<T> {
+    name: Arc<str>,
+    backend: Arc<dyn CacheBackend>,
+    /// This instance's id in invalidation messages (its own writes do not
+    /// evict its own fresh copies).
+    origin: String,
+    options: CacheOptions,
+    l1: moka::future::Cache<String, L1Entry<T>>,
+    /// Whether invalidations are flowing: L1 is used only then.
+    l1_live: AtomicBool,
+    /// Wakes [`MultiLevelCache::ready`] waiters when L1 goes live.
+    live_wake: Notify,
+    /// Bumped by every invalidation and flush: a value read from L2 before
+    /// a bump may be stale and is not kept in L1.
+    epoch: AtomicU64,
+    counters: CacheCounters,
+    listener: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl<T> Drop for Inner<T> {
+    fn drop(&mut self) {
+        if let Some(h) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            h.abort();
+        }
+    }
+}
+
+/// A typed cache in two levels: an in-process L1 (`moka`, bounded by
+/// entries or bytes, per-entry TTL) over the shared backend (L2). Cheap to
+/// clone; clones share both levels.
+///
+/// * [`get_or_load`](Self::get_or_load) runs the loader once per key however
+///   many tasks ask at once (stampede protection), remembers "not found"
+///   for a short TTL (penetration protection), and spreads TTLs by a jitter
+///   (avalanche protection). A loader that fails or panics fails every
+///   waiter of its flight; the failure is not cached.
+/// * A write or delete through any instance evicts the key from every other
+///   instance's L1. L1 is used only while this instance receives those
+///   invalidations: before the first subscription, and from a lost
+///   connection until the next, every read goes to L2, and L1 is flushed
+///   whenever invalidations may have been missed. Staleness is bounded by
+///   the delivery of one invalidation message (and by `l1_ttl` should a
+///   message be lost without the connection dropping).
+/// * Stored values carry a header with a CRC32: a corrupted or foreign
+///   value is an [`Error::Codec`] naming the key from `get`, a miss for
+///   `get_or_load` (which then loads and overwrites it), never data.
+pub struct MultiLevelCache<T> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T> Clone for MultiLevelCache<T> {
+    fn clone(&self) -> Self {
+        MultiLevelCache {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T> fmt::Debug for MultiLevelCache<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MultiLevelCache")
+            .field("name", &self.inner.name)
+            .field("backend", &self.inner.backend.cache_backend_name())
+            .field("l1_entries", &self.inner.l1.entry_count())
+            .finish()
+    }
+}
+
+impl<T> MultiLevelCache<T>
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// A builder for cache `name` over `backend`.
+    pub fn builder(backend: Arc<dyn CacheBackend>, name: impl Into<String>) -> CacheBuilder {
+        CacheBuilder::new(backend, name)
+    }
+
+    pub(crate) fn start(
+        backend: Arc<dyn CacheBackend>,
+        name: String,
+        options: CacheOptions,
+    ) -> Result<Self> {
+        let mut l1 = moka::future::Cache::builder().expire_after(ByEntry);
+        l1 = match options.l1_max_bytes {
+            Some(bytes) => l1
+                .weigher(|_k: &String, v: &L1Entry<T>| v.weight)
+                .max_capacity(bytes),
+            None => l1.max_capacity(options.l1_max_entries),
+        };
+        let inner = Arc::new(Inner {
+            name: name.into(),
+            backend,
+            origin: format!("{:016x}", fastrand::u64(..)),
+            options,
+            l1: l1.build(),
+            l1_live: AtomicBool::new(false),
+            live_wake: Notify::new(),
+            epoch: AtomicU64::new(0),
+            counters: CacheCounters::default(),
+            listener: Mutex::new(None),
+        });
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let task = rt.spawn(listen(Arc::downgrade(&inner)));
+                *inner.listener.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(task.abort_handle());
+            }
+            Err(_) => tracing::warn!(
+                cache = %inner.name,
+                "cache built outside a tokio runtime: no invalidation listener, so L1 stays off"
+            ),
+        }
+        Ok(MultiLevelCache { inner })
+    }
+
+    /// The cache's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// What this instance has seen.
+    pub fn stats(&self) -> CacheStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// Whether the L1 is in use (invalidations are flowing).
+    pub fn is_l1_live(&self) -> bool {
+        self.inner.l1_live.load(Ordering::Acquire)
+    }
+
+    /// Resolves once this instance receives invalidations and so uses its
+    /// L1 (shortly after build, and after each reconnect). Reads work
+    /// before, from L2.
+    pub async fn ready(&self) {
+        loop {
+            let woken = self.inner.live_wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.is_l1_live() {
+                return;
+            }
+            woken.await;
+        }
+    }
+
+    /// The value of `key`: from L1, else from L2 (then kept in L1).
+    /// `Ok(None)` when neither has it (or it is known absent).
+    pub async fn get(&self, key: &str) -> Result<Option<Arc<T>>> {
+        validate_cache_key(key)?;
+        let inner = &self.inner;
+        if let Some(hit) = inner.l1_hit(key).await {
+            return Ok(hit);
+        }
+        let epoch = inner.epoch.load(Ordering::Acquire);
+        let stored = inner.backend.get(&inner.name, key).await?;
+        let Some(bytes) = stored else {
+            bump(&inner.counters.misses);
+            return Ok(None);
+        };
+        let entry = inner.decode(key, &bytes)?;
+        bump(&inner.counters.l2_hits);
+        let value = entry.value.clone();
+        inner.keep(key, entry, epoch).await;
+        Ok(value)
+    }
+
+    /// The values of `keys`, in order: L1 first, the rest in one backend
+    /// call.
+    pub async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Arc<T>>>> {
+        for key in keys {
+            validate_cache_key(key)?;
+        }
+        let inner = &self.inner;
+        let mut out: Vec<Option<Option<Arc<T>>>> = Vec::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for key in keys {
+            let hit = inner.l1_hit(key).await;
+            if hit.is_none() {
+                missing.push(*key);
+            }
+            out.push(hit);
+        }
+        if !missing.is_empty() {
+            let epoch = inner.epoch.load(Ordering::Acquire);
+            let stored = inner.backend.get_many(&inner.name, &missing).await?;
+            let mut fetched = missing.iter().zip(stored);
+            for slot in out.iter_mut().filter(|s| s.is_none()) {
+                let Some((key, bytes)) = fetched.next() else {
+                    break;
+                };
+                *slot = Some(match bytes {
+                    None => {
+                        bump(&inner.counters.misses);
+                        None
+                    }
+                    Some(bytes) => {
+                        let entry = inner.decode(key, &bytes)?;
+                        bump(&inner.counters.l2_hits);
+                        let value = entry.value.clone();
+                        inner.keep(key, entry, epoch).await;
+                        value
+                    }
+                });
+            }
+        }
+        Ok(out.into_iter().map(Option::flatten).collect())
+    }
+
+    /// The value of `key`, loading it with `loader` when neither level has
+    /// it. Concurrent calls for one key share one load. `loader` returns
+    /// `Ok(None)` for "does not exist", which is remembered for the
+    /// negative TTL. A value in L2 that fails its checks is treated as a
+    /// miss (and counted). When L2 is unreachable the loader still runs
+    /// (its result is not stored).
+    pub async fn get_or_load<F, Fut>(&self, key: &str, loader: F) -> Result<Option<Arc<T>>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>>>,
+    {
+        validate_cache_key(key)?;
+        let inner = &self.inner;
+        if let Some(hit) = inner.l1_hit(key).await {
+            return Ok(hit);
+        }
+        let epoch = inner.epoch.load(Ordering::Acquire);
+        let init = inner.fetch_or_load(key, loader);
+        let result = inner.l1.try_get_with(key.to_owned(), init).await;
+        // The flight's value went into L1; keep it there only if no
+        // invalidation came meanwhile and invalidations are flowing.
+        if !inner.l1_live.load(Ordering::Acquire) || inner.epoch.load(Ordering::Acquire) != epoch {
+            inner.l1.invalidate(key).await;
+        }
+        match result {
+            Ok(entry) => Ok(entry.value),
+            Err(shared) => Err(Error::from_shared(&shared)),
+        }
+    }
+
+    /// Stores `value` under `key` with the cache's TTL (jittered).
+    pub async fn set(&self, key: &str, value: T) -> Result<()> {
+        let ttl = self.inner.options.ttl;
+        self.set_with_ttl(key, value, ttl).await
+    }
+
+    /// Stores `value` under `key` with `ttl` (jittered).
+    pub async fn set_with_ttl(&self, key: &str, value: T, ttl: Duration) -> Result<()> {
+        validate_cache_key(key)?;
+        validate_cache_ttl(ttl)?;
+        let inner = &self.inner;
+        let payload = inner.options.codec.encode(&value)?;
+        let sealed = envelope::seal(&payload, inner.options.codec, inner.options.compress_above);
+        inner.check_size(key, sealed.len())?;
+        let weight = weight(sealed.len());
+        let epoch = inner.epoch.load(Ordering::Acquire);
+        inner.l1.invalidate(key).await;
+        inner
+            .backend
+            .set(
+                &inner.name,
+                key,
+                sealed,
+                inner.options.jittered(ttl),
+                &inner.origin,
+            )
+            .await?;
+        bump(&inner.counters.writes);
+        let entry = L1Entry {
+            value: Some(Arc::new(value)),
+            ttl: inner.l1_ttl(ttl),
+            weight,
+        };
+        inner.keep(key, entry, epoch).await;
+        Ok(())
+    }
+
+    /// Deletes `key` from both levels (and from every other instance's L1);
+    /// whether L2 had it.
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        validate_cache_key(key)?;
+        let inner = &self.inner;
+        inner.l1.invalidate(key).await;
+        let existed = inner
+            .backend
+            .delete(&inner.name, key, &inner.origin)
+            .await?;
+        inner.l1.invalidate(key).await;
+        bump(&inner.counters.writes);
+        Ok(existed)
+    }
+
+    /// Whether L2 holds a value (or a negative entry) for `key`.
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        validate_cache_key(key)?;
+        self.inner.backend.exists(&self.inner.name, key).await
+    }
+
+    /// Drops this instance's L1 copy of `key` (L2 and other instances keep theirs).
+    pub async fn invalidate_local(&self, key: &str) {
+        self.inner.l1.invalidate(key).await;
+    }
+
+    /// Drops every L1 copy of this instance.
+    pub fn clear_local(&self) {
+        self.inner.flush();
+    }
+
+    /// How many entries this instance's L1 holds (approximate: moka applies
+    /// pending evictions lazily).
+    pub fn l1_entry_count(&self) -> u64 {
+        self.inner.l1.entry_count()
+    }
+
+    /// The backend's health, as this cache sees it: `Degraded` while its
+    /// invalidations are not flowing (L1 off, reads go to L2).
+    pub async fn health(&self) -> ComponentHealth {
+        let mut h = self.inner.backend.cache_health().await;
+        h.name = format!("cache {}", self.inner.name);
+        if h.status == crate::health::HealthStatus::Healthy && !self.is_l1_live() {
+            h.status = crate::health::HealthStatus::Degraded;
+            h.detail = Some("invalidations are not flowing; L1 is off".into());
+        }
+        h
+    }
+}
+
+impl<T> Inner<T>
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    async fn l1_hit(&self, key: &str) -> Option<Option<Arc<T>>> {
+        if !self.l1_live.load(Ordering::Acquire) {
+            return None;
+        }
+        let entry = self.l1.get(key).await?;
+        bump(&self.counters.l1_hits);
+        Some(entry.value)
+    }
+
+    /// Puts `entry` in L1 if invalidations are flowing and none came since
+    /// `epoch` was read (before the value was fetched or written).
+    async fn keep(&self, key: &str, entry: L1Entry<T>, epoch: u64) {
+        if !self.l1_live.load(Ordering::Acquire) {
+            return;
+        }
+        self.l1.insert(key.to_owned(), entry).await;
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            self.l1.invalidate(key).await;
+        }
+    }
+
+    fn l1_ttl(&self, ttl: Duration) -> Duration {
+        self.options.jittered(ttl.min(self.options.l1_ttl))
+    }
+
+    fn check_size(&self, key: &str, len: usize) -> Result<()> {
+        let max = self.backend.max_value_bytes();
+        if len > max {
+            return Err(Error::invalid(format!(
+                "cache value of key {key:?} is {len} bytes stored; the {} backend takes at most {max}",
+                self.backend.cache_backend_name()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Decodes a stored value of `key` into an L1 entry; counts failures.
+    fn decode(&self, key: &str, bytes: &[u8]) -> Result<L1Entry<T>> {
+        let codec = self.options.codec;
+        let result = envelope::open(key, bytes, codec).and_then(|opened| match opened {
+            Opened::Absent => Ok(L1Entry {
+                value: None,
+                ttl: self.l1_ttl(self.options.negative_ttl),
+                weight: weight(bytes.len()),
+            }),
+            Opened::Payload(p) => codec
+                .decode::<T>(&p)
+                .map_err(|e| e.context(format!("cache value of key {key:?}")))
+                .map(|v| L1Entry {
+                    value: Some(Arc::new(v)),
+                    ttl: self.l1_ttl(self.options.ttl),
+                    weight: weight(bytes.len()),
+                }),
+        });
+        if let Err(e) = &result {
+            bump(&self.counters.codec_errors);
+            tracing::warn!(cache = %self.name, key, error = %e, "a stored cache value failed its checks");
+        }
+        result
+    }
+
+    /// One flight of `get_or_load`: L2, else the loader (then L2 is filled).
+    async fn fetch_or_load<F, Fut>(&self, key: &str, loader: F) -> Result<L1Entry<T>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>>>,
+    {
+        let l2_up = match self.backend.get(&self.name, key).await {
+            Ok(Some(bytes)) => match self.decode(key, &bytes) {
+                Ok(entry) => {
+                    bump(&self.counters.l2_hits);
+                    return Ok(entry);
+                }
+                // Counted and logged; load a good value over it.
+                Err(_) => true,
+            },
+            Ok(None) => {
+                bump(&self.counters.misses);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(cache = %self.name, key, error = %e, "L2 unreachable; loading without it");
+                false
+            }
+        };
+        bump(&self.counters.loads);
+        let loaded = match AssertUnwindSafe(loader()).catch_unwind().await {
+            Ok(result) => result,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-string panic".into());
+                Err(Error::backend(
+                    "loader",
+                    format!(
+                        "the loader of cache {:?} key {key:?} panicked: {what}",
+                        self.name
+                    ),
+                    false,
+                    None,
+                ))
+            }
+        };
+        let value = match loaded {
+            Ok(v) => v,
+            Err(e) => {
+                bump(&self.counters.load_failures);
+                return Err(e);
+            }
+        };
+        let codec = self.options.codec;
+        let (sealed, ttl) = match &value {
+            Some(v) => (
+                envelope::seal(&codec.encode(v)?, codec, self.options.compress_above),
+                self.options.ttl,
+            ),
+            None => (envelope::seal_absent(codec), self.options.negative_ttl),
+        };
+        let weight = weight(sealed.len());
+        if l2_up && self.check_size(key, sealed.len()).is_ok() {
+            let write = self
+                .backend
+                .set(
+                    &self.name,
+                    key,
+                    sealed,
+                    self.options.jittered(ttl),
+                    &self.origin,
+                )
+                .await;
+            if let Err(e) = write {
+                tracing::debug!(cache = %self.name, key, error = %e, "could not store a loaded value in L2");
+            }
+        }
+        Ok(L1Entry {
+            value: value.map(Arc::new),
+            ttl: self.l1_ttl(ttl),
+            weight,
+        })
+    }
+
+    /// Drops every L1 copy (invalidations may have been missed).
+    fn flush(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.l1.invalidate_all();
+    }
+
+    /// Invalidations stopped flowing: L1 off and flushed.
+    fn go_dark(&self) {
+        self.l1_live.store(false, Ordering::Release);
+        self.flush();
+        bump(&self.counters.resyncs);
+    }
+}
+
+/// An L1 weight: the stored size, saturated.
+fn weight(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX).max(1)
+}
+
+/// The invalidation listener of one cache instance: subscribes, turns L1
+/// on while events flow, and off (flushed) when they stop, then subscribes
+/// again with a backoff. Ends with the cache.
+async fn listen<T>(weak: Weak<Inner<T>>)
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    const MIN_DELAY: Duration = Duration::from_millis(50);
+    const MAX_DELAY: Duration = Duration::from_secs(2);
+    let mut delay = MIN_DELAY;
+    loop {
+        let (backend, name) = match weak.upgrade() {
+            Some(inner) => (inner.backend.clone(), inner.name.clone()),
+            None => return,
+        };
+        let subscribed = backend.watch(&name).await;
+        let Some(inner) = weak.upgrade() else { return };
+        let mut events = match subscribed {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::debug!(cache = %name, error = %e, "cannot watch invalidations; L1 stays off");
+                drop(inner);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_DELAY);
+                continue;
+            }
+        };
+        delay = MIN_DELAY;
+        // Whatever L1 held may have missed invalidations before this point.
+        inner.flush();
+        inner.l1_live.store(true, Ordering::Release);
+        inner.live_wake.notify_waiters();
+        drop(inner);
+        loop {
+            let event = events.next().await;
+            let Some(inner) = weak.upgrade() else { return };
+            match event {
+                Some(CacheEvent::Invalidated { keys, origin }) => {
+                    if origin.as_deref() == Some(inner.origin.as_str()) {
+                        continue;
+                    }
+                    inner.epoch.fetch_add(1, Ordering::AcqRel);
+                    for key in &keys {
+                        inner.l1.invalidate(key).await;
+                    }
+                    inner
+                        .counters
+                        .invalidations_received
+                        .fetch_add(keys.len() as u64, Ordering::Relaxed);
+                }
+                Some(CacheEvent::Resync) => {
+                    inner.flush();
+                    bump(&inner.counters.resyncs);
+                }
+                None => {
+                    tracing::debug!(cache = %name, "invalidations stopped; L1 off until they flow again");
+                    inner.go_dark();
+                    break;
+                }
+            }
+        }
+    }
+}
