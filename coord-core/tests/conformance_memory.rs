@@ -3,6 +3,7 @@
 coord_core::lock_conformance_tests!(memory, coord_core::testkit::MemoryHarness::new());
 coord_core::lock_kinds_conformance_tests!(memory, coord_core::testkit::MemoryHarness::new());
 coord_core::fenced_store_conformance_tests!(memory, coord_core::testkit::MemoryHarness::new());
+coord_core::cache_conformance_tests!(memory, coord_core::testkit::MemoryHarness::new());
 
 /// The suite lists every case the macro runs.
 #[test]
@@ -10,4 +11,5 @@ fn every_case_is_listed() {
     assert_eq!(coord_core::testkit::lock::CASES.len(), 15);
     assert_eq!(coord_core::testkit::kinds::CASES.len(), 21);
     assert_eq!(coord_core::testkit::fenced::CASES.len(), 3);
+    assert_eq!(coord_core::testkit::cache::CASES.len(), 19);
 }

@@ -10,6 +10,7 @@
 //! which expands to one `#[tokio::test]` per case, named
 //! `conformance_lock_<case>_<backend>`.
 
+pub mod cache;
 mod checker;
 mod faults;
 mod fence_audit;
@@ -67,6 +68,13 @@ impl LockHarness for MemoryHarness {
 }
 
 #[async_trait::async_trait]
+impl cache::CacheHarness for MemoryHarness {
+    async fn new_cache_backend(&self) -> Arc<dyn crate::cache::CacheBackend> {
+        Arc::new(self.store.clone())
+    }
+}
+
+#[async_trait::async_trait]
 impl fenced::FencedStoreHarness for MemoryHarness {
     async fn new_fenced_store(&self) -> Arc<dyn crate::fence::FencedStore> {
         self.fenced.clone()
@@ -84,6 +92,48 @@ pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>
         Ok(v) => v,
         Err(_) => panic!("timed out after {limit:?} waiting until {what}"),
     }
+}
+
+/// Expands the cache conformance suite into one `#[tokio::test]` per case,
+/// named `conformance_cache_<case>_<backend>`. `$harness` is an expression
+/// (evaluated inside each test, so it may `.await`) whose value implements
+/// [`cache::CacheHarness`].
+#[macro_export]
+macro_rules! cache_conformance_tests {
+    ($backend:ident, $harness:expr) => {
+        $crate::cache_conformance_tests!(@cases $backend, $harness,
+            missing_key_is_none,
+            set_then_get_round_trips,
+            get_many_is_in_order,
+            overwrite_replaces_the_value,
+            delete_removes_and_reports,
+            exists_follows_the_value,
+            values_expire_after_their_ttl,
+            caches_are_namespaced,
+            bad_input_is_invalid_argument,
+            a_write_invalidates_other_instances,
+            a_delete_invalidates_other_instances,
+            concurrent_loads_share_one_flight,
+            a_failed_load_fails_every_waiter_and_is_not_cached,
+            a_panicking_loader_is_an_error,
+            not_found_is_remembered,
+            a_corrupted_value_is_a_codec_error_and_a_miss,
+            a_codec_mismatch_is_a_clear_error,
+            large_values_are_stored_compressed,
+            health_reports_healthy,
+        );
+    };
+    (@cases $backend:ident, $harness:expr, $($case:ident),+ $(,)?) => {
+        $crate::testkit::__pastey::paste! {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn [<conformance_cache_ $case _ $backend>]() {
+                    let harness = $harness;
+                    $crate::testkit::cache::$case(&harness).await;
+                }
+            )+
+        }
+    };
 }
 
 /// Expands the lock conformance suite into one `#[tokio::test]` per case,
