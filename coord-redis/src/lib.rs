@@ -32,6 +32,7 @@
 //! [`RedisServer`]: https://docs.rs/coord-redis/latest/coord_redis/testkit/struct.RedisServer.html
 
 mod backend;
+mod cache;
 mod config;
 mod connection;
 mod error;

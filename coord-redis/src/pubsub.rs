@@ -95,6 +95,49 @@ impl PubSubHub {
         channel: String,
         only: Option<String>,
     ) -> Result<ReleaseEvents> {
+        let (rx, guard) = self.join(channel).await?;
+        let stream =
+            futures::stream::unfold((rx, guard, only), |(mut rx, guard, only)| async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(payload) if !wakes(&payload, only.as_deref()) => {}
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                            return Some(((), (rx, guard, only)));
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            });
+        Ok(ReleaseEvents::new(stream))
+    }
+
+    /// The messages of `channel`, subscribed (and confirmed) on return:
+    /// each payload, or `None` where messages were missed (a slow reader).
+    /// The stream ends when the connection dies.
+    pub(crate) async fn messages(
+        self: &Arc<Self>,
+        channel: String,
+    ) -> Result<impl futures::Stream<Item = Option<Arc<[u8]>>> + Send + 'static> {
+        let (rx, guard) = self.join(channel).await?;
+        Ok(futures::stream::unfold(
+            (rx, guard),
+            |(mut rx, guard)| async move {
+                match rx.recv().await {
+                    Ok(payload) => Some((Some(payload), (rx, guard))),
+                    Err(broadcast::error::RecvError::Lagged(_)) => Some((None, (rx, guard))),
+                    Err(broadcast::error::RecvError::Closed) => None,
+                }
+            },
+        ))
+    }
+
+    /// Joins `channel`: subscribes on the live connection (opening one if
+    /// needed) when this is its first stream, and waits for the server's
+    /// confirmation. The guard leaves the channel when dropped.
+    async fn join(
+        self: &Arc<Self>,
+        channel: String,
+    ) -> Result<(broadcast::Receiver<Arc<[u8]>>, Subscription)> {
         let mut slot = self.live.lock().await;
         let live = match slot.as_ref() {
             Some(live) if !live.is_dead() => live.clone(),
@@ -146,19 +189,7 @@ impl PubSubHub {
             live: Arc::downgrade(&live),
             channel: Some(channel),
         };
-        let stream =
-            futures::stream::unfold((rx, guard, only), |(mut rx, guard, only)| async move {
-                loop {
-                    match rx.recv().await {
-                        Ok(payload) if !wakes(&payload, only.as_deref()) => {}
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                            return Some(((), (rx, guard, only)));
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
-            });
-        Ok(ReleaseEvents::new(stream))
+        Ok((rx, guard))
     }
 
     /// Drops the connection (and ends every stream).

@@ -290,6 +290,19 @@ impl coord_core::testkit::fenced::FencedStoreHarness for RedisHarness {
 }
 
 #[coord_core::async_trait]
+impl coord_core::testkit::cache::CacheHarness for RedisHarness {
+    async fn new_cache_backend(&self) -> Arc<dyn coord_core::CacheBackend> {
+        match self.connect().await {
+            Ok(b) => Arc::new(b),
+            Err(e) => panic!(
+                "cannot connect to the test Redis at {}: {e}",
+                self.server.url()
+            ),
+        }
+    }
+}
+
+#[coord_core::async_trait]
 impl LockHarness for RedisHarness {
     async fn new_backend(&self) -> Arc<dyn LockBackend> {
         match self.connect().await {

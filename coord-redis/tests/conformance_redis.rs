@@ -1,5 +1,6 @@
-//! The lock conformance suite on a real Redis server (spawned, or
+//! The lock and cache conformance suites on a real Redis server (spawned, or
 //! `COORD_TEST_REDIS_URL`). Fails when no server can be started.
 
 coord_core::lock_conformance_tests!(redis, coord_redis::testkit::RedisHarness::start().await);
 coord_core::lock_kinds_conformance_tests!(redis, coord_redis::testkit::RedisHarness::start().await);
+coord_core::cache_conformance_tests!(redis, coord_redis::testkit::RedisHarness::start().await);

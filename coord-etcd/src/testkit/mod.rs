@@ -330,6 +330,16 @@ impl coord_core::testkit::fenced::FencedStoreHarness for EtcdHarness {
 }
 
 #[coord_core::async_trait]
+impl coord_core::testkit::cache::CacheHarness for EtcdHarness {
+    async fn new_cache_backend(&self) -> Arc<dyn coord_core::CacheBackend> {
+        match self.connect().await {
+            Ok(b) => Arc::new(b),
+            Err(e) => panic!("cannot connect to the etcd under test: {e}"),
+        }
+    }
+}
+
+#[coord_core::async_trait]
 impl LockHarness for EtcdHarness {
     async fn new_backend(&self) -> Arc<dyn LockBackend> {
         match self.connect().await {
