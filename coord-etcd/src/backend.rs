@@ -32,6 +32,8 @@ pub(crate) struct Inner {
     pub(crate) prefix: String,
     pub(crate) timeout: Duration,
     pub(crate) leases: LeasePool,
+    /// The leases of cache TTLs (never kept alive).
+    pub(crate) cache_leases: crate::cache::leases::CacheLeases,
     /// The members of the endpoint list, probed in the background while
     /// this lives.
     _members: Arc<Members>,
@@ -287,6 +289,7 @@ async fn connect(config: EtcdConfig, settings: &Settings) -> Result<EtcdBackend>
     Ok(EtcdBackend {
         inner: Arc::new(Inner {
             leases: LeasePool::new(client.lease_client(), timeout),
+            cache_leases: crate::cache::leases::CacheLeases::new(client.lease_client(), timeout),
             client,
             _members: members,
             config,

@@ -63,6 +63,7 @@
 //! fixture and the conformance harness).
 
 mod backend;
+mod cache;
 mod config;
 mod error;
 mod lease;

@@ -1,5 +1,6 @@
-//! coord's lock conformance suite against a real etcd (spawned, or
+//! coord's lock and cache conformance suites against a real etcd (spawned, or
 //! `COORD_TEST_ETCD_ENDPOINTS`). Fails, never skips, when etcd cannot start.
 
 coord_core::lock_conformance_tests!(etcd, coord_etcd::testkit::EtcdHarness::start().await);
 coord_core::lock_kinds_conformance_tests!(etcd, coord_etcd::testkit::EtcdHarness::start().await);
+coord_core::cache_conformance_tests!(etcd, coord_etcd::testkit::EtcdHarness::start().await);
