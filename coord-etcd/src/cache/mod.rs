@@ -2,7 +2,8 @@
 //! calls in one transaction), TTLs through leases shared per TTL bucket
 //! (see [`leases`]), invalidations from a watch of the cache's prefix.
 //!
-//! Keys of cache `c` under namespace `ns`: `{ns}/cache/{c}/{key}`.
+//! Keys of cache `c` under namespace `ns`: `{ns}/cache/{c}/{key}`, each
+//! value stored after its writer's origin and a NUL byte.
 
 pub(crate) mod leases;
 
@@ -52,8 +53,9 @@ fn origin_of(stored: &[u8]) -> Option<String> {
 }
 
 impl EtcdBackend {
-    fn cache_prefix(&self, cache: &str) -> String {
-        format!("{}/cache/{cache}/", self.inner.prefix)
+    /// The prefix of every key of cache `cache`: `{namespace}/cache/{cache}/`.
+    pub fn cache_prefix(&self, cache: &str) -> String {
+        format!("{}cache/{cache}/", self.inner.prefix)
     }
 }
 
