@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use coord_core::url::redact;
-use coord_core::{Error, FencedStore, LockBackend, Result, Settings};
+use coord_core::{CacheBackend, Error, FencedStore, LockBackend, Result, Settings};
 
 /// The schemes `Coord::connect` understands, for error messages.
 const SCHEMES: &str = "memory://, redis://, rediss://, redis+cluster://, etcd://, etcds://";
@@ -41,6 +41,7 @@ pub(crate) fn split_scheme(url: &str) -> Result<(String, &str)> {
 pub(crate) struct Connected {
     pub(crate) locks: Arc<dyn LockBackend>,
     pub(crate) fenced: Arc<dyn FencedStore>,
+    pub(crate) cache: Arc<dyn CacheBackend>,
 }
 
 /// Connects the backend named by `url`.
@@ -61,6 +62,7 @@ pub(crate) async fn backend(url: &str, settings: &Settings) -> Result<Connected>
                 let backend = coord_core::memory::MemoryBackend::named(name);
                 Ok(Connected {
                     fenced: backend.fenced_store(),
+                    cache: Arc::new(backend.clone()),
                     locks: Arc::new(backend),
                 })
             }
@@ -73,6 +75,7 @@ pub(crate) async fn backend(url: &str, settings: &Settings) -> Result<Connected>
                 let backend = coord_redis::RedisBackend::connect(url, settings).await?;
                 Ok(Connected {
                     fenced: Arc::new(coord_redis::RedisFencedStore::new(&backend)),
+                    cache: Arc::new(backend.clone()),
                     locks: Arc::new(backend),
                 })
             }
@@ -85,6 +88,7 @@ pub(crate) async fn backend(url: &str, settings: &Settings) -> Result<Connected>
                 let backend = coord_etcd::EtcdBackend::connect(url, settings).await?;
                 Ok(Connected {
                     fenced: Arc::new(coord_etcd::EtcdFencedStore::new(&backend)),
+                    cache: Arc::new(backend.clone()),
                     locks: Arc::new(backend),
                 })
             }

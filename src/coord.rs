@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use coord_core::url::redact;
 use coord_core::{
-    Capabilities, ComponentHealth, Error, FencedStore, LockBuilder, LockClient, Metrics, Result,
-    Settings,
+    CacheBackend, CacheBuilder, Capabilities, ComponentHealth, Error, FencedStore, LockBuilder,
+    LockClient, Metrics, Result, Settings,
 };
 
 use crate::connect;
@@ -29,6 +29,7 @@ pub struct Coord {
 struct Inner {
     locks: LockClient,
     fenced: Arc<dyn FencedStore>,
+    cache: Arc<dyn CacheBackend>,
     settings: Settings,
 }
 
@@ -103,6 +104,7 @@ impl CoordBuilder {
             inner: Arc::new(Inner {
                 locks: locks.build()?,
                 fenced: backend.fenced,
+                cache: backend.cache,
                 settings,
             }),
         })
@@ -174,6 +176,36 @@ impl Coord {
     /// ```
     pub fn fenced_store(&self) -> Arc<dyn FencedStore> {
         self.inner.fenced.clone()
+    }
+
+    /// A typed two-level cache named `name` (in-process L1 over this
+    /// backend); set its options, then `.build::<T>()`. Every instance of
+    /// one name, in any process, shares the backend's values and evicts
+    /// what the others write from its L1.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use std::time::Duration;
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct User { name: String }
+    ///
+    /// let coord = coord::Coord::connect("memory://").await?;
+    /// let users = coord.cache("users").ttl(Duration::from_secs(600)).build::<User>()?;
+    /// let user = users
+    ///     .get_or_load("42", || async { Ok(Some(User { name: "Ada".into() })) })
+    ///     .await?
+    ///     .expect("loaded");
+    /// assert_eq!(user.name, "Ada");
+    /// # Ok::<_, coord::Error>(()) }).unwrap();
+    /// ```
+    pub fn cache(&self, name: impl Into<String>) -> CacheBuilder {
+        CacheBuilder::new(self.inner.cache.clone(), name)
+    }
+
+    /// The cache side of the backend (byte values, for a custom cache).
+    pub fn cache_backend(&self) -> &Arc<dyn CacheBackend> {
+        &self.inner.cache
     }
 
     /// Lock administration: list, force-release, statistics.

@@ -5,13 +5,16 @@ mod coord;
 
 pub use crate::coord::{Coord, CoordBuilder};
 pub use coord_core::{
-    AcquireOutcome, Capabilities, ComponentHealth, Election, ElectionBuilder, Error,
-    FencedResource, FencedStore, FencingToken, HealthStatus, HolderInfo, LeaderInfo, LeaderTerm,
-    Leadership, Lock, LockAdmin, LockBackend, LockBuilder, LockClient, LockGrant, LockGuard,
-    LockInfo, LockKind, LockOwner, LockSettings, LockStats, MemoryFencedStore, Metrics,
-    MultiLockBuilder, MultiLockGuard, Result, RetryPolicy, RetrySettings, Settings, StoredKind,
-    fence,
+    AcquireOutcome, CacheBackend, CacheBuilder, CacheCodec, CacheStats, Capabilities,
+    ComponentHealth, Election, ElectionBuilder, Error, FencedResource, FencedStore, FencingToken,
+    HealthStatus, HolderInfo, LeaderInfo, LeaderTerm, Leadership, Lock, LockAdmin, LockBackend,
+    LockBuilder, LockClient, LockGrant, LockGuard, LockInfo, LockKind, LockOwner, LockSettings,
+    LockStats, MemoryFencedStore, Metrics, MultiLevelCache, MultiLockBuilder, MultiLockGuard,
+    Result, RetryPolicy, RetrySettings, Settings, StoredKind, fence,
 };
+
+/// Caches: the backend trait, codecs, validation helpers.
+pub use coord_core::cache;
 
 /// The in-process backend (`memory://`).
 #[cfg(feature = "memory")]
