@@ -43,7 +43,7 @@ pub(crate) struct Inner {
     /// Concurrent acquisitions and releases share script calls (standalone
     /// servers only: a cluster script may not span slots).
     pub(crate) batches: Option<crate::lock::LockBatches>,
-    mode: RedisMode,
+    pub(crate) mode: RedisMode,
 }
 
 impl fmt::Debug for RedisBackend {

@@ -86,6 +86,19 @@ where
     }
 }
 
+/// Waits until `c` has received `n` invalidations (a write's own message
+/// may reach another instance after that instance read the new value,
+/// and then rightly evicts it: tests that count L1 hits wait for it first).
+async fn delivered<T>(c: &MultiLevelCache<T>, n: u64)
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    eventually(PROPAGATION, "the invalidation is delivered", || async {
+        c.stats().invalidations_received >= n
+    })
+    .await;
+}
+
 /// A key nobody wrote reads as `None` at every level.
 pub async fn missing_key_is_none(h: &dyn CacheHarness) {
     let b = h.new_cache_backend().await;
@@ -103,6 +116,7 @@ pub async fn set_then_get_round_trips(h: &dyn CacheHarness) {
     let a = cache::<Vec<u32>>(h.new_cache_backend().await, &name).await;
     let b = cache::<Vec<u32>>(h.new_cache_backend().await, &name).await;
     a.set("k", vec![1, 2, 3]).await.expect("set");
+    delivered(&b, 1).await;
     assert_eq!(
         *b.get("k").await.expect("get").expect("present"),
         vec![1, 2, 3]
@@ -328,6 +342,7 @@ pub async fn a_write_invalidates_other_instances(h: &dyn CacheHarness) {
     let a = cache::<u32>(h.new_cache_backend().await, &name).await;
     let b = cache::<u32>(h.new_cache_backend().await, &name).await;
     a.set("k", 1).await.expect("set");
+    delivered(&b, 1).await;
     assert_eq!(b.get("k").await.expect("get").map(|v| *v), Some(1));
     assert_eq!(b.get("k").await.expect("get").map(|v| *v), Some(1));
     assert_eq!(b.stats().l1_hits, 1, "B holds the value in L1");

@@ -1,6 +1,7 @@
 //! [`CacheBackend`] for [`RedisBackend`]: plain commands, one round trip per
-//! call (multi-key calls as one `MULTI`/`EXEC` pipeline), invalidations over
-//! the backend's pub/sub connection.
+//! call on one server (multi-key calls as one `MGET` or one `MULTI`/`EXEC`
+//! pipeline; on a cluster one command per key, all in flight at once),
+//! invalidations over the backend's pub/sub connection.
 //!
 //! Keys of cache `c` under namespace `ns`: `{ns}:cache:{c}:{key}` (a string
 //! with `PX` expiry); invalidations of `c` go to the channel
@@ -24,6 +25,36 @@ const MAX_VALUE_BYTES: usize = 512 << 20;
 impl RedisBackend {
     fn cache_key(&self, cache: &str, key: &str) -> String {
         format!("{}:cache:{cache}:{key}", self.namespace())
+    }
+
+    /// Whether the keys of one call may live on several nodes (a cluster):
+    /// then each key gets its own command, all sent at once, where one
+    /// server takes one `MGET` or one `MULTI`/`EXEC` pipeline.
+    fn spread(&self) -> bool {
+        self.inner.mode == crate::config::RedisMode::Cluster
+    }
+
+    /// Runs `cmds` concurrently (a cluster routes each to its node).
+    async fn each<T: redis::FromRedisValue>(&self, cmds: Vec<redis::Cmd>) -> Result<Vec<T>> {
+        let calls = cmds.into_iter().map(|cmd| {
+            let mut conn = self.inner.conn.clone();
+            async move { cmd.query_async::<T>(&mut conn).await }
+        });
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .map(|r| r.map_err(|e| map_err(e, &self.inner.addr)))
+            .collect()
+    }
+
+    async fn publish(&self, cache: &str, origin: &str, keys: &[&str]) -> Result<()> {
+        let mut conn = self.inner.conn.clone();
+        redis::cmd("PUBLISH")
+            .arg(self.cache_channel(cache))
+            .arg(encode_invalidation(origin, keys))
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| map_err(e, &self.inner.addr))
     }
 
     fn cache_channel(&self, cache: &str) -> String {
@@ -58,6 +89,18 @@ impl CacheBackend for RedisBackend {
                     .map_err(|e| map_err(e, addr))?;
                 Ok(vec![v.map(Bytes::from)])
             }
+            keys if self.spread() => {
+                let cmds = keys
+                    .iter()
+                    .map(|k| {
+                        let mut cmd = redis::cmd("GET");
+                        cmd.arg(self.cache_key(cache, k));
+                        cmd
+                    })
+                    .collect();
+                let values: Vec<Option<Vec<u8>>> = self.each(cmds).await?;
+                Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
+            }
             keys => {
                 let mut cmd = redis::cmd("MGET");
                 for key in keys {
@@ -82,6 +125,22 @@ impl CacheBackend for RedisBackend {
         if entries.is_empty() {
             return Ok(());
         }
+        let keys: Vec<&str> = entries.iter().map(|(k, _)| *k).collect();
+        if self.spread() {
+            let cmds = entries
+                .iter()
+                .map(|(key, value)| {
+                    let mut cmd = redis::cmd("SET");
+                    cmd.arg(self.cache_key(cache, key))
+                        .arg(value.as_ref())
+                        .arg("PX")
+                        .arg(ttl_ms(ttl));
+                    cmd
+                })
+                .collect();
+            self.each::<()>(cmds).await?;
+            return self.publish(cache, origin, &keys).await;
+        }
         let mut pipe = redis::pipe();
         pipe.atomic();
         for (key, value) in entries {
@@ -92,7 +151,6 @@ impl CacheBackend for RedisBackend {
                 .arg(ttl_ms(ttl))
                 .ignore();
         }
-        let keys: Vec<&str> = entries.iter().map(|(k, _)| *k).collect();
         pipe.cmd("PUBLISH")
             .arg(self.cache_channel(cache))
             .arg(encode_invalidation(origin, &keys))
@@ -106,6 +164,19 @@ impl CacheBackend for RedisBackend {
     async fn delete_many(&self, cache: &str, keys: &[&str], origin: &str) -> Result<usize> {
         if keys.is_empty() {
             return Ok(0);
+        }
+        if self.spread() {
+            let cmds = keys
+                .iter()
+                .map(|k| {
+                    let mut cmd = redis::cmd("DEL");
+                    cmd.arg(self.cache_key(cache, k));
+                    cmd
+                })
+                .collect();
+            let deleted: Vec<usize> = self.each(cmds).await?;
+            self.publish(cache, origin, keys).await?;
+            return Ok(deleted.into_iter().sum());
         }
         let mut pipe = redis::pipe();
         pipe.atomic();
