@@ -22,6 +22,7 @@ pub(crate) struct CacheOptions {
     pub(crate) jitter: f64,
     pub(crate) codec: CacheCodec,
     pub(crate) compress_above: usize,
+    pub(crate) max_stale: Duration,
 }
 
 impl Default for CacheOptions {
@@ -35,6 +36,7 @@ impl Default for CacheOptions {
             jitter: 0.1,
             codec: CacheCodec::Json,
             compress_above: 4096,
+            max_stale: Duration::from_secs(30),
         }
     }
 }
@@ -139,6 +141,15 @@ impl CacheBuilder {
     /// Default 4 KiB.
     pub fn compress_above(mut self, bytes: usize) -> Self {
         self.options.compress_above = bytes;
+        self
+    }
+
+    /// Degraded mode: while L2 is unreachable, reads serve what this
+    /// instance's L1 held when invalidations stopped, if it is at most this
+    /// old (then `get_or_load` runs its loader). Zero turns it off.
+    /// Default 30 s.
+    pub fn max_stale(mut self, age: Duration) -> Self {
+        self.options.max_stale = age;
         self
     }
 

@@ -27,6 +27,19 @@ struct L1Entry<T> {
     value: Option<Arc<T>>,
     ttl: Duration,
     weight: u32,
+    /// When the value was read from L2 or written (for `max_stale`).
+    stored_at: Instant,
+}
+
+impl<T> L1Entry<T> {
+    fn new(value: Option<Arc<T>>, ttl: Duration, weight: u32) -> Self {
+        L1Entry {
+            value,
+            ttl,
+            weight,
+            stored_at: Instant::now(),
+        }
+    }
 }
 
 impl<T> Clone for L1Entry<T> {
@@ -35,6 +48,7 @@ impl<T> Clone for L1Entry<T> {
             value: self.value.clone(),
             ttl: self.ttl,
             weight: self.weight,
+            stored_at: self.stored_at,
         }
     }
 }
@@ -71,6 +85,9 @@ struct Inner<T> {
     origin: String,
     options: CacheOptions,
     l1: moka::future::Cache<String, L1Entry<T>>,
+    /// What L1 held when invalidations stopped: served, up to `max_stale`
+    /// old, only while L2 is unreachable (degraded mode).
+    fallback: moka::future::Cache<String, L1Entry<T>>,
     /// Whether invalidations are flowing: L1 is used only then.
     l1_live: AtomicBool,
     /// Wakes [`MultiLevelCache::ready`] waiters when L1 goes live.
@@ -157,12 +174,17 @@ where
                 .max_capacity(bytes),
             None => l1.max_capacity(options.l1_max_entries),
         };
+        let fallback = moka::future::Cache::builder()
+            .max_capacity(options.l1_max_entries)
+            .time_to_live(options.max_stale.max(Duration::from_millis(1)))
+            .build();
         let inner = Arc::new(Inner {
             name: name.into(),
             backend,
             origin: format!("{:016x}", fastrand::u64(..)),
             options,
             l1: l1.build(),
+            fallback,
             l1_live: AtomicBool::new(false),
             live_wake: Notify::new(),
             epoch: AtomicU64::new(0),
@@ -222,7 +244,10 @@ where
             return Ok(hit);
         }
         let epoch = inner.epoch.load(Ordering::Acquire);
-        let stored = inner.backend.get(&inner.name, key).await?;
+        let stored = match inner.backend.get(&inner.name, key).await {
+            Ok(stored) => stored,
+            Err(e) => return inner.degraded(key, e).await,
+        };
         let Some(bytes) = stored else {
             bump(&inner.counters.misses);
             return Ok(None);
@@ -335,9 +360,7 @@ where
             .await?;
         bump(&inner.counters.writes);
         let entry = L1Entry {
-            value: Some(Arc::new(value)),
-            ttl: inner.l1_ttl(ttl),
-            weight,
+            ..L1Entry::new(Some(Arc::new(value)), inner.l1_ttl(ttl), weight)
         };
         inner.keep(key, entry, epoch).await;
         Ok(())
@@ -380,14 +403,27 @@ where
         self.inner.l1.entry_count()
     }
 
-    /// The backend's health, as this cache sees it: `Degraded` while its
-    /// invalidations are not flowing (L1 off, reads go to L2).
+    /// This cache's health: `Healthy` while L2 answers and invalidations
+    /// flow; `Degraded` while L2 is unreachable (reads are served from
+    /// copies at most `max_stale` old and the loader; writes fail) or while
+    /// invalidations are not flowing (L1 is off).
     pub async fn health(&self) -> ComponentHealth {
         let mut h = self.inner.backend.cache_health().await;
         h.name = format!("cache {}", self.inner.name);
-        if h.status == crate::health::HealthStatus::Healthy && !self.is_l1_live() {
-            h.status = crate::health::HealthStatus::Degraded;
-            h.detail = Some("invalidations are not flowing; L1 is off".into());
+        match h.status {
+            crate::health::HealthStatus::Healthy if !self.is_l1_live() => {
+                h.status = crate::health::HealthStatus::Degraded;
+                h.detail = Some("invalidations are not flowing yet; L1 is off".into());
+            }
+            crate::health::HealthStatus::Unhealthy => {
+                h.status = crate::health::HealthStatus::Degraded;
+                h.detail = Some(format!(
+                    "L2 unreachable ({}); reads serve copies at most {:?} old and the loader; writes fail",
+                    h.detail.as_deref().unwrap_or("no answer"),
+                    self.inner.options.max_stale
+                ));
+            }
+            _ => {}
         }
         h
     }
@@ -437,18 +473,20 @@ where
     fn decode(&self, key: &str, bytes: &[u8]) -> Result<L1Entry<T>> {
         let codec = self.options.codec;
         let result = envelope::open(key, bytes, codec).and_then(|opened| match opened {
-            Opened::Absent => Ok(L1Entry {
-                value: None,
-                ttl: self.l1_ttl(self.options.negative_ttl),
-                weight: weight(bytes.len()),
-            }),
+            Opened::Absent => Ok(L1Entry::new(
+                None,
+                self.l1_ttl(self.options.negative_ttl),
+                weight(bytes.len()),
+            )),
             Opened::Payload(p) => codec
                 .decode::<T>(&p)
                 .map_err(|e| e.context(format!("cache value of key {key:?}")))
-                .map(|v| L1Entry {
-                    value: Some(Arc::new(v)),
-                    ttl: self.l1_ttl(self.options.ttl),
-                    weight: weight(bytes.len()),
+                .map(|v| {
+                    L1Entry::new(
+                        Some(Arc::new(v)),
+                        self.l1_ttl(self.options.ttl),
+                        weight(bytes.len()),
+                    )
                 }),
         });
         if let Err(e) = &result {
@@ -478,6 +516,11 @@ where
                 true
             }
             Err(e) => {
+                if e.is_retryable()
+                    && let Some(entry) = self.stale(key).await
+                {
+                    return Ok(entry);
+                }
                 tracing::debug!(cache = %self.name, key, error = %e, "L2 unreachable; loading without it");
                 false
             }
@@ -533,11 +576,7 @@ where
                 tracing::debug!(cache = %self.name, key, error = %e, "could not store a loaded value in L2");
             }
         }
-        Ok(L1Entry {
-            value: value.map(Arc::new),
-            ttl: self.l1_ttl(ttl),
-            weight,
-        })
+        Ok(L1Entry::new(value.map(Arc::new), self.l1_ttl(ttl), weight))
     }
 
     /// Drops every L1 copy (invalidations may have been missed).
@@ -546,11 +585,49 @@ where
         self.l1.invalidate_all();
     }
 
-    /// Invalidations stopped flowing: L1 off and flushed.
-    fn go_dark(&self) {
+    /// Invalidations stopped flowing: L1 off; what it held becomes the
+    /// degraded-mode fallback, served only while L2 is unreachable.
+    async fn go_dark(&self) {
         self.l1_live.store(false, Ordering::Release);
-        self.flush();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let max_stale = self.options.max_stale;
+        for (key, entry) in self.l1.iter() {
+            if entry.stored_at.elapsed() < max_stale {
+                self.fallback.insert((*key).clone(), entry).await;
+            }
+        }
+        self.l1.invalidate_all();
         bump(&self.counters.resyncs);
+    }
+
+    /// Invalidations flow again: L1 starts empty, the fallback is dropped.
+    fn go_live(&self) {
+        self.flush();
+        self.fallback.invalidate_all();
+        self.l1_live.store(true, Ordering::Release);
+        self.live_wake.notify_waiters();
+    }
+
+    /// The fallback copy of `key` if it is at most `max_stale` old.
+    async fn stale(&self, key: &str) -> Option<L1Entry<T>> {
+        let entry = self.fallback.get(key).await?;
+        if entry.stored_at.elapsed() > self.options.max_stale {
+            return None;
+        }
+        bump(&self.counters.stale_hits);
+        Some(entry)
+    }
+
+    /// A read whose L2 call failed with `error`: the fallback copy when L2
+    /// is unreachable and one is fresh enough, else the error.
+    async fn degraded(&self, key: &str, error: Error) -> Result<Option<Arc<T>>> {
+        if error.is_retryable()
+            && let Some(entry) = self.stale(key).await
+        {
+            tracing::debug!(cache = %self.name, key, error = %error, "L2 unreachable; serving a stale copy");
+            return Ok(entry.value);
+        }
+        Err(error)
     }
 }
 
@@ -588,9 +665,7 @@ where
         };
         delay = MIN_DELAY;
         // Whatever L1 held may have missed invalidations before this point.
-        inner.flush();
-        inner.l1_live.store(true, Ordering::Release);
-        inner.live_wake.notify_waiters();
+        inner.go_live();
         drop(inner);
         loop {
             let event = events.next().await;
@@ -615,7 +690,7 @@ where
                 }
                 None => {
                     tracing::debug!(cache = %name, "invalidations stopped; L1 off until they flow again");
-                    inner.go_dark();
+                    inner.go_dark().await;
                     break;
                 }
             }

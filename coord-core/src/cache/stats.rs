@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct CacheStats {
     /// Reads answered by the in-process L1.
     pub l1_hits: u64,
+    /// Reads answered by a stale copy while L2 was unreachable (degraded mode).
+    pub stale_hits: u64,
     /// Reads answered by the backend (L2).
     pub l2_hits: u64,
     /// Reads that found nothing in either level.
@@ -31,6 +33,7 @@ pub struct CacheStats {
 pub(crate) struct CacheCounters {
     pub(crate) l1_hits: AtomicU64,
     pub(crate) l2_hits: AtomicU64,
+    pub(crate) stale_hits: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) loads: AtomicU64,
     pub(crate) load_failures: AtomicU64,
@@ -51,6 +54,7 @@ impl CacheCounters {
         CacheStats {
             l1_hits: get(&self.l1_hits),
             l2_hits: get(&self.l2_hits),
+            stale_hits: get(&self.stale_hits),
             misses: get(&self.misses),
             loads: get(&self.loads),
             load_failures: get(&self.load_failures),

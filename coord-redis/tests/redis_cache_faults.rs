@@ -1,0 +1,100 @@
+//! Caches when Redis goes away: degraded mode (reads served from what L1
+//! held, writes refused, health `Degraded`) and recovery when the server
+//! returns (L1 flushed: no value that may have missed an invalidation is
+//! served once Redis answers again).
+
+use std::time::Duration;
+
+use coord_core::cache::CacheBuilder;
+use coord_core::testkit::cache::CacheHarness;
+use coord_core::testkit::within;
+use coord_core::{Error, HealthStatus};
+use coord_redis::testkit::{RedisHarness, RedisServer};
+use tokio::time::Instant;
+
+/// Polls `check` every 20 ms until it holds, failing after `limit`.
+async fn until<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_survive_a_server_outage_and_l1_is_flushed_on_return() {
+    let server = RedisServer::spawn().expect("redis-server must start for this test");
+    let mut h = RedisHarness::on(server);
+    let cache = CacheBuilder::new(h.new_cache_backend().await, "degraded")
+        .max_stale(Duration::from_secs(60))
+        .build::<String>()
+        .expect("build");
+    within(Duration::from_secs(5), "invalidations flow", cache.ready()).await;
+    cache.set("k", "before".into()).await.expect("set");
+    assert_eq!(
+        cache
+            .get("k")
+            .await
+            .expect("get")
+            .as_deref()
+            .map(String::as_str),
+        Some("before")
+    );
+
+    // Redis goes away (and comes back empty: no persistence).
+    tokio::task::block_in_place(|| h.server.stop()).expect("stop redis-server");
+    until(Duration::from_secs(10), "the cache notices", || async {
+        !cache.is_l1_live()
+    })
+    .await;
+    let health = cache.health().await;
+    assert_eq!(health.status, HealthStatus::Degraded, "{health:?}");
+    let stale = cache
+        .get("k")
+        .await
+        .expect("a read is served while Redis is down");
+    assert_eq!(stale.as_deref().map(String::as_str), Some("before"));
+    assert!(cache.stats().stale_hits >= 1);
+    let loaded = cache
+        .get_or_load("never-cached", || async {
+            Ok(Some("from the loader".to_string()))
+        })
+        .await
+        .expect("the loader runs while Redis is down");
+    assert_eq!(
+        loaded.as_deref().map(String::as_str),
+        Some("from the loader")
+    );
+    match cache.set("k", "during".into()).await {
+        Err(e) => assert!(e.is_retryable(), "a write fails as unavailable: {e}"),
+        Ok(()) => panic!("a write succeeded with Redis down"),
+    }
+    assert!(
+        matches!(
+            cache.get("other").await,
+            Err(Error::Unavailable { .. } | Error::Timeout(_))
+        ),
+        "a key L1 never held is an error, not a made-up miss"
+    );
+
+    tokio::task::block_in_place(|| h.server.restart()).expect("restart redis-server");
+    within(
+        Duration::from_secs(15),
+        "invalidations flow again",
+        cache.ready(),
+    )
+    .await;
+    assert_eq!(cache.health().await.status, HealthStatus::Healthy);
+    assert_eq!(
+        cache.get("k").await.expect("get"),
+        None,
+        "after the return, the server's (empty) state is served, not the stale copy"
+    );
+}
