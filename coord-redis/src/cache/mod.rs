@@ -23,7 +23,8 @@ use crate::error::map_err;
 const MAX_VALUE_BYTES: usize = 512 << 20;
 
 impl RedisBackend {
-    fn cache_key(&self, cache: &str, key: &str) -> String {
+    /// The Redis key of `key` in cache `cache`: `{namespace}:cache:{cache}:{key}`.
+    pub fn cache_key(&self, cache: &str, key: &str) -> String {
         format!("{}:cache:{cache}:{key}", self.namespace())
     }
 

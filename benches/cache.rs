@@ -1,0 +1,259 @@
+//! Caches beside their floors, measured in one run with interleaved rounds
+//! (floor, ours, floor, ours, …; the median of the per-round ratios):
+//!
+//! * an L1 hit against a raw `moka` get of the same `Arc` value;
+//! * an L2 hit (L1 dropped before each read) against a raw Redis `GET` and
+//!   a raw etcd range of the same stored bytes;
+//! * `get_many` of 100 keys against one raw `MGET`;
+//! * invalidation propagation between two instances (a write through A
+//!   until B's next read returns it), p50 and p99, on Redis and etcd.
+//!
+//! ```text
+//! cargo bench -p coord-benches --bench cache
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coord::Settings;
+use coord::cache::{CacheBackend, CacheBuilder, MultiLevelCache};
+use coord::etcd::EtcdBackend;
+use coord::etcd::testkit::EtcdServer;
+use coord::redis::RedisBackend;
+use coord::redis::testkit::RedisServer;
+use coord_benches::redis_conn;
+use serde::{Deserialize, Serialize};
+use tokio::runtime::Runtime;
+
+const ROUNDS: usize = 9;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct User {
+    id: u64,
+    name: String,
+    email: String,
+}
+
+fn user(id: u64) -> User {
+    User {
+        id,
+        name: format!("user-{id}"),
+        email: format!("user-{id}@example.com"),
+    }
+}
+
+/// The time per call of `f` over `n` calls.
+async fn per_call<F, Fut>(n: u32, mut f: F) -> Duration
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let start = Instant::now();
+    for i in 0..n {
+        f(i).await;
+    }
+    start.elapsed() / n
+}
+
+/// Median over interleaved rounds of ours/floor.
+async fn ratio<F1, F2, Fut1, Fut2>(n: u32, mut floor: F1, mut ours: F2) -> (f64, Duration, Duration)
+where
+    F1: FnMut(u32) -> Fut1,
+    F2: FnMut(u32) -> Fut2,
+    Fut1: Future<Output = ()>,
+    Fut2: Future<Output = ()>,
+{
+    per_call(n / 4, &mut floor).await;
+    per_call(n / 4, &mut ours).await;
+    let mut rounds = Vec::new();
+    for round in 0..ROUNDS {
+        let (f, o) = if round % 2 == 0 {
+            let f = per_call(n, &mut floor).await;
+            (f, per_call(n, &mut ours).await)
+        } else {
+            let o = per_call(n, &mut ours).await;
+            (per_call(n, &mut floor).await, o)
+        };
+        rounds.push((o.as_secs_f64() / f.as_secs_f64(), f, o));
+    }
+    rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+    rounds[ROUNDS / 2]
+}
+
+fn row(label: &str, (r, f, o): (f64, Duration, Duration)) {
+    println!("  {label:<52} {o:>10.2?} vs {f:>10.2?} = {r:.2}× time");
+}
+
+async fn cache_on(backend: Arc<dyn CacheBackend>, name: &str) -> MultiLevelCache<User> {
+    let c = CacheBuilder::new(backend, name)
+        .ttl(Duration::from_secs(600))
+        .jitter(0.0)
+        .build::<User>()
+        .expect("cache");
+    tokio::time::timeout(Duration::from_secs(10), c.ready())
+        .await
+        .expect("invalidations flow");
+    c
+}
+
+/// Write through `a`, then read through `b` until it returns the write:
+/// p50 and p99 over `n` writes.
+async fn propagation(
+    a: &MultiLevelCache<User>,
+    b: &MultiLevelCache<User>,
+    n: u64,
+) -> (Duration, Duration) {
+    let mut samples = Vec::new();
+    a.set("hot", user(0)).await.expect("set");
+    b.get("hot").await.expect("get");
+    for i in 1..=n {
+        // B holds the current value in L1 before each write.
+        while b.get("hot").await.expect("get").map(|u| u.id) != Some(i - 1) {}
+        a.set("hot", user(i)).await.expect("set");
+        let written = Instant::now();
+        loop {
+            if b.get("hot").await.expect("get").map(|u| u.id) == Some(i) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        samples.push(written.elapsed());
+    }
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+    (at(0.5), at(0.99))
+}
+
+fn main() {
+    let rt = Runtime::new().expect("runtime");
+    eprintln!("starting redis-server and etcd on free loopback ports...");
+    let redis = RedisServer::start().expect("redis-server (apt-get install redis-server)");
+    let etcd = EtcdServer::start().expect("etcd (apt-get install etcd-server)");
+    rt.block_on(async {
+        let settings = Settings::default();
+        let rb = Arc::new(RedisBackend::connect(redis.url(), &settings).await.expect("redis"));
+        let rb2 = Arc::new(RedisBackend::connect(redis.url(), &settings).await.expect("redis"));
+        let eb = Arc::new(EtcdBackend::connect(&etcd.url(), &settings).await.expect("etcd"));
+        let eb2 = Arc::new(EtcdBackend::connect(&etcd.url(), &settings).await.expect("etcd"));
+        let name = format!("bench-{:08x}", fastrand::u32(..));
+        let redis_cache = cache_on(rb.clone(), &name).await;
+        let etcd_cache = cache_on(eb.clone(), &name).await;
+
+        println!("caches vs their floors (median of {ROUNDS} interleaved rounds)");
+
+        // L1 hit vs raw moka.
+        let moka: moka::future::Cache<String, Arc<User>> = moka::future::Cache::new(10_000);
+        moka.insert("k1".into(), Arc::new(user(1))).await;
+        redis_cache.set("k1", user(1)).await.expect("set");
+        redis_cache.get("k1").await.expect("get");
+        let r = ratio(
+            200_000,
+            |_| {
+                let m = moka.clone();
+                async move {
+                    std::hint::black_box(m.get("k1").await);
+                }
+            },
+            |_| {
+                let c = redis_cache.clone();
+                async move {
+                    std::hint::black_box(c.get("k1").await.expect("get"));
+                }
+            },
+        )
+        .await;
+        row("L1 hit vs raw moka get", r);
+
+        // L2 hit vs raw GET / range.
+        let mut raw = redis_conn(redis.url()).await;
+        let redis_key = rb.cache_key(&name, "k1");
+        let r = ratio(
+            2_000,
+            |_| {
+                let mut conn = raw.clone();
+                let key = redis_key.clone();
+                async move {
+                    let v: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query_async(&mut conn).await.expect("GET");
+                    assert!(v.is_some());
+                }
+            },
+            |_| {
+                let c = redis_cache.clone();
+                async move {
+                    c.invalidate_local("k1").await;
+                    assert!(c.get("k1").await.expect("get").is_some());
+                }
+            },
+        )
+        .await;
+        row("redis: L2 hit vs raw GET", r);
+
+        etcd_cache.set("k1", user(1)).await.expect("set");
+        let kv = eb.client().kv_client();
+        let etcd_key = format!("{}k1", eb.cache_prefix(&name));
+        let r = ratio(
+            1_000,
+            |_| {
+                let key = etcd_key.clone();
+                let mut kv = kv.clone();
+                async move {
+                    let resp = kv.get(key, None).await.expect("range");
+                    assert_eq!(resp.kvs().len(), 1);
+                }
+            },
+            |_| {
+                let c = etcd_cache.clone();
+                async move {
+                    c.invalidate_local("k1").await;
+                    assert!(c.get("k1").await.expect("get").is_some());
+                }
+            },
+        )
+        .await;
+        row("etcd: L2 hit vs raw range", r);
+
+        // get_many(100) vs one MGET.
+        let keys: Vec<String> = (0..100).map(|i| format!("m{i}")).collect();
+        for (i, k) in keys.iter().enumerate() {
+            redis_cache.set(k, user(i as u64)).await.expect("set");
+        }
+        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let raw_keys: Vec<String> = keys.iter().map(|k| rb.cache_key(&name, k)).collect();
+        let r = ratio(
+            1_000,
+            |_| {
+                let mut conn = raw.clone();
+                let raw_keys = raw_keys.clone();
+                async move {
+                    let v: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&raw_keys).query_async(&mut conn).await.expect("MGET");
+                    assert_eq!(v.len(), 100);
+                }
+            },
+            |_| {
+                let c = redis_cache.clone();
+                let key_refs = key_refs.clone();
+                async move {
+                    c.clear_local();
+                    let v = c.get_many(&key_refs).await.expect("get_many");
+                    assert!(v.iter().all(Option::is_some));
+                }
+            },
+        )
+        .await;
+        row("redis: get_many(100), L1 cold, vs raw MGET", r);
+        let _: () = redis::cmd("PING").query_async(&mut raw).await.expect("PING");
+
+        // Invalidation propagation between two instances.
+        let a = cache_on(rb.clone(), &format!("{name}-prop")).await;
+        let b = cache_on(rb2.clone(), &format!("{name}-prop")).await;
+        let (p50, p99) = propagation(&a, &b, 300).await;
+        println!("  redis: invalidation A write → B fresh read         p50 {p50:>10.2?}  p99 {p99:>10.2?}");
+        let a = cache_on(eb.clone(), &format!("{name}-prop")).await;
+        let b = cache_on(eb2.clone(), &format!("{name}-prop")).await;
+        let (p50, p99) = propagation(&a, &b, 200).await;
+        println!("  etcd: invalidation A write → B fresh read          p50 {p50:>10.2?}  p99 {p99:>10.2?}");
+    });
+    drop(rt);
+    drop((redis, etcd));
+}
