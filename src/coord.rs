@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use coord_core::url::redact;
 use coord_core::{
-    CacheBackend, CacheBuilder, Capabilities, ComponentHealth, Error, FencedStore, LockBuilder,
-    LockClient, Metrics, Result, Settings,
+    CacheBackend, CacheBuilder, Capabilities, ComponentHealth, Error, FencedStore, HealthRegistry,
+    HealthReport, LockBuilder, LockClient, Metrics, Result, Settings,
 };
 
 use crate::connect;
@@ -30,6 +30,8 @@ struct Inner {
     locks: LockClient,
     fenced: Arc<dyn FencedStore>,
     cache: Arc<dyn CacheBackend>,
+    /// The caches built through this `Coord`, for `health()`.
+    components: Arc<HealthRegistry>,
     settings: Settings,
 }
 
@@ -105,6 +107,7 @@ impl CoordBuilder {
                 locks: locks.build()?,
                 fenced: backend.fenced,
                 cache: backend.cache,
+                components: Arc::default(),
                 settings,
             }),
         })
@@ -201,6 +204,7 @@ impl Coord {
     /// ```
     pub fn cache(&self, name: impl Into<String>) -> CacheBuilder {
         CacheBuilder::new(self.inner.cache.clone(), name)
+            .health_registry(self.inner.components.clone())
     }
 
     /// The cache side of the backend (byte values, for a custom cache).
@@ -228,9 +232,20 @@ impl Coord {
         &self.inner.settings
     }
 
-    /// The backend's health, from one timed round trip.
+    /// The health of the backend (one timed round trip) and of every cache
+    /// built through this `Coord`, summed up: the worst status, the
+    /// backend's latency, and what is wrong with each component that is not
+    /// healthy. [`health_report`](Self::health_report) has them one by one.
     pub async fn health(&self) -> ComponentHealth {
-        self.inner.locks.health().await
+        self.health_report().await.summary("coord")
+    }
+
+    /// The health of each component: the backend first, then each live
+    /// cache built through this `Coord`.
+    pub async fn health_report(&self) -> HealthReport {
+        let mut components = vec![self.inner.locks.health().await];
+        components.extend(self.inner.components.reports().await);
+        HealthReport::new(components)
     }
 
     /// Releases every held lock and closes the backend, within `timeout`.
@@ -241,5 +256,32 @@ impl Coord {
                 "shutdown did not finish within {timeout:?}; unreleased locks expire with their TTL"
             ))),
         }
+    }
+}
+
+#[cfg(all(test, feature = "memory"))]
+mod tests {
+    use super::*;
+    use coord_core::HealthStatus;
+
+    /// `health()` covers the caches built through the `Coord`: each is a
+    /// component of the report, and a dropped cache leaves it.
+    #[tokio::test]
+    async fn health_covers_the_caches_built_through_it() {
+        let coord = Coord::connect("memory://health-report").await.unwrap();
+        assert_eq!(
+            coord.health_report().await.components.len(),
+            1,
+            "the backend"
+        );
+        let cache = coord.cache("health-users").build::<String>().unwrap();
+        cache.ready().await;
+        let report = coord.health_report().await;
+        assert_eq!(report.status, HealthStatus::Healthy, "{report:?}");
+        let names: Vec<&str> = report.components.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["memory", "cache health-users"]);
+        assert_eq!(coord.health().await.status, HealthStatus::Healthy);
+        drop(cache);
+        assert_eq!(coord.health_report().await.components.len(), 1);
     }
 }

@@ -45,7 +45,7 @@ pub use cache::{CacheBackend, CacheBuilder, CacheCodec, CacheStats, MultiLevelCa
 pub use capabilities::Capabilities;
 pub use error::{BoxError, Error, Result};
 pub use fence::{FencedResource, FencedStore, MemoryFencedStore};
-pub use health::{ComponentHealth, HealthStatus};
+pub use health::{ComponentHealth, HealthRegistry, HealthReport, HealthSource, HealthStatus};
 pub use lock::{
     AcquireOutcome, Election, ElectionBuilder, FencingToken, HoldMode, HolderInfo, LeaderInfo,
     LeaderTerm, Leadership, Lock, LockAdmin, LockBackend, LockBuilder, LockClient,

@@ -300,6 +300,10 @@ impl coord_core::testkit::cache::CacheHarness for RedisHarness {
             ),
         }
     }
+
+    async fn new_lock_backend(&self) -> Option<Arc<dyn LockBackend>> {
+        Some(LockHarness::new_backend(self).await)
+    }
 }
 
 #[coord_core::async_trait]

@@ -23,6 +23,11 @@ pub(crate) struct CacheOptions {
     pub(crate) codec: CacheCodec,
     pub(crate) compress_above: usize,
     pub(crate) max_stale: Duration,
+    /// Makes loads single-flight across processes.
+    pub(crate) load_lock: Option<crate::lock::LockClient>,
+    pub(crate) load_lock_wait: Duration,
+    /// Where the built cache reports its health.
+    pub(crate) health_registry: Option<Arc<crate::health::HealthRegistry>>,
 }
 
 impl Default for CacheOptions {
@@ -37,6 +42,9 @@ impl Default for CacheOptions {
             codec: CacheCodec::Json,
             compress_above: 4096,
             max_stale: Duration::from_secs(30),
+            load_lock: None,
+            load_lock_wait: Duration::from_secs(30),
+            health_registry: None,
         }
     }
 }
@@ -150,6 +158,34 @@ impl CacheBuilder {
     /// Default 30 s.
     pub fn max_stale(mut self, age: Duration) -> Self {
         self.options.max_stale = age;
+        self
+    }
+
+    /// Makes `get_or_load` single-flight across processes: a miss takes the
+    /// lock `cache-load/{name}/{key}` through `locks` (waiting up to `wait`
+    /// for another process's load), reads L2 again, and loads only if the
+    /// value is still missing. Without it, each process loads once.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # use std::time::Duration;
+    /// let coord = coord_core::LockClient::new(std::sync::Arc::new(coord_core::memory::MemoryBackend::new()));
+    /// # let backend = std::sync::Arc::new(coord_core::memory::MemoryBackend::new());
+    /// let cache = coord_core::CacheBuilder::new(backend, "reports")
+    ///     .load_lock(coord, Duration::from_secs(30))
+    ///     .build::<String>()?;
+    /// # Ok::<_, coord_core::Error>(()) }).unwrap();
+    /// ```
+    pub fn load_lock(mut self, locks: crate::lock::LockClient, wait: Duration) -> Self {
+        self.options.load_lock = Some(locks);
+        self.options.load_lock_wait = wait;
+        self
+    }
+
+    /// Reports the built cache's health to `registry` (`Coord` does this,
+    /// so that `coord.health()` covers its caches).
+    pub fn health_registry(mut self, registry: Arc<crate::health::HealthRegistry>) -> Self {
+        self.options.health_registry = Some(registry);
         self
     }
 

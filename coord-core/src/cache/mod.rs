@@ -30,5 +30,5 @@ pub use backend::{
 };
 pub use builder::CacheBuilder;
 pub use codec::CacheCodec;
-pub use multi_level::MultiLevelCache;
+pub use multi_level::{MultiLevelCache, WarmReport};
 pub use stats::CacheStats;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use moka::Expiry;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -20,7 +20,7 @@ use crate::cache::builder::{CacheBuilder, CacheOptions};
 use crate::cache::envelope::{self, Opened};
 use crate::cache::stats::{CacheCounters, CacheStats, bump};
 use crate::error::{Error, Result};
-use crate::health::ComponentHealth;
+use crate::health::{ComponentHealth, HealthSource, HealthStatus};
 
 /// One L1 entry: the value (`None`: known absent) and how long it may stay.
 struct L1Entry<T> {
@@ -191,6 +191,10 @@ where
             counters: CacheCounters::default(),
             listener: Mutex::new(None),
         });
+        if let Some(registry) = &inner.options.health_registry {
+            let weak: Weak<dyn HealthSource> = Arc::downgrade(&inner) as Weak<dyn HealthSource>;
+            registry.register(weak);
+        }
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 let task = rt.spawn(listen(Arc::downgrade(&inner)));
@@ -408,19 +412,102 @@ where
     /// copies at most `max_stale` old and the loader; writes fail) or while
     /// invalidations are not flowing (L1 is off).
     pub async fn health(&self) -> ComponentHealth {
-        let mut h = self.inner.backend.cache_health().await;
-        h.name = format!("cache {}", self.inner.name);
+        HealthSource::health(&*self.inner).await
+    }
+
+    /// Loads every key of `keys` that neither level holds, `concurrency`
+    /// at a time, through `loader` (single-flight like
+    /// [`get_or_load`](Self::get_or_load)), and reports progress to
+    /// `progress` at each whole percent (and logs it at each tenth). Keys
+    /// that fail (a bad key, a failed load) are counted, not fatal.
+    pub async fn warm<I, K, F, Fut>(
+        &self,
+        keys: I,
+        concurrency: usize,
+        loader: F,
+        mut progress: impl FnMut(&WarmReport),
+    ) -> Result<WarmReport>
+    where
+        I: IntoIterator<Item = K>,
+        K: Into<String>,
+        F: Fn(String) -> Fut,
+        Fut: Future<Output = Result<Option<T>>>,
+    {
+        if concurrency == 0 {
+            return Err(Error::invalid("warm concurrency is zero; give at least 1"));
+        }
+        let keys: Vec<String> = keys.into_iter().map(Into::into).collect();
+        let total = keys.len();
+        let loads = AtomicU64::new(0);
+        let (loader, loads_ref) = (&loader, &loads);
+        let mut report = WarmReport {
+            keys: total,
+            ..WarmReport::default()
+        };
+        let mut results = futures::stream::iter(keys)
+            .map(|key| async move {
+                self.get_or_load(&key, || {
+                    loads_ref.fetch_add(1, Ordering::Relaxed);
+                    loader(key.clone())
+                })
+                .await
+                .map_err(|e| (key, e))
+            })
+            .buffer_unordered(concurrency);
+        let mut last_percent = 0;
+        while let Some(result) = results.next().await {
+            report.done += 1;
+            if let Err((key, e)) = result {
+                report.failed += 1;
+                tracing::debug!(cache = %self.inner.name, key, error = %e, "warm: a key failed");
+            }
+            report.loaded = loads.load(Ordering::Relaxed) as usize;
+            let percent = report.done * 100 / total.max(1);
+            if percent > last_percent || report.done == total {
+                last_percent = percent;
+                progress(&report);
+                if percent.is_multiple_of(10) {
+                    tracing::info!(cache = %self.inner.name, done = report.done, total, loaded = report.loaded, failed = report.failed, "warming");
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Progress and outcome of [`MultiLevelCache::warm`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WarmReport {
+    /// Keys asked for.
+    pub keys: usize,
+    /// Keys finished so far (loaded, already cached, or failed).
+    pub done: usize,
+    /// Loader calls made.
+    pub loaded: usize,
+    /// Keys that failed.
+    pub failed: usize,
+}
+
+#[async_trait::async_trait]
+impl<T> HealthSource for Inner<T>
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    async fn health(&self) -> ComponentHealth {
+        let mut h = self.backend.cache_health().await;
+        h.name = format!("cache {}", self.name);
         match h.status {
-            crate::health::HealthStatus::Healthy if !self.is_l1_live() => {
-                h.status = crate::health::HealthStatus::Degraded;
+            HealthStatus::Healthy if !self.l1_live.load(Ordering::Acquire) => {
+                h.status = HealthStatus::Degraded;
                 h.detail = Some("invalidations are not flowing yet; L1 is off".into());
             }
-            crate::health::HealthStatus::Unhealthy => {
-                h.status = crate::health::HealthStatus::Degraded;
+            HealthStatus::Unhealthy => {
+                h.status = HealthStatus::Degraded;
                 h.detail = Some(format!(
                     "L2 unreachable ({}); reads serve copies at most {:?} old and the loader; writes fail",
                     h.detail.as_deref().unwrap_or("no answer"),
-                    self.inner.options.max_stale
+                    self.options.max_stale
                 ));
             }
             _ => {}
@@ -525,6 +612,59 @@ where
                 false
             }
         };
+        // Across processes: one loader per key among every instance that
+        // shares the load lock; whoever waited finds the value in L2.
+        let load_guard = match (&self.options.load_lock, l2_up) {
+            (Some(locks), true) => self.load_lock(locks, key).await,
+            _ => None,
+        };
+        if load_guard.is_some()
+            && let Ok(Some(bytes)) = self.backend.get(&self.name, key).await
+            && let Ok(entry) = self.decode(key, &bytes)
+        {
+            bump(&self.counters.l2_hits);
+            release_load_lock(load_guard).await;
+            return Ok(entry);
+        }
+        let result = self.load_and_store(key, loader, l2_up).await;
+        release_load_lock(load_guard).await;
+        result
+    }
+
+    /// The lock that makes loads of `key` single-flight across processes,
+    /// or `None` (then this instance loads alone) when it cannot be had.
+    async fn load_lock(
+        &self,
+        locks: &crate::lock::LockClient,
+        key: &str,
+    ) -> Option<crate::lock::LockGuard> {
+        let mut name = format!("cache-load/{}/{key}", self.name);
+        if name.len() > crate::lock::MAX_LOCK_NAME_LEN {
+            // Long keys share locks by hash: at worst unrelated loads wait.
+            let hash =
+                std::hash::BuildHasher::hash_one(&foldhash::fast::FixedState::with_seed(0), key);
+            name = format!("cache-load/{}/#{hash:016x}", self.name);
+        }
+        let lock = locks
+            .lock(name)
+            .ttl(Duration::from_secs(30))
+            .wait_timeout(self.options.load_lock_wait)
+            .build();
+        match lock.acquire().await {
+            Ok(guard) => Some(guard),
+            Err(e) => {
+                tracing::debug!(cache = %self.name, key, error = %e, "no load lock; loading without it");
+                None
+            }
+        }
+    }
+
+    /// Runs the loader and stores its value (or a negative entry) in L2.
+    async fn load_and_store<F, Fut>(&self, key: &str, loader: F, l2_up: bool) -> Result<L1Entry<T>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>>>,
+    {
         bump(&self.counters.loads);
         let loaded = match AssertUnwindSafe(loader()).catch_unwind().await {
             Ok(result) => result,
@@ -628,6 +768,15 @@ where
             return Ok(entry.value);
         }
         Err(error)
+    }
+}
+
+/// Releases a load lock (a failed release expires with the lock's TTL).
+async fn release_load_lock(guard: Option<crate::lock::LockGuard>) {
+    if let Some(guard) = guard
+        && let Err(e) = guard.release().await
+    {
+        tracing::debug!(error = %e, "could not release a cache load lock; it expires");
     }
 }
 

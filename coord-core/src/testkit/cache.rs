@@ -22,6 +22,12 @@ pub trait CacheHarness: Send + Sync + 'static {
     /// A new, independent client of the backend under test (its own
     /// connections), sharing the store with every other client it made.
     async fn new_cache_backend(&self) -> Arc<dyn CacheBackend>;
+
+    /// A new, independent lock client of the same backend, for the loads
+    /// that are single-flight across processes; `None` fails that case.
+    async fn new_lock_backend(&self) -> Option<Arc<dyn crate::lock::LockBackend>> {
+        None
+    }
 }
 
 /// Every case's name, in the order the macro expands them.
@@ -38,6 +44,8 @@ pub const CASES: &[&str] = &[
     "a_write_invalidates_other_instances",
     "a_delete_invalidates_other_instances",
     "concurrent_loads_share_one_flight",
+    "loads_are_single_flight_across_processes",
+    "warm_loads_missing_keys_with_progress",
     "a_failed_load_fails_every_waiter_and_is_not_cached",
     "a_panicking_loader_is_an_error",
     "not_found_is_remembered",
@@ -407,6 +415,93 @@ pub async fn concurrent_loads_share_one_flight(h: &dyn CacheHarness) {
         Some("loaded"),
         "the loaded value was stored in L2"
     );
+}
+
+/// Two instances on independent connections, both with a load lock: 100
+/// concurrent `get_or_load`s of a cold key on each run the loader once in all.
+pub async fn loads_are_single_flight_across_processes(h: &dyn CacheHarness) {
+    let name = unique_cache("flight-x");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let locks = h
+            .new_lock_backend()
+            .await
+            .expect("this case needs the harness's lock backend (CacheHarness::new_lock_backend)");
+        let c = CacheBuilder::new(h.new_cache_backend().await, &name)
+            .load_lock(crate::lock::LockClient::new(locks), Duration::from_secs(20))
+            .build::<String>()
+            .expect("build");
+        within(PROPAGATION, "the cache's invalidations flow", c.ready()).await;
+        for _ in 0..100 {
+            let (c, calls) = (c.clone(), calls.clone());
+            tasks.push(tokio::spawn(async move {
+                c.get_or_load("cold", || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok(Some("loaded once".to_string()))
+                })
+                .await
+            }));
+        }
+    }
+    for t in tasks {
+        let v = t.await.expect("task").expect("get_or_load");
+        assert_eq!(v.as_deref().map(String::as_str), Some("loaded once"));
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one load for 200 callers in two processes"
+    );
+}
+
+/// `warm` loads what is missing, counts what fails, and reports progress
+/// up to 100 %.
+pub async fn warm_loads_missing_keys_with_progress(h: &dyn CacheHarness) {
+    let name = unique_cache("warm");
+    let c = cache::<u64>(h.new_cache_backend().await, &name).await;
+    c.set("k0", 0).await.expect("set");
+    let keys: Vec<String> = (0..50)
+        .map(|i| format!("k{i}"))
+        .chain(["".to_string()])
+        .collect();
+    let mut seen = Vec::new();
+    let report = c
+        .warm(
+            keys,
+            8,
+            |key| async move {
+                if key == "k13" {
+                    return Err(Error::unavailable("the source is down for k13", None));
+                }
+                Ok(Some(key[1..].parse::<u64>().unwrap_or(0)))
+            },
+            |p| seen.push(*p),
+        )
+        .await
+        .expect("warm");
+    assert_eq!((report.keys, report.done), (51, 51));
+    assert_eq!(
+        report.loaded, 49,
+        "k0 was cached; the empty key never reached the loader"
+    );
+    assert_eq!(report.failed, 2, "k13 and the empty key");
+    assert_eq!(
+        seen.last().map(|p| p.done),
+        Some(51),
+        "progress reached the end"
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0].done < w[1].done),
+        "progress only moves forward"
+    );
+    assert_eq!(c.get("k42").await.expect("get").map(|v| *v), Some(42));
+    assert!(matches!(
+        c.warm(Vec::<String>::new(), 0, |_| async { Ok(None) }, |_| {})
+            .await,
+        Err(Error::InvalidArgument(_))
+    ));
 }
 
 /// A loader error reaches every waiter of its flight; the next call loads again.

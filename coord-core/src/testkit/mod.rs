@@ -72,6 +72,10 @@ impl cache::CacheHarness for MemoryHarness {
     async fn new_cache_backend(&self) -> Arc<dyn crate::cache::CacheBackend> {
         Arc::new(self.store.clone())
     }
+
+    async fn new_lock_backend(&self) -> Option<Arc<dyn LockBackend>> {
+        Some(Arc::new(self.store.clone()))
+    }
 }
 
 #[async_trait::async_trait]
@@ -114,6 +118,8 @@ macro_rules! cache_conformance_tests {
             a_write_invalidates_other_instances,
             a_delete_invalidates_other_instances,
             concurrent_loads_share_one_flight,
+            loads_are_single_flight_across_processes,
+            warm_loads_missing_keys_with_progress,
             a_failed_load_fails_every_waiter_and_is_not_cached,
             a_panicking_loader_is_an_error,
             not_found_is_remembered,

@@ -337,6 +337,10 @@ impl coord_core::testkit::cache::CacheHarness for EtcdHarness {
             Err(e) => panic!("cannot connect to the etcd under test: {e}"),
         }
     }
+
+    async fn new_lock_backend(&self) -> Option<Arc<dyn LockBackend>> {
+        Some(LockHarness::new_backend(self).await)
+    }
 }
 
 #[coord_core::async_trait]
