@@ -32,6 +32,8 @@ struct Inner {
     cache: Arc<dyn CacheBackend>,
     /// The caches built through this `Coord`, for `health()`.
     components: Arc<HealthRegistry>,
+    /// The metrics of the registry the `Coord` was built with.
+    metrics: Option<Metrics>,
     settings: Settings,
 }
 
@@ -96,8 +98,12 @@ impl CoordBuilder {
             tracing::Instrument::instrument(connect::backend(&settings.url, &settings), span)
                 .await?;
         let mut locks = LockClient::builder(backend.locks).settings(&settings);
-        if let Some(registry) = &self.registry {
-            locks = locks.metrics(Metrics::register(registry)?);
+        let metrics = match &self.registry {
+            Some(registry) => Some(Metrics::register(registry)?),
+            None => None,
+        };
+        if let Some(m) = &metrics {
+            locks = locks.metrics(m.clone());
         }
         if let Some(id) = self.client_id {
             locks = locks.client_id(id);
@@ -108,6 +114,7 @@ impl CoordBuilder {
                 fenced: backend.fenced,
                 cache: backend.cache,
                 components: Arc::default(),
+                metrics,
                 settings,
             }),
         })
@@ -203,8 +210,12 @@ impl Coord {
     /// # Ok::<_, coord::Error>(()) }).unwrap();
     /// ```
     pub fn cache(&self, name: impl Into<String>) -> CacheBuilder {
-        CacheBuilder::new(self.inner.cache.clone(), name)
-            .health_registry(self.inner.components.clone())
+        let builder = CacheBuilder::new(self.inner.cache.clone(), name)
+            .health_registry(self.inner.components.clone());
+        match &self.inner.metrics {
+            Some(m) => builder.metrics(m.clone()),
+            None => builder,
+        }
     }
 
     /// The cache side of the backend (byte values, for a custom cache).
@@ -283,5 +294,47 @@ mod tests {
         assert_eq!(coord.health().await.status, HealthStatus::Healthy);
         drop(cache);
         assert_eq!(coord.health_report().await.components.len(), 1);
+    }
+}
+
+#[cfg(all(test, feature = "memory"))]
+mod metrics_tests {
+    use super::*;
+
+    /// A `Coord` built with a registry exports its caches' counters.
+    #[tokio::test]
+    async fn caches_export_their_counters() {
+        let registry = prometheus::Registry::new();
+        let coord = Coord::builder()
+            .url("memory://cache-metrics")
+            .metrics(&registry)
+            .connect()
+            .await
+            .unwrap();
+        let cache = coord.cache("metered").build::<u32>().unwrap();
+        cache.ready().await;
+        assert_eq!(cache.get("k").await.unwrap(), None);
+        cache.set("k", 1).await.unwrap();
+        assert_eq!(cache.get("k").await.unwrap().map(|v| *v), Some(1));
+        let value = |event: &str| -> f64 {
+            registry
+                .gather()
+                .iter()
+                .filter(|f| f.name() == "coord_cache_events_total")
+                .flat_map(|f| f.get_metric())
+                .filter(|m| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == "event" && l.value() == event)
+                        && m.get_label()
+                            .iter()
+                            .any(|l| l.name() == "cache" && l.value() == "metered")
+                })
+                .map(|m| m.get_counter().get_value())
+                .sum()
+        };
+        assert_eq!(value("miss"), 1.0);
+        assert_eq!(value("write"), 1.0);
+        assert_eq!(value("l1_hit"), 1.0);
     }
 }

@@ -19,6 +19,8 @@ pub struct Metrics {
     lock_acquisitions: IntCounterVec,
     lock_wait_by_lock: HistogramVec,
     lock_hold: HistogramVec,
+    cache_events: IntCounterVec,
+    cache_load: HistogramVec,
 }
 
 fn prom(e: prometheus::Error) -> Error {
@@ -105,7 +107,31 @@ impl Metrics {
                 &["backend", "lock"],
             )
             .map_err(prom)?,
+            cache_events: IntCounterVec::new(
+                Opts::new(
+                    "coord_cache_events_total",
+                    "Cache events by cache: l1_hit, l2_hit, stale_hit, miss, load, load_failure, \
+                     codec_error, write, invalidation_received, resync",
+                ),
+                &["backend", "cache", "event"],
+            )
+            .map_err(prom)?,
+            cache_load: HistogramVec::new(
+                HistogramOpts::new(
+                    "coord_cache_load_duration_seconds",
+                    "Time a cache loader took, per cache",
+                )
+                .buckets(prometheus::exponential_buckets(0.000_1, 4.0, 12).map_err(prom)?),
+                &["backend", "cache"],
+            )
+            .map_err(prom)?,
         };
+        registry
+            .register(Box::new(m.cache_events.clone()))
+            .map_err(prom)?;
+        registry
+            .register(Box::new(m.cache_load.clone()))
+            .map_err(prom)?;
         registry
             .register(Box::new(m.backend_requests.clone()))
             .map_err(prom)?;
@@ -181,6 +207,22 @@ impl Metrics {
         self.lock_wait_by_lock
             .with_label_values(&[backend, lock])
             .observe(waited.as_secs_f64());
+    }
+
+    /// The counter of cache `cache`'s `event` (see `coord_cache_events_total`).
+    pub(crate) fn cache_event(
+        &self,
+        backend: &str,
+        cache: &str,
+        event: &str,
+    ) -> prometheus::IntCounter {
+        self.cache_events
+            .with_label_values(&[backend, cache, event])
+    }
+
+    /// The load-time histogram of cache `cache`.
+    pub(crate) fn cache_load(&self, backend: &str, cache: &str) -> prometheus::Histogram {
+        self.cache_load.with_label_values(&[backend, cache])
     }
 
     /// Records how long `lock` was held.

@@ -26,6 +26,8 @@ pub(crate) struct CacheOptions {
     /// Makes loads single-flight across processes.
     pub(crate) load_lock: Option<crate::lock::LockClient>,
     pub(crate) load_lock_wait: Duration,
+    /// Where the cache's counters are exported.
+    pub(crate) metrics: Option<crate::metrics::Metrics>,
     /// Where the built cache reports its health.
     pub(crate) health_registry: Option<Arc<crate::health::HealthRegistry>>,
 }
@@ -45,6 +47,7 @@ impl Default for CacheOptions {
             load_lock: None,
             load_lock_wait: Duration::from_secs(30),
             health_registry: None,
+            metrics: None,
         }
     }
 }
@@ -186,6 +189,14 @@ impl CacheBuilder {
     /// so that `coord.health()` covers its caches).
     pub fn health_registry(mut self, registry: Arc<crate::health::HealthRegistry>) -> Self {
         self.options.health_registry = Some(registry);
+        self
+    }
+
+    /// Exports the cache's counters as `coord_cache_events_total` and its
+    /// loader times as `coord_cache_load_duration_seconds` (`Coord` does
+    /// this when built with a registry).
+    pub fn metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.options.metrics = Some(metrics);
         self
     }
 

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use crate::cache::backend::{CacheBackend, CacheEvent, validate_cache_key, validate_cache_ttl};
 use crate::cache::builder::{CacheBuilder, CacheOptions};
 use crate::cache::envelope::{self, Opened};
-use crate::cache::stats::{CacheCounters, CacheStats, bump};
+use crate::cache::stats::{CacheCounters, CacheSeries, CacheStats, Count};
 use crate::error::{Error, Result};
 use crate::health::{ComponentHealth, HealthSource, HealthStatus};
 
@@ -174,12 +174,14 @@ where
                 .max_capacity(bytes),
             None => l1.max_capacity(options.l1_max_entries),
         };
+        let metrics = options.metrics.clone();
+        let backend_name = backend.cache_backend_name();
         let fallback = moka::future::Cache::builder()
             .max_capacity(options.l1_max_entries)
             .time_to_live(options.max_stale.max(Duration::from_millis(1)))
             .build();
         let inner = Arc::new(Inner {
-            name: name.into(),
+            name: name.as_str().into(),
             backend,
             origin: format!("{:016x}", fastrand::u64(..)),
             options,
@@ -188,7 +190,10 @@ where
             l1_live: AtomicBool::new(false),
             live_wake: Notify::new(),
             epoch: AtomicU64::new(0),
-            counters: CacheCounters::default(),
+            counters: CacheCounters {
+                series: metrics.map(|m| CacheSeries::new(&m, backend_name, &name)),
+                ..CacheCounters::default()
+            },
             listener: Mutex::new(None),
         });
         if let Some(registry) = &inner.options.health_registry {
@@ -253,11 +258,11 @@ where
             Err(e) => return inner.degraded(key, e).await,
         };
         let Some(bytes) = stored else {
-            bump(&inner.counters.misses);
+            inner.counters.add(Count::Miss, 1);
             return Ok(None);
         };
         let entry = inner.decode(key, &bytes)?;
-        bump(&inner.counters.l2_hits);
+        inner.counters.add(Count::L2Hit, 1);
         let value = entry.value.clone();
         inner.keep(key, entry, epoch).await;
         Ok(value)
@@ -289,12 +294,12 @@ where
                 };
                 *slot = Some(match bytes {
                     None => {
-                        bump(&inner.counters.misses);
+                        inner.counters.add(Count::Miss, 1);
                         None
                     }
                     Some(bytes) => {
                         let entry = inner.decode(key, &bytes)?;
-                        bump(&inner.counters.l2_hits);
+                        inner.counters.add(Count::L2Hit, 1);
                         let value = entry.value.clone();
                         inner.keep(key, entry, epoch).await;
                         value
@@ -362,7 +367,7 @@ where
                 &inner.origin,
             )
             .await?;
-        bump(&inner.counters.writes);
+        inner.counters.add(Count::Write, 1);
         let entry = L1Entry {
             ..L1Entry::new(Some(Arc::new(value)), inner.l1_ttl(ttl), weight)
         };
@@ -381,7 +386,7 @@ where
             .delete(&inner.name, key, &inner.origin)
             .await?;
         inner.l1.invalidate(key).await;
-        bump(&inner.counters.writes);
+        inner.counters.add(Count::Write, 1);
         Ok(existed)
     }
 
@@ -525,7 +530,7 @@ where
             return None;
         }
         let entry = self.l1.get(key).await?;
-        bump(&self.counters.l1_hits);
+        self.counters.add(Count::L1Hit, 1);
         Some(entry.value)
     }
 
@@ -577,7 +582,7 @@ where
                 }),
         });
         if let Err(e) = &result {
-            bump(&self.counters.codec_errors);
+            self.counters.add(Count::CodecError, 1);
             tracing::warn!(cache = %self.name, key, error = %e, "a stored cache value failed its checks");
         }
         result
@@ -592,14 +597,14 @@ where
         let l2_up = match self.backend.get(&self.name, key).await {
             Ok(Some(bytes)) => match self.decode(key, &bytes) {
                 Ok(entry) => {
-                    bump(&self.counters.l2_hits);
+                    self.counters.add(Count::L2Hit, 1);
                     return Ok(entry);
                 }
                 // Counted and logged; load a good value over it.
                 Err(_) => true,
             },
             Ok(None) => {
-                bump(&self.counters.misses);
+                self.counters.add(Count::Miss, 1);
                 true
             }
             Err(e) => {
@@ -622,7 +627,7 @@ where
             && let Ok(Some(bytes)) = self.backend.get(&self.name, key).await
             && let Ok(entry) = self.decode(key, &bytes)
         {
-            bump(&self.counters.l2_hits);
+            self.counters.add(Count::L2Hit, 1);
             release_load_lock(load_guard).await;
             return Ok(entry);
         }
@@ -665,8 +670,13 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>>>,
     {
-        bump(&self.counters.loads);
-        let loaded = match AssertUnwindSafe(loader()).catch_unwind().await {
+        self.counters.add(Count::Load, 1);
+        let started = Instant::now();
+        let loaded = AssertUnwindSafe(loader()).catch_unwind().await;
+        if let Some(series) = &self.counters.series {
+            series.load.observe(started.elapsed().as_secs_f64());
+        }
+        let loaded = match loaded {
             Ok(result) => result,
             Err(panic) => {
                 let what = panic
@@ -688,7 +698,7 @@ where
         let value = match loaded {
             Ok(v) => v,
             Err(e) => {
-                bump(&self.counters.load_failures);
+                self.counters.add(Count::LoadFailure, 1);
                 return Err(e);
             }
         };
@@ -737,7 +747,7 @@ where
             }
         }
         self.l1.invalidate_all();
-        bump(&self.counters.resyncs);
+        self.counters.add(Count::Resync, 1);
     }
 
     /// Invalidations flow again: L1 starts empty, the fallback is dropped.
@@ -754,7 +764,7 @@ where
         if entry.stored_at.elapsed() > self.options.max_stale {
             return None;
         }
-        bump(&self.counters.stale_hits);
+        self.counters.add(Count::StaleHit, 1);
         Some(entry)
     }
 
@@ -830,12 +840,11 @@ where
                     }
                     inner
                         .counters
-                        .invalidations_received
-                        .fetch_add(keys.len() as u64, Ordering::Relaxed);
+                        .add(Count::InvalidationReceived, keys.len() as u64);
                 }
                 Some(CacheEvent::Resync) => {
                     inner.flush();
-                    bump(&inner.counters.resyncs);
+                    inner.counters.add(Count::Resync, 1);
                 }
                 None => {
                     tracing::debug!(cache = %name, "invalidations stopped; L1 off until they flow again");

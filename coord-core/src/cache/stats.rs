@@ -29,8 +29,73 @@ pub struct CacheStats {
     pub resyncs: u64,
 }
 
+/// What a cache counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Count {
+    L1Hit,
+    L2Hit,
+    StaleHit,
+    Miss,
+    Load,
+    LoadFailure,
+    CodecError,
+    Write,
+    InvalidationReceived,
+    Resync,
+}
+
+const COUNTS: [Count; 10] = [
+    Count::L1Hit,
+    Count::L2Hit,
+    Count::StaleHit,
+    Count::Miss,
+    Count::Load,
+    Count::LoadFailure,
+    Count::CodecError,
+    Count::Write,
+    Count::InvalidationReceived,
+    Count::Resync,
+];
+
+impl Count {
+    fn label(self) -> &'static str {
+        match self {
+            Count::L1Hit => "l1_hit",
+            Count::L2Hit => "l2_hit",
+            Count::StaleHit => "stale_hit",
+            Count::Miss => "miss",
+            Count::Load => "load",
+            Count::LoadFailure => "load_failure",
+            Count::CodecError => "codec_error",
+            Count::Write => "write",
+            Count::InvalidationReceived => "invalidation_received",
+            Count::Resync => "resync",
+        }
+    }
+}
+
+/// The Prometheus series of one cache, resolved once.
+#[derive(Debug)]
+pub(crate) struct CacheSeries {
+    events: Vec<prometheus::IntCounter>,
+    pub(crate) load: prometheus::Histogram,
+}
+
+impl CacheSeries {
+    pub(crate) fn new(metrics: &crate::metrics::Metrics, backend: &str, cache: &str) -> Self {
+        CacheSeries {
+            events: COUNTS
+                .iter()
+                .map(|c| metrics.cache_event(backend, cache, c.label()))
+                .collect(),
+            load: metrics.cache_load(backend, cache),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct CacheCounters {
+    pub(crate) series: Option<CacheSeries>,
     pub(crate) l1_hits: AtomicU64,
     pub(crate) l2_hits: AtomicU64,
     pub(crate) stale_hits: AtomicU64,
@@ -43,12 +108,27 @@ pub(crate) struct CacheCounters {
     pub(crate) resyncs: AtomicU64,
 }
 
-/// Adds one.
-pub(crate) fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
 impl CacheCounters {
+    /// Adds `n` to `count` (and to its Prometheus series).
+    pub(crate) fn add(&self, count: Count, n: u64) {
+        let counter = match count {
+            Count::L1Hit => &self.l1_hits,
+            Count::L2Hit => &self.l2_hits,
+            Count::StaleHit => &self.stale_hits,
+            Count::Miss => &self.misses,
+            Count::Load => &self.loads,
+            Count::LoadFailure => &self.load_failures,
+            Count::CodecError => &self.codec_errors,
+            Count::Write => &self.writes,
+            Count::InvalidationReceived => &self.invalidations_received,
+            Count::Resync => &self.resyncs,
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
+        if let Some(series) = &self.series {
+            series.events[count as usize].inc_by(n);
+        }
+    }
+
     pub(crate) fn snapshot(&self) -> CacheStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         CacheStats {
