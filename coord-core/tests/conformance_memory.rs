@@ -4,6 +4,14 @@ coord_core::lock_conformance_tests!(memory, coord_core::testkit::MemoryHarness::
 coord_core::lock_kinds_conformance_tests!(memory, coord_core::testkit::MemoryHarness::new());
 coord_core::fenced_store_conformance_tests!(memory, coord_core::testkit::MemoryHarness::new());
 coord_core::cache_conformance_tests!(memory, coord_core::testkit::MemoryHarness::new());
+coord_core::cache_conformance_tests!(
+    sharded_memory,
+    coord_core::testkit::cache::ShardedCacheHarness::new(vec![
+        Box::new(coord_core::testkit::MemoryHarness::new()),
+        Box::new(coord_core::testkit::MemoryHarness::new()),
+        Box::new(coord_core::testkit::MemoryHarness::new()),
+    ])
+);
 
 /// The suite lists every case the macro runs.
 #[test]

@@ -4,3 +4,10 @@
 coord_core::lock_conformance_tests!(redis, coord_redis::testkit::RedisHarness::start().await);
 coord_core::lock_kinds_conformance_tests!(redis, coord_redis::testkit::RedisHarness::start().await);
 coord_core::cache_conformance_tests!(redis, coord_redis::testkit::RedisHarness::start().await);
+coord_core::cache_conformance_tests!(
+    sharded_redis,
+    coord_core::testkit::cache::ShardedCacheHarness::new(vec![
+        Box::new(coord_redis::testkit::RedisHarness::start().await),
+        Box::new(coord_redis::testkit::RedisHarness::start().await),
+    ])
+);

@@ -21,6 +21,7 @@ mod builder;
 mod codec;
 mod envelope;
 mod multi_level;
+mod sharded;
 mod stats;
 
 pub use backend::{
@@ -31,4 +32,5 @@ pub use backend::{
 pub use builder::CacheBuilder;
 pub use codec::CacheCodec;
 pub use multi_level::{MultiLevelCache, WarmReport};
+pub use sharded::ShardedCacheBackend;
 pub use stats::CacheStats;

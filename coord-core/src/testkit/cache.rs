@@ -30,6 +30,42 @@ pub trait CacheHarness: Send + Sync + 'static {
     }
 }
 
+/// The suite over a [`ShardedCacheBackend`](crate::cache::ShardedCacheBackend)
+/// of several harnesses' backends (one shard each, named `shard-{i}`).
+pub struct ShardedCacheHarness {
+    shards: Vec<Box<dyn CacheHarness>>,
+}
+
+impl std::fmt::Debug for ShardedCacheHarness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardedCacheHarness")
+            .field("shards", &self.shards.len())
+            .finish()
+    }
+}
+
+impl ShardedCacheHarness {
+    /// A harness whose backends shard over one backend of each of `shards`.
+    pub fn new(shards: Vec<Box<dyn CacheHarness>>) -> Self {
+        ShardedCacheHarness { shards }
+    }
+}
+
+#[async_trait::async_trait]
+impl CacheHarness for ShardedCacheHarness {
+    async fn new_cache_backend(&self) -> Arc<dyn CacheBackend> {
+        let mut shards = Vec::new();
+        for (i, h) in self.shards.iter().enumerate() {
+            shards.push((format!("shard-{i}"), h.new_cache_backend().await));
+        }
+        Arc::new(crate::cache::ShardedCacheBackend::new(shards).expect("shards"))
+    }
+
+    async fn new_lock_backend(&self) -> Option<Arc<dyn crate::lock::LockBackend>> {
+        self.shards.first()?.new_lock_backend().await
+    }
+}
+
 /// Every case's name, in the order the macro expands them.
 pub const CASES: &[&str] = &[
     "missing_key_is_none",
