@@ -188,6 +188,26 @@ fn main() {
         )
         .await;
         row("redis: L2 hit vs raw GET", r);
+        let backend_name = name.clone();
+        let r = ratio(
+            2_000,
+            |_| {
+                let mut conn = raw.clone();
+                let key = redis_key.clone();
+                async move {
+                    let v: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query_async(&mut conn).await.expect("GET");
+                    assert!(v.is_some());
+                }
+            },
+            |_| {
+                let (b, name) = (rb.clone(), backend_name.clone());
+                async move {
+                    assert!(b.get(&name, "k1").await.expect("get").is_some());
+                }
+            },
+        )
+        .await;
+        row("redis: the backend's get alone vs raw GET", r);
 
         etcd_cache.set("k1", user(1)).await.expect("set");
         let kv = eb.client().kv_client();
