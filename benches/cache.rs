@@ -125,6 +125,57 @@ async fn propagation(
     (at(0.5), at(0.99))
 }
 
+/// Small-`GET` latency p50/p99 through `backend` while two other tasks
+/// write and read 1 MiB values through it.
+async fn small_reads_beside_large_values(
+    backend: Arc<RedisBackend>,
+    cache: &str,
+) -> (Duration, Duration) {
+    let big = bytes::Bytes::from(vec![b'x'; 1 << 20]);
+    backend
+        .set(
+            cache,
+            "small",
+            bytes::Bytes::from_static(b"v"),
+            Duration::from_secs(600),
+            "bench",
+        )
+        .await
+        .expect("set");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let movers: Vec<_> = (0..2)
+        .map(|i| {
+            let (b, big, stop, cache) =
+                (backend.clone(), big.clone(), stop.clone(), cache.to_owned());
+            tokio::spawn(async move {
+                let key = format!("big{i}");
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    b.set(&cache, &key, big.clone(), Duration::from_secs(600), "bench")
+                        .await
+                        .expect("set big");
+                    b.get(&cache, &key).await.expect("get big");
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut samples = Vec::new();
+    for _ in 0..500 {
+        let start = Instant::now();
+        backend.get(cache, "small").await.expect("get small");
+        samples.push(start.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for m in movers {
+        m.await.expect("mover");
+    }
+    samples.sort();
+    (
+        samples[samples.len() / 2],
+        samples[samples.len() * 99 / 100],
+    )
+}
+
 fn main() {
     let rt = Runtime::new().expect("runtime");
     eprintln!("starting redis-server and etcd on free loopback ports...");
@@ -263,6 +314,17 @@ fn main() {
         .await;
         row("redis: get_many(100), L1 cold, vs raw MGET", r);
         let _: () = redis::cmd("PING").query_async(&mut raw).await.expect("PING");
+
+        // Small reads beside 1 MiB values: shared multiplexed connection vs
+        // the cache pool.
+        for pool in [0, 4] {
+            let mut s = Settings::default();
+            s.cache.redis_pool_size = pool;
+            let b = Arc::new(RedisBackend::connect(redis.url(), &s).await.expect("redis"));
+            let (p50, p99) = small_reads_beside_large_values(b, &format!("{name}-mixed")).await;
+            let how = if pool == 0 { "shared multiplexed connection".to_string() } else { format!("pool of {pool}") };
+            println!("  redis: small GET beside 1 MiB values, {how:<29} p50 {p50:>10.2?}  p99 {p99:>10.2?}");
+        }
 
         // Invalidation propagation between two instances.
         let a = cache_on(rb.clone(), &format!("{name}-prop")).await;

@@ -44,6 +44,11 @@ pub(crate) struct Inner {
     /// servers only: a cluster script may not span slots).
     pub(crate) batches: Option<crate::lock::LockBatches>,
     pub(crate) mode: RedisMode,
+    /// The connections of cache traffic, when it has its own (standalone
+    /// servers with `cache.redis_pool_size` > 0).
+    pub(crate) cache_pool: Option<deadpool_redis::Pool>,
+    /// The deadline of one request.
+    pub(crate) request_timeout: std::time::Duration,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -107,6 +112,12 @@ impl RedisBackend {
                 .map(|i| standalone_client(config, i))
                 .collect::<Result<Vec<_>>>()?;
             let pubsub = PubSubHub::new(clients, addr.clone(), settings.connect_timeout);
+            let cache_pool = match (config.mode, settings.cache.redis_pool_size) {
+                (RedisMode::Standalone, size) if size > 0 => {
+                    Some(cache_pool(config, settings, size)?)
+                }
+                _ => None,
+            };
             tracing::debug!("connected");
             Ok(RedisBackend {
                 inner: Arc::new(Inner {
@@ -119,6 +130,8 @@ impl RedisBackend {
                     batches: (config.mode == RedisMode::Standalone)
                         .then(crate::lock::LockBatches::new),
                     mode: config.mode,
+                    cache_pool,
+                    request_timeout: settings.request_timeout,
                 }),
             })
         }
@@ -175,6 +188,27 @@ impl RedisBackend {
             other => other,
         }
     }
+}
+
+/// A pool of `size` connections to the (first) server of `config`, opened
+/// lazily, for cache traffic.
+fn cache_pool(
+    config: &RedisConfig,
+    settings: &Settings,
+    size: usize,
+) -> Result<deadpool_redis::Pool> {
+    let node = &config.nodes[0];
+    let info = config.connection_info(node)?;
+    deadpool_redis::Config::from_connection_info(info)
+        .builder()
+        .map_err(|e| Error::invalid(format!("redis cache pool for {node}: {e}")))?
+        .max_size(size)
+        .runtime(deadpool_redis::Runtime::Tokio1)
+        .wait_timeout(Some(settings.request_timeout))
+        .create_timeout(Some(settings.connect_timeout))
+        .recycle_timeout(Some(settings.request_timeout))
+        .build()
+        .map_err(|e| Error::invalid(format!("redis cache pool for {node}: {e}")))
 }
 
 /// Makes a failed connection's error say what answers at the address, when

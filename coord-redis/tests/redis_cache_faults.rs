@@ -98,3 +98,48 @@ async fn reads_survive_a_server_outage_and_l1_is_flushed_on_return() {
         "after the return, the server's (empty) state is served, not the stale copy"
     );
 }
+
+/// With `cache.redis_pool_size`, cache calls run on pooled connections of
+/// their own: they work, and a server that stops answering fails them
+/// within `request_timeout` instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pooled_cache_connections_work_and_time_out() {
+    let server = RedisServer::spawn().expect("redis-server must start for this test");
+    let mut settings = coord_core::Settings::default();
+    settings.cache.redis_pool_size = 2;
+    settings.request_timeout = Duration::from_millis(500);
+    let backend = coord_redis::RedisBackend::connect(server.url(), &settings)
+        .await
+        .expect("connect");
+    let cache = CacheBuilder::new(std::sync::Arc::new(backend), "pooled")
+        .build::<u32>()
+        .expect("build");
+    within(Duration::from_secs(5), "invalidations flow", cache.ready()).await;
+    for i in 0..10u32 {
+        cache.set(&format!("k{i}"), i).await.expect("set");
+    }
+    cache.clear_local();
+    let keys: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let got: Vec<Option<u32>> = cache
+        .get_many(&refs)
+        .await
+        .expect("get_many")
+        .into_iter()
+        .map(|v| v.map(|v| *v))
+        .collect();
+    assert_eq!(got, (0..10).map(Some).collect::<Vec<_>>());
+    assert!(cache.delete("k3").await.expect("delete"));
+
+    let process = server.process().expect("a spawned server");
+    process.pause().expect("SIGSTOP redis-server");
+    let started = Instant::now();
+    let result = cache.set("k4", 40).await;
+    process.resume().expect("SIGCONT redis-server");
+    assert!(result.is_err(), "a write to a paused server fails");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "within request_timeout (and the pool's wait), not hanging: {:?}",
+        started.elapsed()
+    );
+}

@@ -18,6 +18,7 @@ use futures::StreamExt;
 
 use crate::backend::RedisBackend;
 use crate::error::map_err;
+use crate::lock::ttl_ms;
 
 /// Redis caps a string at 512 MiB.
 const MAX_VALUE_BYTES: usize = 512 << 20;
@@ -26,6 +27,10 @@ impl RedisBackend {
     /// The Redis key of `key` in cache `cache`: `{namespace}:cache:{cache}:{key}`.
     pub fn cache_key(&self, cache: &str, key: &str) -> String {
         format!("{}:cache:{cache}:{key}", self.namespace())
+    }
+
+    fn cache_channel(&self, cache: &str) -> String {
+        format!("{}:cache:{cache}:invalidate", self.namespace())
     }
 
     /// Whether the keys of one call may live on several nodes (a cluster):
@@ -58,13 +63,52 @@ impl RedisBackend {
             .map_err(|e| map_err(e, &self.inner.addr))
     }
 
-    fn cache_channel(&self, cache: &str) -> String {
-        format!("{}:cache:{cache}:invalidate", self.namespace())
+    /// A connection for one cache call: one of the cache pool's, or the
+    /// shared multiplexed connection.
+    async fn cache_conn(&self) -> Result<CacheConn> {
+        match &self.inner.cache_pool {
+            None => Ok(CacheConn::Shared(self.inner.conn.clone())),
+            Some(pool) => pool.get().await.map(CacheConn::Pooled).map_err(|e| {
+                coord_core::Error::unavailable(
+                    format!("redis at {}: no cache connection: {e}", self.inner.addr),
+                    None,
+                )
+            }),
+        }
     }
-}
 
-fn ttl_ms(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+    /// Runs `cmd` on a cache connection; taking the connection and the
+    /// call together within the request timeout.
+    async fn cache_query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
+        self.in_time(async {
+            let mut conn = self.cache_conn().await?;
+            cmd.query_async(&mut conn)
+                .await
+                .map_err(|e| map_err(e, &self.inner.addr))
+        })
+        .await
+    }
+
+    /// Runs `pipe` on a cache connection, like [`cache_query`](Self::cache_query).
+    async fn cache_pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
+        self.in_time(async {
+            let mut conn = self.cache_conn().await?;
+            pipe.query_async(&mut conn)
+                .await
+                .map_err(|e| map_err(e, &self.inner.addr))
+        })
+        .await
+    }
+
+    async fn in_time<T>(&self, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        match tokio::time::timeout(self.inner.request_timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(coord_core::Error::Timeout(format!(
+                "redis at {} did not answer a cache call within {:?}",
+                self.inner.addr, self.inner.request_timeout
+            ))),
+        }
+    }
 }
 
 #[async_trait]
@@ -78,16 +122,12 @@ impl CacheBackend for RedisBackend {
     }
 
     async fn get_many(&self, cache: &str, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
-        let mut conn = self.inner.conn.clone();
-        let addr = &self.inner.addr;
         match keys {
             [] => Ok(Vec::new()),
             [key] => {
-                let v: Option<Vec<u8>> = redis::cmd("GET")
-                    .arg(self.cache_key(cache, key))
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| map_err(e, addr))?;
+                let mut cmd = redis::cmd("GET");
+                cmd.arg(self.cache_key(cache, key));
+                let v: Option<Vec<u8>> = self.cache_query(&cmd).await?;
                 Ok(vec![v.map(Bytes::from)])
             }
             keys if self.spread() => {
@@ -107,10 +147,7 @@ impl CacheBackend for RedisBackend {
                 for key in keys {
                     cmd.arg(self.cache_key(cache, key));
                 }
-                let values: Vec<Option<Vec<u8>>> = cmd
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| map_err(e, addr))?;
+                let values: Vec<Option<Vec<u8>>> = self.cache_query(&cmd).await?;
                 Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
             }
         }
@@ -156,10 +193,7 @@ impl CacheBackend for RedisBackend {
             .arg(self.cache_channel(cache))
             .arg(encode_invalidation(origin, &keys))
             .ignore();
-        let mut conn = self.inner.conn.clone();
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| map_err(e, &self.inner.addr))
+        self.cache_pipe::<()>(&pipe).await
     }
 
     async fn delete_many(&self, cache: &str, keys: &[&str], origin: &str) -> Result<usize> {
@@ -189,21 +223,14 @@ impl CacheBackend for RedisBackend {
             .arg(self.cache_channel(cache))
             .arg(encode_invalidation(origin, keys))
             .ignore();
-        let mut conn = self.inner.conn.clone();
-        let (deleted,): (usize,) = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| map_err(e, &self.inner.addr))?;
+        let (deleted,): (usize,) = self.cache_pipe(&pipe).await?;
         Ok(deleted)
     }
 
     async fn exists(&self, cache: &str, key: &str) -> Result<bool> {
-        let mut conn = self.inner.conn.clone();
-        redis::cmd("EXISTS")
-            .arg(self.cache_key(cache, key))
-            .query_async::<bool>(&mut conn)
-            .await
-            .map_err(|e| map_err(e, &self.inner.addr))
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(self.cache_key(cache, key));
+        self.cache_query::<bool>(&cmd).await
     }
 
     async fn watch(&self, cache: &str) -> Result<CacheEvents> {
@@ -220,5 +247,42 @@ impl CacheBackend for RedisBackend {
 
     async fn cache_health(&self) -> ComponentHealth {
         self.ping().await
+    }
+}
+
+/// The connection of one cache call.
+enum CacheConn {
+    Shared(crate::connection::Connection),
+    Pooled(deadpool_redis::Connection),
+}
+
+impl redis::aio::ConnectionLike for CacheConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            CacheConn::Shared(c) => c.req_packed_command(cmd),
+            CacheConn::Pooled(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            CacheConn::Shared(c) => c.req_packed_commands(cmd, offset, count),
+            CacheConn::Pooled(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            CacheConn::Shared(c) => c.get_db(),
+            CacheConn::Pooled(c) => c.get_db(),
+        }
     }
 }
