@@ -26,6 +26,9 @@ pub(crate) struct CacheOptions {
     /// Makes loads single-flight across processes.
     pub(crate) load_lock: Option<crate::lock::LockClient>,
     pub(crate) load_lock_wait: Duration,
+    /// The fraction of an L1 entry's TTL after which `get_or_refresh`
+    /// reloads it in the background.
+    pub(crate) refresh_ahead: Option<f64>,
     /// Where the cache's counters are exported.
     pub(crate) metrics: Option<crate::metrics::Metrics>,
     /// Where the built cache reports its health.
@@ -48,6 +51,7 @@ impl Default for CacheOptions {
             load_lock_wait: Duration::from_secs(30),
             health_registry: None,
             metrics: None,
+            refresh_ahead: None,
         }
     }
 }
@@ -192,6 +196,14 @@ impl CacheBuilder {
         self
     }
 
+    /// Refresh-ahead for [`MultiLevelCache::get_or_refresh`]: a value L1
+    /// has held for more than `fraction` (between 0.1 and 0.95) of its L1
+    /// TTL is served and reloaded in the background. Default off.
+    pub fn refresh_ahead(mut self, fraction: f64) -> Self {
+        self.options.refresh_ahead = Some(fraction);
+        self
+    }
+
     /// Exports the cache's counters as `coord_cache_events_total` and its
     /// loader times as `coord_cache_load_duration_seconds` (`Coord` does
     /// this when built with a registry).
@@ -216,6 +228,13 @@ impl CacheBuilder {
             return Err(Error::invalid(format!(
                 "cache jitter {} is outside 0..=0.5",
                 o.jitter
+            )));
+        }
+        if let Some(f) = o.refresh_ahead
+            && !(0.1..=0.95).contains(&f)
+        {
+            return Err(Error::invalid(format!(
+                "refresh_ahead {f} is outside 0.1..=0.95 (a fraction of the L1 TTL)"
             )));
         }
         if o.l1_max_entries == 0 || o.l1_max_bytes == Some(0) {

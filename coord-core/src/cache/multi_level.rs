@@ -97,6 +97,8 @@ struct Inner<T> {
     epoch: AtomicU64,
     counters: CacheCounters,
     listener: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Keys being refreshed ahead of expiry (one refresh per key at a time).
+    refreshing: Mutex<std::collections::HashSet<String>>,
 }
 
 impl<T> Drop for Inner<T> {
@@ -195,6 +197,7 @@ where
                 ..CacheCounters::default()
             },
             listener: Mutex::new(None),
+            refreshing: Mutex::new(std::collections::HashSet::new()),
         });
         if let Some(registry) = &inner.options.health_registry {
             let weak: Weak<dyn HealthSource> = Arc::downgrade(&inner) as Weak<dyn HealthSource>;
@@ -338,6 +341,43 @@ where
             Ok(entry) => Ok(entry.value),
             Err(shared) => Err(Error::from_shared(&shared)),
         }
+    }
+
+    /// [`get_or_load`](Self::get_or_load) with refresh-ahead: when L1
+    /// serves a value older than the refresh point (see
+    /// [`CacheBuilder::refresh_ahead`]), it is returned at once and `loader`
+    /// runs in the background (once per key at a time) to store a fresh
+    /// value in both levels before the old one expires, so hot keys never
+    /// miss. Without a refresh point this is `get_or_load`.
+    pub async fn get_or_refresh<F, Fut>(&self, key: &str, loader: F) -> Result<Option<Arc<T>>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>>> + Send + 'static,
+    {
+        validate_cache_key(key)?;
+        let inner = &self.inner;
+        if let Some(fraction) = inner.options.refresh_ahead
+            && inner.l1_live.load(Ordering::Acquire)
+            && let Some(entry) = inner.l1.get(key).await
+        {
+            inner.counters.add(Count::L1Hit, 1);
+            let due = entry.stored_at.elapsed() >= entry.ttl.mul_f64(fraction);
+            if due && inner.start_refresh(key) {
+                let (inner, key) = (self.inner.clone(), key.to_owned());
+                tokio::spawn(async move {
+                    let epoch = inner.epoch.load(Ordering::Acquire);
+                    match inner.load_and_store(&key, loader, true).await {
+                        Ok(fresh) => inner.keep(&key, fresh, epoch).await,
+                        Err(e) => {
+                            tracing::debug!(cache = %inner.name, key, error = %e, "refresh-ahead failed; the old value stays until it expires")
+                        }
+                    }
+                    inner.end_refresh(&key);
+                });
+            }
+            return Ok(entry.value);
+        }
+        self.get_or_load(key, loader).await
     }
 
     /// Stores `value` under `key` with the cache's TTL (jittered).
@@ -532,6 +572,21 @@ where
         let entry = self.l1.get(key).await?;
         self.counters.add(Count::L1Hit, 1);
         Some(entry.value)
+    }
+
+    /// Marks `key` as being refreshed; false if it already is.
+    fn start_refresh(&self, key: &str) -> bool {
+        self.refreshing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_owned())
+    }
+
+    fn end_refresh(&self, key: &str) {
+        self.refreshing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
     }
 
     /// Puts `entry` in L1 if invalidations are flowing and none came since

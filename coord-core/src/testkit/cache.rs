@@ -82,6 +82,7 @@ pub const CASES: &[&str] = &[
     "concurrent_loads_share_one_flight",
     "loads_are_single_flight_across_processes",
     "warm_loads_missing_keys_with_progress",
+    "refresh_ahead_reloads_hot_keys_before_expiry",
     "a_failed_load_fails_every_waiter_and_is_not_cached",
     "a_panicking_loader_is_an_error",
     "not_found_is_remembered",
@@ -538,6 +539,56 @@ pub async fn warm_loads_missing_keys_with_progress(h: &dyn CacheHarness) {
             .await,
         Err(Error::InvalidArgument(_))
     ));
+}
+
+/// With refresh-ahead, a hot key read through `get_or_refresh` is reloaded
+/// in the background once past the refresh point: readers keep getting the
+/// old value meanwhile (never a miss), then the new one.
+pub async fn refresh_ahead_reloads_hot_keys_before_expiry(h: &dyn CacheHarness) {
+    let name = unique_cache("refresh");
+    let c = CacheBuilder::new(h.new_cache_backend().await, &name)
+        .ttl(Duration::from_secs(3))
+        .l1_ttl(Duration::from_secs(3))
+        .jitter(0.0)
+        .refresh_ahead(0.3)
+        .build::<u32>()
+        .expect("build");
+    within(PROPAGATION, "the cache's invalidations flow", c.ready()).await;
+    let version = Arc::new(AtomicUsize::new(1));
+    let loads = Arc::new(AtomicUsize::new(0));
+    let load = |version: Arc<AtomicUsize>, loads: Arc<AtomicUsize>| async move {
+        loads.fetch_add(1, Ordering::SeqCst);
+        Ok(Some(version.load(Ordering::SeqCst) as u32))
+    };
+    let first = c
+        .get_or_refresh("hot", {
+            let (v, l) = (version.clone(), loads.clone());
+            move || load(v, l)
+        })
+        .await
+        .expect("first load");
+    assert_eq!(first.map(|v| *v), Some(1));
+    version.store(2, Ordering::SeqCst);
+    // Past 30 % of the 3 s TTL (0.9 s) a read serves 1 and reloads; well
+    // before the 3 s expiry the reload's 2 is served.
+    eventually(
+        Duration::from_millis(2_500),
+        "the refreshed value is served",
+        || {
+            let (c, v, l) = (c.clone(), version.clone(), loads.clone());
+            async move {
+                let got = c
+                    .get_or_refresh("hot", move || load(v, l))
+                    .await
+                    .expect("get_or_refresh")
+                    .map(|v| *v);
+                assert!(got.is_some(), "a hot key never misses");
+                got == Some(2)
+            }
+        },
+    )
+    .await;
+    assert_eq!(loads.load(Ordering::SeqCst), 2, "one load, one refresh");
 }
 
 /// A loader error reaches every waiter of its flight; the next call loads again.

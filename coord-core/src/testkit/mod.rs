@@ -120,6 +120,7 @@ macro_rules! cache_conformance_tests {
             concurrent_loads_share_one_flight,
             loads_are_single_flight_across_processes,
             warm_loads_missing_keys_with_progress,
+            refresh_ahead_reloads_hot_keys_before_expiry,
             a_failed_load_fails_every_waiter_and_is_not_cached,
             a_panicking_loader_is_an_error,
             not_found_is_remembered,
