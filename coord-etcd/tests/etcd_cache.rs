@@ -74,3 +74,29 @@ async fn a_write_over_the_request_limit_is_refused_before_sending() {
     let got = backend.get_many(&cache, &keys).await.unwrap();
     assert_eq!(got, vec![None, None, None], "nothing was stored half-way");
 }
+
+/// More keys than etcd takes in one transaction (128) go as several.
+#[tokio::test]
+async fn calls_over_etcds_transaction_limit_are_split() {
+    let h = EtcdHarness::start().await;
+    let backend = h.connect().await.unwrap();
+    let cache = unique_name("many").replace('/', "-");
+    let keys: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
+    let entries: Vec<(&str, Bytes)> = keys
+        .iter()
+        .map(|k| (k.as_str(), Bytes::from(k.clone())))
+        .collect();
+    backend
+        .set_many(&cache, &entries, Duration::from_secs(60), "t")
+        .await
+        .unwrap();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let got = backend.get_many(&cache, &refs).await.unwrap();
+    assert_eq!(got.len(), 300);
+    assert!(
+        got.iter()
+            .zip(&keys)
+            .all(|(v, k)| v.as_deref() == Some(k.as_bytes()))
+    );
+    assert_eq!(backend.delete_many(&cache, &refs, "t").await.unwrap(), 300);
+}

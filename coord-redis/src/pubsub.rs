@@ -20,8 +20,9 @@ use tokio::task::JoinHandle;
 
 use crate::error::map_err;
 
-/// Messages a slow waiter may miss before it sees `Lagged` (it is still woken).
-const CHANNEL_CAPACITY: usize = 16;
+/// Messages a slow reader may fall behind by before it sees `Lagged` (a
+/// lock waiter is still woken; a cache listener resyncs, flushing its L1).
+const CHANNEL_CAPACITY: usize = 256;
 
 /// The pub/sub side of a backend, shared by its clones.
 #[derive(Debug)]

@@ -104,6 +104,25 @@ pub trait CacheBackend: Send + Sync + fmt::Debug + 'static {
         origin: &str,
     ) -> Result<()>;
 
+    /// Stores `value` under `key` with `ttl` only if the key holds no live
+    /// value, and says whether it did: the fill of a load, which must not
+    /// overwrite a value written while the loader ran. Publishes nothing
+    /// (no instance holds a copy of an absent key). The default, for
+    /// backends without a conditional write, is a plain
+    /// [`set`](Self::set).
+    async fn fill(
+        &self,
+        cache: &str,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        origin: &str,
+    ) -> Result<bool> {
+        self.set(cache, key, value, ttl, origin)
+            .await
+            .map(|()| true)
+    }
+
     /// Deletes `keys`, publishes an invalidation of them tagged with
     /// `origin`, and returns how many existed.
     async fn delete_many(&self, cache: &str, keys: &[&str], origin: &str) -> Result<usize>;

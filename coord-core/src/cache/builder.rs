@@ -230,6 +230,12 @@ impl CacheBuilder {
                 o.jitter
             )));
         }
+        if o.max_stale > crate::cache::backend::MAX_CACHE_TTL {
+            return Err(Error::invalid(format!(
+                "max_stale {:?} is longer than a year",
+                o.max_stale
+            )));
+        }
         if let Some(f) = o.refresh_ahead
             && !(0.1..=0.95).contains(&f)
         {

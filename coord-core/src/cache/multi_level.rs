@@ -53,6 +53,15 @@ impl<T> Clone for L1Entry<T> {
     }
 }
 
+/// How a load stores its value in L2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Store {
+    /// Only where the key is absent.
+    Fill,
+    /// Over whatever is there.
+    Overwrite,
+}
+
 /// Each L1 entry expires after its own TTL.
 struct ByEntry;
 
@@ -366,7 +375,10 @@ where
                 let (inner, key) = (self.inner.clone(), key.to_owned());
                 tokio::spawn(async move {
                     let epoch = inner.epoch.load(Ordering::Acquire);
-                    match inner.load_and_store(&key, loader, true).await {
+                    match inner
+                        .load_and_store(&key, loader, true, Store::Overwrite)
+                        .await
+                    {
                         Ok(fresh) => inner.keep(&key, fresh, epoch).await,
                         Err(e) => {
                             tracing::debug!(cache = %inner.name, key, error = %e, "refresh-ahead failed; the old value stays until it expires")
@@ -395,7 +407,9 @@ where
         let sealed = envelope::seal(&payload, inner.options.codec, inner.options.compress_above);
         inner.check_size(key, sealed.len())?;
         let weight = weight(sealed.len());
-        let epoch = inner.epoch.load(Ordering::Acquire);
+        // A local write is an invalidation too: a read in flight must not
+        // keep the older value it fetched, nor a concurrent write's.
+        let epoch = inner.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         inner.l1.invalidate(key).await;
         inner
             .backend
@@ -408,9 +422,7 @@ where
             )
             .await?;
         inner.counters.add(Count::Write, 1);
-        let entry = L1Entry {
-            ..L1Entry::new(Some(Arc::new(value)), inner.l1_ttl(ttl), weight)
-        };
+        let entry = L1Entry::new(Some(Arc::new(value)), inner.l1_ttl(ttl), weight);
         inner.keep(key, entry, epoch).await;
         Ok(())
     }
@@ -420,11 +432,13 @@ where
     pub async fn delete(&self, key: &str) -> Result<bool> {
         validate_cache_key(key)?;
         let inner = &self.inner;
+        inner.epoch.fetch_add(1, Ordering::AcqRel);
         inner.l1.invalidate(key).await;
         let existed = inner
             .backend
             .delete(&inner.name, key, &inner.origin)
             .await?;
+        inner.epoch.fetch_add(1, Ordering::AcqRel);
         inner.l1.invalidate(key).await;
         inner.counters.add(Count::Write, 1);
         Ok(existed)
@@ -649,6 +663,9 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>>>,
     {
+        // A corrupted value is overwritten by the load; an absent one only
+        // filled (a write made while the loader runs wins).
+        let mut store = Store::Fill;
         let l2_up = match self.backend.get(&self.name, key).await {
             Ok(Some(bytes)) => match self.decode(key, &bytes) {
                 Ok(entry) => {
@@ -656,7 +673,10 @@ where
                     return Ok(entry);
                 }
                 // Counted and logged; load a good value over it.
-                Err(_) => true,
+                Err(_) => {
+                    store = Store::Overwrite;
+                    true
+                }
             },
             Ok(None) => {
                 self.counters.add(Count::Miss, 1);
@@ -686,7 +706,7 @@ where
             release_load_lock(load_guard).await;
             return Ok(entry);
         }
-        let result = self.load_and_store(key, loader, l2_up).await;
+        let result = self.load_and_store(key, loader, l2_up, store).await;
         release_load_lock(load_guard).await;
         result
     }
@@ -719,15 +739,27 @@ where
         }
     }
 
-    /// Runs the loader and stores its value (or a negative entry) in L2.
-    async fn load_and_store<F, Fut>(&self, key: &str, loader: F, l2_up: bool) -> Result<L1Entry<T>>
+    /// Runs the loader and stores its value (or a negative entry) in L2:
+    /// only where the key is still absent (`Fill`: a load must not
+    /// overwrite a write made while it ran), or over it (`Overwrite`: a
+    /// refresh).
+    async fn load_and_store<F, Fut>(
+        &self,
+        key: &str,
+        loader: F,
+        l2_up: bool,
+        store: Store,
+    ) -> Result<L1Entry<T>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>>>,
     {
         self.counters.add(Count::Load, 1);
         let started = Instant::now();
-        let loaded = AssertUnwindSafe(loader()).catch_unwind().await;
+        // The closure's own body runs inside the guard too.
+        let loaded = AssertUnwindSafe(async move { loader().await })
+            .catch_unwind()
+            .await;
         if let Some(series) = &self.counters.series {
             series.load.observe(started.elapsed().as_secs_f64());
         }
@@ -767,18 +799,28 @@ where
         };
         let weight = weight(sealed.len());
         if l2_up && self.check_size(key, sealed.len()).is_ok() {
-            let write = self
-                .backend
-                .set(
-                    &self.name,
-                    key,
-                    sealed,
-                    self.options.jittered(ttl),
-                    &self.origin,
-                )
-                .await;
-            if let Err(e) = write {
-                tracing::debug!(cache = %self.name, key, error = %e, "could not store a loaded value in L2");
+            let (name, ttl, origin) = (&self.name, self.options.jittered(ttl), &self.origin);
+            let write = match store {
+                Store::Fill => self.backend.fill(name, key, sealed, ttl, origin).await,
+                Store::Overwrite => self
+                    .backend
+                    .set(name, key, sealed, ttl, origin)
+                    .await
+                    .map(|()| true),
+            };
+            match write {
+                // Someone wrote the key while the loader ran: theirs is newer.
+                Ok(false) => {
+                    if let Ok(Some(bytes)) = self.backend.get(&self.name, key).await
+                        && let Ok(newer) = self.decode(key, &bytes)
+                    {
+                        return Ok(newer);
+                    }
+                }
+                Ok(true) => {}
+                Err(e) => {
+                    tracing::debug!(cache = %self.name, key, error = %e, "could not store a loaded value in L2");
+                }
             }
         }
         Ok(L1Entry::new(value.map(Arc::new), self.l1_ttl(ttl), weight))

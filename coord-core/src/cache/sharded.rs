@@ -188,6 +188,20 @@ impl CacheBackend for ShardedCacheBackend {
         Ok(try_join_all(calls).await?.into_iter().sum())
     }
 
+    async fn fill(
+        &self,
+        cache: &str,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        origin: &str,
+    ) -> Result<bool> {
+        self.shards[self.shard_of(cache, key)]
+            .backend
+            .fill(cache, key, value, ttl, origin)
+            .await
+    }
+
     async fn exists(&self, cache: &str, key: &str) -> Result<bool> {
         self.shards[self.shard_of(cache, key)]
             .backend

@@ -103,17 +103,39 @@ impl CacheBackend for MemoryBackend {
         origin: &str,
     ) -> Result<()> {
         let now = Instant::now();
+        let expires = expiry(now, ttl);
         let mut spaces = self.caches().spaces();
         let space = spaces.entry(cache.to_owned()).or_default();
         for (key, value) in entries {
             space
                 .entries
-                .insert((*key).to_owned(), (value.clone(), now + ttl));
+                .insert((*key).to_owned(), (value.clone(), expires));
         }
         space.sweep(now);
         let keys: Vec<&str> = entries.iter().map(|(k, _)| *k).collect();
         space.publish(&keys, origin);
         Ok(())
+    }
+
+    async fn fill(
+        &self,
+        cache: &str,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        _origin: &str,
+    ) -> Result<bool> {
+        let now = Instant::now();
+        let mut spaces = self.caches().spaces();
+        let space = spaces.entry(cache.to_owned()).or_default();
+        if space.live(key, now).is_some() {
+            return Ok(false);
+        }
+        space
+            .entries
+            .insert(key.to_owned(), (value, expiry(now, ttl)));
+        space.sweep(now);
+        Ok(true)
     }
 
     async fn delete_many(&self, cache: &str, keys: &[&str], origin: &str) -> Result<usize> {
@@ -158,6 +180,13 @@ impl CacheBackend for MemoryBackend {
         drop(self.caches().spaces());
         ComponentHealth::healthy("memory", start.elapsed())
     }
+}
+
+/// When an entry written at `now` with `ttl` expires (a TTL past what the
+/// clock can represent: in a century).
+fn expiry(now: Instant, ttl: Duration) -> Instant {
+    now.checked_add(ttl)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// The events of a broadcast receiver; a lag becomes [`CacheEvent::Resync`].

@@ -83,6 +83,7 @@ pub const CASES: &[&str] = &[
     "loads_are_single_flight_across_processes",
     "warm_loads_missing_keys_with_progress",
     "refresh_ahead_reloads_hot_keys_before_expiry",
+    "a_load_does_not_overwrite_a_write_made_meanwhile",
     "a_failed_load_fails_every_waiter_and_is_not_cached",
     "a_panicking_loader_is_an_error",
     "not_found_is_remembered",
@@ -589,6 +590,65 @@ pub async fn refresh_ahead_reloads_hot_keys_before_expiry(h: &dyn CacheHarness) 
     )
     .await;
     assert_eq!(loads.load(Ordering::SeqCst), 2, "one load, one refresh");
+}
+
+/// A load whose loader runs while the key is written through another
+/// instance stores nothing over that write, and returns the newer value.
+pub async fn a_load_does_not_overwrite_a_write_made_meanwhile(h: &dyn CacheHarness) {
+    let name = unique_cache("fill");
+    let loading = cache::<String>(h.new_cache_backend().await, &name).await;
+    let writer = cache::<String>(h.new_cache_backend().await, &name).await;
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let load = tokio::spawn({
+        let loading = loading.clone();
+        async move {
+            loading
+                .get_or_load("k", || async move {
+                    let _ = started_tx.send(());
+                    let _ = release_rx.await;
+                    Ok(Some("loaded from an old read".to_string()))
+                })
+                .await
+        }
+    });
+    within(PROPAGATION, "the loader starts", started_rx)
+        .await
+        .expect("loader started");
+    writer
+        .set("k", "written meanwhile".into())
+        .await
+        .expect("set");
+    release_tx.send(()).expect("release the loader");
+    let got = load.await.expect("task").expect("get_or_load");
+    assert_eq!(
+        got.as_deref().map(String::as_str),
+        Some("written meanwhile")
+    );
+    let b = h.new_cache_backend().await;
+    assert!(
+        !b.fill(
+            &name,
+            "k",
+            Bytes::from_static(b"x"),
+            Duration::from_secs(60),
+            "t"
+        )
+        .await
+        .expect("fill"),
+        "fill refuses a key that holds a value"
+    );
+    let reader = cache::<String>(b, &name).await;
+    assert_eq!(
+        reader
+            .get("k")
+            .await
+            .expect("get")
+            .as_deref()
+            .map(String::as_str),
+        Some("written meanwhile"),
+        "L2 kept the write"
+    );
 }
 
 /// A loader error reaches every waiter of its flight; the next call loads again.

@@ -13,7 +13,8 @@ use bytes::Bytes;
 use coord_core::cache::{CacheBackend, CacheEvent, CacheEvents};
 use coord_core::{ComponentHealth, Error, Result, async_trait};
 use etcd_client::{
-    EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
+    Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
+    WatchOptions, WatchStream,
 };
 
 use crate::backend::EtcdBackend;
@@ -22,6 +23,10 @@ use crate::error::{call, is_lease_not_found};
 /// The largest value: etcd refuses requests over 1.5 MiB by default
 /// (`--max-request-bytes`), and a request carries more than the value.
 const MAX_VALUE_BYTES: usize = 1 << 20;
+
+/// The most operations one transaction carries (etcd's default
+/// `--max-txn-ops`); longer calls go as several transactions.
+const MAX_TXN_OPS: usize = 128;
 
 /// The largest batch of values one `set_many` sends in its transaction.
 const MAX_REQUEST_BYTES: usize = (3 << 20) / 2 - (64 << 10);
@@ -53,6 +58,28 @@ fn origin_of(stored: &[u8]) -> Option<String> {
 }
 
 impl EtcdBackend {
+    /// Runs the transaction `build` makes for a lease of `ttl`'s bucket. A
+    /// lease etcd no longer knows (revoked, or lost with the cluster's
+    /// data) is replaced once.
+    async fn leased_txn(&self, ttl: Duration, build: impl Fn(i64) -> Txn) -> Result<TxnResponse> {
+        let mut kv = self.inner.client.kv_client();
+        for attempt in 0..2 {
+            let lease = self.inner.cache_leases.for_ttl(ttl).await?;
+            let txn = kv.txn(build(lease));
+            match crate::error::deadline("write cache values", self.inner.timeout, txn).await? {
+                Ok(resp) => return Ok(resp),
+                Err(e) if attempt == 0 && is_lease_not_found(&e) => {
+                    self.inner.cache_leases.forget(lease);
+                }
+                Err(e) => return Err(crate::error::map("write cache values", e)),
+            }
+        }
+        Err(Error::unavailable(
+            "write cache values: etcd lost the new lease at once",
+            None,
+        ))
+    }
+
     /// The prefix of every key of cache `cache`: `{namespace}/cache/{cache}/`.
     pub fn cache_prefix(&self, cache: &str) -> String {
         format!("{}cache/{cache}/", self.inner.prefix)
@@ -70,6 +97,13 @@ impl CacheBackend for EtcdBackend {
     }
 
     async fn get_many(&self, cache: &str, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
+        if keys.len() > MAX_TXN_OPS {
+            let mut out = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(MAX_TXN_OPS) {
+                out.extend(self.get_many(cache, chunk).await?);
+            }
+            return Ok(out);
+        }
         let prefix = self.cache_prefix(cache);
         let mut kv = self.inner.client.kv_client();
         if let [key] = keys {
@@ -111,6 +145,13 @@ impl CacheBackend for EtcdBackend {
         if entries.is_empty() {
             return Ok(());
         }
+        if entries.len() > MAX_TXN_OPS {
+            // Each transaction of up to MAX_TXN_OPS entries is atomic.
+            for chunk in entries.chunks(MAX_TXN_OPS) {
+                self.set_many(cache, chunk, ttl, origin).await?;
+            }
+            return Ok(());
+        }
         let prefix = self.cache_prefix(cache);
         let size: usize = entries
             .iter()
@@ -122,11 +163,7 @@ impl CacheBackend for EtcdBackend {
                  ({MAX_REQUEST_BYTES} bytes with room for the request); write fewer or smaller values per call"
             )));
         }
-        let mut kv = self.inner.client.kv_client();
-        // A lease etcd no longer knows (revoked, or lost with the cluster's
-        // data) is replaced once.
-        for attempt in 0..2 {
-            let lease = self.inner.cache_leases.for_ttl(ttl).await?;
+        self.leased_txn(ttl, |lease| {
             let ops: Vec<TxnOp> = entries
                 .iter()
                 .map(|(k, v)| {
@@ -137,24 +174,45 @@ impl CacheBackend for EtcdBackend {
                     )
                 })
                 .collect();
-            let txn = kv.txn(Txn::new().and_then(ops));
-            match crate::error::deadline("write cache values", self.inner.timeout, txn).await? {
-                Ok(_) => return Ok(()),
-                Err(e) if attempt == 0 && is_lease_not_found(&e) => {
-                    self.inner.cache_leases.forget(lease);
-                }
-                Err(e) => return Err(crate::error::map("write cache values", e)),
-            }
-        }
-        Err(Error::unavailable(
-            "write cache values: etcd lost the new lease at once",
-            None,
-        ))
+            Txn::new().and_then(ops)
+        })
+        .await
+        .map(|_| ())
     }
 
-    async fn delete_many(&self, cache: &str, keys: &[&str], _origin: &str) -> Result<usize> {
+    async fn fill(
+        &self,
+        cache: &str,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        origin: &str,
+    ) -> Result<bool> {
+        let full = format!("{}{key}", self.cache_prefix(cache));
+        let resp = self
+            .leased_txn(ttl, |lease| {
+                Txn::new()
+                    .when([Compare::create_revision(full.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(
+                        full.clone(),
+                        wrap(origin, &value),
+                        Some(PutOptions::new().with_lease(lease)),
+                    )])
+            })
+            .await?;
+        Ok(resp.succeeded())
+    }
+
+    async fn delete_many(&self, cache: &str, keys: &[&str], origin: &str) -> Result<usize> {
         if keys.is_empty() {
             return Ok(0);
+        }
+        if keys.len() > MAX_TXN_OPS {
+            let mut deleted = 0;
+            for chunk in keys.chunks(MAX_TXN_OPS) {
+                deleted += self.delete_many(cache, chunk, origin).await?;
+            }
+            return Ok(deleted);
         }
         let prefix = self.cache_prefix(cache);
         let ops: Vec<TxnOp> = keys

@@ -176,8 +176,10 @@ impl CacheBackend for RedisBackend {
                     cmd
                 })
                 .collect();
-            self.each::<()>(cmds).await?;
-            return self.publish(cache, origin, &keys).await;
+            // Invalidate whatever was written, even when some node failed.
+            let written = self.each::<()>(cmds).await;
+            let published = self.publish(cache, origin, &keys).await;
+            return written.and(published);
         }
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -196,6 +198,24 @@ impl CacheBackend for RedisBackend {
         self.cache_pipe::<()>(&pipe).await
     }
 
+    async fn fill(
+        &self,
+        cache: &str,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        _origin: &str,
+    ) -> Result<bool> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.cache_key(cache, key))
+            .arg(value.as_ref())
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms(ttl));
+        let stored: Option<String> = self.cache_query(&cmd).await?;
+        Ok(stored.is_some())
+    }
+
     async fn delete_many(&self, cache: &str, keys: &[&str], origin: &str) -> Result<usize> {
         if keys.is_empty() {
             return Ok(0);
@@ -209,8 +229,10 @@ impl CacheBackend for RedisBackend {
                     cmd
                 })
                 .collect();
-            let deleted: Vec<usize> = self.each(cmds).await?;
-            self.publish(cache, origin, keys).await?;
+            let deleted: Result<Vec<usize>> = self.each(cmds).await;
+            let published = self.publish(cache, origin, keys).await;
+            let deleted = deleted?;
+            published?;
             return Ok(deleted.into_iter().sum());
         }
         let mut pipe = redis::pipe();
