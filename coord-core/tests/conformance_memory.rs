@@ -19,5 +19,5 @@ fn every_case_is_listed() {
     assert_eq!(coord_core::testkit::lock::CASES.len(), 15);
     assert_eq!(coord_core::testkit::kinds::CASES.len(), 21);
     assert_eq!(coord_core::testkit::fenced::CASES.len(), 3);
-    assert_eq!(coord_core::testkit::cache::CASES.len(), 23);
+    assert_eq!(coord_core::testkit::cache::CASES.len(), 24);
 }

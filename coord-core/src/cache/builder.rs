@@ -29,6 +29,8 @@ pub(crate) struct CacheOptions {
     /// The fraction of an L1 entry's TTL after which `get_or_refresh`
     /// reloads it in the background.
     pub(crate) refresh_ahead: Option<f64>,
+    /// The bloom filter of known keys: (expected keys, false-positive rate).
+    pub(crate) bloom: Option<(usize, f64)>,
     /// Where the cache's counters are exported.
     pub(crate) metrics: Option<crate::metrics::Metrics>,
     /// Where the built cache reports its health.
@@ -52,6 +54,7 @@ impl Default for CacheOptions {
             health_registry: None,
             metrics: None,
             refresh_ahead: None,
+            bloom: None,
         }
     }
 }
@@ -204,6 +207,18 @@ impl CacheBuilder {
         self
     }
 
+    /// A bloom filter of the keys known to exist (penetration protection):
+    /// `get_or_load` of a key it does not know returns `Ok(None)` without
+    /// reaching L2 or the loader. Keys become known by
+    /// [`MultiLevelCache::bloom_insert`] (seed it with every existing key,
+    /// e.g. all ids at startup), by writes and loads through this instance,
+    /// by L2 hits, and by the invalidations of other instances' writes.
+    /// Sized for `expected_keys` at `false_positive_rate`. Default off.
+    pub fn bloom_filter(mut self, expected_keys: usize, false_positive_rate: f64) -> Self {
+        self.options.bloom = Some((expected_keys, false_positive_rate));
+        self
+    }
+
     /// Exports the cache's counters as `coord_cache_events_total` and its
     /// loader times as `coord_cache_load_duration_seconds` (`Coord` does
     /// this when built with a registry).
@@ -228,6 +243,14 @@ impl CacheBuilder {
             return Err(Error::invalid(format!(
                 "cache jitter {} is outside 0..=0.5",
                 o.jitter
+            )));
+        }
+        if let Some((keys, rate)) = o.bloom
+            && (keys == 0 || !(rate > 0.0 && rate < 1.0))
+        {
+            return Err(Error::invalid(format!(
+                "bloom filter for {keys} keys at false-positive rate {rate}: \
+                 give at least one key and a rate between 0 and 1, such as 0.01"
             )));
         }
         if o.max_stale > crate::cache::backend::MAX_CACHE_TTL {

@@ -106,6 +106,8 @@ struct Inner<T> {
     epoch: AtomicU64,
     counters: CacheCounters,
     listener: Mutex<Option<tokio::task::AbortHandle>>,
+    /// The keys known to exist, when a bloom filter is configured.
+    bloom: Option<Mutex<bloomfilter::Bloom<str>>>,
     /// Keys being refreshed ahead of expiry (one refresh per key at a time).
     refreshing: Mutex<std::collections::HashSet<String>>,
 }
@@ -185,6 +187,13 @@ where
                 .max_capacity(bytes),
             None => l1.max_capacity(options.l1_max_entries),
         };
+        let bloom = match options.bloom {
+            Some((keys, rate)) => Some(Mutex::new(
+                bloomfilter::Bloom::new_for_fp_rate(keys, rate)
+                    .map_err(|e| Error::invalid(format!("bloom filter: {e}")))?,
+            )),
+            None => None,
+        };
         let metrics = options.metrics.clone();
         let backend_name = backend.cache_backend_name();
         let fallback = moka::future::Cache::builder()
@@ -207,6 +216,7 @@ where
             },
             listener: Mutex::new(None),
             refreshing: Mutex::new(std::collections::HashSet::new()),
+            bloom,
         });
         if let Some(registry) = &inner.options.health_registry {
             let weak: Weak<dyn HealthSource> = Arc::downgrade(&inner) as Weak<dyn HealthSource>;
@@ -275,6 +285,9 @@ where
         };
         let entry = inner.decode(key, &bytes)?;
         inner.counters.add(Count::L2Hit, 1);
+        if entry.value.is_some() {
+            inner.learn(key);
+        }
         let value = entry.value.clone();
         inner.keep(key, entry, epoch).await;
         Ok(value)
@@ -335,6 +348,10 @@ where
     {
         validate_cache_key(key)?;
         let inner = &self.inner;
+        if !inner.maybe_known(key) {
+            inner.counters.add(Count::BloomRejection, 1);
+            return Ok(None);
+        }
         if let Some(hit) = inner.l1_hit(key).await {
             return Ok(hit);
         }
@@ -347,8 +364,24 @@ where
             inner.l1.invalidate(key).await;
         }
         match result {
-            Ok(entry) => Ok(entry.value),
+            Ok(entry) => {
+                if entry.value.is_some() {
+                    inner.learn(key);
+                }
+                Ok(entry.value)
+            }
             Err(shared) => Err(Error::from_shared(&shared)),
+        }
+    }
+
+    /// Adds `keys` to the bloom filter of known keys (see
+    /// [`CacheBuilder::bloom_filter`]); does nothing without one.
+    pub fn bloom_insert<'k>(&self, keys: impl IntoIterator<Item = &'k str>) {
+        if let Some(bloom) = &self.inner.bloom {
+            let mut bloom = bloom.lock().unwrap_or_else(|e| e.into_inner());
+            for key in keys {
+                bloom.set(key);
+            }
         }
     }
 
@@ -422,6 +455,7 @@ where
             )
             .await?;
         inner.counters.add(Count::Write, 1);
+        inner.learn(key);
         let entry = L1Entry::new(Some(Arc::new(value)), inner.l1_ttl(ttl), weight);
         inner.keep(key, entry, epoch).await;
         Ok(())
@@ -586,6 +620,20 @@ where
         let entry = self.l1.get(key).await?;
         self.counters.add(Count::L1Hit, 1);
         Some(entry.value)
+    }
+
+    /// Whether `key` may exist: true without a bloom filter.
+    fn maybe_known(&self, key: &str) -> bool {
+        self.bloom
+            .as_ref()
+            .is_none_or(|b| b.lock().unwrap_or_else(|e| e.into_inner()).check(key))
+    }
+
+    /// Records that `key` exists (in the bloom filter, if any).
+    fn learn(&self, key: &str) {
+        if let Some(bloom) = &self.bloom {
+            bloom.lock().unwrap_or_else(|e| e.into_inner()).set(key);
+        }
     }
 
     /// Marks `key` as being refreshed; false if it already is.
@@ -934,6 +982,8 @@ where
                     inner.epoch.fetch_add(1, Ordering::AcqRel);
                     for key in &keys {
                         inner.l1.invalidate(key).await;
+                        // Written elsewhere (or deleted: a harmless false positive).
+                        inner.learn(key);
                     }
                     inner
                         .counters

@@ -27,6 +27,9 @@ pub struct CacheStats {
     /// Times the L1 was flushed because invalidations may have been missed
     /// (a reconnect, a gap).
     pub resyncs: u64,
+    /// `get_or_load` calls the bloom filter answered "absent" without
+    /// reaching L2 or the loader.
+    pub bloom_rejections: u64,
 }
 
 /// What a cache counts.
@@ -42,9 +45,10 @@ pub(crate) enum Count {
     Write,
     InvalidationReceived,
     Resync,
+    BloomRejection,
 }
 
-const COUNTS: [Count; 10] = [
+const COUNTS: [Count; 11] = [
     Count::L1Hit,
     Count::L2Hit,
     Count::StaleHit,
@@ -55,6 +59,7 @@ const COUNTS: [Count; 10] = [
     Count::Write,
     Count::InvalidationReceived,
     Count::Resync,
+    Count::BloomRejection,
 ];
 
 impl Count {
@@ -70,6 +75,7 @@ impl Count {
             Count::Write => "write",
             Count::InvalidationReceived => "invalidation_received",
             Count::Resync => "resync",
+            Count::BloomRejection => "bloom_rejection",
         }
     }
 }
@@ -106,6 +112,7 @@ pub(crate) struct CacheCounters {
     pub(crate) writes: AtomicU64,
     pub(crate) invalidations_received: AtomicU64,
     pub(crate) resyncs: AtomicU64,
+    pub(crate) bloom_rejections: AtomicU64,
 }
 
 impl CacheCounters {
@@ -122,6 +129,7 @@ impl CacheCounters {
             Count::Write => &self.writes,
             Count::InvalidationReceived => &self.invalidations_received,
             Count::Resync => &self.resyncs,
+            Count::BloomRejection => &self.bloom_rejections,
         };
         counter.fetch_add(n, Ordering::Relaxed);
         if let Some(series) = &self.series {
@@ -142,6 +150,7 @@ impl CacheCounters {
             writes: get(&self.writes),
             invalidations_received: get(&self.invalidations_received),
             resyncs: get(&self.resyncs),
+            bloom_rejections: get(&self.bloom_rejections),
         }
     }
 }

@@ -84,6 +84,7 @@ pub const CASES: &[&str] = &[
     "warm_loads_missing_keys_with_progress",
     "refresh_ahead_reloads_hot_keys_before_expiry",
     "a_load_does_not_overwrite_a_write_made_meanwhile",
+    "a_bloom_filter_turns_away_unknown_keys",
     "a_failed_load_fails_every_waiter_and_is_not_cached",
     "a_panicking_loader_is_an_error",
     "not_found_is_remembered",
@@ -649,6 +650,53 @@ pub async fn a_load_does_not_overwrite_a_write_made_meanwhile(h: &dyn CacheHarne
         Some("written meanwhile"),
         "L2 kept the write"
     );
+}
+
+/// With a bloom filter, `get_or_load` of a key nobody seeded or wrote
+/// returns "absent" without the loader; seeded keys load, and a key
+/// written through another instance becomes known through its invalidation.
+pub async fn a_bloom_filter_turns_away_unknown_keys(h: &dyn CacheHarness) {
+    let name = unique_cache("bloom");
+    let c = CacheBuilder::new(h.new_cache_backend().await, &name)
+        .bloom_filter(10_000, 0.001)
+        .build::<u32>()
+        .expect("build");
+    within(PROPAGATION, "the cache's invalidations flow", c.ready()).await;
+    let other = cache::<u32>(h.new_cache_backend().await, &name).await;
+    c.bloom_insert(["user:1"]);
+    for i in 0..100 {
+        let v = c
+            .get_or_load(&format!("attack:{i}"), || async {
+                panic!("the loader must not run for an unknown key")
+            })
+            .await
+            .expect("get_or_load");
+        assert_eq!(v, None);
+    }
+    assert_eq!(c.stats().bloom_rejections, 100);
+    let v = c
+        .get_or_load("user:1", || async { Ok(Some(1)) })
+        .await
+        .expect("load");
+    assert_eq!(v.map(|v| *v), Some(1), "a seeded key loads");
+    other.set("user:2", 2).await.expect("set elsewhere");
+    eventually(PROPAGATION, "the write elsewhere becomes known", || {
+        let c = c.clone();
+        async move {
+            c.get_or_load("user:2", || async { Ok(None) })
+                .await
+                .expect("get_or_load")
+                .map(|v| *v)
+                == Some(2)
+        }
+    })
+    .await;
+    assert!(matches!(
+        CacheBuilder::new(h.new_cache_backend().await, &name)
+            .bloom_filter(0, 0.01)
+            .build::<u32>(),
+        Err(Error::InvalidArgument(_))
+    ));
 }
 
 /// A loader error reaches every waiter of its flight; the next call loads again.

@@ -122,6 +122,7 @@ macro_rules! cache_conformance_tests {
             warm_loads_missing_keys_with_progress,
             refresh_ahead_reloads_hot_keys_before_expiry,
             a_load_does_not_overwrite_a_write_made_meanwhile,
+            a_bloom_filter_turns_away_unknown_keys,
             a_failed_load_fails_every_waiter_and_is_not_cached,
             a_panicking_loader_is_an_error,
             not_found_is_remembered,
