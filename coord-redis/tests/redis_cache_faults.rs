@@ -62,6 +62,11 @@ async fn reads_survive_a_server_outage_and_l1_is_flushed_on_return() {
         .expect("a read is served while Redis is down");
     assert_eq!(stale.as_deref().map(String::as_str), Some("before"));
     assert!(cache.stats().stale_hits >= 1);
+    let many = cache
+        .get_many(&["k"])
+        .await
+        .expect("get_many is served too");
+    assert_eq!(many[0].as_deref().map(String::as_str), Some("before"));
     let loaded = cache
         .get_or_load("never-cached", || async {
             Ok(Some("from the loader".to_string()))

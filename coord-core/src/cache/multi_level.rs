@@ -311,7 +311,28 @@ where
         }
         if !missing.is_empty() {
             let epoch = inner.epoch.load(Ordering::Acquire);
-            let stored = inner.backend.get_many(&inner.name, &missing).await?;
+            let stored = match inner.backend.get_many(&inner.name, &missing).await {
+                Ok(stored) => stored,
+                Err(e) => {
+                    // Degraded mode: every missing key from its stale copy,
+                    // or the error.
+                    if !e.is_retryable() {
+                        return Err(e);
+                    }
+                    let mut stale = Vec::with_capacity(missing.len());
+                    for key in &missing {
+                        match inner.stale(key).await {
+                            Some(entry) => stale.push(entry.value),
+                            None => return Err(e),
+                        }
+                    }
+                    let mut stale = stale.into_iter();
+                    for slot in out.iter_mut().filter(|s| s.is_none()) {
+                        *slot = Some(stale.next().flatten());
+                    }
+                    return Ok(out.into_iter().map(Option::flatten).collect());
+                }
+            };
             let mut fetched = missing.iter().zip(stored);
             for slot in out.iter_mut().filter(|s| s.is_none()) {
                 let Some((key, bytes)) = fetched.next() else {
