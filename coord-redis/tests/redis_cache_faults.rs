@@ -148,3 +148,50 @@ async fn pooled_cache_connections_work_and_time_out() {
         started.elapsed()
     );
 }
+
+/// Avalanche protection: 1000 keys written at once with a 60 s TTL and a
+/// 20 % jitter expire spread over 48–72 s (read back with `PTTL`), not
+/// together.
+#[tokio::test]
+async fn ttls_written_together_are_spread_by_the_jitter() {
+    let h = RedisHarness::start().await;
+    let backend = h.connect().await.expect("connect");
+    let cache = CacheBuilder::new(std::sync::Arc::new(backend.clone()), "avalanche")
+        .ttl(Duration::from_secs(60))
+        .jitter(0.2)
+        .build::<u32>()
+        .expect("build");
+    for i in 0..1000u32 {
+        cache.set(&format!("k{i}"), i).await.expect("set");
+    }
+    let mut conn = redis::Client::open(h.server.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+    let mut ttls = Vec::new();
+    for i in 0..1000 {
+        let ms: i64 = redis::cmd("PTTL")
+            .arg(backend.cache_key("avalanche", &format!("k{i}")))
+            .query_async(&mut conn)
+            .await
+            .expect("PTTL");
+        ttls.push(ms);
+    }
+    ttls.sort_unstable();
+    let (min, max) = (ttls[0], ttls[999]);
+    assert!(
+        min >= 47_000 && max <= 72_000,
+        "TTLs within 60 s ± 20 %: {min}..{max} ms"
+    );
+    assert!(
+        max - min >= 18_000,
+        "spread over most of the window: {min}..{max} ms"
+    );
+    // No second holds more than 8 % of the keys (without jitter: all of them).
+    let mut per_second = std::collections::HashMap::new();
+    for t in &ttls {
+        *per_second.entry(t / 1000).or_insert(0) += 1;
+    }
+    assert!(per_second.values().all(|n| *n <= 80), "{per_second:?}");
+}

@@ -17,6 +17,7 @@ pub(crate) struct CacheOptions {
     pub(crate) ttl: Duration,
     pub(crate) l1_ttl: Duration,
     pub(crate) l1_max_entries: u64,
+    pub(crate) l1_tti: Option<Duration>,
     pub(crate) l1_max_bytes: Option<u64>,
     pub(crate) negative_ttl: Duration,
     pub(crate) jitter: f64,
@@ -43,6 +44,7 @@ impl Default for CacheOptions {
             ttl: Duration::from_secs(300),
             l1_ttl: Duration::from_secs(60),
             l1_max_entries: 10_000,
+            l1_tti: None,
             l1_max_bytes: None,
             negative_ttl: Duration::from_secs(30),
             jitter: 0.1,
@@ -119,6 +121,13 @@ impl CacheBuilder {
     /// is ever lost without a reconnect. Default 60 s.
     pub fn l1_ttl(mut self, ttl: Duration) -> Self {
         self.options.l1_ttl = ttl;
+        self
+    }
+
+    /// Drops an L1 entry not read for this long (time-to-idle), within its
+    /// TTL. Default none.
+    pub fn l1_time_to_idle(mut self, idle: Duration) -> Self {
+        self.options.l1_tti = Some(idle);
         self
     }
 
@@ -239,6 +248,9 @@ impl CacheBuilder {
         validate_cache_ttl(o.ttl)?;
         validate_cache_ttl(o.l1_ttl).map_err(|e| e.context("l1_ttl"))?;
         validate_cache_ttl(o.negative_ttl).map_err(|e| e.context("negative_ttl"))?;
+        if let Some(idle) = o.l1_tti {
+            validate_cache_ttl(idle).map_err(|e| e.context("l1_time_to_idle"))?;
+        }
         if !(0.0..=0.5).contains(&o.jitter) {
             return Err(Error::invalid(format!(
                 "cache jitter {} is outside 0..=0.5",

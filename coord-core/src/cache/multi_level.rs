@@ -62,8 +62,20 @@ enum Store {
     Overwrite,
 }
 
-/// Each L1 entry expires after its own TTL.
-struct ByEntry;
+/// Each L1 entry expires after its own TTL, or sooner when it is not read
+/// for the time-to-idle.
+struct ByEntry {
+    tti: Option<Duration>,
+}
+
+impl ByEntry {
+    /// How long `value` may stay from now: the rest of its TTL, capped by
+    /// the time-to-idle.
+    fn left<T>(&self, value: &L1Entry<T>) -> Duration {
+        let rest = value.ttl.saturating_sub(value.stored_at.elapsed());
+        self.tti.map_or(rest, |tti| rest.min(tti))
+    }
+}
 
 impl<T> Expiry<String, L1Entry<T>> for ByEntry {
     fn expire_after_create(
@@ -72,7 +84,21 @@ impl<T> Expiry<String, L1Entry<T>> for ByEntry {
         value: &L1Entry<T>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        Some(value.ttl)
+        Some(self.left(value))
+    }
+
+    fn expire_after_read(
+        &self,
+        _key: &String,
+        value: &L1Entry<T>,
+        _read_at: Instant,
+        duration_until_expiry: Option<Duration>,
+        _last_modified_at: Instant,
+    ) -> Option<Duration> {
+        match self.tti {
+            Some(_) => Some(self.left(value)),
+            None => duration_until_expiry,
+        }
     }
 
     fn expire_after_update(
@@ -82,7 +108,7 @@ impl<T> Expiry<String, L1Entry<T>> for ByEntry {
         _updated_at: Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
-        Some(value.ttl)
+        Some(self.left(value))
     }
 }
 
@@ -180,7 +206,9 @@ where
         name: String,
         options: CacheOptions,
     ) -> Result<Self> {
-        let mut l1 = moka::future::Cache::builder().expire_after(ByEntry);
+        let mut l1 = moka::future::Cache::builder().expire_after(ByEntry {
+            tti: options.l1_tti,
+        });
         l1 = match options.l1_max_bytes {
             Some(bytes) => l1
                 .weigher(|_k: &String, v: &L1Entry<T>| v.weight)
@@ -1021,5 +1049,36 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::CacheBuilder;
+    use crate::memory::MemoryBackend;
+
+    /// An L1 entry not read for the time-to-idle is dropped (the next read
+    /// goes to L2); one read often enough stays.
+    #[tokio::test]
+    async fn idle_l1_entries_expire_and_read_ones_stay() {
+        let cache = CacheBuilder::new(Arc::new(MemoryBackend::new()), "tti")
+            .l1_time_to_idle(Duration::from_millis(300))
+            .build::<u32>()
+            .unwrap();
+        cache.ready().await;
+        cache.set("read", 1).await.unwrap();
+        cache.set("idle", 2).await.unwrap();
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(cache.get("read").await.unwrap().map(|v| *v), Some(1));
+        }
+        assert_eq!(cache.stats().l2_hits, 0, "the read key stayed in L1");
+        assert_eq!(cache.get("idle").await.unwrap().map(|v| *v), Some(2));
+        assert_eq!(
+            cache.stats().l2_hits,
+            1,
+            "the idle key left L1 after 300 ms"
+        );
     }
 }
