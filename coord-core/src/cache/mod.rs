@@ -31,6 +31,6 @@ pub use backend::{
 };
 pub use builder::CacheBuilder;
 pub use codec::CacheCodec;
-pub use multi_level::{MultiLevelCache, WarmReport};
+pub use multi_level::{CacheNotice, MultiLevelCache, WarmReport};
 pub use sharded::ShardedCacheBackend;
 pub use stats::CacheStats;

@@ -53,6 +53,26 @@ impl<T> Clone for L1Entry<T> {
     }
 }
 
+/// Notices buffered for a slow [`MultiLevelCache::events`] subscriber.
+const NOTICE_BUFFER: usize = 1024;
+
+/// Something that happened to one cache instance's copies (see
+/// [`MultiLevelCache::events`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CacheNotice {
+    /// Another instance wrote or deleted this key: the local copy was dropped.
+    Invalidated(String),
+    /// Every local copy was dropped (invalidations may have been missed).
+    Resync,
+    /// L1 was full and dropped this key.
+    Evicted(String),
+    /// The loader of this key failed or panicked.
+    LoadFailed(String),
+    /// The stored value of this key failed its checks.
+    CodecError(String),
+}
+
 /// How a load stores its value in L2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Store {
@@ -130,7 +150,9 @@ struct Inner<T> {
     /// Bumped by every invalidation and flush: a value read from L2 before
     /// a bump may be stale and is not kept in L1.
     epoch: AtomicU64,
-    counters: CacheCounters,
+    counters: Arc<CacheCounters>,
+    /// What [`MultiLevelCache::events`] subscribers hear.
+    notices: tokio::sync::broadcast::Sender<CacheNotice>,
     listener: Mutex<Option<tokio::task::AbortHandle>>,
     /// The keys known to exist, when a bloom filter is configured.
     bloom: Option<Mutex<bloomfilter::Bloom<str>>>,
@@ -206,9 +228,26 @@ where
         name: String,
         options: CacheOptions,
     ) -> Result<Self> {
-        let mut l1 = moka::future::Cache::builder().expire_after(ByEntry {
-            tti: options.l1_tti,
+        let metrics = options.metrics.clone();
+        let backend_name = backend.cache_backend_name();
+        let counters = Arc::new(CacheCounters {
+            series: metrics.map(|m| CacheSeries::new(&m, backend_name, &name)),
+            ..CacheCounters::default()
         });
+        let (notices, _) = tokio::sync::broadcast::channel(NOTICE_BUFFER);
+        let evicted = (counters.clone(), notices.clone());
+        let mut l1 = moka::future::Cache::builder()
+            .expire_after(ByEntry {
+                tti: options.l1_tti,
+            })
+            .eviction_listener(move |key: Arc<String>, _value, cause| {
+                // Capacity evictions only: expiries and invalidations are
+                // the cache working as configured.
+                if cause == moka::notification::RemovalCause::Size {
+                    evicted.0.add(Count::Eviction, 1);
+                    let _ = evicted.1.send(CacheNotice::Evicted((*key).clone()));
+                }
+            });
         l1 = match options.l1_max_bytes {
             Some(bytes) => l1
                 .weigher(|_k: &String, v: &L1Entry<T>| v.weight)
@@ -222,8 +261,6 @@ where
             )),
             None => None,
         };
-        let metrics = options.metrics.clone();
-        let backend_name = backend.cache_backend_name();
         let fallback = moka::future::Cache::builder()
             .max_capacity(options.l1_max_entries)
             .time_to_live(options.max_stale.max(Duration::from_millis(1)))
@@ -238,10 +275,8 @@ where
             l1_live: AtomicBool::new(false),
             live_wake: Notify::new(),
             epoch: AtomicU64::new(0),
-            counters: CacheCounters {
-                series: metrics.map(|m| CacheSeries::new(&m, backend_name, &name)),
-                ..CacheCounters::default()
-            },
+            counters,
+            notices,
             listener: Mutex::new(None),
             refreshing: Mutex::new(std::collections::HashSet::new()),
             bloom,
@@ -423,6 +458,14 @@ where
         }
     }
 
+    /// What happens to this instance's copies, as it happens: keys other
+    /// instances invalidated, L1 flushes, capacity evictions, failed loads
+    /// and values that failed their checks. A subscriber that falls more
+    /// than 1024 notices behind loses the oldest (`RecvError::Lagged`).
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<CacheNotice> {
+        self.inner.notices.subscribe()
+    }
+
     /// Adds `keys` to the bloom filter of known keys (see
     /// [`CacheBuilder::bloom_filter`]); does nothing without one.
     pub fn bloom_insert<'k>(&self, keys: impl IntoIterator<Item = &'k str>) {
@@ -504,6 +547,7 @@ where
             )
             .await?;
         inner.counters.add(Count::Write, 1);
+        inner.counters.add(Count::InvalidationSent, 1);
         inner.learn(key);
         let entry = L1Entry::new(Some(Arc::new(value)), inner.l1_ttl(ttl), weight);
         inner.keep(key, entry, epoch).await;
@@ -524,6 +568,7 @@ where
         inner.epoch.fetch_add(1, Ordering::AcqRel);
         inner.l1.invalidate(key).await;
         inner.counters.add(Count::Write, 1);
+        inner.counters.add(Count::InvalidationSent, 1);
         Ok(existed)
     }
 
@@ -671,6 +716,11 @@ where
         Some(entry.value)
     }
 
+    /// Tells [`MultiLevelCache::events`] subscribers (none: nothing happens).
+    fn notify(&self, notice: CacheNotice) {
+        let _ = self.notices.send(notice);
+    }
+
     /// Whether `key` may exist: true without a bloom filter.
     fn maybe_known(&self, key: &str) -> bool {
         self.bloom
@@ -749,6 +799,7 @@ where
         });
         if let Err(e) = &result {
             self.counters.add(Count::CodecError, 1);
+            self.notify(CacheNotice::CodecError(key.to_owned()));
             tracing::warn!(cache = %self.name, key, error = %e, "a stored cache value failed its checks");
         }
         result
@@ -883,6 +934,7 @@ where
             Ok(v) => v,
             Err(e) => {
                 self.counters.add(Count::LoadFailure, 1);
+                self.notify(CacheNotice::LoadFailed(key.to_owned()));
                 return Err(e);
             }
         };
@@ -942,6 +994,7 @@ where
         }
         self.l1.invalidate_all();
         self.counters.add(Count::Resync, 1);
+        self.notify(CacheNotice::Resync);
     }
 
     /// Invalidations flow again: L1 starts empty, the fallback is dropped.
@@ -1037,10 +1090,14 @@ where
                     inner
                         .counters
                         .add(Count::InvalidationReceived, keys.len() as u64);
+                    for key in keys {
+                        inner.notify(CacheNotice::Invalidated(key));
+                    }
                 }
                 Some(CacheEvent::Resync) => {
                     inner.flush();
                     inner.counters.add(Count::Resync, 1);
+                    inner.notify(CacheNotice::Resync);
                 }
                 None => {
                     tracing::debug!(cache = %name, "invalidations stopped; L1 off until they flow again");
@@ -1079,6 +1136,58 @@ mod tests {
             cache.stats().l2_hits,
             1,
             "the idle key left L1 after 300 ms"
+        );
+    }
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+    use crate::cache::CacheBuilder;
+    use crate::memory::MemoryBackend;
+
+    /// `events()` reports what happens to the instance's copies, and the
+    /// counters follow: invalidations from another instance, evictions of
+    /// a full L1, failed loads, values that fail their checks.
+    #[tokio::test]
+    async fn events_and_counters_follow_what_happens() {
+        let store = MemoryBackend::new();
+        let a = CacheBuilder::new(Arc::new(store.clone()), "ev")
+            .l1_max_entries(10)
+            .build::<u32>()
+            .unwrap();
+        let b = CacheBuilder::new(Arc::new(store.clone()), "ev")
+            .build::<u32>()
+            .unwrap();
+        a.ready().await;
+        b.ready().await;
+        let mut events = a.events();
+        b.set("k", 1).await.unwrap();
+        assert_eq!(b.stats().invalidations_sent, 1);
+        let notice = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("a notice")
+            .expect("open");
+        assert_eq!(notice, CacheNotice::Invalidated("k".into()));
+
+        let failed = a
+            .get_or_load("bad", || async { Err(Error::unavailable("db down", None)) })
+            .await;
+        assert!(failed.is_err());
+        let notice = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("a notice")
+            .expect("open");
+        assert_eq!(notice, CacheNotice::LoadFailed("bad".into()));
+
+        for i in 0..200u32 {
+            a.set(&format!("fill{i}"), i).await.unwrap();
+        }
+        a.inner.l1.run_pending_tasks().await;
+        assert!(
+            a.stats().evictions > 0,
+            "a full L1 evicted: {:?}",
+            a.stats()
         );
     }
 }

@@ -30,6 +30,10 @@ pub struct CacheStats {
     /// `get_or_load` calls the bloom filter answered "absent" without
     /// reaching L2 or the loader.
     pub bloom_rejections: u64,
+    /// L1 entries dropped because L1 was full.
+    pub evictions: u64,
+    /// Invalidations this instance's writes and deletes published.
+    pub invalidations_sent: u64,
 }
 
 /// What a cache counts.
@@ -46,9 +50,11 @@ pub(crate) enum Count {
     InvalidationReceived,
     Resync,
     BloomRejection,
+    Eviction,
+    InvalidationSent,
 }
 
-const COUNTS: [Count; 11] = [
+const COUNTS: [Count; 13] = [
     Count::L1Hit,
     Count::L2Hit,
     Count::StaleHit,
@@ -60,6 +66,8 @@ const COUNTS: [Count; 11] = [
     Count::InvalidationReceived,
     Count::Resync,
     Count::BloomRejection,
+    Count::Eviction,
+    Count::InvalidationSent,
 ];
 
 impl Count {
@@ -76,6 +84,8 @@ impl Count {
             Count::InvalidationReceived => "invalidation_received",
             Count::Resync => "resync",
             Count::BloomRejection => "bloom_rejection",
+            Count::Eviction => "eviction",
+            Count::InvalidationSent => "invalidation_sent",
         }
     }
 }
@@ -113,6 +123,8 @@ pub(crate) struct CacheCounters {
     pub(crate) invalidations_received: AtomicU64,
     pub(crate) resyncs: AtomicU64,
     pub(crate) bloom_rejections: AtomicU64,
+    pub(crate) evictions: AtomicU64,
+    pub(crate) invalidations_sent: AtomicU64,
 }
 
 impl CacheCounters {
@@ -130,6 +142,8 @@ impl CacheCounters {
             Count::InvalidationReceived => &self.invalidations_received,
             Count::Resync => &self.resyncs,
             Count::BloomRejection => &self.bloom_rejections,
+            Count::Eviction => &self.evictions,
+            Count::InvalidationSent => &self.invalidations_sent,
         };
         counter.fetch_add(n, Ordering::Relaxed);
         if let Some(series) = &self.series {
@@ -151,6 +165,8 @@ impl CacheCounters {
             invalidations_received: get(&self.invalidations_received),
             resyncs: get(&self.resyncs),
             bloom_rejections: get(&self.bloom_rejections),
+            evictions: get(&self.evictions),
+            invalidations_sent: get(&self.invalidations_sent),
         }
     }
 }
