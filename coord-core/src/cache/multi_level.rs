@@ -53,6 +53,54 @@ impl<T> Clone for L1Entry<T> {
     }
 }
 
+/// Drops `key` from L1 if it may have gone stale since `epoch` was read:
+/// at once with [`Recheck::now`], or, if the caller is cancelled before
+/// that, from a task spawned on drop.
+struct Recheck<'a, T: Send + Sync + 'static> {
+    inner: &'a Inner<T>,
+    key: &'a str,
+    epoch: u64,
+    armed: bool,
+}
+
+impl<'a, T: Send + Sync + 'static> Recheck<'a, T> {
+    fn new(inner: &'a Inner<T>, key: &'a str, epoch: u64) -> Self {
+        Recheck {
+            inner,
+            key,
+            epoch,
+            armed: true,
+        }
+    }
+}
+
+impl<T> Recheck<'_, T>
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    async fn now(mut self) {
+        self.armed = false;
+        if self.inner.stale_since(self.epoch) {
+            self.inner.l1.invalidate(self.key).await;
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> Drop for Recheck<'_, T> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let inner = self.inner;
+        let stale = !inner.l1_live.load(Ordering::Acquire)
+            || inner.epoch.load(Ordering::Acquire) != self.epoch;
+        if stale && let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (l1, key) = (inner.l1.clone(), self.key.to_owned());
+            rt.spawn(async move { l1.invalidate(&key).await });
+        }
+    }
+}
+
 /// Notices buffered for a slow [`MultiLevelCache::events`] subscriber.
 const NOTICE_BUFFER: usize = 1024;
 
@@ -441,12 +489,12 @@ where
         }
         let epoch = inner.epoch.load(Ordering::Acquire);
         let init = inner.fetch_or_load(key, loader);
+        // The flight's value goes into L1; it stays there only if no
+        // invalidation came meanwhile and invalidations are flowing, even
+        // if this call is cancelled before it can check.
+        let recheck = Recheck::new(inner, key, epoch);
         let result = inner.l1.try_get_with(key.to_owned(), init).await;
-        // The flight's value went into L1; keep it there only if no
-        // invalidation came meanwhile and invalidations are flowing.
-        if !inner.l1_live.load(Ordering::Acquire) || inner.epoch.load(Ordering::Acquire) != epoch {
-            inner.l1.invalidate(key).await;
-        }
+        recheck.now().await;
         match result {
             Ok(entry) => {
                 if entry.value.is_some() {
@@ -756,10 +804,15 @@ where
         if !self.l1_live.load(Ordering::Acquire) {
             return;
         }
+        let recheck = Recheck::new(self, key, epoch);
         self.l1.insert(key.to_owned(), entry).await;
-        if self.epoch.load(Ordering::Acquire) != epoch {
-            self.l1.invalidate(key).await;
-        }
+        recheck.now().await;
+    }
+
+    /// Whether an L1 entry put there since `epoch` must go: an
+    /// invalidation came meanwhile, or invalidations stopped flowing.
+    fn stale_since(&self, epoch: u64) -> bool {
+        !self.l1_live.load(Ordering::Acquire) || self.epoch.load(Ordering::Acquire) != epoch
     }
 
     fn l1_ttl(&self, ttl: Duration) -> Duration {
