@@ -71,6 +71,7 @@ mod lock;
 mod members;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+mod watch;
 
 pub use backend::EtcdBackend;
 pub use config::{DEFAULT_PORT, EtcdConfig};

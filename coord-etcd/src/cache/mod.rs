@@ -252,31 +252,8 @@ impl CacheBackend for EtcdBackend {
 
     async fn watch(&self, cache: &str) -> Result<CacheEvents> {
         let prefix = self.cache_prefix(cache);
-        let mut watch = self.inner.client.watch_client();
-        let created = async {
-            let mut stream = watch
-                .watch(prefix.clone(), Some(WatchOptions::new().with_prefix()))
-                .await?;
-            // Wait for etcd to confirm the watch: a change right after this
-            // call returns must not be missed.
-            loop {
-                match stream.message().await? {
-                    Some(resp) if resp.canceled() => {
-                        return Err(etcd_client::Error::WatchError(format!(
-                            "etcd cancelled the watch: {}",
-                            resp.cancel_reason()
-                        )));
-                    }
-                    Some(resp) if resp.created() => return Ok(stream),
-                    Some(_) => {}
-                    None => {
-                        return Err(etcd_client::Error::WatchError(
-                            "the watch stream closed before etcd created the watch".into(),
-                        ));
-                    }
-                }
-            }
-        };
+        let options = WatchOptions::new().with_prefix();
+        let created = crate::watch::open_confirmed(&self.inner.client, prefix.clone(), options);
         let stream = call("watch a cache", self.inner.timeout, created).await?;
         Ok(CacheEvents::new(futures::stream::unfold(
             (stream, prefix),

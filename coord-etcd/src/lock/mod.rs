@@ -259,35 +259,13 @@ impl EtcdBackend {
     async fn watch_lock(&self, name: &str, changes: bool) -> Result<ReleaseEvents> {
         let LockKeys { prefix, end } = self.lock_keys(name);
 
-        let mut watch = self.inner.client.watch_client();
-        let created = async {
-            // Every holder key of the lock: DELETE events only (releases,
-            // force-releases and lease expiries), or every change.
-            let mut options = WatchOptions::new().with_range(end);
-            if !changes {
-                options = options.with_filters([WatchFilterType::NoPut]);
-            }
-            let mut stream = watch.watch(prefix, Some(options)).await?;
-            // etcd-client returns before etcd confirms the watch: wait for
-            // that, or a release right after this call could be missed.
-            loop {
-                match stream.message().await? {
-                    Some(resp) if resp.canceled() => {
-                        return Err(etcd_client::Error::WatchError(format!(
-                            "etcd cancelled the watch: {}",
-                            resp.cancel_reason()
-                        )));
-                    }
-                    Some(resp) if resp.created() => return Ok(stream),
-                    Some(_) => {}
-                    None => {
-                        return Err(etcd_client::Error::WatchError(
-                            "the watch stream closed before etcd created the watch".into(),
-                        ));
-                    }
-                }
-            }
-        };
+        // Every holder key of the lock: DELETE events only (releases,
+        // force-releases and lease expiries), or every change.
+        let mut options = WatchOptions::new().with_range(end);
+        if !changes {
+            options = options.with_filters([WatchFilterType::NoPut]);
+        }
+        let created = crate::watch::open_confirmed(&self.inner.client, prefix, options);
         let stream = call("watch a lock", self.inner.timeout, created).await?;
         Ok(if changes {
             ReleaseEvents::new(futures::stream::unfold(stream, next_change))

@@ -370,7 +370,7 @@ impl EtcdBackend {
         let opened = call(
             what,
             self.inner.timeout,
-            open_watch(self, keys.prefix.as_bytes().to_vec(), options),
+            crate::watch::open_watch(&self.inner.client, keys.prefix.as_bytes().to_vec(), options),
         )
         .await?;
         let stream = opened.map_err(|reason| {
@@ -387,35 +387,6 @@ impl EtcdBackend {
             Some(Watched::Ahead(ahead)) => ahead,
         };
         Ok(Target::Watch(Box::new(stream), filter))
-    }
-}
-
-/// Opens a watch and waits until etcd confirms it. `Ok(Err(reason))` when
-/// etcd cancelled it at once (a compacted start revision).
-async fn open_watch(
-    backend: &EtcdBackend,
-    key: Vec<u8>,
-    options: WatchOptions,
-) -> std::result::Result<std::result::Result<WatchStream, String>, etcd_client::Error> {
-    let mut watch = backend.inner.client.watch_client();
-    let mut stream = watch.watch(key, Some(options)).await?;
-    loop {
-        match stream.message().await? {
-            Some(resp) if resp.canceled() => {
-                return Ok(Err(format!(
-                    "{} (compact revision {})",
-                    resp.cancel_reason(),
-                    resp.compact_revision()
-                )));
-            }
-            Some(resp) if resp.created() => return Ok(Ok(stream)),
-            Some(_) => {}
-            None => {
-                return Err(etcd_client::Error::WatchError(
-                    "the watch stream closed before etcd created the watch".into(),
-                ));
-            }
-        }
     }
 }
 
