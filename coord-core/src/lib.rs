@@ -28,6 +28,7 @@
 
 pub mod cache;
 mod capabilities;
+pub mod discovery;
 mod error;
 pub mod fence;
 mod health;
