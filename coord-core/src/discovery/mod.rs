@@ -1,6 +1,8 @@
 //! Service discovery: registration kept alive by the backend, watched local
 //! snapshots, balancers, circuit breakers and routing.
 
+pub mod balancer;
+mod breaker;
 mod endpoint;
 mod instance;
 

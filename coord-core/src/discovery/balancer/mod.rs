@@ -1,0 +1,1 @@
+//! Load balancers: pick one endpoint of a set, without touching the network.
