@@ -4,6 +4,7 @@ coord_core::lock_conformance_tests!(memory, coord_core::testkit::MemoryHarness::
 coord_core::lock_kinds_conformance_tests!(memory, coord_core::testkit::MemoryHarness::new());
 coord_core::fenced_store_conformance_tests!(memory, coord_core::testkit::MemoryHarness::new());
 coord_core::cache_conformance_tests!(memory, coord_core::testkit::MemoryHarness::new());
+coord_core::discovery_conformance_tests!(memory, coord_core::testkit::MemoryHarness::new());
 coord_core::cache_conformance_tests!(
     sharded_memory,
     coord_core::testkit::cache::ShardedCacheHarness::new(vec![
@@ -20,4 +21,5 @@ fn every_case_is_listed() {
     assert_eq!(coord_core::testkit::kinds::CASES.len(), 21);
     assert_eq!(coord_core::testkit::fenced::CASES.len(), 3);
     assert_eq!(coord_core::testkit::cache::CASES.len(), 24);
+    assert_eq!(coord_core::testkit::discovery::CASES.len(), 14);
 }

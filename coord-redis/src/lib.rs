@@ -33,6 +33,7 @@
 
 mod backend;
 mod cache;
+mod discovery;
 mod config;
 mod connection;
 mod error;

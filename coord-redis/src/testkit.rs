@@ -307,6 +307,44 @@ impl coord_core::testkit::cache::CacheHarness for RedisHarness {
 }
 
 #[coord_core::async_trait]
+impl coord_core::testkit::discovery::DiscoveryHarness for RedisHarness {
+    async fn new_registry_backend(&self) -> Arc<dyn coord_core::discovery::RegistryBackend> {
+        match self.connect().await {
+            Ok(b) => Arc::new(b),
+            Err(e) => panic!(
+                "cannot connect to the test Redis at {}: {e}",
+                self.server.url()
+            ),
+        }
+    }
+
+    /// Drops every pub/sub connection of the server (each node of a
+    /// cluster) with `CLIENT KILL TYPE pubsub`, as a network blip would.
+    async fn interrupt_watches(&self) -> bool {
+        let nodes = std::iter::once(&self.server).chain(&self.server.peers);
+        for node in nodes {
+            let url = node.url.replacen("redis+cluster://", "redis://", 1);
+            let url = url.split(',').next().unwrap_or_default().to_owned();
+            let killed: redis::RedisResult<i64> = async {
+                let client = redis::Client::open(url.as_str())?;
+                let mut conn = client.get_multiplexed_async_connection().await?;
+                redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("TYPE")
+                    .arg("pubsub")
+                    .query_async(&mut conn)
+                    .await
+            }
+            .await;
+            if let Err(e) = killed {
+                panic!("CLIENT KILL TYPE pubsub on {url} failed: {e}");
+            }
+        }
+        true
+    }
+}
+
+#[coord_core::async_trait]
 impl LockHarness for RedisHarness {
     async fn new_backend(&self) -> Arc<dyn LockBackend> {
         match self.connect().await {

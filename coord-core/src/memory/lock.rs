@@ -29,6 +29,7 @@ pub struct MemoryBackend {
     caps: Arc<Capabilities>,
     fenced: Arc<crate::fence::MemoryFencedStore>,
     caches: crate::memory::cache::SharedCaches,
+    registry: Arc<crate::memory::registry::MemoryRegistry>,
 }
 
 /// How many shards the store has.
@@ -135,6 +136,7 @@ impl MemoryBackend {
             caps: Arc::new(caps),
             fenced: Arc::default(),
             caches: Arc::default(),
+            registry: Arc::default(),
         }
     }
 
@@ -153,6 +155,11 @@ impl MemoryBackend {
     /// ```
     pub fn fenced_store(&self) -> Arc<crate::fence::MemoryFencedStore> {
         self.fenced.clone()
+    }
+
+    /// The service registry of this store (shared by its clones).
+    pub(crate) fn registry(&self) -> &crate::memory::registry::MemoryRegistry {
+        &self.registry
     }
 
     /// The caches of this store (shared by its clones).

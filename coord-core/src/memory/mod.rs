@@ -4,6 +4,7 @@
 mod cache;
 mod lock;
 mod queue;
+mod registry;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};

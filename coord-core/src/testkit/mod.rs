@@ -12,6 +12,7 @@
 
 pub mod cache;
 mod checker;
+pub mod discovery;
 mod faults;
 mod fence_audit;
 pub mod fenced;
@@ -96,6 +97,43 @@ pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>
         Ok(v) => v,
         Err(_) => panic!("timed out after {limit:?} waiting until {what}"),
     }
+}
+
+/// Expands the discovery conformance suite into one `#[tokio::test]` per
+/// case, named `conformance_discovery_<case>_<backend>`. `$harness` is an
+/// expression (evaluated inside each test, so it may `.await`) whose value
+/// implements [`discovery::DiscoveryHarness`].
+#[macro_export]
+macro_rules! discovery_conformance_tests {
+    ($backend:ident, $harness:expr) => {
+        $crate::discovery_conformance_tests!(@cases $backend, $harness,
+            register_then_list,
+            deregister_removes_the_instance,
+            watchers_see_register_and_deregister,
+            a_crashed_clients_instance_expires_within_its_ttl,
+            status_weight_and_metadata_changes_propagate,
+            a_thousand_instances_register_and_list,
+            the_newest_registration_of_an_id_wins,
+            bad_input_is_invalid_argument,
+            services_are_isolated,
+            a_watch_started_during_writes_misses_nothing,
+            deregister_all_removes_every_registration,
+            a_watcher_resyncs_after_its_watch_breaks,
+            a_dropped_registration_is_removed,
+            health_reports_healthy,
+        );
+    };
+    (@cases $backend:ident, $harness:expr, $($case:ident),+ $(,)?) => {
+        $crate::testkit::__pastey::paste! {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn [<conformance_discovery_ $case _ $backend>]() {
+                    let harness = $harness;
+                    $crate::testkit::discovery::$case(&harness).await;
+                }
+            )+
+        }
+    };
 }
 
 /// Expands the cache conformance suite into one `#[tokio::test]` per case,

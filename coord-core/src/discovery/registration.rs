@@ -1,0 +1,282 @@
+//! A registration: an instance kept alive in the registry by a background
+//! task, updated in place, and removed on `deregister` or drop.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use super::backend::{RegistryBackend, RenewOutcome};
+use super::instance::{InstanceStatus, ServiceInstance};
+use crate::error::Result;
+
+/// What happened to a registration, as [`Registration::events`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RegistrationEvent {
+    /// A renewal failed (the backend is unreachable); the instance may
+    /// expire if this lasts longer than its TTL. Reported once per outage.
+    RenewFailed {
+        /// What failed.
+        error: String,
+    },
+    /// Renewals succeed again after [`RenewFailed`](Self::RenewFailed).
+    Recovered,
+    /// The registry had lost the instance (it expired during an outage, or
+    /// its lease was lost) and it was registered again.
+    Reregistered,
+    /// Another registration took over this instance's id: this one stopped
+    /// keeping it alive and will not remove it.
+    Replaced,
+}
+
+/// An instance kept alive in the registry. Renewed in the background every
+/// third of its TTL; registered again by itself if the registry lost it
+/// (an outage longer than the TTL, a lost lease), and says so through
+/// [`events`](Self::events).
+///
+/// Dropping it deregisters the instance in the background;
+/// [`deregister`](Self::deregister) does it and waits.
+/// [`abandon`](Self::abandon) stops renewing and leaves the entry to expire,
+/// as a crashed process would.
+#[derive(Debug)]
+pub struct Registration {
+    shared: Arc<RegistrationShared>,
+    finished: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct RegistrationShared {
+    backend: Arc<dyn RegistryBackend>,
+    owner: String,
+    ttl: Duration,
+    instance: Mutex<ServiceInstance>,
+    /// Serializes writes of the instance (updates, re-registrations).
+    writing: tokio::sync::Mutex<()>,
+    events: broadcast::Sender<RegistrationEvent>,
+    stop: CancellationToken,
+    reregistrations: AtomicU64,
+}
+
+impl RegistrationShared {
+    fn instance(&self) -> ServiceInstance {
+        self.instance
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn key(&self) -> (String, String) {
+        let i = self.instance.lock().unwrap_or_else(|e| e.into_inner());
+        (i.service.clone(), i.id.clone())
+    }
+
+    fn emit(&self, event: RegistrationEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// Removes the instance (only this owner's entry) and stops renewing.
+    pub(crate) async fn deregister(&self) -> Result<bool> {
+        self.stop.cancel();
+        let _writing = self.writing.lock().await;
+        let (service, id) = self.key();
+        self.backend.deregister(&service, &id, &self.owner).await
+    }
+}
+
+impl Registration {
+    /// Registers `instance` (already validated) and starts renewing it.
+    pub(crate) async fn start(
+        backend: Arc<dyn RegistryBackend>,
+        instance: ServiceInstance,
+        ttl: Duration,
+    ) -> Result<Registration> {
+        let owner = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        backend.register(&instance, &owner, ttl).await?;
+        let shared = Arc::new(RegistrationShared {
+            backend,
+            owner,
+            ttl,
+            instance: Mutex::new(instance),
+            writing: tokio::sync::Mutex::new(()),
+            events: broadcast::channel(64).0,
+            stop: CancellationToken::new(),
+            reregistrations: AtomicU64::new(0),
+        });
+        tokio::spawn(keep_alive(
+            Arc::downgrade(&shared),
+            shared.stop.clone(),
+            ttl,
+        ));
+        Ok(Registration {
+            shared,
+            finished: false,
+        })
+    }
+
+    pub(crate) fn shared(&self) -> Weak<RegistrationShared> {
+        Arc::downgrade(&self.shared)
+    }
+
+    /// The instance as registered now.
+    pub fn instance(&self) -> ServiceInstance {
+        self.shared.instance()
+    }
+
+    /// The registration's TTL: how long the instance outlives its process.
+    pub fn ttl(&self) -> Duration {
+        self.shared.ttl
+    }
+
+    /// How many times the instance was registered again after the registry lost it.
+    pub fn reregistrations(&self) -> u64 {
+        self.shared.reregistrations.load(Ordering::Relaxed)
+    }
+
+    /// What happens to this registration from now on.
+    pub fn events(&self) -> broadcast::Receiver<RegistrationEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Changes the status (`Draining` before a shutdown stops new traffic
+    /// while calls in flight finish).
+    pub async fn set_status(&self, status: InstanceStatus) -> Result<()> {
+        self.update(|i| i.status = status).await
+    }
+
+    /// Changes the weight.
+    pub async fn set_weight(&self, weight: u32) -> Result<()> {
+        self.update(|i| i.weight = weight).await
+    }
+
+    /// Sets one metadata entry.
+    pub async fn set_metadata(&self, key: &str, value: &str) -> Result<()> {
+        self.update(|i| {
+            i.metadata.insert(key.to_owned(), value.to_owned());
+        })
+        .await
+    }
+
+    /// Applies `change` to the instance and stores it; an invalid result
+    /// ([`Error::InvalidArgument`](crate::Error::InvalidArgument)) changes nothing.
+    pub async fn update(&self, change: impl FnOnce(&mut ServiceInstance)) -> Result<()> {
+        let s = &self.shared;
+        let _writing = s.writing.lock().await;
+        let mut next = s.instance();
+        let (service, id) = (next.service.clone(), next.id.clone());
+        change(&mut next);
+        if next.service != service || next.id != id {
+            return Err(crate::Error::invalid(
+                "a registration's service and id cannot change; register a new instance",
+            ));
+        }
+        next.validate()?;
+        s.backend.register(&next, &s.owner, s.ttl).await?;
+        *s.instance.lock().unwrap_or_else(|e| e.into_inner()) = next;
+        Ok(())
+    }
+
+    /// Removes the instance from the registry and waits for the backend to
+    /// confirm; `false` if it was already gone (expired, or replaced by
+    /// another registration of its id).
+    pub async fn deregister(mut self) -> Result<bool> {
+        self.finished = true;
+        self.shared.deregister().await
+    }
+
+    /// Stops renewing and leaves the entry to expire within its TTL, as if
+    /// the process had crashed. For tests and hand-overs.
+    pub fn abandon(mut self) {
+        self.finished = true;
+        self.shared.stop.cancel();
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.shared.stop.cancel();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let shared = self.shared.clone();
+            runtime.spawn(async move {
+                if let Err(e) = shared.deregister().await {
+                    tracing::warn!(error = %e, "dropped registration could not be removed; it expires with its TTL");
+                }
+            });
+        }
+    }
+}
+
+/// Renews every third of the TTL (sooner after a failure), registers again
+/// when the registry lost the instance, stops when replaced or cancelled.
+async fn keep_alive(shared: Weak<RegistrationShared>, stop: CancellationToken, ttl: Duration) {
+    let period = ttl / 3;
+    let retry = (ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut wait = period;
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let Some(s) = shared.upgrade() else { return };
+        let _writing = tokio::select! {
+            _ = stop.cancelled() => return,
+            w = s.writing.lock() => w,
+        };
+        if stop.is_cancelled() {
+            return;
+        }
+        let (service, id) = s.key();
+        let outcome = match s.backend.renew(&service, &id, &s.owner, ttl).await {
+            Ok(RenewOutcome::Missing) => {
+                let instance = s.instance();
+                s.backend
+                    .register(&instance, &s.owner, ttl)
+                    .await
+                    .map(|()| {
+                        s.reregistrations.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            service,
+                            id,
+                            "registry had lost the instance; registered it again"
+                        );
+                        s.emit(RegistrationEvent::Reregistered);
+                    })
+            }
+            Ok(RenewOutcome::Replaced) => {
+                tracing::warn!(
+                    service,
+                    id,
+                    "another registration took over this instance id; stopped renewing"
+                );
+                s.emit(RegistrationEvent::Replaced);
+                return;
+            }
+            Ok(RenewOutcome::Renewed) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => {
+                if std::mem::take(&mut failing) {
+                    s.emit(RegistrationEvent::Recovered);
+                }
+                wait = period;
+            }
+            Err(e) => {
+                if !failing {
+                    failing = true;
+                    tracing::warn!(service, id, error = %e, "renewal failed; retrying");
+                    s.emit(RegistrationEvent::RenewFailed {
+                        error: e.to_string(),
+                    });
+                }
+                wait = retry;
+            }
+        }
+    }
+}
