@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 use crate::error::{Error, Result};
 
@@ -21,6 +23,9 @@ pub struct Metrics {
     lock_hold: HistogramVec,
     cache_events: IntCounterVec,
     cache_load: HistogramVec,
+    breaker_state: IntGaugeVec,
+    breaker_transitions: IntCounterVec,
+    breaker_calls: IntCounterVec,
 }
 
 fn prom(e: prometheus::Error) -> Error {
@@ -125,6 +130,32 @@ impl Metrics {
                 &["backend", "cache"],
             )
             .map_err(prom)?,
+            breaker_state: IntGaugeVec::new(
+                Opts::new(
+                    "coord_breaker_state",
+                    "Circuit breaker state per breaker: 0 closed, 1 open, 2 half-open",
+                ),
+                &["breaker"],
+            )
+            .map_err(prom)?,
+            breaker_transitions: IntCounterVec::new(
+                Opts::new(
+                    "coord_breaker_transitions_total",
+                    "Circuit breaker state changes per breaker, from and to \
+                     (closed, open, half_open)",
+                ),
+                &["breaker", "from", "to"],
+            )
+            .map_err(prom)?,
+            breaker_calls: IntCounterVec::new(
+                Opts::new(
+                    "coord_breaker_calls_total",
+                    "Calls through a circuit breaker by outcome: success, failure, \
+                     slow (succeeded, but slow) or rejected",
+                ),
+                &["breaker", "outcome"],
+            )
+            .map_err(prom)?,
         };
         registry
             .register(Box::new(m.cache_events.clone()))
@@ -148,6 +179,12 @@ impl Metrics {
             registry.register(Box::new(family.clone())).map_err(prom)?;
         }
         for family in [&m.lock_wait_by_lock, &m.lock_hold] {
+            registry.register(Box::new(family.clone())).map_err(prom)?;
+        }
+        registry
+            .register(Box::new(m.breaker_state.clone()))
+            .map_err(prom)?;
+        for family in [&m.breaker_transitions, &m.breaker_calls] {
             registry.register(Box::new(family.clone())).map_err(prom)?;
         }
         Ok(m)
@@ -223,6 +260,24 @@ impl Metrics {
     /// The load-time histogram of cache `cache`.
     pub(crate) fn cache_load(&self, backend: &str, cache: &str) -> prometheus::Histogram {
         self.cache_load.with_label_values(&[backend, cache])
+    }
+
+    /// The state gauge of circuit breaker `breaker` (`coord_breaker_state`).
+    pub(crate) fn breaker_state(&self, breaker: &str) -> IntGauge {
+        self.breaker_state.with_label_values(&[breaker])
+    }
+
+    /// The counter of breaker `breaker`'s transitions from `from` to `to`
+    /// (`coord_breaker_transitions_total`).
+    pub(crate) fn breaker_transition(&self, breaker: &str, from: &str, to: &str) -> IntCounter {
+        self.breaker_transitions
+            .with_label_values(&[breaker, from, to])
+    }
+
+    /// The counter of breaker `breaker`'s calls with `outcome`
+    /// (`coord_breaker_calls_total`).
+    pub(crate) fn breaker_calls(&self, breaker: &str, outcome: &str) -> IntCounter {
+        self.breaker_calls.with_label_values(&[breaker, outcome])
     }
 
     /// Records how long `lock` was held.

@@ -1,1 +1,0 @@
-//! The per-instance circuit breaker.
