@@ -103,6 +103,12 @@ impl DiscoveryClient {
         ServiceWatcher::start(self.backend.clone(), service).await
     }
 
+    /// A routed client of `service`: pick endpoints, call them with
+    /// breakers and retries. Finish with `.build().await`.
+    pub fn service(&self, service: &str) -> super::ServiceClientBuilder {
+        super::ServiceClientBuilder::new(self.clone(), service)
+    }
+
     /// Deregisters every live registration made through this client (and
     /// its clones), waiting for each; the first error, after trying all.
     pub async fn deregister_all(&self) -> Result<()> {

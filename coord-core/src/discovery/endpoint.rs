@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::breaker::CircuitBreaker;
 use super::instance::{InstanceStatus, ServiceInstance};
 
 /// How fast the latency average forgets: the weight of a sample halves
@@ -30,13 +31,26 @@ struct EndpointShared {
     /// When `latency_ns` was last updated, in nanoseconds since `born`.
     latency_at: AtomicU64,
     born: Instant,
-    /// Set by the health checks and the breaker: whether routing may pick it.
+    /// Set by the active health checks: whether routing may pick it.
     healthy: AtomicBool,
+    /// The instance's breaker, when routing keeps one per instance.
+    breaker: Option<CircuitBreaker>,
 }
 
 impl Endpoint {
     /// An endpoint for `instance`, healthy, with no calls recorded.
     pub fn new(instance: ServiceInstance) -> Endpoint {
+        Self::build(instance, None)
+    }
+
+    /// An endpoint whose availability also follows `breaker` (not picked
+    /// while it is open). Clones of one breaker share its state, so an
+    /// endpoint rebuilt for a changed instance keeps its breaker's history.
+    pub fn with_breaker(instance: ServiceInstance, breaker: CircuitBreaker) -> Endpoint {
+        Self::build(instance, Some(breaker))
+    }
+
+    fn build(instance: ServiceInstance, breaker: Option<CircuitBreaker>) -> Endpoint {
         Endpoint {
             shared: Arc::new(EndpointShared {
                 instance,
@@ -45,6 +59,7 @@ impl Endpoint {
                 latency_at: AtomicU64::new(0),
                 born: Instant::now(),
                 healthy: AtomicBool::new(true),
+                breaker,
             }),
         }
     }
@@ -69,17 +84,34 @@ impl Endpoint {
         self.shared.instance.weight
     }
 
-    /// Whether routing may pick it now: the instance is `Up` and neither a
-    /// health check nor its circuit breaker has taken it out.
+    /// Whether routing may pick it now: the instance is `Up`, the active
+    /// health check (if any) passes, and its circuit breaker (if any)
+    /// permits a call.
     #[inline]
     pub fn is_available(&self) -> bool {
         self.shared.instance.status == InstanceStatus::Up
             && self.shared.healthy.load(Ordering::Relaxed)
+            && self
+                .shared
+                .breaker
+                .as_ref()
+                .is_none_or(CircuitBreaker::permits)
     }
 
-    /// Marks it healthy or not (health checks, outlier ejection, the breaker).
-    pub fn set_healthy(&self, healthy: bool) {
-        self.shared.healthy.store(healthy, Ordering::Relaxed);
+    /// Whether the active health check passes (true without one).
+    pub fn is_healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Marks it healthy or not (the active health check); returns whether
+    /// that changed anything.
+    pub fn set_healthy(&self, healthy: bool) -> bool {
+        self.shared.healthy.swap(healthy, Ordering::Relaxed) != healthy
+    }
+
+    /// The instance's circuit breaker, when it has one.
+    pub fn breaker(&self) -> Option<&CircuitBreaker> {
+        self.shared.breaker.as_ref()
     }
 
     /// Calls started through [`start_call`](Self::start_call) and not finished.

@@ -6,9 +6,13 @@ pub mod balancer;
 pub mod breaker;
 mod client;
 mod endpoint;
+mod health_check;
 mod instance;
 mod record;
 mod registration;
+mod retry_budget;
+mod routing;
+mod service_client;
 mod watcher;
 
 pub use backend::{
@@ -24,3 +28,7 @@ pub use instance::{
 pub use record::{decode_record, encode_record};
 pub use registration::{Registration, RegistrationEvent};
 pub use watcher::{DiscoveryEvent, ServiceSnapshot, ServiceWatcher};
+pub use health_check::HealthCheck;
+pub use retry_budget::RetryBudget;
+pub use routing::{Canary, PickOptions};
+pub use service_client::{CallError, ServiceClient, ServiceClientBuilder};
