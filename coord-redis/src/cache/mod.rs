@@ -1,11 +1,24 @@
 //! [`CacheBackend`] for [`RedisBackend`]: plain commands, one round trip per
-//! call on one server (multi-key calls as one `MGET` or one `MULTI`/`EXEC`
-//! pipeline; on a cluster one command per key, all in flight at once),
-//! invalidations over the backend's pub/sub connection.
+//! call, invalidations over the backend's pub/sub connection.
 //!
-//! Keys of cache `c` under namespace `ns`: `{ns}:cache:{c}:{key}` (a string
-//! with `PX` expiry); invalidations of `c` go to the channel
-//! `{ns}:cache:{c}:invalidate` as `origin\0key\0key…`.
+//! On one server a multi-key call is one `MGET`, or one `MULTI`/`EXEC`
+//! pipeline of the writes (or the `DEL`) and the invalidation's `PUBLISH`.
+//! On a cluster the keys are grouped by hash slot and each slot gets the
+//! same: one `MGET`, or one `MULTI`/`EXEC` of its writes (or its `DEL`) and
+//! a `PUBLISH` of its keys, sent to the slot's master; all slots' commands
+//! are in flight at once, so the call still costs one round trip of wall
+//! time. Each slot's writes and their invalidation are atomic together
+//! (written and announced, or neither); the call as a whole is not: when
+//! one slot's node fails, the other slots' writes stand.
+//!
+//! Keys of cache `c` under namespace `ns`: `ns:cache:c:key` (a string with
+//! `PX` expiry), carrying no hash tag of their own, so a cache's keys spread
+//! over the slots (unless the namespace, the cache name or the key contains
+//! a `{tag}`: Redis hashes the first one, and then all keys sharing it share
+//! a slot). Invalidations of `c` go to the channel `ns:cache:c:invalidate`
+//! as `origin\0key\0key…`.
+
+mod slots;
 
 use std::time::Duration;
 
@@ -13,7 +26,7 @@ use bytes::Bytes;
 use coord_core::cache::{
     CacheBackend, CacheEvent, CacheEvents, decode_invalidation, encode_invalidation,
 };
-use coord_core::{ComponentHealth, Result, async_trait};
+use coord_core::{ComponentHealth, Error, Result, async_trait};
 use futures::StreamExt;
 
 use crate::backend::RedisBackend;
@@ -24,7 +37,9 @@ use crate::lock::ttl_ms;
 const MAX_VALUE_BYTES: usize = 512 << 20;
 
 impl RedisBackend {
-    /// The Redis key of `key` in cache `cache`: `{namespace}:cache:{cache}:{key}`.
+    /// The Redis key of `key` in cache `cache`: `<namespace>:cache:<cache>:<key>`.
+    /// It adds no hash tag: on a cluster a cache's keys spread over the
+    /// slots, unless a `{tag}` in the namespace, cache name or key pins them.
     pub fn cache_key(&self, cache: &str, key: &str) -> String {
         format!("{}:cache:{cache}:{key}", self.namespace())
     }
@@ -33,34 +48,87 @@ impl RedisBackend {
         format!("{}:cache:{cache}:invalidate", self.namespace())
     }
 
-    /// Whether the keys of one call may live on several nodes (a cluster):
-    /// then each key gets its own command, all sent at once, where one
-    /// server takes one `MGET` or one `MULTI`/`EXEC` pipeline.
-    fn spread(&self) -> bool {
-        self.inner.mode == crate::config::RedisMode::Cluster
+    /// The cluster connection when the backend talks to a Redis Cluster,
+    /// whose multi-key calls go slot by slot (one server takes one `MGET`
+    /// or one `MULTI`/`EXEC` pipeline for all keys).
+    fn cluster(&self) -> Option<&redis::cluster_async::ClusterConnection> {
+        match &self.inner.conn {
+            crate::connection::Connection::Cluster(c) => Some(c),
+            crate::connection::Connection::Standalone(_) => None,
+        }
     }
 
-    /// Runs `cmds` concurrently (a cluster routes each to its node).
-    async fn each<T: redis::FromRedisValue>(&self, cmds: Vec<redis::Cmd>) -> Result<Vec<T>> {
-        let calls = cmds.into_iter().map(|cmd| {
+    /// `get_many` on a cluster: one `MGET` per hash slot, all in flight at
+    /// once, the values put back in the order of `keys`.
+    async fn get_by_slot(&self, cache: &str, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
+        let redis_keys: Vec<String> = keys.iter().map(|k| self.cache_key(cache, k)).collect();
+        let groups = slots::group_by_slot(&redis_keys);
+        let calls = groups.iter().map(|(_, positions)| {
+            let mut cmd = redis::cmd("MGET");
+            for &i in positions {
+                cmd.arg(&redis_keys[i]);
+            }
             let mut conn = self.inner.conn.clone();
-            async move { cmd.query_async::<T>(&mut conn).await }
+            async move { cmd.query_async::<Vec<Option<Vec<u8>>>>(&mut conn).await }
         });
-        futures::future::join_all(calls)
-            .await
-            .into_iter()
-            .map(|r| r.map_err(|e| map_err(e, &self.inner.addr)))
-            .collect()
+        let answers = self
+            .in_time(async {
+                futures::future::try_join_all(calls)
+                    .await
+                    .map_err(|e| map_err(e, &self.inner.addr))
+            })
+            .await?;
+        let mut values = vec![None; keys.len()];
+        for ((_, positions), answer) in groups.iter().zip(answers) {
+            if answer.len() != positions.len() {
+                return Err(Error::backend(
+                    "redis",
+                    format!(
+                        "redis at {} answered an MGET of {} keys with {} values",
+                        self.inner.addr,
+                        positions.len(),
+                        answer.len()
+                    ),
+                    false,
+                    None,
+                ));
+            }
+            for (&i, value) in positions.iter().zip(answer) {
+                values[i] = value.map(Bytes::from);
+            }
+        }
+        Ok(values)
     }
 
-    async fn publish(&self, cache: &str, origin: &str, keys: &[&str]) -> Result<()> {
-        let mut conn = self.inner.conn.clone();
-        redis::cmd("PUBLISH")
+    /// Runs one atomic pipeline per `(slot, pipeline)` on `cluster`, each
+    /// on the master of its slot, all in flight at once; their answers in
+    /// order, or the first error once every pipeline has finished (the
+    /// others' writes stand: each is atomic on its own).
+    async fn per_slot<T: redis::FromRedisValue>(
+        &self,
+        cluster: &redis::cluster_async::ClusterConnection,
+        pipes: Vec<(redis::cluster_routing::Slot, redis::Pipeline)>,
+    ) -> Result<Vec<T>> {
+        let calls = pipes.into_iter().map(|(slot, pipe)| {
+            let mut conn = slots::SlotConn::new(cluster.clone(), slot);
+            async move { pipe.query_async::<T>(&mut conn).await }
+        });
+        self.in_time(async {
+            futures::future::join_all(calls)
+                .await
+                .into_iter()
+                .map(|r| r.map_err(|e| map_err(e, &self.inner.addr)))
+                .collect()
+        })
+        .await
+    }
+
+    /// The invalidation of `keys` in `cache`, as the last command of `pipe`.
+    fn publish_in(&self, pipe: &mut redis::Pipeline, cache: &str, origin: &str, keys: &[&str]) {
+        pipe.cmd("PUBLISH")
             .arg(self.cache_channel(cache))
             .arg(encode_invalidation(origin, keys))
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| map_err(e, &self.inner.addr))
+            .ignore();
     }
 
     /// A connection for one cache call: one of the cache pool's, or the
@@ -130,18 +198,7 @@ impl CacheBackend for RedisBackend {
                 let v: Option<Vec<u8>> = self.cache_query(&cmd).await?;
                 Ok(vec![v.map(Bytes::from)])
             }
-            keys if self.spread() => {
-                let cmds = keys
-                    .iter()
-                    .map(|k| {
-                        let mut cmd = redis::cmd("GET");
-                        cmd.arg(self.cache_key(cache, k));
-                        cmd
-                    })
-                    .collect();
-                let values: Vec<Option<Vec<u8>>> = self.each(cmds).await?;
-                Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
-            }
+            keys if self.cluster().is_some() => self.get_by_slot(cache, keys).await,
             keys => {
                 let mut cmd = redis::cmd("MGET");
                 for key in keys {
@@ -163,38 +220,43 @@ impl CacheBackend for RedisBackend {
         if entries.is_empty() {
             return Ok(());
         }
-        let keys: Vec<&str> = entries.iter().map(|(k, _)| *k).collect();
-        if self.spread() {
-            let cmds = entries
-                .iter()
-                .map(|(key, value)| {
-                    let mut cmd = redis::cmd("SET");
-                    cmd.arg(self.cache_key(cache, key))
-                        .arg(value.as_ref())
-                        .arg("PX")
-                        .arg(ttl_ms(ttl));
-                    cmd
-                })
-                .collect();
-            // Invalidate whatever was written, even when some node failed.
-            let written = self.each::<()>(cmds).await;
-            let published = self.publish(cache, origin, &keys).await;
-            return written.and(published);
-        }
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for (key, value) in entries {
+        let write = |pipe: &mut redis::Pipeline, redis_key: &str, value: &Bytes| {
             pipe.cmd("SET")
-                .arg(self.cache_key(cache, key))
+                .arg(redis_key)
                 .arg(value.as_ref())
                 .arg("PX")
                 .arg(ttl_ms(ttl))
                 .ignore();
+        };
+        if let Some(cluster) = self.cluster() {
+            // Per slot: its SETs and the invalidation of its keys, atomic
+            // together, so whatever a slot wrote is announced.
+            let redis_keys: Vec<String> = entries
+                .iter()
+                .map(|(k, _)| self.cache_key(cache, k))
+                .collect();
+            let pipes = slots::group_by_slot(&redis_keys)
+                .into_iter()
+                .map(|(slot, positions)| {
+                    let mut pipe = redis::pipe();
+                    pipe.atomic();
+                    for &i in &positions {
+                        write(&mut pipe, &redis_keys[i], &entries[i].1);
+                    }
+                    let keys: Vec<&str> = positions.iter().map(|&i| entries[i].0).collect();
+                    self.publish_in(&mut pipe, cache, origin, &keys);
+                    (slot, pipe)
+                })
+                .collect();
+            return self.per_slot::<()>(cluster, pipes).await.map(drop);
         }
-        pipe.cmd("PUBLISH")
-            .arg(self.cache_channel(cache))
-            .arg(encode_invalidation(origin, &keys))
-            .ignore();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (key, value) in entries {
+            write(&mut pipe, &self.cache_key(cache, key), value);
+        }
+        let keys: Vec<&str> = entries.iter().map(|(k, _)| *k).collect();
+        self.publish_in(&mut pipe, cache, origin, &keys);
         self.cache_pipe::<()>(&pipe).await
     }
 
@@ -220,20 +282,26 @@ impl CacheBackend for RedisBackend {
         if keys.is_empty() {
             return Ok(0);
         }
-        if self.spread() {
-            let cmds = keys
-                .iter()
-                .map(|k| {
-                    let mut cmd = redis::cmd("DEL");
-                    cmd.arg(self.cache_key(cache, k));
-                    cmd
+        if let Some(cluster) = self.cluster() {
+            // Per slot: one DEL of its keys and their invalidation, atomic
+            // together; the counts add up.
+            let redis_keys: Vec<String> = keys.iter().map(|k| self.cache_key(cache, k)).collect();
+            let pipes = slots::group_by_slot(&redis_keys)
+                .into_iter()
+                .map(|(slot, positions)| {
+                    let mut pipe = redis::pipe();
+                    pipe.atomic();
+                    let del = pipe.cmd("DEL");
+                    for &i in &positions {
+                        del.arg(&redis_keys[i]);
+                    }
+                    let group: Vec<&str> = positions.iter().map(|&i| keys[i]).collect();
+                    self.publish_in(&mut pipe, cache, origin, &group);
+                    (slot, pipe)
                 })
                 .collect();
-            let deleted: Result<Vec<usize>> = self.each(cmds).await;
-            let published = self.publish(cache, origin, keys).await;
-            let deleted = deleted?;
-            published?;
-            return Ok(deleted.into_iter().sum());
+            let deleted: Vec<(usize,)> = self.per_slot(cluster, pipes).await?;
+            return Ok(deleted.into_iter().map(|(n,)| n).sum());
         }
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -241,10 +309,7 @@ impl CacheBackend for RedisBackend {
         for key in keys {
             del.arg(self.cache_key(cache, key));
         }
-        pipe.cmd("PUBLISH")
-            .arg(self.cache_channel(cache))
-            .arg(encode_invalidation(origin, keys))
-            .ignore();
+        self.publish_in(&mut pipe, cache, origin, keys);
         let (deleted,): (usize,) = self.cache_pipe(&pipe).await?;
         Ok(deleted)
     }
