@@ -42,6 +42,7 @@ pub(crate) struct Connected {
     pub(crate) locks: Arc<dyn LockBackend>,
     pub(crate) fenced: Arc<dyn FencedStore>,
     pub(crate) cache: Arc<dyn CacheBackend>,
+    pub(crate) registry: Arc<dyn coord_core::discovery::RegistryBackend>,
 }
 
 /// Connects the backend named by `url`.
@@ -63,6 +64,7 @@ pub(crate) async fn backend(url: &str, settings: &Settings) -> Result<Connected>
                 Ok(Connected {
                     fenced: backend.fenced_store(),
                     cache: Arc::new(backend.clone()),
+                    registry: Arc::new(backend.clone()),
                     locks: Arc::new(backend),
                 })
             }
@@ -76,6 +78,7 @@ pub(crate) async fn backend(url: &str, settings: &Settings) -> Result<Connected>
                 Ok(Connected {
                     fenced: Arc::new(coord_redis::RedisFencedStore::new(&backend)),
                     cache: Arc::new(backend.clone()),
+                    registry: Arc::new(backend.clone()),
                     locks: Arc::new(backend),
                 })
             }
@@ -89,6 +92,7 @@ pub(crate) async fn backend(url: &str, settings: &Settings) -> Result<Connected>
                 Ok(Connected {
                     fenced: Arc::new(coord_etcd::EtcdFencedStore::new(&backend)),
                     cache: Arc::new(backend.clone()),
+                    registry: Arc::new(backend.clone()),
                     locks: Arc::new(backend),
                 })
             }

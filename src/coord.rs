@@ -3,6 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use coord_core::discovery::{
+    DiscoveryClient, Registration, ServiceClientBuilder, ServiceInstance, ServiceWatcher,
+};
 use coord_core::url::redact;
 use coord_core::{
     CacheBackend, CacheBuilder, Capabilities, ComponentHealth, Error, FencedStore, HealthRegistry,
@@ -30,6 +33,7 @@ struct Inner {
     locks: LockClient,
     fenced: Arc<dyn FencedStore>,
     cache: Arc<dyn CacheBackend>,
+    discovery: DiscoveryClient,
     /// The caches built through this `Coord`, for `health()`.
     components: Arc<HealthRegistry>,
     /// The metrics of the registry the `Coord` was built with.
@@ -113,6 +117,8 @@ impl CoordBuilder {
                 locks: locks.build()?,
                 fenced: backend.fenced,
                 cache: backend.cache,
+                discovery: DiscoveryClient::new(backend.registry)
+                    .with_ttl(settings.discovery.ttl)?,
                 components: Arc::default(),
                 metrics,
                 settings,
@@ -218,6 +224,48 @@ impl Coord {
         }
     }
 
+    /// Registers `instance` in the service registry and keeps it alive
+    /// (renewed every third of `discovery.ttl`, 10 s by default) until the
+    /// returned [`Registration`] is deregistered or dropped, or
+    /// [`shutdown`](Self::shutdown) runs.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use coord::discovery::ServiceInstance;
+    ///
+    /// let coord = coord::Coord::connect("memory://").await?;
+    /// let registration = coord
+    ///     .register(ServiceInstance::new("billing", "billing-1", "10.0.0.7:8080").zone("eu-1a"))
+    ///     .await?;
+    /// let billing = coord.service("billing").local_zone("eu-1a").build().await?;
+    /// assert_eq!(billing.pick().unwrap().addr(), "10.0.0.7:8080");
+    /// registration.deregister().await?;
+    /// # Ok::<_, coord::Error>(()) }).unwrap();
+    /// ```
+    pub async fn register(&self, instance: ServiceInstance) -> Result<Registration> {
+        self.inner.discovery.register(instance).await
+    }
+
+    /// A routed client of `service` (balancer, breakers, retries, zone and
+    /// canary routing); finish with `.build().await`.
+    pub fn service(&self, service: &str) -> ServiceClientBuilder {
+        let builder = self.inner.discovery.service(service);
+        match &self.inner.metrics {
+            Some(m) => builder.metrics(m.clone()),
+            None => builder,
+        }
+    }
+
+    /// A local snapshot of `service`, kept current in the background.
+    pub async fn watch_service(&self, service: &str) -> Result<ServiceWatcher> {
+        self.inner.discovery.watch(service).await
+    }
+
+    /// The discovery client: services, instances, watches, registrations.
+    pub fn discovery(&self) -> &DiscoveryClient {
+        &self.inner.discovery
+    }
+
     /// The cache side of the backend (byte values, for a custom cache).
     pub fn cache_backend(&self) -> &Arc<dyn CacheBackend> {
         &self.inner.cache
@@ -259,12 +307,20 @@ impl Coord {
         HealthReport::new(components)
     }
 
-    /// Releases every held lock and closes the backend, within `timeout`.
+    /// Deregisters every instance registered through this `Coord` (first,
+    /// so that callers stop picking it), then releases every held lock and
+    /// closes the backend, within `timeout`.
     pub async fn shutdown(&self, timeout: Duration) -> Result<()> {
-        match tokio::time::timeout(timeout, self.inner.locks.shutdown()).await {
+        let work = async {
+            let deregistered = self.inner.discovery.deregister_all().await;
+            let released = self.inner.locks.shutdown().await;
+            deregistered.and(released)
+        };
+        match tokio::time::timeout(timeout, work).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout(format!(
-                "shutdown did not finish within {timeout:?}; unreleased locks expire with their TTL"
+                "shutdown did not finish within {timeout:?}; instances not deregistered and \
+                 unreleased locks expire with their TTL"
             ))),
         }
     }
@@ -336,5 +392,54 @@ mod metrics_tests {
         assert_eq!(value("miss"), 1.0);
         assert_eq!(value("write"), 1.0);
         assert_eq!(value("l1_hit"), 1.0);
+    }
+}
+
+#[cfg(all(test, feature = "memory"))]
+mod discovery_tests {
+    use super::*;
+    use coord_core::discovery::ServiceInstance;
+
+    /// `shutdown` deregisters the instances registered through the `Coord`
+    /// (before releasing locks), so that callers stop picking them.
+    #[tokio::test]
+    async fn shutdown_deregisters_first() {
+        let coord = Coord::connect("memory://discovery-shutdown").await.unwrap();
+        let other = Coord::connect("memory://discovery-shutdown").await.unwrap();
+        let _a = coord
+            .register(ServiceInstance::new("web", "web-1", "127.0.0.1:8080"))
+            .await
+            .unwrap();
+        let _b = coord
+            .register(ServiceInstance::new("api", "api-1", "127.0.0.1:9090"))
+            .await
+            .unwrap();
+        let _lock = coord.lock("held").build().acquire().await.unwrap();
+        assert_eq!(other.discovery().services().await.unwrap(), ["api", "web"]);
+        coord.shutdown(Duration::from_secs(5)).await.unwrap();
+        assert!(other.discovery().services().await.unwrap().is_empty());
+        assert!(
+            other
+                .lock("held")
+                .build()
+                .try_acquire()
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    /// `discovery.ttl` from the settings is the registrations' TTL.
+    #[tokio::test]
+    async fn registrations_use_the_settings_ttl() {
+        let mut settings = Settings::default();
+        settings.url = "memory://discovery-ttl".into();
+        settings.discovery.ttl = Duration::from_secs(3);
+        let coord = Coord::builder().settings(settings).connect().await.unwrap();
+        let r = coord
+            .register(ServiceInstance::new("web", "web-1", "127.0.0.1:8080"))
+            .await
+            .unwrap();
+        assert_eq!(r.ttl(), Duration::from_secs(3));
     }
 }

@@ -16,6 +16,10 @@ pub use coord_core::{
 /// Caches: the backend trait, codecs, validation helpers.
 pub use coord_core::cache;
 
+/// Service discovery: instances, registrations, watchers, balancers,
+/// circuit breakers, routed service clients.
+pub use coord_core::discovery;
+
 /// The in-process backend (`memory://`).
 #[cfg(feature = "memory")]
 pub use coord_core::memory;

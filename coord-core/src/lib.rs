@@ -55,7 +55,9 @@ pub use lock::{
 };
 pub use metrics::Metrics;
 pub use retry::RetryPolicy;
-pub use settings::{CacheSettings, LockSettings, RetrySettings, SETTINGS_KEYS, Settings};
+pub use settings::{
+    CacheSettings, DiscoverySettings, LockSettings, RetrySettings, SETTINGS_KEYS, Settings,
+};
 
 /// Re-exported so backend crates and users implement traits with the same version.
 pub use async_trait::async_trait;

@@ -36,6 +36,8 @@ pub struct Settings {
     pub lock: LockSettings,
     /// Cache connections.
     pub cache: CacheSettings,
+    /// Service registration defaults.
+    pub discovery: DiscoverySettings,
 }
 
 impl Default for Settings {
@@ -48,6 +50,7 @@ impl Default for Settings {
             retry: RetrySettings::default(),
             lock: LockSettings::default(),
             cache: CacheSettings::default(),
+            discovery: DiscoverySettings::default(),
         }
     }
 }
@@ -127,6 +130,25 @@ pub struct CacheSettings {
     pub redis_pool_size: usize,
 }
 
+/// Service registration defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DiscoverySettings {
+    /// How long a registered instance outlives its process (renewed every
+    /// third of it). Default 10 s; 1 s to 24 h.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for DiscoverySettings {
+    fn default() -> Self {
+        DiscoverySettings {
+            ttl: crate::discovery::DEFAULT_REGISTRATION_TTL,
+        }
+    }
+}
+
 /// Every settings key, dotted: what `coord.toml` and `COORD_*` may set.
 pub const SETTINGS_KEYS: &[&str] = &[
     "url",
@@ -142,6 +164,7 @@ pub const SETTINGS_KEYS: &[&str] = &[
     "lock.poll_interval",
     "lock.watchdog",
     "cache.redis_pool_size",
+    "discovery.ttl",
 ];
 
 /// The prefix of the environment variables the settings read.
@@ -201,6 +224,14 @@ impl Settings {
                 "bad coord settings: lock.ttl is {:?}; give a TTL of at least {:?}, such as 30s",
                 self.lock.ttl,
                 crate::lock::MIN_TTL
+            )));
+        }
+        if !(crate::discovery::MIN_REGISTRATION_TTL..=crate::discovery::MAX_REGISTRATION_TTL)
+            .contains(&self.discovery.ttl)
+        {
+            return Err(Error::invalid(format!(
+                "bad coord settings: discovery.ttl is {:?}; give a TTL from 1s to 24h, such as 10s",
+                self.discovery.ttl
             )));
         }
         if self.lock.wait_timeout.is_some_and(|t| t.is_zero()) {

@@ -11,6 +11,10 @@ coord_core::lock_kinds_conformance_tests!(
     redis_cluster,
     coord_redis::testkit::RedisHarness::start_cluster().await
 );
+coord_core::discovery_conformance_tests!(
+    redis_cluster,
+    coord_redis::testkit::RedisHarness::start_cluster().await
+);
 coord_core::cache_conformance_tests!(
     redis_cluster,
     coord_redis::testkit::RedisHarness::start_cluster().await

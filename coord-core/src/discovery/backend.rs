@@ -42,6 +42,10 @@ pub enum RegistryChange {
 
 /// What a registry watch yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "each event is moved once from the backend to the watcher; boxing would cost an allocation per change"
+)]
 pub enum RegistryEvent {
     /// A change, at `revision` (increasing along the stream).
     Changed {

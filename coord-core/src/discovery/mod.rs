@@ -21,14 +21,14 @@ pub use backend::{
 };
 pub use client::{DEFAULT_REGISTRATION_TTL, DiscoveryClient};
 pub use endpoint::{CallGuard, Endpoint};
+pub use health_check::HealthCheck;
 pub use instance::{
     InstanceStatus, MAX_INSTANCE_BYTES, MAX_INSTANCE_ID_LEN, MAX_SERVICE_NAME_LEN, MAX_WEIGHT,
     ServiceInstance, validate_instance_id, validate_service_name,
 };
 pub use record::{decode_record, encode_record};
 pub use registration::{Registration, RegistrationEvent};
-pub use watcher::{DiscoveryEvent, ServiceSnapshot, ServiceWatcher};
-pub use health_check::HealthCheck;
 pub use retry_budget::RetryBudget;
 pub use routing::{Canary, PickOptions};
 pub use service_client::{CallError, ServiceClient, ServiceClientBuilder};
+pub use watcher::{DiscoveryEvent, ServiceSnapshot, ServiceWatcher};

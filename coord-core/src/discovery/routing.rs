@@ -195,15 +195,15 @@ impl Tier {
                 n => self.endpoints.get(fastrand::usize(..n)),
             };
         }
-        if self.zone_ok.load(Ordering::Relaxed) {
-            if let Some(e) = self.zone.as_ref().and_then(|p| p.pick(key)) {
-                return Some(e);
-            }
+        if self.zone_ok.load(Ordering::Relaxed)
+            && let Some(e) = self.zone.as_ref().and_then(|p| p.pick(key))
+        {
+            return Some(e);
         }
-        if self.datacenter_ok.load(Ordering::Relaxed) {
-            if let Some(e) = self.datacenter.as_ref().and_then(|p| p.pick(key)) {
-                return Some(e);
-            }
+        if self.datacenter_ok.load(Ordering::Relaxed)
+            && let Some(e) = self.datacenter.as_ref().and_then(|p| p.pick(key))
+        {
+            return Some(e);
         }
         self.all.pick(key)
     }
@@ -271,10 +271,10 @@ impl RouteTable {
     pub(crate) fn pick(&self, options: &PickOptions<'_>) -> Option<&Endpoint> {
         if let Some((tier, percent, label)) = &self.canary {
             let labelled = matches!((label, options.label), (Some(l), Some(r)) if l == r);
-            if labelled || (*percent > 0.0 && fastrand::f64() * 100.0 < *percent) {
-                if let Some(e) = tier.pick(options.key) {
-                    return Some(e);
-                }
+            if (labelled || (*percent > 0.0 && fastrand::f64() * 100.0 < *percent))
+                && let Some(e) = tier.pick(options.key)
+            {
+                return Some(e);
             }
         }
         match &self.stable {

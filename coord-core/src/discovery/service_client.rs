@@ -369,20 +369,20 @@ impl Shared {
         *endpoints = next;
         drop(endpoints);
         let mut last_good = Self::lock(&self.last_good);
-        if admitted.is_empty() {
-            if let Some(good) = last_good.as_ref() {
-                // Empty-list protection: an emptied set (an outage of the
-                // registry, or of the registrations' renewals) keeps the
-                // last good one rather than failing every call.
-                tracing::warn!(
-                    service = %self.service,
-                    stale = snapshot.stale,
-                    kept = good.endpoints.len(),
-                    "the service's instance list emptied; routing to the last non-empty list"
-                );
-                self.table.store(good.clone());
-                return;
-            }
+        if admitted.is_empty()
+            && let Some(good) = last_good.as_ref()
+        {
+            // Empty-list protection: an emptied set (an outage of the
+            // registry, or of the registrations' renewals) keeps the
+            // last good one rather than failing every call.
+            tracing::warn!(
+                service = %self.service,
+                stale = snapshot.stale,
+                kept = good.endpoints.len(),
+                "the service's instance list emptied; routing to the last non-empty list"
+            );
+            self.table.store(good.clone());
+            return;
         }
         let table = Arc::new(RouteTable::build(admitted, &*self.balancer, &self.policy));
         if !table.endpoints.is_empty() {

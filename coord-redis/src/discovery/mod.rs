@@ -21,8 +21,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use coord_core::discovery::{
-    RegistryBackend, RegistryChange, RegistryEvent, RegistryEvents, RegistryListing,
-    RenewOutcome, ServiceInstance, decode_record, encode_record,
+    RegistryBackend, RegistryChange, RegistryEvent, RegistryEvents, RegistryListing, RenewOutcome,
+    ServiceInstance, decode_record, encode_record,
 };
 use coord_core::{ComponentHealth, Error, Result, async_trait};
 use futures::StreamExt;
@@ -44,7 +44,8 @@ struct RegistryScripts {
 }
 
 static SCRIPTS: LazyLock<RegistryScripts> = LazyLock::new(|| {
-    let with_reaper = |body: &str| Script::new(&format!("{}\n{body}", include_str!("scripts/reap.lua")));
+    let with_reaper =
+        |body: &str| Script::new(&format!("{}\n{body}", include_str!("scripts/reap.lua")));
     RegistryScripts {
         register: with_reaper(include_str!("scripts/register.lua")),
         renew: with_reaper(include_str!("scripts/renew.lua")),
@@ -130,7 +131,10 @@ impl RegistryBackend for RedisBackend {
         let keys = self.service_keys(&instance.service);
         let record = encode_record(instance, owner)?;
         let mut cmd = self.registry_cmd(&SCRIPTS.register, &keys);
-        cmd.arg(&instance.id).arg(record).arg(owner).arg(ttl_ms(ttl));
+        cmd.arg(&instance.id)
+            .arg(record)
+            .arg(owner)
+            .arg(ttl_ms(ttl));
         let _rev: u64 = self.eval(&SCRIPTS.register, &cmd).await?;
         let mut conn = self.inner.conn.clone();
         redis::cmd("SADD")
@@ -263,8 +267,11 @@ impl RegistryBackend for RedisBackend {
     }
 }
 
+/// The change messages of one channel (`None` where some were missed).
+type Messages = std::pin::Pin<Box<dyn futures::Stream<Item = Option<std::sync::Arc<[u8]>>> + Send>>;
+
 struct WatchState {
-    messages: std::pin::Pin<Box<dyn futures::Stream<Item = Option<std::sync::Arc<[u8]>>> + Send>>,
+    messages: Messages,
     backend: RedisBackend,
     service: String,
     channel: String,
