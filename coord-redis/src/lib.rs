@@ -33,9 +33,9 @@
 
 mod backend;
 mod cache;
-mod discovery;
 mod config;
 mod connection;
+mod discovery;
 mod error;
 mod lock;
 mod pubsub;
