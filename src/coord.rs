@@ -117,8 +117,14 @@ impl CoordBuilder {
                 locks: locks.build()?,
                 fenced: backend.fenced,
                 cache: backend.cache,
-                discovery: DiscoveryClient::new(backend.registry)
-                    .with_ttl(settings.discovery.ttl)?,
+                discovery: {
+                    let d = DiscoveryClient::new(backend.registry)
+                        .with_ttl(settings.discovery.ttl)?;
+                    match &metrics {
+                        Some(m) => d.with_metrics(m.clone()),
+                        None => d,
+                    }
+                },
                 components: Arc::default(),
                 metrics,
                 settings,
@@ -249,11 +255,7 @@ impl Coord {
     /// A routed client of `service` (balancer, breakers, retries, zone and
     /// canary routing); finish with `.build().await`.
     pub fn service(&self, service: &str) -> ServiceClientBuilder {
-        let builder = self.inner.discovery.service(service);
-        match &self.inner.metrics {
-            Some(m) => builder.metrics(m.clone()),
-            None => builder,
-        }
+        self.inner.discovery.service(service)
     }
 
     /// A local snapshot of `service`, kept current in the background.

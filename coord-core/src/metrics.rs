@@ -25,6 +25,7 @@ pub struct Metrics {
     cache_load: HistogramVec,
     breaker_state: IntGaugeVec,
     breaker_transitions: IntCounterVec,
+    registration_events: IntCounterVec,
     breaker_calls: IntCounterVec,
 }
 
@@ -147,6 +148,16 @@ impl Metrics {
                 &["breaker", "from", "to"],
             )
             .map_err(prom)?,
+            registration_events: IntCounterVec::new(
+                Opts::new(
+                    "coord_registration_events_total",
+                    "What happened to service registrations, by service and event: \
+                     reregistered (the registry had lost the instance), replaced, \
+                     renew_failed, recovered, health_down, health_up",
+                ),
+                &["service", "event"],
+            )
+            .map_err(prom)?,
             breaker_calls: IntCounterVec::new(
                 Opts::new(
                     "coord_breaker_calls_total",
@@ -184,7 +195,11 @@ impl Metrics {
         registry
             .register(Box::new(m.breaker_state.clone()))
             .map_err(prom)?;
-        for family in [&m.breaker_transitions, &m.breaker_calls] {
+        for family in [
+            &m.breaker_transitions,
+            &m.breaker_calls,
+            &m.registration_events,
+        ] {
             registry.register(Box::new(family.clone())).map_err(prom)?;
         }
         Ok(m)
@@ -278,6 +293,13 @@ impl Metrics {
     /// (`coord_breaker_calls_total`).
     pub(crate) fn breaker_calls(&self, breaker: &str, outcome: &str) -> IntCounter {
         self.breaker_calls.with_label_values(&[breaker, outcome])
+    }
+
+    /// Counts a registration event of `service` (`coord_registration_events_total`).
+    pub(crate) fn registration_event(&self, service: &str, event: &str) {
+        self.registration_events
+            .with_label_values(&[service, event])
+            .inc();
     }
 
     /// Records how long `lock` was held.

@@ -37,6 +37,7 @@ pub struct DiscoveryClient {
     backend: Arc<dyn RegistryBackend>,
     ttl: Duration,
     registrations: Arc<Mutex<Vec<Weak<RegistrationShared>>>>,
+    metrics: Option<crate::Metrics>,
 }
 
 impl DiscoveryClient {
@@ -46,6 +47,7 @@ impl DiscoveryClient {
             backend,
             ttl: DEFAULT_REGISTRATION_TTL,
             registrations: Arc::default(),
+            metrics: None,
         }
     }
 
@@ -55,6 +57,14 @@ impl DiscoveryClient {
         validate_ttl(ttl)?;
         self.ttl = ttl;
         Ok(self)
+    }
+
+    /// The same client counting registration events on `metrics`
+    /// (`coord_registration_events_total`) and exporting its service
+    /// clients' breakers.
+    pub fn with_metrics(mut self, metrics: crate::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The backend.
@@ -76,7 +86,8 @@ impl DiscoveryClient {
     ) -> Result<Registration> {
         instance.validate()?;
         validate_ttl(ttl)?;
-        let registration = Registration::start(self.backend.clone(), instance, ttl).await?;
+        let registration =
+            Registration::start(self.backend.clone(), instance, ttl, self.metrics.clone()).await?;
         let mut live = self.registrations.lock().unwrap_or_else(|e| e.into_inner());
         live.retain(|r| r.strong_count() > 0);
         live.push(registration.shared());
@@ -106,7 +117,11 @@ impl DiscoveryClient {
     /// A routed client of `service`: pick endpoints, call them with
     /// breakers and retries. Finish with `.build().await`.
     pub fn service(&self, service: &str) -> super::ServiceClientBuilder {
-        super::ServiceClientBuilder::new(self.clone(), service)
+        let builder = super::ServiceClientBuilder::new(self.clone(), service);
+        match &self.metrics {
+            Some(m) => builder.metrics(m.clone()),
+            None => builder,
+        }
     }
 
     /// Deregisters every live registration made through this client (and

@@ -30,6 +30,26 @@ pub enum RegistrationEvent {
     /// Another registration took over this instance's id: this one stopped
     /// keeping it alive and will not remove it.
     Replaced,
+    /// The registering side's health check (see
+    /// [`Registration::health_check`]) marked the instance `Down` (`false`)
+    /// or `Up` again (`true`).
+    HealthChanged {
+        /// Whether the instance passes its check now.
+        healthy: bool,
+    },
+}
+
+impl RegistrationEvent {
+    fn label(&self) -> &'static str {
+        match self {
+            RegistrationEvent::RenewFailed { .. } => "renew_failed",
+            RegistrationEvent::Recovered => "recovered",
+            RegistrationEvent::Reregistered => "reregistered",
+            RegistrationEvent::Replaced => "replaced",
+            RegistrationEvent::HealthChanged { healthy: false } => "health_down",
+            RegistrationEvent::HealthChanged { healthy: true } => "health_up",
+        }
+    }
 }
 
 /// An instance kept alive in the registry. Renewed in the background every
@@ -58,6 +78,7 @@ pub(crate) struct RegistrationShared {
     events: broadcast::Sender<RegistrationEvent>,
     stop: CancellationToken,
     reregistrations: AtomicU64,
+    metrics: Option<crate::Metrics>,
 }
 
 impl RegistrationShared {
@@ -74,7 +95,28 @@ impl RegistrationShared {
     }
 
     fn emit(&self, event: RegistrationEvent) {
+        if let Some(m) = &self.metrics {
+            let service = self.key().0;
+            m.registration_event(&service, event.label());
+        }
         let _ = self.events.send(event);
+    }
+
+    /// Applies `change` to the instance and stores it.
+    async fn update(&self, change: impl FnOnce(&mut ServiceInstance)) -> Result<()> {
+        let _writing = self.writing.lock().await;
+        let mut next = self.instance();
+        let (service, id) = (next.service.clone(), next.id.clone());
+        change(&mut next);
+        if next.service != service || next.id != id {
+            return Err(crate::Error::invalid(
+                "a registration's service and id cannot change; register a new instance",
+            ));
+        }
+        next.validate()?;
+        self.backend.register(&next, &self.owner, self.ttl).await?;
+        *self.instance.lock().unwrap_or_else(|e| e.into_inner()) = next;
+        Ok(())
     }
 
     /// Removes the instance (only this owner's entry) and stops renewing.
@@ -92,6 +134,7 @@ impl Registration {
         backend: Arc<dyn RegistryBackend>,
         instance: ServiceInstance,
         ttl: Duration,
+        metrics: Option<crate::Metrics>,
     ) -> Result<Registration> {
         let owner = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         backend.register(&instance, &owner, ttl).await?;
@@ -104,6 +147,7 @@ impl Registration {
             events: broadcast::channel(64).0,
             stop: CancellationToken::new(),
             reregistrations: AtomicU64::new(0),
+            metrics,
         });
         tokio::spawn(keep_alive(
             Arc::downgrade(&shared),
@@ -162,20 +206,39 @@ impl Registration {
     /// Applies `change` to the instance and stores it; an invalid result
     /// ([`Error::InvalidArgument`](crate::Error::InvalidArgument)) changes nothing.
     pub async fn update(&self, change: impl FnOnce(&mut ServiceInstance)) -> Result<()> {
-        let s = &self.shared;
-        let _writing = s.writing.lock().await;
-        let mut next = s.instance();
-        let (service, id) = (next.service.clone(), next.id.clone());
-        change(&mut next);
-        if next.service != service || next.id != id {
-            return Err(crate::Error::invalid(
-                "a registration's service and id cannot change; register a new instance",
-            ));
-        }
-        next.validate()?;
-        s.backend.register(&next, &s.owner, s.ttl).await?;
-        *s.instance.lock().unwrap_or_else(|e| e.into_inner()) = next;
-        Ok(())
+        self.shared.update(change).await
+    }
+
+    /// Probes the instance itself with `check` for as long as the
+    /// registration lives, and marks it `Down` after `fall` failures in a
+    /// row and `Up` again after `rise` passes (a
+    /// [`RegistrationEvent::HealthChanged`] each time), so that watchers
+    /// stop routing to a process that is alive but cannot serve.
+    pub fn health_check(&self, check: super::HealthCheck) {
+        let shared = Arc::downgrade(&self.shared);
+        let stop = self.shared.stop.clone();
+        tokio::spawn(async move {
+            let mut state = super::health_check::Hysteresis::new();
+            let mut tick = tokio::time::interval(check.interval);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let Some(s) = shared.upgrade() else { return };
+                let passed = check.probe(&s.instance()).await;
+                if let Some(healthy) = state.observe(passed, check.rise, check.fall) {
+                    let status = if healthy { InstanceStatus::Up } else { InstanceStatus::Down };
+                    match s.update(|i| i.status = status).await {
+                        Ok(()) => s.emit(RegistrationEvent::HealthChanged { healthy }),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not store the health check's status; trying at the next probe");
+                            state = super::health_check::Hysteresis::new();
+                        }
+                    }
+                }
+            }
+        });
     }
 
     /// Removes the instance from the registry and waits for the backend to
