@@ -239,9 +239,10 @@ impl RegistryBackend for RedisBackend {
                                 tracing::warn!(channel = %st.channel, "unreadable registry change message; listing again");
                                 return Some((RegistryEvent::Gap, st));
                             };
-                            if rev <= st.after {
-                                continue;
-                            }
+                            // A jump is a missed message; a step back is a
+                            // server that lost its data (a restart without
+                            // persistence, a failover to a lagging replica).
+                            // Either way: list again.
                             if rev != st.after + 1 {
                                 return Some((RegistryEvent::Gap, st));
                             }
