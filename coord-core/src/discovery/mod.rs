@@ -13,8 +13,12 @@ mod registration;
 mod retry_budget;
 mod routing;
 mod service_client;
+#[cfg(feature = "tower")]
+mod tower;
 mod watcher;
 
+#[cfg(feature = "tower")]
+pub use self::tower::{TowerDiscover, discover, discover_from};
 pub use backend::{
     MAX_REGISTRATION_TTL, MIN_REGISTRATION_TTL, RegistryBackend, RegistryChange, RegistryEvent,
     RegistryEvents, RegistryListing, RenewOutcome,
