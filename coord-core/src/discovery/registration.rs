@@ -228,7 +228,11 @@ impl Registration {
                 let Some(s) = shared.upgrade() else { return };
                 let passed = check.probe(&s.instance()).await;
                 if let Some(healthy) = state.observe(passed, check.rise, check.fall) {
-                    let status = if healthy { InstanceStatus::Up } else { InstanceStatus::Down };
+                    let status = if healthy {
+                        InstanceStatus::Up
+                    } else {
+                        InstanceStatus::Down
+                    };
                     match s.update(|i| i.status = status).await {
                         Ok(()) => s.emit(RegistrationEvent::HealthChanged { healthy }),
                         Err(e) => {

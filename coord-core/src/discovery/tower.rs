@@ -162,7 +162,7 @@ impl<S> TowerDiscover<S> {
             self.known.remove(&id);
             self.pending.push_back(Pending::Remove(id));
         }
-        for instance in next.instances.iter().filter(routable) {
+        for instance in next.instances.iter().map(|i| &**i).filter(routable) {
             if self.known.get(&instance.id) != Some(instance) {
                 self.known.insert(instance.id.clone(), instance.clone());
                 self.pending.push_back(Pending::Insert(instance.clone()));

@@ -19,6 +19,9 @@ use crate::error::Result;
 /// quiet: a bound on how long a silently stalled watch can hide changes.
 const RESYNC_EVERY: Duration = Duration::from_secs(60);
 
+/// The most changes one published snapshot gathers.
+const MAX_BATCH: usize = 4096;
+
 /// The instances of one service as a watcher last saw them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceSnapshot {
@@ -26,8 +29,10 @@ pub struct ServiceSnapshot {
     pub service: String,
     /// The registry revision the snapshot reflects.
     pub revision: u64,
-    /// Every registered instance (any status), sorted by id.
-    pub instances: Vec<ServiceInstance>,
+    /// Every registered instance (any status), sorted by id. Shared
+    /// (`Arc`) with the watcher's later snapshots, so that a change costs
+    /// a pointer copy per instance, not a deep copy.
+    pub instances: Vec<Arc<ServiceInstance>>,
     /// Whether the backend is unreachable: the snapshot is the last one
     /// seen and may be out of date.
     pub stale: bool,
@@ -39,7 +44,7 @@ impl ServiceSnapshot {
         self.instances
             .binary_search_by(|i| i.id.as_str().cmp(id))
             .ok()
-            .map(|at| &self.instances[at])
+            .map(|at| &*self.instances[at])
     }
 }
 
@@ -156,6 +161,7 @@ fn snapshot_of(service: &str, listing: RegistryListing, stale: bool) -> ServiceS
     let mut instances = listing.instances;
     instances.sort_by(|a, b| a.id.cmp(&b.id));
     instances.dedup_by(|a, b| a.id == b.id);
+    let instances = instances.into_iter().map(Arc::new).collect();
     ServiceSnapshot {
         service: service.to_owned(),
         revision: listing.revision,
@@ -179,44 +185,47 @@ impl WatchShared {
         let _ = self.events.send(event);
     }
 
-    /// Applies one change from the watch.
-    fn apply(&self, revision: u64, change: RegistryChange) {
+    /// Applies a batch of changes from the watch (all that were ready at
+    /// once), publishing one snapshot for the batch and then an event per
+    /// change.
+    fn apply(&self, changes: Vec<(u64, RegistryChange)>) {
         let current = self.current();
         let mut next = (*current).clone();
-        next.revision = revision;
         next.stale = false;
-        match change {
-            RegistryChange::Put(instance) => {
-                match next.instances.binary_search_by(|i| i.id.cmp(&instance.id)) {
-                    Ok(at) => {
-                        if next.instances[at] == instance {
-                            self.publish(next);
-                            return;
+        let mut events = Vec::with_capacity(changes.len());
+        for (revision, change) in changes {
+            next.revision = revision;
+            match change {
+                RegistryChange::Put(instance) => {
+                    match next.instances.binary_search_by(|i| i.id.cmp(&instance.id)) {
+                        Ok(at) if *next.instances[at] == instance => {}
+                        Ok(at) => {
+                            let before = std::mem::replace(
+                                &mut next.instances[at],
+                                Arc::new(instance.clone()),
+                            );
+                            events.push(DiscoveryEvent::Updated {
+                                before: (*before).clone(),
+                                after: instance,
+                            });
                         }
-                        let before = std::mem::replace(&mut next.instances[at], instance.clone());
-                        self.publish(next);
-                        self.emit(DiscoveryEvent::Updated {
-                            before,
-                            after: instance,
-                        });
-                    }
-                    Err(at) => {
-                        next.instances.insert(at, instance.clone());
-                        self.publish(next);
-                        self.emit(DiscoveryEvent::Added(instance));
+                        Err(at) => {
+                            next.instances.insert(at, Arc::new(instance.clone()));
+                            events.push(DiscoveryEvent::Added(instance));
+                        }
                     }
                 }
-            }
-            RegistryChange::Removed { id } => {
-                match next.instances.binary_search_by(|i| i.id.as_str().cmp(&id)) {
-                    Ok(at) => {
+                RegistryChange::Removed { id } => {
+                    if let Ok(at) = next.instances.binary_search_by(|i| i.id.as_str().cmp(&id)) {
                         let gone = next.instances.remove(at);
-                        self.publish(next);
-                        self.emit(DiscoveryEvent::Removed(gone));
+                        events.push(DiscoveryEvent::Removed((*gone).clone()));
                     }
-                    Err(_) => self.publish(next),
                 }
             }
+        }
+        self.publish(next);
+        for e in events {
+            self.emit(e);
         }
     }
 
@@ -227,10 +236,13 @@ impl WatchShared {
         let before: BTreeMap<&str, &ServiceInstance> = current
             .instances
             .iter()
-            .map(|i| (i.id.as_str(), i))
+            .map(|i| (i.id.as_str(), &**i))
             .collect();
-        let after: BTreeMap<&str, &ServiceInstance> =
-            next.instances.iter().map(|i| (i.id.as_str(), i)).collect();
+        let after: BTreeMap<&str, &ServiceInstance> = next
+            .instances
+            .iter()
+            .map(|i| (i.id.as_str(), &**i))
+            .collect();
         let mut events = Vec::new();
         for (id, old) in &before {
             match after.get(id) {
@@ -337,7 +349,26 @@ async fn follow(
                 Some(RegistryEvent::Changed { revision, change }) => {
                     delivered = true;
                     backoff = Duration::from_millis(50);
-                    shared.apply(revision, change);
+                    // Take every change that is ready too: one snapshot per
+                    // burst, not one per change.
+                    let mut batch = vec![(revision, change)];
+                    let mut gap = false;
+                    while batch.len() < MAX_BATCH {
+                        match futures::FutureExt::now_or_never(stream.next()) {
+                            Some(Some(RegistryEvent::Changed { revision, change })) => {
+                                batch.push((revision, change));
+                            }
+                            Some(Some(RegistryEvent::Gap)) | Some(None) => {
+                                gap = true;
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    shared.apply(batch);
+                    if gap {
+                        break;
+                    }
                 }
                 Some(RegistryEvent::Gap) => break,
                 None => {
