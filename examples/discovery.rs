@@ -28,7 +28,11 @@ async fn serve(name: String) -> std::io::Result<(String, tokio::task::JoinHandle
                 let (read, mut write) = socket.split();
                 let mut lines = BufReader::new(read).lines();
                 while let Ok(Some(_)) = lines.next_line().await {
-                    if write.write_all(format!("{name}\n").as_bytes()).await.is_err() {
+                    if write
+                        .write_all(format!("{name}\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -63,7 +67,11 @@ async fn main() -> coord::Result<()> {
         let name = format!("billing-{i}");
         let (addr, task) = serve(name.clone()).await.expect("a local listener");
         let registration = coord
-            .register(ServiceInstance::new(&service, &name, &addr).zone(zone).version("1.4.0"))
+            .register(
+                ServiceInstance::new(&service, &name, &addr)
+                    .zone(zone)
+                    .version("1.4.0"),
+            )
             .await?;
         println!("registered {name} at {addr} in {zone}");
         servers.push((registration, task));
@@ -97,7 +105,10 @@ async fn main() -> coord::Result<()> {
     answers.clear();
     let mut failed = 0;
     for _ in 0..300 {
-        match billing.call(|endpoint| async move { ask(endpoint.addr()).await }).await {
+        match billing
+            .call(|endpoint| async move { ask(endpoint.addr()).await })
+            .await
+        {
             Ok(answer) => *answers.entry(answer).or_default() += 1,
             Err(_) => failed += 1,
         }

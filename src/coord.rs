@@ -118,8 +118,8 @@ impl CoordBuilder {
                 fenced: backend.fenced,
                 cache: backend.cache,
                 discovery: {
-                    let d = DiscoveryClient::new(backend.registry)
-                        .with_ttl(settings.discovery.ttl)?;
+                    let d =
+                        DiscoveryClient::new(backend.registry).with_ttl(settings.discovery.ttl)?;
                     match &metrics {
                         Some(m) => d.with_metrics(m.clone()),
                         None => d,
