@@ -32,6 +32,10 @@ pub(crate) struct Inner {
     pub(crate) prefix: String,
     pub(crate) timeout: Duration,
     pub(crate) leases: LeasePool,
+    /// The leases of service registrations, one per TTL bucket, kept alive
+    /// by the registrations' renewals (apart from the locks' so that a lost
+    /// lock never takes registrations with it).
+    pub(crate) registry_leases: LeasePool,
     /// The leases of cache TTLs (never kept alive).
     pub(crate) cache_leases: crate::cache::leases::CacheLeases,
     /// The members of the endpoint list, probed in the background while
@@ -289,6 +293,7 @@ async fn connect(config: EtcdConfig, settings: &Settings) -> Result<EtcdBackend>
     Ok(EtcdBackend {
         inner: Arc::new(Inner {
             leases: LeasePool::new(client.lease_client(), timeout),
+            registry_leases: LeasePool::new(client.lease_client(), timeout),
             cache_leases: crate::cache::leases::CacheLeases::new(client.lease_client(), timeout),
             client,
             _members: members,

@@ -65,6 +65,7 @@
 mod backend;
 mod cache;
 mod config;
+mod discovery;
 mod error;
 mod lease;
 mod lock;

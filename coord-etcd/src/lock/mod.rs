@@ -227,6 +227,8 @@ impl LockBackend for EtcdBackend {
     async fn close(&self) {
         self.forget_all();
         self.inner.leases.revoke_all().await;
+        // The client is done: its registrations go too (their keys with their leases).
+        self.inner.registry_leases.revoke_all().await;
     }
 
     /// The hold's lease ran out unrenewed, and with it every hold on that

@@ -308,6 +308,21 @@ impl EtcdHarness {
         })
     }
 
+    /// A harness over a server of its own (spawned for it, killed when the
+    /// harness and its clones are dropped), for tests that restart it: a
+    /// restart of the shared server would disturb the other tests using it
+    /// (their requests fail, their leases are extended). Panics like
+    /// [`start`](Self::start).
+    pub async fn start_isolated() -> EtcdHarness {
+        match EtcdServer::start() {
+            Ok(server) => EtcdHarness {
+                server: Arc::new(server),
+                settings: Settings::default(),
+            },
+            Err(e) => panic!("cannot run the etcd tests: {e}"),
+        }
+    }
+
     /// The server under test.
     pub fn server(&self) -> &EtcdServer {
         &self.server
@@ -340,6 +355,56 @@ impl coord_core::testkit::cache::CacheHarness for EtcdHarness {
 
     async fn new_lock_backend(&self) -> Option<Arc<dyn LockBackend>> {
         Some(LockHarness::new_backend(self).await)
+    }
+}
+
+#[coord_core::async_trait]
+impl coord_core::testkit::discovery::DiscoveryHarness for EtcdHarness {
+    async fn new_registry_backend(&self) -> Arc<dyn coord_core::discovery::RegistryBackend> {
+        match self.connect().await {
+            Ok(b) => Arc::new(b),
+            Err(e) => panic!("cannot connect to the etcd under test: {e}"),
+        }
+    }
+
+    /// Restarts the spawned server (every watch stream and keep-alive
+    /// stream breaks; leases survive, as etcd restores them), then writes
+    /// a key and compacts the history to that revision, so that a watch
+    /// resumed from before the restart is refused as compacted and the
+    /// watcher must list again. `false` for a server from
+    /// `COORD_TEST_ETCD_ENDPOINTS`, which cannot be restarted (it is only
+    /// compacted then). Other tests using the same server see it down for
+    /// about a second and their leases extended: run the discovery suite
+    /// on [`start_isolated`](EtcdHarness::start_isolated) harnesses.
+    async fn interrupt_watches(&self) -> bool {
+        let restarted = self.server.is_spawned();
+        if restarted {
+            let server = self.server.clone();
+            match tokio::task::spawn_blocking(move || server.restart()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => panic!("cannot restart the etcd under test: {e}"),
+                Err(e) => panic!("the restart of the etcd under test panicked: {e}"),
+            }
+        }
+        let compacted: Result<()> = async {
+            let backend = self.connect().await?;
+            let mut kv = backend.client().kv_client();
+            let key = format!("{}testkit/interrupted", backend.inner.prefix);
+            let put = kv
+                .put(key, "", None)
+                .await
+                .map_err(|e| crate::error::map("write before compacting", e))?;
+            let revision = put.header().map_or(0, |h| h.revision());
+            kv.compact(revision, None)
+                .await
+                .map_err(|e| crate::error::map("compact", e))?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = compacted {
+            panic!("cannot compact the etcd under test: {e}");
+        }
+        restarted
     }
 }
 
