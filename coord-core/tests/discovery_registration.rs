@@ -44,9 +44,15 @@ impl RegistryBackend for Switchable {
         self.check()?;
         self.inner.register(i, owner, ttl).await
     }
-    async fn renew(&self, s: &str, id: &str, owner: &str, ttl: Duration) -> Result<RenewOutcome> {
+    async fn renew_instance(
+        &self,
+        s: &str,
+        id: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<RenewOutcome> {
         self.check()?;
-        self.inner.renew(s, id, owner, ttl).await
+        self.inner.renew_instance(s, id, owner, ttl).await
     }
     async fn deregister(&self, s: &str, id: &str, owner: &str) -> Result<bool> {
         self.check()?;
@@ -56,13 +62,13 @@ impl RegistryBackend for Switchable {
         self.check()?;
         self.inner.services().await
     }
-    async fn list(&self, s: &str) -> Result<RegistryListing> {
+    async fn list_instances(&self, s: &str) -> Result<RegistryListing> {
         self.check()?;
-        self.inner.list(s).await
+        self.inner.list_instances(s).await
     }
-    async fn watch(&self, s: &str, revision: u64) -> Result<RegistryEvents> {
+    async fn watch_instances(&self, s: &str, revision: u64) -> Result<RegistryEvents> {
         self.check()?;
-        self.inner.watch(s, revision).await
+        self.inner.watch_instances(s, revision).await
     }
     async fn registry_health(&self) -> ComponentHealth {
         self.inner.registry_health().await

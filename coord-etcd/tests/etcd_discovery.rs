@@ -307,12 +307,17 @@ async fn a_watch_resumes_after_a_compaction() {
         .register(&instance(&svc, "a", 1), "o", ttl)
         .await
         .unwrap();
-    let listing = RegistryBackend::list(&backend, &svc).await.unwrap();
+    let listing = RegistryBackend::list_instances(&backend, &svc)
+        .await
+        .unwrap();
     let reader = DiscoveryClient::new(Arc::new(connect(&h, Duration::from_secs(2)).await));
     let watcher = reader.watch(&svc).await.unwrap();
 
     // A live watch, for the restart below.
-    let mut live = backend.watch(&svc, listing.revision).await.unwrap();
+    let mut live = backend
+        .watch_instances(&svc, listing.revision)
+        .await
+        .unwrap();
     backend
         .register(&instance(&svc, "b", 2), "o", ttl)
         .await
@@ -333,7 +338,10 @@ async fn a_watch_resumes_after_a_compaction() {
     let now = kv.put(format!("{svc}-compact"), "", None).await.unwrap();
     let at = now.header().unwrap().revision();
     kv.compact(at, None).await.unwrap();
-    let mut resumed = backend.watch(&svc, listing.revision).await.unwrap();
+    let mut resumed = backend
+        .watch_instances(&svc, listing.revision)
+        .await
+        .unwrap();
     assert_eq!(resumed.next().await, Some(RegistryEvent::Gap));
     assert_eq!(resumed.next().await, None, "nothing after the gap");
 
@@ -390,7 +398,9 @@ async fn ten_thousand_instances_in_one_service() {
     assert_eq!(backend.registry_leases().len(), 1, "on one lease");
 
     let started = std::time::Instant::now();
-    let listing = RegistryBackend::list(&*backend, &svc).await.unwrap();
+    let listing = RegistryBackend::list_instances(&*backend, &svc)
+        .await
+        .unwrap();
     println!(
         "listed {} in {:?}",
         listing.instances.len(),
@@ -404,7 +414,10 @@ async fn ten_thousand_instances_in_one_service() {
     let watcher = reader.watch(&svc).await.unwrap();
     assert_eq!(watcher.snapshot().instances.len(), N);
 
-    let mut events = backend.watch(&svc, listing.revision).await.unwrap();
+    let mut events = backend
+        .watch_instances(&svc, listing.revision)
+        .await
+        .unwrap();
     LockBackend::close(&*backend).await;
     let mut removed = 0;
     within(Duration::from_secs(30), "every removal is watched", async {
@@ -420,7 +433,7 @@ async fn ten_thousand_instances_in_one_service() {
     })
     .await;
     assert!(
-        RegistryBackend::list(&*backend, &svc)
+        RegistryBackend::list_instances(&*backend, &svc)
             .await
             .unwrap()
             .instances
@@ -519,7 +532,7 @@ async fn closing_the_backend_removes_its_instances() {
     assert!(backend.registry_leases().is_empty());
     let other = h.connect().await.unwrap();
     assert!(
-        RegistryBackend::list(&other, &svc)
+        RegistryBackend::list_instances(&other, &svc)
             .await
             .unwrap()
             .instances

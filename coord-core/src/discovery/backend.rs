@@ -23,7 +23,7 @@ pub const MAX_REGISTRATION_TTL: Duration = Duration::from_secs(24 * 3600);
 pub struct RegistryListing {
     /// The live instances, sorted by id.
     pub instances: Vec<ServiceInstance>,
-    /// The revision this listing reflects: a [`watch`](RegistryBackend::watch)
+    /// The revision this listing reflects: a [`watch_instances`](RegistryBackend::watch_instances)
     /// from it misses nothing.
     pub revision: u64,
 }
@@ -119,7 +119,7 @@ pub trait RegistryBackend: Send + Sync + fmt::Debug + 'static {
     async fn register(&self, instance: &ServiceInstance, owner: &str, ttl: Duration) -> Result<()>;
 
     /// Keeps `owner`'s registration of `service`/`id` alive for another `ttl`.
-    async fn renew(
+    async fn renew_instance(
         &self,
         service: &str,
         id: &str,
@@ -135,13 +135,13 @@ pub trait RegistryBackend: Send + Sync + fmt::Debug + 'static {
     async fn services(&self) -> Result<Vec<String>>;
 
     /// The live instances of `service` and the revision they reflect.
-    async fn list(&self, service: &str) -> Result<RegistryListing>;
+    async fn list_instances(&self, service: &str) -> Result<RegistryListing>;
 
     /// The changes of `service` after `revision` (from a
-    /// [`list`](Self::list)), including expiries. When the backend cannot
+    /// [`list_instances`](Self::list_instances)), including expiries. When the backend cannot
     /// tell that nothing was missed since `revision`, the stream starts with
     /// [`RegistryEvent::Gap`].
-    async fn watch(&self, service: &str, revision: u64) -> Result<RegistryEvents>;
+    async fn watch_instances(&self, service: &str, revision: u64) -> Result<RegistryEvents>;
 
     /// One round trip to the server.
     async fn registry_health(&self) -> ComponentHealth;

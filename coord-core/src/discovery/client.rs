@@ -102,7 +102,7 @@ impl DiscoveryClient {
     /// The live instances of `service` (any status), sorted by id.
     pub async fn instances(&self, service: &str) -> Result<Vec<ServiceInstance>> {
         validate_service_name(service)?;
-        let mut instances = self.backend.list(service).await?.instances;
+        let mut instances = self.backend.list_instances(service).await?.instances;
         instances.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(instances)
     }

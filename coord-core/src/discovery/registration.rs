@@ -299,7 +299,7 @@ async fn keep_alive(shared: Weak<RegistrationShared>, stop: CancellationToken, t
             return;
         }
         let (service, id) = s.key();
-        let outcome = match s.backend.renew(&service, &id, &s.owner, ttl).await {
+        let outcome = match s.backend.renew_instance(&service, &id, &s.owner, ttl).await {
             Ok(RenewOutcome::Missing) => {
                 let instance = s.instance();
                 s.backend

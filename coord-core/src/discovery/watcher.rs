@@ -113,10 +113,10 @@ impl ServiceWatcher {
         backend: Arc<dyn RegistryBackend>,
         service: &str,
     ) -> Result<ServiceWatcher> {
-        let listing = backend.list(service).await?;
+        let listing = backend.list_instances(service).await?;
         // Watched before returning, so that nothing written after this
         // call returns can be missed or reported late as a resync.
-        let stream = backend.watch(service, listing.revision).await?;
+        let stream = backend.watch_instances(service, listing.revision).await?;
         let first = Arc::new(snapshot_of(service, listing, false));
         let shared = Arc::new(WatchShared {
             snapshot: ArcSwap::new(first.clone()),
@@ -301,7 +301,7 @@ async fn follow(
         if !listed {
             let listing = tokio::select! {
                 _ = stop.cancelled() => return,
-                l = backend.list(&service) => l,
+                l = backend.list_instances(&service) => l,
             };
             match listing {
                 Ok(listing) => shared.resync(&service, listing),
@@ -322,7 +322,7 @@ async fn follow(
             Some(stream) => Ok(stream),
             None => tokio::select! {
                 _ = stop.cancelled() => return,
-                s = backend.watch(&service, revision) => s,
+                s = backend.watch_instances(&service, revision) => s,
             },
         };
         let mut stream = match stream {

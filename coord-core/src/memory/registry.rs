@@ -122,7 +122,7 @@ impl RegistryBackend for MemoryBackend {
         Ok(())
     }
 
-    async fn renew(
+    async fn renew_instance(
         &self,
         service: &str,
         id: &str,
@@ -173,7 +173,7 @@ impl RegistryBackend for MemoryBackend {
         Ok(names)
     }
 
-    async fn list(&self, service: &str) -> Result<RegistryListing> {
+    async fn list_instances(&self, service: &str) -> Result<RegistryListing> {
         let mut services = self.registry().services();
         let Some(s) = services.get_mut(service) else {
             return Ok(RegistryListing {
@@ -188,7 +188,7 @@ impl RegistryBackend for MemoryBackend {
         })
     }
 
-    async fn watch(&self, service: &str, revision: u64) -> Result<RegistryEvents> {
+    async fn watch_instances(&self, service: &str, revision: u64) -> Result<RegistryEvents> {
         let (rx, current) = {
             let mut services = self.registry().services();
             let s = services.entry(service.to_owned()).or_default();

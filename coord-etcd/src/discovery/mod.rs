@@ -92,7 +92,7 @@ impl RegistryBackend for EtcdBackend {
         self.registry_put(instance, owner, ttl).await
     }
 
-    async fn renew(
+    async fn renew_instance(
         &self,
         service: &str,
         id: &str,
@@ -110,11 +110,11 @@ impl RegistryBackend for EtcdBackend {
         self.registry_services().await
     }
 
-    async fn list(&self, service: &str) -> Result<RegistryListing> {
+    async fn list_instances(&self, service: &str) -> Result<RegistryListing> {
         self.registry_list(service).await
     }
 
-    async fn watch(&self, service: &str, revision: u64) -> Result<RegistryEvents> {
+    async fn watch_instances(&self, service: &str, revision: u64) -> Result<RegistryEvents> {
         self.registry_watch(service, revision).await
     }
 

@@ -146,7 +146,7 @@ impl RegistryBackend for RedisBackend {
         Ok(())
     }
 
-    async fn renew(
+    async fn renew_instance(
         &self,
         service: &str,
         id: &str,
@@ -187,7 +187,7 @@ impl RegistryBackend for RedisBackend {
             .collect())
     }
 
-    async fn list(&self, service: &str) -> Result<RegistryListing> {
+    async fn list_instances(&self, service: &str) -> Result<RegistryListing> {
         let keys = self.service_keys(service);
         let cmd = self.registry_cmd(&SCRIPTS.list, &keys);
         let (rev, records): (String, Vec<Vec<u8>>) = self.eval(&SCRIPTS.list, &cmd).await?;
@@ -207,7 +207,7 @@ impl RegistryBackend for RedisBackend {
         })
     }
 
-    async fn watch(&self, service: &str, revision: u64) -> Result<RegistryEvents> {
+    async fn watch_instances(&self, service: &str, revision: u64) -> Result<RegistryEvents> {
         let keys = self.service_keys(service);
         let messages = self.inner.pubsub.messages(keys.channel.clone()).await?;
         // Subscribed: anything after this read arrives as a message.
