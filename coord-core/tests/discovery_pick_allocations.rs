@@ -87,3 +87,60 @@ fn the_counter_counts() {
     });
     assert_eq!(info.count_total, 1);
 }
+
+/// A routed client's pick (the route table's canary split, zone preference
+/// and balancer, behind an `arc-swap` load) allocates nothing either.
+#[test]
+fn a_service_clients_pick_allocates_nothing() {
+    use coord_core::discovery::{Canary, DiscoveryClient, PickOptions};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (client, _regs) = rt.block_on(async {
+        let d = DiscoveryClient::new(Arc::new(coord_core::memory::MemoryBackend::new()));
+        let mut regs = Vec::new();
+        for i in 0..ENDPOINTS {
+            let instance = ServiceInstance::new(
+                "svc",
+                format!("i-{i}"),
+                format!("10.0.{}.{}:80", i / 256, i % 256),
+            )
+            .zone(if i % 2 == 0 { "a" } else { "b" })
+            .version(if i % 10 == 0 { "2" } else { "1" });
+            regs.push(d.register(instance).await.unwrap());
+        }
+        let client = d
+            .service("svc")
+            .balancer(ConsistentHash::default())
+            .local_zone("a")
+            .canary(Canary::new("2", 10.0).label("beta"))
+            .build()
+            .await
+            .unwrap();
+        while client.endpoints().len() < ENDPOINTS {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (client, regs)
+    });
+    let options = PickOptions::new().key(b"customer-42");
+    let labelled = PickOptions::new().label("beta");
+    for _ in 0..10 {
+        client.pick_with(&options).expect("an endpoint");
+        client.pick_with(&labelled).expect("an endpoint");
+    }
+    let info = allocation_counter::measure(|| {
+        for _ in 0..PICKS {
+            std::hint::black_box(client.pick_with(std::hint::black_box(&options)));
+            std::hint::black_box(client.pick_with(std::hint::black_box(&labelled)));
+            std::hint::black_box(client.pick());
+        }
+    });
+    assert_eq!(
+        info.count_total, 0,
+        "ServiceClient::pick allocated: {info:?}"
+    );
+    drop(client);
+    drop(rt);
+}
