@@ -85,7 +85,7 @@ impl fmt::Debug for RegistryEvents {
     }
 }
 
-/// What [`RegistryBackend::renew`] found.
+/// What [`RegistryBackend::renew_instance`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RenewOutcome {
     /// The instance is alive for another TTL.
