@@ -57,6 +57,10 @@ pub enum Error {
     /// Service discovery found no instance to call.
     #[error("no instances: {0}")]
     NoInstances(String),
+    /// The config key or namespace is frozen: it refuses writes until
+    /// unfrozen.
+    #[error("frozen: {0}")]
+    Frozen(String),
     /// A stored value could not be decoded (or a value could not be encoded).
     #[error("codec error: {message}")]
     Codec {
@@ -144,7 +148,8 @@ impl Error {
             | Error::InvalidArgument(message)
             | Error::Unsupported(message)
             | Error::CircuitOpen(message)
-            | Error::NoInstances(message) => *message = format!("{context}: {message}"),
+            | Error::NoInstances(message)
+            | Error::Frozen(message) => *message = format!("{context}: {message}"),
             Error::Conflict { .. } => {}
         }
         self
@@ -183,6 +188,7 @@ impl Error {
             Error::Unsupported(m) => Error::Unsupported(m.clone()),
             Error::CircuitOpen(m) => Error::CircuitOpen(m.clone()),
             Error::NoInstances(m) => Error::NoInstances(m.clone()),
+            Error::Frozen(m) => Error::Frozen(m.clone()),
             Error::Conflict { expected, actual } => Error::Conflict {
                 expected: expected.clone(),
                 actual: actual.clone(),
@@ -203,6 +209,7 @@ impl Error {
             Error::Unsupported(_) => "unsupported",
             Error::CircuitOpen(_) => "circuit_open",
             Error::NoInstances(_) => "no_instances",
+            Error::Frozen(_) => "frozen",
             Error::Codec { .. } => "codec",
             Error::Backend { .. } => "backend",
         }

@@ -27,6 +27,7 @@
 //! ```
 
 pub mod cache;
+pub mod config;
 mod capabilities;
 pub mod discovery;
 mod error;

@@ -5,6 +5,7 @@ coord_core::lock_kinds_conformance_tests!(memory, coord_core::testkit::MemoryHar
 coord_core::fenced_store_conformance_tests!(memory, coord_core::testkit::MemoryHarness::new());
 coord_core::cache_conformance_tests!(memory, coord_core::testkit::MemoryHarness::new());
 coord_core::discovery_conformance_tests!(memory, coord_core::testkit::MemoryHarness::new());
+coord_core::config_conformance_tests!(memory, coord_core::testkit::MemoryHarness::new());
 coord_core::cache_conformance_tests!(
     sharded_memory,
     coord_core::testkit::cache::ShardedCacheHarness::new(vec![
@@ -22,4 +23,5 @@ fn every_case_is_listed() {
     assert_eq!(coord_core::testkit::fenced::CASES.len(), 3);
     assert_eq!(coord_core::testkit::cache::CASES.len(), 24);
     assert_eq!(coord_core::testkit::discovery::CASES.len(), 14);
+    assert_eq!(coord_core::testkit::config::CASES.len(), 17);
 }

@@ -30,6 +30,7 @@ pub struct MemoryBackend {
     fenced: Arc<crate::fence::MemoryFencedStore>,
     caches: crate::memory::cache::SharedCaches,
     registry: Arc<crate::memory::registry::MemoryRegistry>,
+    config: Arc<crate::memory::config::MemoryConfig>,
 }
 
 /// How many shards the store has.
@@ -137,6 +138,7 @@ impl MemoryBackend {
             fenced: Arc::default(),
             caches: Arc::default(),
             registry: Arc::default(),
+            config: Arc::default(),
         }
     }
 
@@ -155,6 +157,11 @@ impl MemoryBackend {
     /// ```
     pub fn fenced_store(&self) -> Arc<crate::fence::MemoryFencedStore> {
         self.fenced.clone()
+    }
+
+    /// The config center's store of this store (shared by its clones).
+    pub(crate) fn config(&self) -> &crate::memory::config::MemoryConfig {
+        &self.config
     }
 
     /// The service registry of this store (shared by its clones).

@@ -2,6 +2,7 @@
 //! conformance suite as Redis and etcd.
 
 mod cache;
+mod config;
 mod lock;
 mod queue;
 mod registry;

@@ -12,6 +12,7 @@
 
 pub mod cache;
 mod checker;
+pub mod config;
 pub mod discovery;
 mod faults;
 mod fence_audit;
@@ -97,6 +98,46 @@ pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>
         Ok(v) => v,
         Err(_) => panic!("timed out after {limit:?} waiting until {what}"),
     }
+}
+
+/// Expands the config conformance suite into one `#[tokio::test]` per case,
+/// named `conformance_config_<case>_<backend>`. `$harness` is an expression
+/// (evaluated inside each test, so it may `.await`) whose value implements
+/// [`config::ConfigHarness`].
+#[macro_export]
+macro_rules! config_conformance_tests {
+    ($backend:ident, $harness:expr) => {
+        $crate::config_conformance_tests!(@cases $backend, $harness,
+            put_then_get_round_trips,
+            versions_increase_per_key,
+            compare_and_set_conflicts,
+            delete_is_a_versioned_tombstone,
+            history_is_newest_first,
+            rollback_writes_the_old_content_as_a_new_version,
+            diff_is_unified,
+            list_returns_the_latest_live_keys_under_a_prefix,
+            compact_keeps_the_newest_versions,
+            freeze_refuses_writes,
+            multi_key_writes_are_all_or_nothing,
+            watch_delivers_every_version_in_order,
+            a_watch_resumes_after_its_channel_breaks,
+            secrets_are_never_stored_in_plain_text,
+            a_corrupted_version_is_a_codec_error,
+            bad_input_is_invalid_argument,
+            health_reports_healthy,
+        );
+    };
+    (@cases $backend:ident, $harness:expr, $($case:ident),+ $(,)?) => {
+        $crate::testkit::__pastey::paste! {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn [<conformance_config_ $case _ $backend>]() {
+                    let harness = $harness;
+                    $crate::testkit::config::$case(&harness).await;
+                }
+            )+
+        }
+    };
 }
 
 /// Expands the discovery conformance suite into one `#[tokio::test]` per
