@@ -13,6 +13,7 @@
 pub mod cache;
 mod checker;
 pub mod config;
+pub mod config_workflow;
 pub mod discovery;
 mod faults;
 mod fence_audit;

@@ -1,0 +1,2 @@
+//! The config conformance cases of the workflows: audit, approvals, gray
+//! release, promotion between environments, export and import.
