@@ -26,6 +26,7 @@ pub struct Metrics {
     breaker_state: IntGaugeVec,
     breaker_transitions: IntCounterVec,
     registration_events: IntCounterVec,
+    config_reloads: IntCounterVec,
     breaker_calls: IntCounterVec,
 }
 
@@ -158,6 +159,15 @@ impl Metrics {
                 &["service", "event"],
             )
             .map_err(prom)?,
+            config_reloads: IntCounterVec::new(
+                Opts::new(
+                    "coord_config_reloads_total",
+                    "Typed config handles: new versions taken (reloaded) or refused \
+                     (did not decode or validate), by key",
+                ),
+                &["key", "outcome"],
+            )
+            .map_err(prom)?,
             breaker_calls: IntCounterVec::new(
                 Opts::new(
                     "coord_breaker_calls_total",
@@ -199,6 +209,7 @@ impl Metrics {
             &m.breaker_transitions,
             &m.breaker_calls,
             &m.registration_events,
+            &m.config_reloads,
         ] {
             registry.register(Box::new(family.clone())).map_err(prom)?;
         }
@@ -300,6 +311,11 @@ impl Metrics {
         self.registration_events
             .with_label_values(&[service, event])
             .inc();
+    }
+
+    /// Counts a typed config handle's reload or refusal (`coord_config_reloads_total`).
+    pub(crate) fn config_reload(&self, key: &str, outcome: &str) {
+        self.config_reloads.with_label_values(&[key, outcome]).inc();
     }
 
     /// Records how long `lock` was held.

@@ -23,5 +23,5 @@ fn every_case_is_listed() {
     assert_eq!(coord_core::testkit::fenced::CASES.len(), 3);
     assert_eq!(coord_core::testkit::cache::CASES.len(), 24);
     assert_eq!(coord_core::testkit::discovery::CASES.len(), 14);
-    assert_eq!(coord_core::testkit::config::CASES.len(), 17);
+    assert_eq!(coord_core::testkit::config::CASES.len(), 20);
 }

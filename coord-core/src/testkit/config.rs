@@ -53,6 +53,9 @@ pub const CASES: &[&str] = &[
     "secrets_are_never_stored_in_plain_text",
     "a_corrupted_version_is_a_codec_error",
     "bad_input_is_invalid_argument",
+    "templates_resolve_and_report_cycles_and_missing_references",
+    "a_typed_handle_reloads_and_refuses_invalid_versions",
+    "figment_layers_the_remote_namespace",
     "health_reports_healthy",
 ];
 
@@ -498,6 +501,166 @@ pub async fn bad_input_is_invalid_argument(h: &dyn ConfigHarness) {
         c.freeze("x").await,
         Err(Error::InvalidArgument(_))
     ));
+}
+
+/// `${app/env/key}` and `${env:VAR}` resolve on read, nested; a cycle and a
+/// missing reference are errors naming the chain; a malformed template is
+/// an `InvalidArgument`.
+pub async fn templates_resolve_and_report_cycles_and_missing_references(h: &dyn ConfigHarness) {
+    let c = center(h).await;
+    let ns = unique_ns("tmpl");
+    // A variable nobody sets: its reference must be reported missing.
+    let var = format!("COORD_TEST_TMPL_UNSET_{:08X}", fastrand::u32(..));
+    c.put(&format!("{ns}/host"), "db.internal").await.unwrap();
+    c.put(
+        &format!("{ns}/url"),
+        format!("postgres://${{{ns}/host}}:5432"),
+    )
+    .await
+    .unwrap();
+    c.put(
+        &format!("{ns}/dsn"),
+        format!("${{{ns}/url}}?sslmode=require $${{literal}}"),
+    )
+    .await
+    .unwrap();
+    let dsn = c.get_resolved(&format!("{ns}/dsn")).await.unwrap().unwrap();
+    assert_eq!(
+        dsn.as_str().unwrap(),
+        "postgres://db.internal:5432?sslmode=require ${literal}"
+    );
+    let path = c.resolve("home=${env:PATH}").await.unwrap();
+    assert!(path.starts_with("home=") && path.len() > 5);
+    c.put(&format!("{ns}/a"), format!("${{{ns}/b}}"))
+        .await
+        .unwrap();
+    c.put(&format!("{ns}/b"), format!("x${{{ns}/a}}"))
+        .await
+        .unwrap();
+    let err = c.get_resolved(&format!("{ns}/a")).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("{ns}/a → {ns}/b → {ns}/a")),
+        "{err}"
+    );
+    c.put(&format!("{ns}/m"), format!("${{{ns}/missing}}"))
+        .await
+        .unwrap();
+    let err = c.get_resolved(&format!("{ns}/m")).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err}");
+    assert!(
+        err.to_string().contains(&format!("{ns}/m → {ns}/missing")),
+        "{err}"
+    );
+    let err = c.resolve(&format!("${{env:{var}}}")).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err}");
+    assert!(matches!(
+        c.resolve("${unclosed").await,
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+/// A typed handle follows its key: valid versions replace the value, an
+/// invalid or undecodable one is refused (event) and the last good value kept.
+pub async fn a_typed_handle_reloads_and_refuses_invalid_versions(h: &dyn ConfigHarness) {
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Limits {
+        max: u32,
+    }
+    let c = center(h).await;
+    let key = format!("{}/limits", unique_ns("handle"));
+    c.put(&key, r#"{"max": 10}"#).await.unwrap();
+    let handle = c
+        .handle::<Limits>(&key)
+        .validate(|l| {
+            if l.max > 0 {
+                Ok(())
+            } else {
+                Err("max must be positive".into())
+            }
+        })
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(handle.get().max, 10);
+    let mut events = handle.events();
+    let writer = center(h).await;
+    writer.put(&key, r#"{"max": 20}"#).await.unwrap();
+    let e = within(PROPAGATION, "the reload", events.recv())
+        .await
+        .unwrap();
+    assert_eq!(e, crate::config::HandleEvent::Reloaded { version: 2 });
+    assert_eq!(handle.get().max, 20);
+    writer.put(&key, r#"{"max": 0}"#).await.unwrap();
+    let e = within(PROPAGATION, "the refusal", events.recv())
+        .await
+        .unwrap();
+    assert!(
+        matches!(e, crate::config::HandleEvent::Refused { version: 3, ref reason } if reason.contains("positive")),
+        "{e:?}"
+    );
+    writer.put(&key, "not json").await.unwrap();
+    let e = within(PROPAGATION, "the refusal", events.recv())
+        .await
+        .unwrap();
+    assert!(
+        matches!(e, crate::config::HandleEvent::Refused { version: 4, .. }),
+        "{e:?}"
+    );
+    assert_eq!(handle.get().max, 20, "the last good value is kept");
+    assert_eq!(handle.version(), 2);
+    writer.put(&key, r#"{"max": 30}"#).await.unwrap();
+    let e = within(PROPAGATION, "the next reload", events.recv())
+        .await
+        .unwrap();
+    assert_eq!(e, crate::config::HandleEvent::Reloaded { version: 5 });
+    assert_eq!(*handle.get(), Limits { max: 30 });
+    let missing = c.handle::<Limits>(&format!("{key}-none")).build().await;
+    assert!(matches!(missing, Err(Error::NotFound(_))));
+}
+
+/// The remote namespace layers over defaults with figment: nested keys,
+/// typed JSON values and plain strings.
+pub async fn figment_layers_the_remote_namespace(h: &dyn ConfigHarness) {
+    #[derive(serde::Deserialize, serde::Serialize)]
+    struct App {
+        name: String,
+        port: u16,
+        debug: bool,
+        db: Db,
+    }
+    #[derive(serde::Deserialize, serde::Serialize)]
+    struct Db {
+        url: String,
+        pool: u32,
+    }
+    let c = center(h).await;
+    let ns = unique_ns("figment");
+    c.put(&format!("{ns}/port"), "9090").await.unwrap();
+    c.put(&format!("{ns}/db/url"), "postgres://remote")
+        .await
+        .unwrap();
+    c.put(&format!("{ns}/debug"), "true").await.unwrap();
+    let defaults = App {
+        name: "api".into(),
+        port: 8080,
+        debug: false,
+        db: Db {
+            url: "sqlite://".into(),
+            pool: 4,
+        },
+    };
+    let remote = crate::config::ConfigProvider::load(&c, &ns).await.unwrap();
+    let app: App = figment::Figment::from(figment::providers::Serialized::defaults(defaults))
+        .merge(remote)
+        .extract()
+        .unwrap();
+    assert_eq!(app.name, "api", "a default no layer overrides");
+    assert_eq!(app.port, 9090);
+    assert!(app.debug);
+    assert_eq!(app.db.url, "postgres://remote");
+    assert_eq!(app.db.pool, 4, "a nested default beside a remote value");
 }
 
 /// The backend answers a health probe.

@@ -125,6 +125,9 @@ macro_rules! config_conformance_tests {
             secrets_are_never_stored_in_plain_text,
             a_corrupted_version_is_a_codec_error,
             bad_input_is_invalid_argument,
+            templates_resolve_and_report_cycles_and_missing_references,
+            a_typed_handle_reloads_and_refuses_invalid_versions,
+            figment_layers_the_remote_namespace,
             health_reports_healthy,
         );
     };
