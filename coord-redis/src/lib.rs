@@ -34,6 +34,7 @@
 mod backend;
 mod cache;
 mod config;
+mod config_center;
 mod connection;
 mod discovery;
 mod error;

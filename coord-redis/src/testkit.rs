@@ -345,6 +345,25 @@ impl coord_core::testkit::discovery::DiscoveryHarness for RedisHarness {
 }
 
 #[coord_core::async_trait]
+impl coord_core::testkit::config::ConfigHarness for RedisHarness {
+    async fn new_config_backend(&self) -> Arc<dyn coord_core::config::ConfigBackend> {
+        match self.connect().await {
+            Ok(b) => Arc::new(b),
+            Err(e) => panic!(
+                "cannot connect to the test Redis at {}: {e}",
+                self.server.url()
+            ),
+        }
+    }
+
+    /// Drops every pub/sub connection of the server (each node of a
+    /// cluster), as the discovery harness does.
+    async fn interrupt_config_watches(&self) -> bool {
+        coord_core::testkit::discovery::DiscoveryHarness::interrupt_watches(self).await
+    }
+}
+
+#[coord_core::async_trait]
 impl LockHarness for RedisHarness {
     async fn new_backend(&self) -> Arc<dyn LockBackend> {
         match self.connect().await {

@@ -4,6 +4,7 @@
 coord_core::lock_conformance_tests!(redis, coord_redis::testkit::RedisHarness::start().await);
 coord_core::lock_kinds_conformance_tests!(redis, coord_redis::testkit::RedisHarness::start().await);
 coord_core::discovery_conformance_tests!(redis, coord_redis::testkit::RedisHarness::start().await);
+coord_core::config_conformance_tests!(redis, coord_redis::testkit::RedisHarness::start().await);
 coord_core::cache_conformance_tests!(redis, coord_redis::testkit::RedisHarness::start().await);
 coord_core::cache_conformance_tests!(
     sharded_redis,

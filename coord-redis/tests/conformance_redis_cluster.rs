@@ -15,6 +15,10 @@ coord_core::discovery_conformance_tests!(
     redis_cluster,
     coord_redis::testkit::RedisHarness::start_cluster().await
 );
+coord_core::config_conformance_tests!(
+    redis_cluster,
+    coord_redis::testkit::RedisHarness::start_cluster().await
+);
 coord_core::cache_conformance_tests!(
     redis_cluster,
     coord_redis::testkit::RedisHarness::start_cluster().await
