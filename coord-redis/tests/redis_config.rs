@@ -184,4 +184,14 @@ async fn a_restart_without_persistence_empties_the_store_and_a_watch_resumes() {
         .unwrap();
     assert_eq!((next.key.as_str(), next.version), ("app/prod/c", 1));
     assert_eq!(next.as_str().unwrap(), "after");
+
+    // `b` was seen at version 1 before the restart: its new version 1 is
+    // delivered too (the watch starts keys over when the store lost them).
+    c.put("app/prod/b", "again").await.unwrap();
+    let again = within(WAIT, "b's new first version", watch.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((again.key.as_str(), again.version), ("app/prod/b", 1));
+    assert_eq!(again.as_str().unwrap(), "again");
 }

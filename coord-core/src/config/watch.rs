@@ -49,7 +49,7 @@ impl ConfigWatch {
         let notices = center.backend().config_watch(prefix).await?;
         let mut seen = HashMap::new();
         for (key, stored) in center.backend().config_list(prefix).await? {
-            seen.insert(key, stored.version);
+            seen.insert(key, (stored.version, fingerprint(&stored.record)));
         }
         let (tx, rx) = mpsc::channel(256);
         let stop = CancellationToken::new();
@@ -73,11 +73,19 @@ impl ConfigWatch {
     }
 }
 
+/// A fingerprint of a stored record (its metadata holds the write's time
+/// and checksum, so two writes that got the same version number differ).
+fn fingerprint(record: &[u8]) -> u32 {
+    crc32fast::hash(record)
+}
+
 struct Follower {
     center: ConfigCenter,
     prefix: String,
     reserved: bool,
-    seen: HashMap<String, u64>,
+    /// The last version delivered (or listed) per key, and a fingerprint
+    /// of its record, to tell a store that started a key over.
+    seen: HashMap<String, (u64, u32)>,
     tx: mpsc::Sender<Result<ConfigValue>>,
 }
 
@@ -93,13 +101,17 @@ impl Follower {
     /// Delivers the versions of `key` after the last one delivered, up to
     /// `target`; `false` when the receiver is gone.
     async fn deliver(&mut self, key: &str, target: u64) -> bool {
-        let from = self.seen.get(key).copied().unwrap_or(0);
+        let from = self.seen.get(key).map_or(0, |(v, _)| *v);
         if target <= from || !self.wanted(key) {
             return true;
         }
+        let mut print = 0;
         for version in from + 1..=target {
             let read = match self.center.backend().config_version(key, version).await {
-                Ok(Some(stored)) => Some(self.center.decode(key, &stored)),
+                Ok(Some(stored)) => {
+                    print = fingerprint(&stored.record);
+                    Some(self.center.decode(key, &stored))
+                }
                 // Compacted away before it could be read.
                 Ok(None) => None,
                 Err(e) => Some(Err(e)),
@@ -110,7 +122,7 @@ impl Follower {
                 }
             }
         }
-        self.seen.insert(key.to_owned(), target);
+        self.seen.insert(key.to_owned(), (target, print));
         true
     }
 
@@ -129,6 +141,24 @@ impl Follower {
             };
             match outcome {
                 Ok((notices, latest)) => {
+                    // A store that lost versions (a restart without
+                    // persistence, a restore, a failover to a lagging
+                    // replica) numbers from lower again: start those keys
+                    // over from what it holds now.
+                    let listed: std::collections::HashSet<&str> =
+                        latest.iter().map(|(k, _)| k.as_str()).collect();
+                    self.seen.retain(|k, _| listed.contains(k.as_str()));
+                    for (key, stored) in &latest {
+                        let restarted = self.seen.get(key).is_some_and(|(v, print)| {
+                            *v > stored.version
+                                || (*v == stored.version && *print != fingerprint(&stored.record))
+                        });
+                        if restarted {
+                            tracing::warn!(key = %key, version = stored.version, "config store went back in versions; delivering its latest");
+                            self.seen
+                                .insert(key.clone(), (stored.version.saturating_sub(1), 0));
+                        }
+                    }
                     for (key, stored) in latest {
                         if !self.deliver(&key, stored.version).await {
                             return None;
