@@ -65,6 +65,7 @@
 mod backend;
 mod cache;
 mod config;
+mod config_center;
 mod discovery;
 mod error;
 mod lease;

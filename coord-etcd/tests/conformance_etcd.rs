@@ -9,3 +9,8 @@ coord_core::discovery_conformance_tests!(
     etcd,
     coord_etcd::testkit::EtcdHarness::start_isolated().await
 );
+// A server per case: the resume case restarts it (see `interrupt_config_watches`).
+coord_core::config_conformance_tests!(
+    etcd,
+    coord_etcd::testkit::EtcdHarness::start_isolated().await
+);

@@ -409,6 +409,34 @@ impl coord_core::testkit::discovery::DiscoveryHarness for EtcdHarness {
 }
 
 #[coord_core::async_trait]
+impl coord_core::testkit::config::ConfigHarness for EtcdHarness {
+    async fn new_config_backend(&self) -> Arc<dyn coord_core::config::ConfigBackend> {
+        match self.connect().await {
+            Ok(b) => Arc::new(b),
+            Err(e) => panic!("cannot connect to the etcd under test: {e}"),
+        }
+    }
+
+    /// Restarts the spawned server (every watch stream breaks) and returns
+    /// once it answers. `false` for a server from
+    /// `COORD_TEST_ETCD_ENDPOINTS`, which cannot be restarted. Other tests
+    /// using the same server see it down for about a second: run the
+    /// config suite on [`start_isolated`](EtcdHarness::start_isolated)
+    /// harnesses.
+    async fn interrupt_config_watches(&self) -> bool {
+        if !self.server.is_spawned() {
+            return false;
+        }
+        let server = self.server.clone();
+        match tokio::task::spawn_blocking(move || server.restart()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => panic!("cannot restart the etcd under test: {e}"),
+            Err(e) => panic!("the restart of the etcd under test panicked: {e}"),
+        }
+    }
+}
+
+#[coord_core::async_trait]
 impl LockHarness for EtcdHarness {
     async fn new_backend(&self) -> Arc<dyn LockBackend> {
         match self.connect().await {
