@@ -23,6 +23,7 @@ use coord::etcd::testkit::EtcdServer;
 use coord::redis::RedisBackend;
 use coord::redis::testkit::RedisServer;
 use coord_benches::redis_conn;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
 
@@ -283,6 +284,62 @@ fn main() {
         )
         .await;
         row("etcd: L2 hit vs raw range", r);
+
+        // L2 hits of keys L1 never held (no local invalidation inside the
+        // measured call): each call reads the next of many keys written
+        // through another instance, the floor reads the same keys raw.
+        for (label, backend, writer_backend, calls) in [
+            ("redis", rb.clone() as Arc<dyn CacheBackend>, rb2.clone() as Arc<dyn CacheBackend>, 2_000u32),
+            ("etcd", eb.clone() as Arc<dyn CacheBackend>, eb2.clone() as Arc<dyn CacheBackend>, 500u32),
+        ] {
+            let cold_name = format!("{name}-cold-{label}");
+            let total = calls as usize * (ROUNDS + 1) * 2;
+            let writer = cache_on(writer_backend, &cold_name).await;
+            let reader = CacheBuilder::new(backend.clone(), &cold_name)
+                .ttl(Duration::from_secs(600))
+                .jitter(0.0)
+                .l1_max_entries(total as u64 * 2)
+                .build::<User>()
+                .expect("cache");
+            tokio::time::timeout(Duration::from_secs(10), reader.ready()).await.expect("ready");
+            futures::stream::iter(0..total)
+                .for_each_concurrent(32, |i| {
+                    let w = writer.clone();
+                    async move { w.set(&format!("c{i}"), user(i as u64)).await.expect("set") }
+                })
+                .await;
+            let next_ours = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let next_floor = Arc::new(std::sync::atomic::AtomicUsize::new(total / 2));
+            let raw_redis = raw.clone();
+            let kv = eb.client().kv_client();
+            let redis_prefix = rb.cache_key(&cold_name, "");
+            let etcd_prefix = eb.cache_prefix(&cold_name);
+            let r = ratio(
+                calls,
+                |_| {
+                    let i = next_floor.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let (mut conn, mut kv) = (raw_redis.clone(), kv.clone());
+                    let (rk, ek) = (format!("{redis_prefix}c{i}"), format!("{etcd_prefix}c{i}"));
+                    async move {
+                        if label == "redis" {
+                            let v: Option<Vec<u8>> = redis::cmd("GET").arg(&rk).query_async(&mut conn).await.expect("GET");
+                            assert!(v.is_some());
+                        } else {
+                            assert_eq!(kv.get(ek, None).await.expect("range").kvs().len(), 1);
+                        }
+                    }
+                },
+                |_| {
+                    let i = next_ours.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let c = reader.clone();
+                    async move {
+                        assert!(c.get(&format!("c{i}")).await.expect("get").is_some());
+                    }
+                },
+            )
+            .await;
+            row(&format!("{label}: L2 hit of a key L1 never held vs raw read"), r);
+        }
 
         // get_many(100) vs one MGET.
         let keys: Vec<String> = (0..100).map(|i| format!("m{i}")).collect();

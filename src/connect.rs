@@ -43,6 +43,7 @@ pub(crate) struct Connected {
     pub(crate) fenced: Arc<dyn FencedStore>,
     pub(crate) cache: Arc<dyn CacheBackend>,
     pub(crate) registry: Arc<dyn coord_core::discovery::RegistryBackend>,
+    pub(crate) config: Arc<dyn coord_core::config::ConfigBackend>,
 }
 
 /// Connects the backend named by `url`.
@@ -65,6 +66,7 @@ pub(crate) async fn backend(url: &str, settings: &Settings) -> Result<Connected>
                     fenced: backend.fenced_store(),
                     cache: Arc::new(backend.clone()),
                     registry: Arc::new(backend.clone()),
+                    config: Arc::new(backend.clone()),
                     locks: Arc::new(backend),
                 })
             }
@@ -79,6 +81,7 @@ pub(crate) async fn backend(url: &str, settings: &Settings) -> Result<Connected>
                     fenced: Arc::new(coord_redis::RedisFencedStore::new(&backend)),
                     cache: Arc::new(backend.clone()),
                     registry: Arc::new(backend.clone()),
+                    config: Arc::new(backend.clone()),
                     locks: Arc::new(backend),
                 })
             }
@@ -93,6 +96,7 @@ pub(crate) async fn backend(url: &str, settings: &Settings) -> Result<Connected>
                     fenced: Arc::new(coord_etcd::EtcdFencedStore::new(&backend)),
                     cache: Arc::new(backend.clone()),
                     registry: Arc::new(backend.clone()),
+                    config: Arc::new(backend.clone()),
                     locks: Arc::new(backend),
                 })
             }

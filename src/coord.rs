@@ -34,6 +34,7 @@ struct Inner {
     fenced: Arc<dyn FencedStore>,
     cache: Arc<dyn CacheBackend>,
     discovery: DiscoveryClient,
+    config: coord_core::config::ConfigCenter,
     /// The caches built through this `Coord`, for `health()`.
     components: Arc<HealthRegistry>,
     /// The metrics of the registry the `Coord` was built with.
@@ -125,6 +126,8 @@ impl CoordBuilder {
                         None => d,
                     }
                 },
+                config: coord_core::config::ConfigCenter::new(backend.config)
+                    .with_author(config_author(&settings)),
                 components: Arc::default(),
                 metrics,
                 settings,
@@ -268,6 +271,26 @@ impl Coord {
         &self.inner.discovery
     }
 
+    /// The config center on this backend: versioned configuration in
+    /// namespaces `app/env` (history, compare-and-set, rollback, diff,
+    /// freezing, watches, templates, secrets, typed hot-reloaded handles).
+    /// Writes are authored by this client's id unless
+    /// [`ConfigCenter::with_author`](coord_core::config::ConfigCenter::with_author)
+    /// says otherwise. Not to be confused with the SDK's own
+    /// [`settings`](Self::settings).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let coord = coord::Coord::connect("memory://").await?;
+    /// let config = coord.config_center().clone().with_author("ann");
+    /// config.put("billing/prod/timeout", "5s").await?;
+    /// assert_eq!(config.get("billing/prod/timeout").await?.unwrap().as_str()?, "5s");
+    /// # Ok::<_, coord::Error>(()) }).unwrap();
+    /// ```
+    pub fn config_center(&self) -> &coord_core::config::ConfigCenter {
+        &self.inner.config
+    }
+
     /// The cache side of the backend (byte values, for a custom cache).
     pub fn cache_backend(&self) -> &Arc<dyn CacheBackend> {
         &self.inner.cache
@@ -325,6 +348,18 @@ impl Coord {
                  unreleased locks expire with their TTL"
             ))),
         }
+    }
+}
+
+/// The author of config writes when code does not name one: the user and
+/// host, as far as the environment tells.
+fn config_author(_settings: &Settings) -> String {
+    let user = std::env::var("USER").or_else(|_| std::env::var("USERNAME"));
+    let host = std::env::var("HOSTNAME");
+    match (user, host) {
+        (Ok(u), Ok(h)) => format!("{u}@{h}"),
+        (Ok(u), Err(_)) => u,
+        _ => "unknown".to_owned(),
     }
 }
 

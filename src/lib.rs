@@ -16,6 +16,10 @@ pub use coord_core::{
 /// Caches: the backend trait, codecs, validation helpers.
 pub use coord_core::cache;
 
+/// The config center: versioned configuration, templates, secrets, typed
+/// handles, a figment provider.
+pub use coord_core::config;
+
 /// Service discovery: instances, registrations, watchers, balancers,
 /// circuit breakers, routed service clients.
 pub use coord_core::discovery;
