@@ -6,8 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use super::audit::{AuditAction, AuditEntry};
 use super::backend::{ConfigBackend, ConfigWrite, StoredVersion};
-use super::key::{ConfigKey, validate_namespace};
+use super::key::{ConfigKey, namespace_of, validate_namespace};
 use super::record::{VersionMeta, decode_version, encode_version};
 use super::secret::{EnvKeyProvider, KeyProvider, decrypt, encrypt};
 use super::value::ConfigValue;
@@ -20,9 +21,9 @@ pub const MAX_CONFIG_VALUE_BYTES: usize = 1 << 20;
 /// Options of one write: compare-and-set, a message, secrecy.
 #[derive(Debug, Clone, Default)]
 pub struct Put {
-    expected: Option<u64>,
-    message: String,
-    secret: bool,
+    pub(crate) expected: Option<u64>,
+    pub(crate) message: String,
+    pub(crate) secret: bool,
 }
 
 impl Put {
@@ -52,6 +53,12 @@ impl Put {
 }
 
 /// Versioned configuration in namespaces `app/env`, on any backend.
+///
+/// Every write is recorded in the namespace's audit log
+/// ([`audit`](Self::audit)) atomically with the change. A namespace can
+/// require approval ([`require_approval`](Self::require_approval)): direct
+/// writes are then refused and changes go through
+/// [`propose`](Self::propose) and [`approve`](Self::approve).
 ///
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -127,27 +134,102 @@ impl ConfigCenter {
         secret: bool,
         deleted: bool,
     ) -> Result<Bytes> {
+        let (stored, key_id) = self.seal(value, secret)?;
+        self.record_stored(&stored, message, key_id, deleted)
+    }
+
+    /// Checks a value's size and encrypts it if `secret`: the bytes to
+    /// store and the id of the key they are encrypted under.
+    pub(crate) fn seal(&self, value: &[u8], secret: bool) -> Result<(Bytes, Option<String>)> {
         if value.len() > MAX_CONFIG_VALUE_BYTES {
             return Err(Error::invalid(format!(
                 "config value is {} bytes, over the limit of {MAX_CONFIG_VALUE_BYTES}",
                 value.len()
             )));
         }
-        let (stored, key_id) = if secret {
+        if secret {
             let (id, sealed) = encrypt(&*self.keys, value)?;
-            (sealed, Some(id))
+            Ok((Bytes::from(sealed), Some(id)))
         } else {
-            (value.to_vec(), None)
+            Ok((Bytes::copy_from_slice(value), None))
+        }
+    }
+
+    /// Decrypts bytes as stored (plain text unless `secret_key_id`).
+    pub(crate) fn unseal(
+        &self,
+        stored: &Bytes,
+        secret_key_id: Option<&str>,
+        what: &str,
+    ) -> Result<Bytes> {
+        match secret_key_id {
+            Some(id) => Ok(Bytes::from(decrypt(&*self.keys, id, stored, what)?)),
+            None => Ok(stored.clone()),
+        }
+    }
+
+    /// Encodes a center's own record (a JSON document under a reserved key).
+    pub(crate) fn json_record<T: serde::Serialize>(
+        &self,
+        doc: &T,
+        message: &str,
+        deleted: bool,
+    ) -> Result<Bytes> {
+        let json = serde_json::to_vec(doc)
+            .map_err(|e| Error::codec(format!("config record could not be encoded: {e}"), None))?;
+        self.record_stored(&json, message, None, deleted)
+    }
+
+    /// Reads the latest version of a reserved key holding JSON: its version
+    /// and document (`None` for a deletion), or `None` if never written.
+    pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<(u64, Option<T>)>> {
+        let Some(stored) = self.backend.config_latest(key).await? else {
+            return Ok(None);
         };
+        Ok(Some((stored.version, self.parse_json(key, &stored)?)))
+    }
+
+    /// Decodes a stored version of a reserved key holding JSON (`None` for
+    /// a deletion).
+    pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        stored: &StoredVersion,
+    ) -> Result<Option<T>> {
+        let value = self.decode(key, stored)?;
+        if value.is_deleted() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&value.value).map(Some).map_err(|e| {
+            Error::codec(
+                format!("config {key} version {} is not valid: {e}", stored.version),
+                None,
+            )
+        })
+    }
+
+    /// Encodes a version from bytes as stored (a secret's ciphertext under
+    /// key `secret_key_id`), without encrypting: how drafts, gray releases,
+    /// promotions and imports publish a secret without reading it.
+    pub(crate) fn record_stored(
+        &self,
+        stored: &[u8],
+        message: &str,
+        secret_key_id: Option<String>,
+        deleted: bool,
+    ) -> Result<Bytes> {
         let meta = VersionMeta {
             author: self.author.clone(),
             message: message.to_owned(),
             time_ms: now_ms(),
-            crc32: crc32fast::hash(&stored),
+            crc32: crc32fast::hash(stored),
             deleted,
-            secret_key_id: key_id,
+            secret_key_id,
         };
-        let record = encode_version(&meta, &stored)?;
+        let record = encode_version(&meta, stored)?;
         if record.len() > self.backend.max_record_bytes() {
             return Err(Error::invalid(format!(
                 "config value is {} bytes stored, over the {} backend's limit of {}",
@@ -162,15 +244,11 @@ impl ConfigCenter {
     /// Decodes (and decrypts) a stored version.
     pub(crate) fn decode(&self, key: &str, stored: &StoredVersion) -> Result<ConfigValue> {
         let (meta, value) = decode_version(&stored.record, key, stored.version)?;
-        let value = match &meta.secret_key_id {
-            Some(id) => Bytes::from(decrypt(
-                &*self.keys,
-                id,
-                &value,
-                &format!("{key} version {}", stored.version),
-            )?),
-            None => value,
-        };
+        let value = self.unseal(
+            &value,
+            meta.secret_key_id.as_deref(),
+            &format!("{key} version {}", stored.version),
+        )?;
         Ok(ConfigValue {
             key: key.to_owned(),
             version: stored.version,
@@ -186,6 +264,15 @@ impl ConfigCenter {
         writes: Vec<ConfigWrite>,
     ) -> Result<Vec<u64>> {
         self.backend.config_append(namespace, &writes).await
+    }
+
+    /// The latest version of `key` (a deletion too), 0 if it has none.
+    pub(crate) async fn latest_version(&self, key: &str) -> Result<u64> {
+        Ok(self
+            .backend
+            .config_latest(key)
+            .await?
+            .map_or(0, |s| s.version))
     }
 
     /// The latest value of `key`; `None` if it was never written or its
@@ -220,20 +307,27 @@ impl ConfigCenter {
     }
 
     /// [`put`](Self::put) with options (compare-and-set, message, secret).
+    ///
+    /// Without [`expect_version`](Put::expect_version) the write does not
+    /// fail because others write the key meanwhile: it is made conditional
+    /// on the latest version just read (so that its audit entry names the
+    /// exact version) and tried again if that moved.
+    ///
+    /// In a namespace that [requires approval](Self::require_approval) this
+    /// is refused with [`Error::InvalidArgument`]: use
+    /// [`propose`](Self::propose).
     pub async fn put_with(&self, key: &str, value: impl AsRef<[u8]>, options: Put) -> Result<u64> {
         let key = ConfigKey::parse(key)?;
         let record = self.record(value.as_ref(), &options.message, options.secret, false)?;
-        let versions = self
-            .append(
-                key.namespace(),
-                vec![ConfigWrite {
-                    key: key.as_str().to_owned(),
-                    expected: options.expected,
-                    record,
-                }],
-            )
-            .await?;
-        Ok(versions[0])
+        self.ensure_direct_writes(key.namespace(), "put").await?;
+        self.write_audited(
+            &key,
+            options.expected,
+            record,
+            AuditAction::Put,
+            &options.message,
+        )
+        .await
     }
 
     /// Deletes `key`: a new version that is a tombstone (history stays).
@@ -242,20 +336,19 @@ impl ConfigCenter {
     }
 
     /// [`delete`](Self::delete) with options (compare-and-set, message).
+    /// Refused like [`put_with`](Self::put_with) where approval is required.
     pub async fn delete_with(&self, key: &str, options: Put) -> Result<u64> {
         let key = ConfigKey::parse(key)?;
         let record = self.record(b"", &options.message, false, true)?;
-        let versions = self
-            .append(
-                key.namespace(),
-                vec![ConfigWrite {
-                    key: key.as_str().to_owned(),
-                    expected: options.expected,
-                    record,
-                }],
-            )
-            .await?;
-        Ok(versions[0])
+        self.ensure_direct_writes(key.namespace(), "delete").await?;
+        self.write_audited(
+            &key,
+            options.expected,
+            record,
+            AuditAction::Delete,
+            &options.message,
+        )
+        .await
     }
 
     /// The latest value of every live key under `prefix` (a namespace
@@ -288,26 +381,20 @@ impl ConfigCenter {
     }
 
     /// Writes the content of `version` again as a new version (a rollback
-    /// is itself a version, with a message saying so).
+    /// is itself a version, with a message saying so). Refused like
+    /// [`put_with`](Self::put_with) where approval is required.
     pub async fn rollback(&self, key: &str, version: u64) -> Result<u64> {
+        let parsed = ConfigKey::parse(key)?;
         let old = self
             .get_version(key, version)
             .await?
             .ok_or_else(|| Error::NotFound(format!("config {key} has no version {version}")))?;
         let message = format!("rollback to version {version}");
-        let parsed = ConfigKey::parse(key)?;
         let record = self.record(&old.value, &message, old.is_secret(), old.is_deleted())?;
-        let versions = self
-            .append(
-                parsed.namespace(),
-                vec![ConfigWrite {
-                    key: key.to_owned(),
-                    expected: None,
-                    record,
-                }],
-            )
+        self.ensure_direct_writes(parsed.namespace(), "rollback")
             .await?;
-        Ok(versions[0])
+        self.write_audited(&parsed, None, record, AuditAction::Rollback, &message)
+            .await
     }
 
     /// A unified diff of `key` from version `from` to version `to` (text
@@ -333,32 +420,57 @@ impl ConfigCenter {
     /// Drops all but the newest `keep_last` (at least 1) versions of `key`.
     pub async fn compact(&self, key: &str, keep_last: usize) -> Result<u64> {
         let key = ConfigKey::parse(key)?;
-        self.backend.config_compact(key.as_str(), keep_last).await
+        let dropped = self.backend.config_compact(key.as_str(), keep_last).await?;
+        let entry = AuditEntry::new(self, AuditAction::Compact, key.as_str()).message(format!(
+            "kept the newest {}, dropped {dropped}",
+            keep_last.max(1)
+        ));
+        self.append_audit(key.namespace(), entry).await?;
+        Ok(dropped)
     }
 
     /// Freezes a namespace (`app/env`) or a key: writes are refused with
     /// [`Error::Frozen`] until [`unfreeze`](Self::unfreeze).
     pub async fn freeze(&self, scope: &str) -> Result<()> {
-        check_scope(scope)?;
-        self.backend.config_set_frozen(scope, true).await
+        self.set_frozen(scope, true).await
     }
 
     /// Lifts a [`freeze`](Self::freeze).
     pub async fn unfreeze(&self, scope: &str) -> Result<()> {
+        self.set_frozen(scope, false).await
+    }
+
+    async fn set_frozen(&self, scope: &str, frozen: bool) -> Result<()> {
         check_scope(scope)?;
-        self.backend.config_set_frozen(scope, false).await
+        self.backend.config_set_frozen(scope, frozen).await?;
+        let action = if frozen {
+            AuditAction::Freeze
+        } else {
+            AuditAction::Unfreeze
+        };
+        let namespace = namespace_of(scope).unwrap_or(scope);
+        self.append_audit(namespace, AuditEntry::new(self, action, scope))
+            .await
     }
 
     /// Re-encrypts the latest version of every secret in `namespace` under
     /// the key provider's current key (a new version each, in one atomic
     /// write); older versions stay readable while the provider still knows
-    /// their keys. Returns how many secrets were re-encrypted.
+    /// their keys. Returns how many secrets were re-encrypted. Allowed
+    /// where approval is required: the values do not change.
     pub async fn rotate_secrets(&self, namespace: &str) -> Result<usize> {
         validate_namespace(namespace)?;
         let (current, _) = self.keys().current()?;
         let mut writes = Vec::new();
+        let mut changes = Vec::new();
         for value in self.list(namespace).await? {
-            if value.meta.secret_key_id.as_deref().is_some_and(|id| id != current) {
+            if value
+                .meta
+                .secret_key_id
+                .as_deref()
+                .is_some_and(|id| id != current)
+            {
+                changes.push((value.key.clone(), value.version + 1));
                 writes.push(ConfigWrite {
                     key: value.key.clone(),
                     expected: Some(value.version),
@@ -368,6 +480,10 @@ impl ConfigCenter {
         }
         let n = writes.len();
         if n > 0 {
+            let entry = AuditEntry::new(self, AuditAction::Rotate, namespace)
+                .message(format!("re-encrypted {n} secrets under key {current:?}"))
+                .changes(changes);
+            writes.push(entry.write(self, namespace)?);
             self.append(namespace, writes).await?;
         }
         Ok(n)

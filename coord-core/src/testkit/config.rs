@@ -668,3 +668,5 @@ pub async fn health_reports_healthy(h: &dyn ConfigHarness) {
     let health = h.new_config_backend().await.config_health().await;
     assert!(health.is_healthy(), "{health:?}");
 }
+
+pub use super::config_workflow::*;

@@ -129,6 +129,14 @@ macro_rules! config_conformance_tests {
             a_typed_handle_reloads_and_refuses_invalid_versions,
             figment_layers_the_remote_namespace,
             health_reports_healthy,
+            audit_entries_record_every_action,
+            a_refused_change_leaves_no_audit_entry,
+            approvals_require_another_author,
+            nothing_is_published_before_approval,
+            gray_release_resolves_by_id_label_and_percent,
+            gray_promote_and_abort,
+            promote_applies_the_diff_atomically,
+            export_import_round_trip,
         );
     };
     (@cases $backend:ident, $harness:expr, $($case:ident),+ $(,)?) => {
