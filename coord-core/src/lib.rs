@@ -27,8 +27,8 @@
 //! ```
 
 pub mod cache;
-pub mod config;
 mod capabilities;
+pub mod config;
 pub mod discovery;
 mod error;
 pub mod fence;

@@ -86,11 +86,9 @@ impl<T: DeserializeOwned + Send + Sync + 'static> ConfigHandleBuilder<T> {
         let key = ConfigKey::parse(&self.key)?;
         // Watch first so that nothing written after the first read is missed.
         let mut watch = self.center.watch(key.as_str()).await?;
-        let first = self
-            .center
-            .get(key.as_str())
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("config {key} has no value; write one first")))?;
+        let first = self.center.get(key.as_str()).await?.ok_or_else(|| {
+            Error::NotFound(format!("config {key} has no value; write one first"))
+        })?;
         let loader = Loader {
             center: self.center.clone(),
             validator: self.validator.clone(),
@@ -126,7 +124,8 @@ impl<T: DeserializeOwned + Send + Sync + 'static> ConfigHandleBuilder<T> {
                 match outcome {
                     Ok(value) => {
                         s.current.store(Arc::new(value));
-                        s.version.store(version, std::sync::atomic::Ordering::Release);
+                        s.version
+                            .store(version, std::sync::atomic::Ordering::Release);
                         if let Some(m) = &metrics {
                             m.config_reload(&name, "reloaded");
                         }
@@ -171,11 +170,15 @@ impl<T: DeserializeOwned> Loader<T> {
         let value: T = match serde_json::from_str(&text) {
             Ok(t) => t,
             // Plain text (not JSON) for string-like types.
-            Err(json) => serde_json::from_value(serde_json::Value::String(text.clone()))
-                .map_err(|_| format!("version {} of {} does not decode: {json}", v.version, v.key))?,
+            Err(json) => {
+                serde_json::from_value(serde_json::Value::String(text.clone())).map_err(|_| {
+                    format!("version {} of {} does not decode: {json}", v.version, v.key)
+                })?
+            }
         };
         if let Some(check) = &self.validator {
-            check(&value).map_err(|why| format!("version {} of {} is invalid: {why}", v.version, v.key))?;
+            check(&value)
+                .map_err(|why| format!("version {} of {} is invalid: {why}", v.version, v.key))?;
         }
         Ok(value)
     }
@@ -260,7 +263,9 @@ impl<T> ConfigHandle<T> {
 
     /// The version of the current value.
     pub fn version(&self) -> u64 {
-        self.shared.version.load(std::sync::atomic::Ordering::Acquire)
+        self.shared
+            .version
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The key it follows.

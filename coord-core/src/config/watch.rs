@@ -116,11 +116,10 @@ impl Follower {
                 Ok(None) => None,
                 Err(e) => Some(Err(e)),
             };
-            if let Some(item) = read {
-                if self.tx.send(item).await.is_err() {
+            if let Some(item) = read
+                && self.tx.send(item).await.is_err() {
                     return false;
                 }
-            }
         }
         self.seen.insert(key.to_owned(), (target, print));
         true

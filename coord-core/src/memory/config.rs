@@ -102,14 +102,13 @@ impl ConfigBackend for MemoryBackend {
                 return Err(e);
             }
             let actual = state.keys.get(&w.key).map_or(0, |h| h.latest);
-            if let Some(expected) = w.expected {
-                if expected != actual {
+            if let Some(expected) = w.expected
+                && expected != actual {
                     return Err(Error::Conflict {
                         expected: format!("{} at version {expected}", w.key),
                         actual: format!("version {actual}"),
                     });
                 }
-            }
         }
         let mut versions = Vec::with_capacity(writes.len());
         for w in writes {
