@@ -1,8 +1,9 @@
 //! What is specific to the config center on etcd: versions are keys of
 //! their own (a compaction of etcd's history loses none), listings page
 //! through thousands of keys, oversized writes are refused before anything
-//! is sent, racing writers each get a version of their own, and the key
-//! layout keeps look-alike keys apart.
+//! is sent, racing writers each get a version of their own, the key layout
+//! keeps look-alike keys apart, and latest markers of the earlier layout
+//! (the version number alone, without the record) stay readable.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -152,7 +153,10 @@ async fn oversized_writes_are_refused_before_anything_is_sent() {
     let b = backend(&h).await;
     let ns = unique_ns("size");
     let max = b.max_record_bytes();
-    assert!(max > 1 << 20, "a value of 1 MiB fits: {max}");
+    // A record is sent twice (its version and its key's latest marker), so
+    // it gets about half of etcd's 1.5 MiB request limit.
+    assert!(max > 700 << 10, "a value of 700 KiB fits: {max}");
+    assert!(max < 768 << 10, "a record is counted twice: {max}");
     // The largest record etcd takes.
     let largest = Bytes::from(vec![7u8; max]);
     let key = format!("{ns}/largest");
@@ -160,13 +164,17 @@ async fn oversized_writes_are_refused_before_anything_is_sent() {
     assert_eq!(b.config_append(&ns, &write_largest).await.unwrap(), [1]);
     let back = b.config_latest(&key).await.unwrap().expect("stored");
     assert_eq!(back.record, largest);
+    let history = b.config_history(&key, 10).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].record, largest);
     // With etcd frozen, a request would hang until the timeout: a refusal
     // comes at once.
     on_server(&h, |s| s.pause()).await;
     let too_big = [write(&format!("{ns}/big"), None, vec![1u8; max + 1].into())];
+    // Each fits alone, not both in one request.
     let two = [
-        write(&format!("{ns}/a"), None, vec![1u8; 800 << 10].into()),
-        write(&format!("{ns}/b"), None, vec![1u8; 800 << 10].into()),
+        write(&format!("{ns}/a"), None, vec![1u8; max * 2 / 3].into()),
+        write(&format!("{ns}/b"), None, vec![1u8; max * 2 / 3].into()),
     ];
     let many: Vec<ConfigWrite> = (0..65)
         .map(|i| write(&format!("{ns}/k{i}"), None, record("x")))
@@ -287,6 +295,80 @@ async fn reserved_keys_ignore_freezes_and_a_key_written_twice_gets_two_versions(
         history.iter().map(|v| v.version).collect::<Vec<_>>(),
         [2, 1]
     );
+    // The latest marker holds the key's last record of the append.
+    let latest = b.config_latest(&audit).await.unwrap().expect("stored");
+    assert_eq!((latest.version, latest.record), (2, record("two")));
+}
+
+#[tokio::test]
+async fn markers_of_the_earlier_layout_stay_readable_and_are_written_over() {
+    let h = EtcdHarness::start().await;
+    let b = backend(&h).await;
+    let ns = unique_ns("legacy");
+    let root = b.config_root();
+    let keys = [format!("{ns}/a"), format!("{ns}/b")];
+    let rec = |key: &str, version: u64| record(&format!("{key} v{version}"));
+    // Two keys as the earlier layout wrote them: versions 1 and 2, each
+    // latest marker the number alone.
+    let mut kv = b.client().kv_client();
+    for key in &keys {
+        for v in 1..=2 {
+            let at = format!("{root}versions/{key}\0{v:020}");
+            kv.put(at, rec(key, v).to_vec(), None).await.unwrap();
+        }
+        kv.put(format!("{root}latest/{key}"), "2", None)
+            .await
+            .unwrap();
+    }
+    let latest = b.config_latest(&keys[0]).await.unwrap().expect("stored");
+    assert_eq!((latest.version, latest.record), (2, rec(&keys[0], 2)));
+    let history = b.config_history(&keys[1], 10).await.unwrap();
+    assert_eq!(
+        history.iter().map(|v| v.version).collect::<Vec<_>>(),
+        [2, 1]
+    );
+    let mut notices = b.config_watch(&ns).await.unwrap();
+    // Compare-and-set on an old marker, then the new format replaces it.
+    let stale = [write(&keys[0], Some(1), rec(&keys[0], 3))];
+    assert!(matches!(
+        b.config_append(&ns, &stale).await,
+        Err(Error::Conflict { .. })
+    ));
+    let next = [write(&keys[0], Some(2), rec(&keys[0], 3))];
+    assert_eq!(b.config_append(&ns, &next).await.unwrap(), [3]);
+    let notice = within(Duration::from_secs(10), "the notice", notices.next()).await;
+    assert_eq!(
+        notice,
+        Some(coord_core::config::ConfigNotice::Changed {
+            key: keys[0].clone(),
+            version: 3,
+        })
+    );
+    let marker = kv
+        .get(format!("{root}latest/{}", keys[0]), None)
+        .await
+        .unwrap();
+    let mut expected = b"3\n".to_vec();
+    expected.extend_from_slice(&rec(&keys[0], 3));
+    assert_eq!(marker.kvs()[0].value(), &expected[..]);
+    // A listing of both formats at once.
+    let listed: Vec<(String, u64, Bytes)> = b
+        .config_list(&ns)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(key, v)| (key, v.version, v.record))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (keys[0].clone(), 3, rec(&keys[0], 3)),
+            (keys[1].clone(), 2, rec(&keys[1], 2)),
+        ]
+    );
+    assert_eq!(b.config_compact(&keys[0], 1).await.unwrap(), 2);
+    let latest = b.config_latest(&keys[0]).await.unwrap().expect("stored");
+    assert_eq!((latest.version, latest.record), (3, rec(&keys[0], 3)));
 }
 
 #[tokio::test]

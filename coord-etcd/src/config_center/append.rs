@@ -3,21 +3,25 @@
 //! changed the keys (or the namespace's freezes) in between.
 //!
 //! The write transaction compares each written key's latest marker with
-//! the version read (`create_revision == 0` for a key without versions) and
-//! the namespace's frozen markers with the read's revision (none modified
-//! since: one compare over their range); it puts each new version and each
-//! key's new latest marker. Its size: `writes + keys` operations and
-//! `keys + 1` compares, so an append takes at most [`MAX_WRITES`] writes.
+//! the one read by its modification revision (`create_revision == 0` for a
+//! key without versions: the marker holds its record too, so its value is
+//! no cheap compare) and the namespace's frozen markers with the read's
+//! revision (none modified since: one compare over their range); it puts
+//! each new version and each key's new latest marker (the number and the
+//! record of the key's last write). Its size: `writes + keys` operations
+//! and `keys + 1` compares, so an append takes at most [`MAX_WRITES`]
+//! writes; each record is in it at most twice.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
+use bytes::Bytes;
 use coord_core::config::{ConfigWrite, MAX_CONFIG_KEY_LEN, RESERVED_PREFIX, namespace_of};
 use coord_core::{Error, Result};
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
 
-use super::layout::{Layout, marker_version};
+use super::layout::{Layout, marker_value, marker_version};
 use super::{MAX_REQUEST_BYTES, MAX_TXN_OPS};
 use crate::backend::EtcdBackend;
 use crate::error::call;
@@ -37,6 +41,9 @@ const MAX_BACKOFF: Duration = Duration::from_millis(50);
 struct Seen {
     /// The latest version of each written key (0: none yet).
     latest: Vec<u64>,
+    /// The modification revision of each written key's latest marker (0:
+    /// none yet).
+    markers: Vec<i64>,
     /// The frozen scopes of the namespace.
     frozen: Vec<String>,
     /// The revision of the read.
@@ -50,20 +57,27 @@ fn fixed_overhead(layout: &Layout) -> usize {
 }
 
 /// Bytes a request spends on one write besides its record: the version's
-/// key, the latest marker's key (put and compared), their framing.
+/// key (with its number), the latest marker's key put (with the version
+/// line before the record) and compared (with a revision), their framing.
 fn write_overhead(layout: &Layout, key_len: usize) -> usize {
     3 * (layout.root().len() + "versions/".len() + key_len + 21) + 64
 }
 
-/// The largest record one write of the longest key may carry.
+/// The largest record one write of the longest key may carry: a record is
+/// sent twice, as its version's value and in its key's latest marker, so
+/// about half of etcd's request limit (a record of exactly this size is
+/// taken).
 pub(super) fn max_record_bytes(layout: &Layout) -> usize {
-    MAX_REQUEST_BYTES - fixed_overhead(layout) - write_overhead(layout, MAX_CONFIG_KEY_LEN)
+    (MAX_REQUEST_BYTES - fixed_overhead(layout) - write_overhead(layout, MAX_CONFIG_KEY_LEN)) / 2
 }
 
+/// The size of an append's write transaction, at most: each record counted
+/// twice (a key written twice in one append has one marker, holding the
+/// last record only).
 fn request_bytes(layout: &Layout, writes: &[ConfigWrite]) -> usize {
     let writes: usize = writes
         .iter()
-        .map(|w| w.record.len() + write_overhead(layout, w.key.len()))
+        .map(|w| 2 * w.record.len() + write_overhead(layout, w.key.len()))
         .sum();
     fixed_overhead(layout) + writes
 }
@@ -203,8 +217,10 @@ impl EtcdBackend {
         ))
     }
 
-    /// The latest versions of `keys` and the frozen scopes of `namespace`,
-    /// in one read transaction.
+    /// The latest versions of `keys` (and their markers' revisions) and the
+    /// frozen scopes of `namespace`, in one read transaction. The markers
+    /// come with their records (etcd reads no part of a value), so the
+    /// answer may be large.
     async fn config_read_for_append(
         &self,
         layout: &Layout,
@@ -218,7 +234,7 @@ impl EtcdBackend {
             .collect();
         let markers = GetOptions::new().with_range(frozen.end).with_keys_only();
         ops.push(TxnOp::get(frozen.start, Some(markers)));
-        let mut kv = self.inner.client.kv_client();
+        let mut kv = self.config_reader();
         let what = "read config keys before writing";
         let resp = call(what, self.inner.timeout, kv.txn(Txn::new().and_then(ops))).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
@@ -233,6 +249,7 @@ impl EtcdBackend {
         }
         let mut seen = Seen {
             latest: Vec::with_capacity(keys.len()),
+            markers: Vec::with_capacity(keys.len()),
             frozen: Vec::new(),
             revision,
         };
@@ -241,11 +258,12 @@ impl EtcdBackend {
                 continue;
             };
             if let Some(key) = keys.get(i) {
-                let version = match get.kvs().first() {
-                    None => 0,
-                    Some(marker) => marker_version(key, marker.value())?,
+                let (version, revision) = match get.kvs().first() {
+                    None => (0, 0),
+                    Some(marker) => (marker_version(key, marker.value())?, marker.mod_revision()),
                 };
                 seen.latest.push(version);
+                seen.markers.push(revision);
             } else {
                 seen.frozen = get
                     .kvs()
@@ -270,23 +288,32 @@ fn write_txn(
     guarded: bool,
 ) -> (Txn, Vec<u64>) {
     let mut next = seen.latest.clone();
+    // The record of each key's last write, for its marker (slots are
+    // numbered in order of first write).
+    let mut newest: Vec<&Bytes> = Vec::with_capacity(keys.len());
     let mut versions = Vec::with_capacity(writes.len());
     let mut ops = Vec::with_capacity(writes.len() + keys.len());
     for (w, s) in writes.iter().zip(slot) {
         next[*s] += 1;
         versions.push(next[*s]);
+        match newest.get_mut(*s) {
+            Some(record) => *record = &w.record,
+            None => newest.push(&w.record),
+        }
         let record = w.record.to_vec();
         ops.push(TxnOp::put(layout.version(&w.key, next[*s]), record, None));
     }
-    for (key, version) in keys.iter().zip(&next) {
-        ops.push(TxnOp::put(layout.latest(key), version.to_string(), None));
+    for ((key, version), record) in keys.iter().zip(&next).zip(newest) {
+        let marker = marker_value(*version, record);
+        ops.push(TxnOp::put(layout.latest(key), marker, None));
     }
+    // Each marker as read: absent, or not modified since.
     let mut compares: Vec<Compare> = keys
         .iter()
-        .zip(&seen.latest)
-        .map(|(key, version)| match version {
+        .zip(&seen.markers)
+        .map(|(key, revision)| match revision {
             0 => Compare::create_revision(layout.latest(key), CompareOp::Equal, 0),
-            v => Compare::value(layout.latest(key), CompareOp::Equal, v.to_string()),
+            r => Compare::mod_revision(layout.latest(key), CompareOp::Equal, *r),
         })
         .collect();
     if guarded {
@@ -320,7 +347,10 @@ mod tests {
     fn the_largest_record_fits_a_request() {
         let layout = Layout::new("coord/");
         let max = max_record_bytes(&layout);
-        assert!(max > 1 << 20, "a 1 MiB value fits, with its metadata");
+        assert!(
+            max > 700 << 10,
+            "a value of 700 KiB fits, with its metadata"
+        );
         let write = |len: usize| ConfigWrite {
             key: format!("a/b/{}", "k".repeat(MAX_CONFIG_KEY_LEN - 4)),
             expected: None,

@@ -1,6 +1,15 @@
 //! Where the config center keeps its data in etcd's key space: the latest,
-//! versions and frozen trees under `{ns}/config/` (see the module docs).
+//! versions and frozen trees under `{ns}/config/` (see the module docs),
+//! and what a latest marker holds.
+//!
+//! A latest marker's value is the key's latest version number as decimal
+//! text, a newline, then that version's record (opaque bytes, newlines
+//! included: only the first newline separates), so one get of the marker
+//! is a key's whole latest version. Markers written before records moved
+//! into them hold the number alone; they stay readable, their record being
+//! only in the version's key.
 
+use bytes::Bytes;
 use coord_core::config::key_under;
 use coord_core::{Error, Result};
 
@@ -40,7 +49,8 @@ impl Layout {
         &self.root
     }
 
-    /// The marker holding `key`'s latest version number.
+    /// The marker holding `key`'s latest version number and record (see
+    /// [`marker_value`]).
     pub(super) fn latest(&self, key: &str) -> String {
         format!("{}latest/{key}", self.root)
     }
@@ -105,22 +115,57 @@ pub(super) fn version_of(etcd_key: &[u8]) -> Option<u64> {
 }
 
 /// A version number stored as decimal text.
-pub(super) fn parse_version(text: &[u8]) -> Option<u64> {
+fn parse_version(text: &[u8]) -> Option<u64> {
     std::str::from_utf8(text).ok()?.parse().ok()
 }
 
-/// The version a latest marker of `key` holds; a marker that is no number
-/// (written by something else) is a [`Error::Codec`].
+/// The value of a latest marker: `version` as decimal text, a newline, the
+/// version's record.
+pub(super) fn marker_value(version: u64, record: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(21 + record.len());
+    value.extend_from_slice(version.to_string().as_bytes());
+    value.push(b'\n');
+    value.extend_from_slice(record);
+    value
+}
+
+/// A latest marker's version and where its record starts in it: after the
+/// first newline; `None` for a marker of the number alone (the earlier
+/// layout, whose record is only in the version's key). `None` altogether
+/// when the number is not one.
+pub(super) fn split_marker(marker: &[u8]) -> Option<(u64, Option<usize>)> {
+    match marker.iter().position(|b| *b == b'\n') {
+        Some(at) => Some((parse_version(&marker[..at])?, Some(at + 1))),
+        None => Some((parse_version(marker)?, None)),
+    }
+}
+
+/// A latest marker that is no number followed by a record (written by
+/// something else): an [`Error::Codec`].
+fn bad_marker(key: &str, marker: &[u8]) -> Error {
+    let shown = &marker[..marker.len().min(64)];
+    Error::codec(
+        format!(
+            "config {key}: its latest version marker {:?} does not start with a version number",
+            String::from_utf8_lossy(shown)
+        ),
+        None,
+    )
+}
+
+/// The version a latest marker of `key` holds (either format).
 pub(super) fn marker_version(key: &str, marker: &[u8]) -> Result<u64> {
-    parse_version(marker).ok_or_else(|| {
-        Error::codec(
-            format!(
-                "config {key}: its latest version marker {:?} is not a number",
-                String::from_utf8_lossy(marker)
-            ),
-            None,
-        )
-    })
+    split_marker(marker)
+        .map(|(version, _)| version)
+        .ok_or_else(|| bad_marker(key, marker))
+}
+
+/// The version and the record a latest marker of `key` holds, the record a
+/// slice of the marker's value (no copy); `None` for a marker of the
+/// earlier layout (the number alone).
+pub(super) fn marker_contents(key: &str, marker: Vec<u8>) -> Result<(u64, Option<Bytes>)> {
+    let (version, at) = split_marker(&marker).ok_or_else(|| bad_marker(key, &marker))?;
+    Ok((version, at.map(|at| Bytes::from(marker).slice(at..))))
 }
 
 #[cfg(test)]
@@ -177,5 +222,32 @@ mod tests {
             marker_version("a/b/k", b"x"),
             Err(Error::Codec { .. })
         ));
+    }
+
+    #[test]
+    fn markers_hold_the_version_and_its_record_and_old_ones_stay_readable() {
+        // The record is opaque: newlines and digits in it change nothing.
+        let record = b"\n12\nrecord\n";
+        let value = marker_value(12, record);
+        assert_eq!(value, b"12\n\n12\nrecord\n");
+        assert_eq!(split_marker(&value), Some((12, Some(3))));
+        assert_eq!(marker_version("a/b/k", &value).unwrap(), 12);
+        let (version, got) = marker_contents("a/b/k", value).unwrap();
+        assert_eq!((version, got.as_deref()), (12, Some(&record[..])));
+        // An empty record is one, not an old marker.
+        let (version, got) = marker_contents("a/b/k", marker_value(u64::MAX, b"")).unwrap();
+        assert_eq!((version, got.as_deref()), (u64::MAX, Some(&b""[..])));
+        // A marker of the earlier layout: the number alone.
+        assert_eq!(split_marker(b"7"), Some((7, None)));
+        assert_eq!(marker_version("a/b/k", b"7").unwrap(), 7);
+        assert_eq!(marker_contents("a/b/k", b"7".to_vec()).unwrap(), (7, None));
+        // Anything else is a codec error.
+        for bad in [&b""[..], b"x", b"x\n7", b"\n7", b"7 \nr"] {
+            assert_eq!(split_marker(bad), None, "{bad:?}");
+            assert!(matches!(
+                marker_contents("a/b/k", bad.to_vec()),
+                Err(Error::Codec { .. })
+            ));
+        }
     }
 }

@@ -9,19 +9,22 @@ use crate::error::call;
 impl EtcdBackend {
     /// Deletes the versions of `key` older than its newest `keep_last` (at
     /// least 1) in one delete of their range. Versions are consecutive up to
-    /// the latest, so they are those below `latest + 1 - keep_last`. A write
-    /// racing with it only means more versions are kept.
+    /// the latest, so they are those below `latest + 1 - keep_last`; the
+    /// latest version's key is always kept (its marker holds its record too,
+    /// but histories read versions' keys). A write racing with it only means
+    /// more versions are kept.
     pub(super) async fn config_drop_old(&self, key: &str, keep_last: usize) -> Result<u64> {
         let what = "compact a config key's history";
         let layout = self.config_layout();
         let mut kv = self.inner.client.kv_client();
         let keep = u64::try_from(keep_last.max(1)).unwrap_or(u64::MAX);
-        let Some((latest, _)) = self
+        let Some(marker) = self
             .config_latest_marker(&mut kv, &layout, key, what)
             .await?
         else {
             return Ok(0);
         };
+        let latest = marker.version;
         if latest <= keep {
             return Ok(0);
         }

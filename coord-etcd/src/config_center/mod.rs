@@ -3,7 +3,11 @@
 //!
 //! * **Layout** ([`layout`]): three trees under `{ns}/config/`, each with
 //!   the full config key (`app/env/key`) right after its fixed name:
-//!   * `latest/{key}` → the key's latest version number, as decimal text;
+//!   * `latest/{key}` → the key's latest version number as decimal text, a
+//!     newline, then that version's record, so a key's latest version is
+//!     one get (markers written before records moved into them hold the
+//!     number alone and stay readable: their record is read from the
+//!     version's key);
 //!   * `versions/{key}\0{version:020}` → the [record](coord_core::config::encode_version)
 //!     of one version. Config keys never contain control characters, so the
 //!     NUL ends the key: the versions of `a/b/db` are exactly the range
@@ -15,21 +19,25 @@
 //!   key may be named anything the key rules allow (`a/b/v/latest`
 //!   included). History is kept **explicitly**: every version is a live key
 //!   until [`config_compact`](ConfigBackend::config_compact) deletes it, so
-//!   etcd's own compaction of its MVCC history loses nothing.
-//! * **Writes** ([`append`]): read the latest versions of the written keys
+//!   etcd's own compaction of its MVCC history loses nothing; the latest
+//!   version is never compacted, and its record is in its marker as well.
+//! * **Writes** ([`append`]): read the latest markers of the written keys
 //!   and the namespace's frozen markers (one read transaction), check the
 //!   freezes and the expected versions, then one transaction: compare each
-//!   key's latest marker with what was read and that no frozen marker of
-//!   the namespace changed since, put each new version and the new latest
-//!   markers. A transaction that lost a race is read and tried again, so
-//!   `Conflict` and `Frozen` always describe what etcd holds. A request is
-//!   checked against etcd's request limit before it is sent.
-//! * **Reads** ([`read`]): a latest version is two gets (the marker, then
-//!   its version at the marker's revision); a history is one ascending range
-//!   over the newest versions (a descending sort would make etcd read the
-//!   key's whole history first); a listing is a range over the latest tree
-//!   in pages, then the records in transactions of gets, all at the first
-//!   page's revision (a snapshot; started over if etcd compacts it meanwhile).
+//!   key's latest marker's modification revision with the one read (or its
+//!   absence) and that no frozen marker of the namespace changed since, put
+//!   each new version and the new latest markers. A transaction that lost a
+//!   race is read and tried again, so `Conflict` and `Frozen` always
+//!   describe what etcd holds. A record travels twice (its version's key
+//!   and its key's marker), so the largest is about half of etcd's request
+//!   limit; a request is checked against that limit before it is sent.
+//! * **Reads** ([`read`]): a latest version is one get of its marker (a
+//!   marker of the earlier layout: then its version at the marker's
+//!   revision); a history is one ascending range over the newest versions
+//!   (a descending sort would make etcd read the key's whole history
+//!   first); a listing is a range over the latest tree in pages, records
+//!   included, all at the first page's revision (a snapshot; started over
+//!   if etcd compacts it meanwhile).
 //! * **Watches** ([`watch`](mod@watch)): an etcd watch of the latest tree
 //!   under the prefix, from now; each new latest marker is a
 //!   [`ConfigNotice::Changed`](coord_core::config::ConfigNotice); a watch
@@ -52,13 +60,18 @@ use layout::Layout;
 /// The most operations one transaction carries (etcd's default `--max-txn-ops`).
 const MAX_TXN_OPS: usize = 128;
 
-/// The largest request sent: etcd refuses requests over 1.5 MiB by default
-/// (`--max-request-bytes`), measured with the request's envelope.
-const MAX_REQUEST_BYTES: usize = (3 << 20) / 2 - (64 << 10);
+/// etcd's default request limit (`--max-request-bytes`): no value it holds
+/// is larger.
+const ETCD_MAX_REQUEST_BYTES: usize = (3 << 20) / 2;
+
+/// The largest request sent: etcd refuses requests over 1.5 MiB by default,
+/// measured with the request's envelope.
+const MAX_REQUEST_BYTES: usize = ETCD_MAX_REQUEST_BYTES - (64 << 10);
 
 impl EtcdBackend {
     /// The root of the config center's keys: `{namespace}/config/`. Under
-    /// it, `latest/{key}` holds a key's latest version number,
+    /// it, `latest/{key}` holds a key's latest version number, a newline
+    /// and that version's record,
     /// `versions/{key}\0{version:020}` each version's record and
     /// `frozen/{scope}` marks a frozen namespace or key.
     pub fn config_root(&self) -> String {

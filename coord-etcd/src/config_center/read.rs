@@ -1,28 +1,28 @@
 //! Reading versions: one version, the latest, a history, a listing.
 //!
+//! A key's latest version is its latest marker, record included: one get.
 //! Reads of more than one key are pinned to one revision, so they see one
-//! state: a latest version is read at its marker's revision (a compaction
-//! of old versions in between cannot hide it), a listing's pages and
-//! records at its first page's revision. Should etcd compact that revision
-//! of its own history meanwhile, the read starts over. Answers may hold
-//! many records of up to [`max_record_bytes`], above etcd-client's default
-//! 4 MiB decoding limit, so reads use a limit that fits a full page of them.
+//! state: a history is read at its marker's revision, a listing's pages at
+//! its first page's revision. So is the record of a marker of the earlier
+//! layout (the number alone), read from its version's key: a compaction of
+//! old versions in between cannot hide it. Should etcd compact that
+//! revision of its own history meanwhile, the read starts over. Answers may
+//! hold many records, above etcd-client's default 4 MiB decoding limit, so
+//! reads of more than one use a limit that fits a full page of the largest
+//! value etcd takes.
 
 use bytes::Bytes;
 use coord_core::config::StoredVersion;
 use coord_core::{Error, Result};
 use etcd_client::{GetOptions, GetResponse, KvClient, Txn, TxnOp, TxnOpResponse};
 
-use super::MAX_TXN_OPS;
-use super::append::max_record_bytes;
-use super::layout::{Layout, marker_version};
+use super::layout::{Layout, marker_contents};
+use super::{ETCD_MAX_REQUEST_BYTES, MAX_TXN_OPS};
 use crate::backend::EtcdBackend;
 use crate::error::{call, deadline, map};
 
-/// Latest markers per page of a listing (each a few bytes).
-const MARKER_PAGE: i64 = 1000;
-
-/// Records per request: a page of a history, a transaction of a listing's gets.
+/// Records per request: a page of a history, of a listing's latest markers
+/// (each holds a record), a transaction of gets of old markers' records.
 const RECORD_PAGE: usize = MAX_TXN_OPS;
 
 /// How many times a pinned read starts over after etcd compacted its revision.
@@ -37,6 +37,17 @@ fn is_compacted(err: &etcd_client::Error) -> bool {
 fn first_record(mut resp: GetResponse) -> Option<Bytes> {
     let kv = resp.take_kvs().into_iter().next()?;
     Some(Bytes::from(kv.into_key_value().1))
+}
+
+/// A key's latest marker as read.
+pub(super) struct LatestMarker {
+    /// The key's latest version.
+    pub(super) version: u64,
+    /// Its record; `None` for a marker of the earlier layout (the number
+    /// alone), whose record is only in the version's key.
+    pub(super) record: Option<Bytes>,
+    /// The revision the marker was read at.
+    pub(super) revision: i64,
 }
 
 /// The smallest key after `key`.
@@ -56,9 +67,10 @@ fn compacted_too_often(what: &str) -> Error {
 }
 
 impl EtcdBackend {
-    /// A reader whose answers may hold a full page of the largest records.
-    fn config_reader(&self) -> KvClient {
-        let limit = RECORD_PAGE * (max_record_bytes(&self.config_layout()) + 2048);
+    /// A reader whose answers may hold a full page of the largest records
+    /// (no value etcd holds is over its request limit, whatever wrote it).
+    pub(super) fn config_reader(&self) -> KvClient {
+        let limit = RECORD_PAGE * (ETCD_MAX_REQUEST_BYTES + 2048);
         self.inner
             .client
             .kv_client()
@@ -82,21 +94,25 @@ impl EtcdBackend {
         }
     }
 
-    /// `key`'s latest version number and the revision it was read at;
-    /// `None` for a key without versions.
+    /// `key`'s latest marker (one get); `None` for a key without versions.
     pub(super) async fn config_latest_marker(
         &self,
         kv: &mut KvClient,
         layout: &Layout,
         key: &str,
         what: &str,
-    ) -> Result<Option<(u64, i64)>> {
-        let resp = call(what, self.inner.timeout, kv.get(layout.latest(key), None)).await?;
+    ) -> Result<Option<LatestMarker>> {
+        let mut resp = call(what, self.inner.timeout, kv.get(layout.latest(key), None)).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
-        match resp.kvs().first() {
-            Some(marker) => Ok(Some((marker_version(key, marker.value())?, revision))),
-            None => Ok(None),
-        }
+        let Some(marker) = resp.take_kvs().into_iter().next() else {
+            return Ok(None);
+        };
+        let (version, record) = marker_contents(key, marker.into_key_value().1)?;
+        Ok(Some(LatestMarker {
+            version,
+            record,
+            revision,
+        }))
     }
 
     pub(super) async fn config_read_version(
@@ -115,12 +131,22 @@ impl EtcdBackend {
         let layout = self.config_layout();
         let mut kv = self.inner.client.kv_client();
         for _ in 0..TRIES {
-            let Some((version, revision)) = self
+            let Some(marker) = self
                 .config_latest_marker(&mut kv, &layout, key, what)
                 .await?
             else {
                 return Ok(None);
             };
+            let LatestMarker {
+                version,
+                record,
+                revision,
+            } = marker;
+            if let Some(record) = record {
+                return Ok(Some(StoredVersion { version, record }));
+            }
+            // A marker of the earlier layout: the record is in the version's
+            // key, read at the marker's revision.
             let at = layout.version(key, version);
             let Some(resp) = self
                 .config_pinned_get(&mut kv, what, at, GetOptions::new(), revision)
@@ -153,7 +179,11 @@ impl EtcdBackend {
         let layout = self.config_layout();
         let mut kv = self.config_reader();
         'tries: for _ in 0..TRIES {
-            let Some((latest, revision)) = self
+            let Some(LatestMarker {
+                version: latest,
+                revision,
+                ..
+            }) = self
                 .config_latest_marker(&mut kv, &layout, key, what)
                 .await?
             else {
@@ -216,6 +246,9 @@ impl EtcdBackend {
     }
 
     /// One listing at one revision; `None` if etcd compacted it meanwhile.
+    /// The records come with the latest markers, in the same pages; only
+    /// markers of the earlier layout (the number alone) need their versions'
+    /// keys read, in transactions of gets at the same revision.
     async fn config_list_once(&self, prefix: &str) -> Result<Option<Vec<(String, StoredVersion)>>> {
         let what = "list config keys";
         let layout = self.config_layout();
@@ -223,34 +256,43 @@ impl EtcdBackend {
         let mut kv = self.config_reader();
         let mut start = range.start.into_bytes();
         let mut revision = 0;
-        let mut latest: Vec<(String, u64)> = Vec::new();
+        // Each key under the prefix, its latest version and record (`None`:
+        // to read from the version's key).
+        let mut found: Vec<(String, u64, Option<Bytes>)> = Vec::new();
         loop {
             let options = GetOptions::new()
                 .with_range(range.end.clone())
-                .with_limit(MARKER_PAGE);
+                .with_limit(RECORD_PAGE as i64);
             let page = self.config_pinned_get(&mut kv, what, start, options, revision);
-            let Some(resp) = page.await? else {
+            let Some(mut resp) = page.await? else {
                 return Ok(None);
             };
             if revision == 0 {
                 revision = resp.header().map_or(0, |h| h.revision());
             }
-            for marker in resp.kvs() {
-                if let Some(key) = layout.key_of_latest(marker.key(), prefix) {
-                    latest.push((key.to_owned(), marker_version(key, marker.value())?));
+            let more = resp.more();
+            let markers = resp.take_kvs();
+            start = markers.last().map(|m| after(m.key())).unwrap_or_default();
+            for marker in markers {
+                let (etcd_key, value) = marker.into_key_value();
+                if let Some(key) = layout.key_of_latest(&etcd_key, prefix) {
+                    let (version, record) = marker_contents(key, value)?;
+                    found.push((key.to_owned(), version, record));
                 }
             }
-            match resp.kvs().last() {
-                Some(last) if resp.more() => start = after(last.key()),
-                _ => break,
+            if !more || start.is_empty() {
+                break;
             }
         }
-        let mut listing = Vec::with_capacity(latest.len());
-        for chunk in latest.chunks(RECORD_PAGE) {
+        let old: Vec<usize> = (0..found.len()).filter(|i| found[*i].2.is_none()).collect();
+        for chunk in old.chunks(RECORD_PAGE) {
             let at = GetOptions::new().with_revision(revision);
             let ops: Vec<TxnOp> = chunk
                 .iter()
-                .map(|(key, version)| TxnOp::get(layout.version(key, *version), Some(at.clone())))
+                .map(|i| {
+                    let (key, version, _) = &found[*i];
+                    TxnOp::get(layout.version(key, *version), Some(at.clone()))
+                })
                 .collect();
             let txn = kv.txn(Txn::new().and_then(ops));
             let resp = match deadline(what, self.inner.timeout, txn).await? {
@@ -258,26 +300,26 @@ impl EtcdBackend {
                 Err(e) if is_compacted(&e) => return Ok(None),
                 Err(e) => return Err(map(what, e)),
             };
-            for ((key, version), answer) in chunk.iter().zip(resp.op_responses()) {
-                let TxnOpResponse::Get(get) = answer else {
-                    continue;
-                };
-                match first_record(get) {
-                    Some(record) => listing.push((
-                        key.clone(),
-                        StoredVersion {
-                            version: *version,
-                            record,
-                        },
-                    )),
-                    None => tracing::warn!(
-                        key,
-                        version,
-                        "skipped a config key whose latest version is missing"
-                    ),
+            for (i, answer) in chunk.iter().zip(resp.op_responses()) {
+                if let TxnOpResponse::Get(get) = answer {
+                    found[*i].2 = first_record(get);
                 }
             }
         }
+        let listing = found
+            .into_iter()
+            .filter_map(|(key, version, record)| match record {
+                Some(record) => Some((key, StoredVersion { version, record })),
+                None => {
+                    tracing::warn!(
+                        key,
+                        version,
+                        "skipped a config key whose latest version is missing"
+                    );
+                    None
+                }
+            })
+            .collect();
         Ok(Some(listing))
     }
 }

@@ -1,5 +1,11 @@
 //! Watching a prefix: an etcd watch of the latest markers under it, from
-//! now, each put of one a [`ConfigNotice::Changed`].
+//! now, each put of one a [`ConfigNotice::Changed`] with the version the
+//! marker starts with (its record, which it holds too, is not used).
+//!
+//! Markers hold records, so a watcher that fell behind could be sent many
+//! of them in one answer, over etcd-client's decoding limit: the watch asks
+//! etcd to split large answers (each part is as good as a whole: a notice
+//! is one event).
 //!
 //! A watch etcd cancels (a watcher too slow for the compacted history) or
 //! fails with an answer is one [`ConfigNotice::Gap`], then the end; a lost
@@ -12,7 +18,7 @@ use coord_core::config::{ConfigNotice, ConfigNotices};
 use coord_core::{Error, Result};
 use etcd_client::{Event, EventType, WatchFilterType, WatchOptions, WatchStream};
 
-use super::layout::{Layout, parse_version};
+use super::layout::{Layout, split_marker};
 use crate::backend::EtcdBackend;
 use crate::error::{call, map};
 
@@ -34,7 +40,8 @@ impl EtcdBackend {
         // Latest markers are never deleted by the config center.
         let options = WatchOptions::new()
             .with_range(range.end)
-            .with_filters([WatchFilterType::NoDelete]);
+            .with_filters([WatchFilterType::NoDelete])
+            .with_fragment();
         let open = crate::watch::open_watch(&self.inner.client, range.start, options);
         let stream = match call("watch config", self.inner.timeout, open).await? {
             Ok(stream) => stream,
@@ -104,8 +111,11 @@ fn notice_of(event: &Event, f: &Follow) -> Option<ConfigNotice> {
     }
     let kv = event.kv()?;
     let key = f.layout.key_of_latest(kv.key(), &f.prefix)?;
-    let Some(version) = parse_version(kv.value()) else {
-        tracing::warn!(key, "ignored a config latest marker that is not a number");
+    let Some((version, _)) = split_marker(kv.value()) else {
+        tracing::warn!(
+            key,
+            "ignored a config latest marker that does not start with a number"
+        );
         return None;
     };
     Some(ConfigNotice::Changed {
