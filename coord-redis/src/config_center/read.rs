@@ -14,14 +14,49 @@ use crate::lock::evalsha;
 /// key) and reply, while 10,000 keys still take ten calls.
 const LIST_CHUNK: usize = 1000;
 
+/// The field of a key's versions hash that holds its latest version and
+/// record, `{n}\n{record}`, so that a read of the latest is one `HGET`.
+pub(super) const HEAD_FIELD: &str = "head";
+
+/// Splits a head into its version and record.
+fn parse_head(head: &[u8], key: &str) -> Result<StoredVersion> {
+    let bad = || {
+        coord_core::Error::codec(
+            format!("config {key}: its head field is not `n\\nrecord`"),
+            None,
+        )
+    };
+    let at = head.iter().position(|b| *b == b'\n').ok_or_else(bad)?;
+    let version = std::str::from_utf8(&head[..at])
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(bad)?;
+    Ok(StoredVersion {
+        version,
+        record: bytes::Bytes::copy_from_slice(&head[at + 1..]),
+    })
+}
+
 /// `list.lua` calls in flight at once.
 const LIST_CONCURRENCY: usize = 4;
 
 impl RedisBackend {
     /// [`config_latest`](coord_core::config::ConfigBackend::config_latest):
-    /// one `latest.lua` call.
+    /// one plain `HGET` of the key's `head` field (`{n}\n{record}`, kept by
+    /// `append.lua` beside the numbered versions); one `latest.lua` call for
+    /// a key written before heads existed.
     pub(super) async fn latest_version(&self, key: &str) -> Result<Option<StoredVersion>> {
         let keys = self.config_keys_of(key)?;
+        let mut conn = self.inner.conn.clone();
+        let head: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(keys.versions(key))
+            .arg(HEAD_FIELD)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| map_err(e, &self.inner.addr))?;
+        if let Some(head) = head {
+            return parse_head(&head, key).map(Some);
+        }
         let mut cmd = evalsha(&SCRIPTS.latest, 2);
         cmd.arg(&keys.latest).arg(keys.versions(key)).arg(key);
         let reply: Value = self.eval(&SCRIPTS.latest, &cmd).await?;

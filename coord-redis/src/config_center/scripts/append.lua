@@ -20,8 +20,12 @@
 --                                          write (another type, a non-integer latest)
 -- Each new version is published as `key\0n` on the channel.
 --
+-- Each write also sets the versions hash's `head` field to `n\nrecord` (the latest
+-- version and its record), so that reading the latest is one plain HGET.
+--
 -- Cost: per write one HGET, at most one SISMEMBER and one TYPE to check, then one
--- HINCRBY, one HSET and one PUBLISH; the record is never copied inside the script.
+-- HINCRBY, one HSET (the numbered version and the head: one copy of the record) and
+-- one PUBLISH.
 
 local ns_frozen = redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1
 local function type_ok(key, wanted)
@@ -62,7 +66,7 @@ end
 local versions = { 'ok' }
 for i = 1, n do
   local v = redis.call('HINCRBY', KEYS[1], ARGV[4 * i - 1], 1)
-  redis.call('HSET', KEYS[2 + i], v, ARGV[4 * i + 2])
+  redis.call('HSET', KEYS[2 + i], v, ARGV[4 * i + 2], 'head', v .. '\n' .. ARGV[4 * i + 2])
   versions[i + 1] = v
 end
 for i = 1, n do

@@ -8,13 +8,19 @@
 -- Cost: one HKEYS, a sort of the version numbers, one HDEL per 1000 dropped.
 
 local keep = tonumber(ARGV[1])
-local versions = redis.call('HKEYS', KEYS[1])
+local versions = {}
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  -- Only the numbered versions: the `head` field (the latest) always stays.
+  if tonumber(field) then
+    versions[#versions + 1] = field
+  end
+end
 local n = #versions
 if n <= keep then
   return 0
 end
 table.sort(versions, function(a, b)
-  return (tonumber(a) or 0) < (tonumber(b) or 0)
+  return tonumber(a) < tonumber(b)
 end)
 local drop = n - keep
 local batch = {}
