@@ -121,9 +121,10 @@ impl KeyProvider for EnvKeyProvider {
 
     fn key(&self, id: &str) -> Result<[u8; 32]> {
         if let Ok((current, key)) = self.current()
-            && current == id {
-                return Ok(key);
-            }
+            && current == id
+        {
+            return Ok(key);
+        }
         if let Ok(old) = std::env::var(OLD_KEYS_ENV) {
             for entry in old.split(',').filter(|e| !e.trim().is_empty()) {
                 let (kid, key) = parse_key(entry, OLD_KEYS_ENV)?;

@@ -117,9 +117,10 @@ impl Follower {
                 Err(e) => Some(Err(e)),
             };
             if let Some(item) = read
-                && self.tx.send(item).await.is_err() {
-                    return false;
-                }
+                && self.tx.send(item).await.is_err()
+            {
+                return false;
+            }
         }
         self.seen.insert(key.to_owned(), (target, print));
         true

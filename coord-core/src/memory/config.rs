@@ -103,12 +103,13 @@ impl ConfigBackend for MemoryBackend {
             }
             let actual = state.keys.get(&w.key).map_or(0, |h| h.latest);
             if let Some(expected) = w.expected
-                && expected != actual {
-                    return Err(Error::Conflict {
-                        expected: format!("{} at version {expected}", w.key),
-                        actual: format!("version {actual}"),
-                    });
-                }
+                && expected != actual
+            {
+                return Err(Error::Conflict {
+                    expected: format!("{} at version {expected}", w.key),
+                    actual: format!("version {actual}"),
+                });
+            }
         }
         let mut versions = Vec::with_capacity(writes.len());
         for w in writes {
