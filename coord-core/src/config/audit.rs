@@ -350,12 +350,49 @@ impl ConfigCenter {
         action: AuditAction,
         message: &str,
     ) -> Result<u64> {
+        self.write_audited_from(key, expected, None, record, action, message)
+            .await
+    }
+
+    /// Checks that `namespace` takes direct writes and, for a blind write
+    /// (`expected` is `None`), reads the key's latest version, both at once;
+    /// the version to pass to [`write_audited_from`](Self::write_audited_from).
+    pub(crate) async fn check_and_base(
+        &self,
+        key: &ConfigKey,
+        what: &str,
+        expected: Option<u64>,
+    ) -> Result<Option<u64>> {
+        let latest = async {
+            match expected {
+                Some(_) => Ok(None),
+                None => self.latest_version(key.as_str()).await.map(Some),
+            }
+        };
+        let (allowed, base) =
+            futures::join!(self.ensure_direct_writes(key.namespace(), what), latest);
+        allowed?;
+        base
+    }
+
+    /// [`write_audited`](Self::write_audited) whose first attempt of a blind
+    /// write uses `first_base`, a latest version read already.
+    pub(crate) async fn write_audited_from(
+        &self,
+        key: &ConfigKey,
+        expected: Option<u64>,
+        mut first_base: Option<u64>,
+        record: Bytes,
+        action: AuditAction,
+        message: &str,
+    ) -> Result<u64> {
         let namespace = key.namespace();
         let mut attempt = 0;
         loop {
-            let base = match expected {
-                Some(v) => v,
-                None => self.latest_version(key.as_str()).await?,
+            let base = match (expected, first_base.take()) {
+                (Some(v), _) => v,
+                (None, Some(v)) => v,
+                (None, None) => self.latest_version(key.as_str()).await?,
             };
             let entry = AuditEntry::new(self, action, key.as_str())
                 .version(base + 1)

@@ -319,10 +319,13 @@ impl ConfigCenter {
     pub async fn put_with(&self, key: &str, value: impl AsRef<[u8]>, options: Put) -> Result<u64> {
         let key = ConfigKey::parse(key)?;
         let record = self.record(value.as_ref(), &options.message, options.secret, false)?;
-        self.ensure_direct_writes(key.namespace(), "put").await?;
-        self.write_audited(
+        // The approval policy and (for a blind write) the latest version
+        // are read at once: one round trip of wall time before the append.
+        let base = self.check_and_base(&key, "put", options.expected).await?;
+        self.write_audited_from(
             &key,
             options.expected,
+            base,
             record,
             AuditAction::Put,
             &options.message,
@@ -340,10 +343,15 @@ impl ConfigCenter {
     pub async fn delete_with(&self, key: &str, options: Put) -> Result<u64> {
         let key = ConfigKey::parse(key)?;
         let record = self.record(b"", &options.message, false, true)?;
-        self.ensure_direct_writes(key.namespace(), "delete").await?;
-        self.write_audited(
+        // The approval policy and (for a blind write) the latest version
+        // are read at once: one round trip of wall time before the append.
+        let base = self
+            .check_and_base(&key, "delete", options.expected)
+            .await?;
+        self.write_audited_from(
             &key,
             options.expected,
+            base,
             record,
             AuditAction::Delete,
             &options.message,
