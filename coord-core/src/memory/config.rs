@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use crate::config::{
-    ConfigBackend, ConfigNotice, ConfigNotices, ConfigWrite, RESERVED_PREFIX, StoredVersion,
-    key_under, namespace_of,
+    ConfigBackend, ConfigNotice, ConfigNotices, ConfigWrite, StoredVersion, frozen_error,
+    key_under, namespace_of, version_conflict,
 };
 use crate::error::{Error, Result};
 use crate::health::ComponentHealth;
@@ -52,32 +52,6 @@ impl MemoryConfig {
     }
 }
 
-/// Whether a write to `key` is refused by a freeze.
-pub(crate) fn frozen_error(
-    key: &str,
-    namespace: &str,
-    frozen: impl Fn(&str) -> bool,
-) -> Option<Error> {
-    let reserved = key
-        .strip_prefix(namespace)
-        .and_then(|rest| rest.strip_prefix('/'))
-        .is_some_and(|name| name.starts_with(RESERVED_PREFIX));
-    if reserved {
-        return None;
-    }
-    if frozen(namespace) {
-        return Some(Error::Frozen(format!(
-            "namespace {namespace} is frozen; unfreeze it to write {key}"
-        )));
-    }
-    if frozen(key) {
-        return Some(Error::Frozen(format!(
-            "config key {key} is frozen; unfreeze it to write"
-        )));
-    }
-    None
-}
-
 #[async_trait]
 impl ConfigBackend for MemoryBackend {
     fn config_backend_name(&self) -> &'static str {
@@ -105,10 +79,7 @@ impl ConfigBackend for MemoryBackend {
             if let Some(expected) = w.expected
                 && expected != actual
             {
-                return Err(Error::Conflict {
-                    expected: format!("{} at version {expected}", w.key),
-                    actual: format!("version {actual}"),
-                });
+                return Err(version_conflict(&w.key, expected, actual));
             }
         }
         let mut versions = Vec::with_capacity(writes.len());

@@ -17,7 +17,9 @@ use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
 use bytes::Bytes;
-use coord_core::config::{ConfigWrite, MAX_CONFIG_KEY_LEN, RESERVED_PREFIX, namespace_of};
+use coord_core::config::{
+    ConfigWrite, MAX_CONFIG_KEY_LEN, frozen_error, is_reserved_key, namespace_of, version_conflict,
+};
 use coord_core::{Error, Result};
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
 
@@ -82,33 +84,6 @@ fn request_bytes(layout: &Layout, writes: &[ConfigWrite]) -> usize {
     fixed_overhead(layout) + writes
 }
 
-/// Whether `key` is one of the config center's own in `namespace`.
-fn is_reserved(key: &str, namespace: &str) -> bool {
-    key.strip_prefix(namespace)
-        .and_then(|rest| rest.strip_prefix('/'))
-        .is_some_and(|name| name.starts_with(RESERVED_PREFIX))
-}
-
-/// Whether a write to `key` is refused by a freeze (the memory store's rules
-/// and messages: the namespace first, then the key; reserved keys never).
-fn frozen_error(key: &str, namespace: &str, frozen: &[String]) -> Option<Error> {
-    if is_reserved(key, namespace) {
-        return None;
-    }
-    let is_frozen = |scope: &str| frozen.iter().any(|s| s == scope);
-    if is_frozen(namespace) {
-        return Some(Error::Frozen(format!(
-            "namespace {namespace} is frozen; unfreeze it to write {key}"
-        )));
-    }
-    if is_frozen(key) {
-        return Some(Error::Frozen(format!(
-            "config key {key} is frozen; unfreeze it to write"
-        )));
-    }
-    None
-}
-
 /// A pause of about `backoff` (between half and one and a half of it), so
 /// writers that lost a race to each other do not meet again.
 fn jittered(backoff: Duration) -> Duration {
@@ -171,24 +146,23 @@ impl EtcdBackend {
                 })
             })
             .collect();
-        let guarded = writes.iter().any(|w| !is_reserved(&w.key, namespace));
+        let guarded = writes.iter().any(|w| !is_reserved_key(&w.key, namespace));
         let mut backoff = Duration::from_millis(1);
         for attempt in 1..=TRIES {
             let seen = self
                 .config_read_for_append(&layout, namespace, &keys)
                 .await?;
             for (w, s) in writes.iter().zip(&slot) {
-                if let Some(e) = frozen_error(&w.key, namespace, &seen.frozen) {
+                if let Some(e) = frozen_error(&w.key, namespace, |scope| {
+                    seen.frozen.iter().any(|s| s == scope)
+                }) {
                     return Err(e);
                 }
                 let actual = seen.latest[*s];
                 if let Some(expected) = w.expected
                     && expected != actual
                 {
-                    return Err(Error::Conflict {
-                        expected: format!("{} at version {expected}", w.key),
-                        actual: format!("version {actual}"),
-                    });
+                    return Err(version_conflict(&w.key, expected, actual));
                 }
             }
             let (txn, versions) =
@@ -331,17 +305,6 @@ fn write_txn(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn freezes_follow_the_memory_stores_rules() {
-        let frozen = vec!["a/b".to_owned(), "a/c/k".to_owned()];
-        let e = frozen_error("a/b/k", "a/b", &frozen).unwrap();
-        assert!(e.to_string().contains("namespace a/b is frozen"), "{e}");
-        assert!(frozen_error("a/b/.coord/audit", "a/b", &frozen).is_none());
-        let e = frozen_error("a/c/k", "a/c", &frozen).unwrap();
-        assert!(e.to_string().contains("config key a/c/k is frozen"), "{e}");
-        assert!(frozen_error("a/c/other", "a/c", &frozen).is_none());
-    }
 
     #[test]
     fn the_largest_record_fits_a_request() {

@@ -1,7 +1,10 @@
 //! Writes: appending versions (freeze and compare-and-set checked in one
 //! script), compaction and freezing.
 
-use coord_core::config::{ConfigWrite, RESERVED_PREFIX, key_under, namespace_of};
+use coord_core::config::{
+    ConfigWrite, frozen_key, frozen_namespace, is_reserved_key, key_under, namespace_of,
+    version_conflict,
+};
 use coord_core::{Error, Result};
 use redis::Value;
 
@@ -38,7 +41,7 @@ impl RedisBackend {
         cmd.arg(namespace).arg(&keys.channel);
         for w in writes {
             let expected = w.expected.map(|v| v.to_string()).unwrap_or_default();
-            let reserved = if is_reserved(&w.key, namespace) {
+            let reserved = if is_reserved_key(&w.key, namespace) {
                 "r"
             } else {
                 ""
@@ -90,14 +93,6 @@ impl RedisBackend {
     }
 }
 
-/// Whether `key` is one of the config center's own keys of `namespace`
-/// (never frozen).
-fn is_reserved(key: &str, namespace: &str) -> bool {
-    key.strip_prefix(namespace)
-        .and_then(|rest| rest.strip_prefix('/'))
-        .is_some_and(|name| name.starts_with(RESERVED_PREFIX))
-}
-
 /// Decodes `append.lua`'s reply (see the script's header) for `n` writes.
 fn parse_append(reply: Value, namespace: &str, n: usize) -> Result<Vec<u64>> {
     let bad = |reply: &Value| unexpected_reply("config append", reply);
@@ -114,19 +109,14 @@ fn parse_append(reply: Value, namespace: &str, n: usize) -> Result<Vec<u64>> {
             .map(|v| version_of(v, "config append"))
             .collect(),
         Some("frozen") => match (text(1).as_deref(), text(2)) {
-            (Some("namespace"), Some(key)) => Err(Error::Frozen(format!(
-                "namespace {namespace} is frozen; unfreeze it to write {key}"
-            ))),
-            (Some("key"), Some(key)) => Err(Error::Frozen(format!(
-                "config key {key} is frozen; unfreeze it to write"
-            ))),
+            (Some("namespace"), Some(key)) => Err(frozen_namespace(namespace, &key)),
+            (Some("key"), Some(key)) => Err(frozen_key(&key)),
             _ => Err(bad(&reply)),
         },
         Some("conflict") => match (text(1), text(2), text(3)) {
-            (Some(key), Some(expected), Some(actual)) => Err(Error::Conflict {
-                expected: format!("{key} at version {expected}"),
-                actual: format!("version {actual}"),
-            }),
+            (Some(key), Some(expected), Some(actual)) => {
+                Err(version_conflict(&key, expected, actual))
+            }
             _ => Err(bad(&reply)),
         },
         Some("corrupt") => match (text(1), text(2)) {
@@ -186,12 +176,5 @@ mod tests {
         ] {
             assert!(parse_append(odd, "a/b", 2).is_err());
         }
-    }
-
-    #[test]
-    fn reserved_keys_are_the_centers_own() {
-        assert!(is_reserved("a/b/.coord/audit", "a/b"));
-        assert!(!is_reserved("a/b/x/.coord/audit", "a/b"));
-        assert!(!is_reserved("a/b/.coordx", "a/b"));
     }
 }
