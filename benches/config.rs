@@ -11,7 +11,6 @@
 //! cargo bench -p coord-benches --bench config
 //! ```
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,51 +20,8 @@ use coord::etcd::EtcdBackend;
 use coord::etcd::testkit::EtcdServer;
 use coord::redis::RedisBackend;
 use coord::redis::testkit::RedisServer;
-use coord_benches::redis_conn;
+use coord_benches::{ROUNDS, percentiles, ratio, redis_conn, row};
 use tokio::runtime::Runtime;
-
-const ROUNDS: usize = 9;
-
-async fn per_call<F, Fut>(n: u32, mut f: F) -> Duration
-where
-    F: FnMut(u32) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let start = Instant::now();
-    for i in 0..n {
-        f(i).await;
-    }
-    start.elapsed() / n
-}
-
-/// Median over interleaved rounds of ours/floor.
-async fn ratio<F1, F2, Fut1, Fut2>(n: u32, mut floor: F1, mut ours: F2) -> (f64, Duration, Duration)
-where
-    F1: FnMut(u32) -> Fut1,
-    F2: FnMut(u32) -> Fut2,
-    Fut1: Future<Output = ()>,
-    Fut2: Future<Output = ()>,
-{
-    per_call(n / 4, &mut floor).await;
-    per_call(n / 4, &mut ours).await;
-    let mut rounds = Vec::new();
-    for round in 0..ROUNDS {
-        let (f, o) = if round % 2 == 0 {
-            let f = per_call(n, &mut floor).await;
-            (f, per_call(n, &mut ours).await)
-        } else {
-            let o = per_call(n, &mut ours).await;
-            (per_call(n, &mut floor).await, o)
-        };
-        rounds.push((o.as_secs_f64() / f.as_secs_f64(), f, o));
-    }
-    rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
-    rounds[ROUNDS / 2]
-}
-
-fn row(label: &str, (r, f, o): (f64, Duration, Duration)) {
-    println!("  {label:<44} {o:>10.2?} vs {f:>10.2?} = {r:.2}× time");
-}
 
 fn value() -> String {
     format!(
@@ -94,9 +50,7 @@ async fn propagation(
         }
         samples.push(start.elapsed());
     }
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    (at(0.5), at(0.99))
+    percentiles(samples)
 }
 
 fn main() {

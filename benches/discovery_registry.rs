@@ -22,14 +22,9 @@ use coord::etcd::EtcdBackend;
 use coord::etcd::testkit::EtcdServer;
 use coord::redis::RedisBackend;
 use coord::redis::testkit::RedisServer;
+use coord_benches::percentiles;
 use futures::StreamExt;
 use tokio::runtime::Runtime;
-
-fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    (at(0.5), at(0.99))
-}
 
 fn instance(service: &str, n: usize) -> ServiceInstance {
     ServiceInstance::new(
