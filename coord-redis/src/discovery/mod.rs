@@ -135,14 +135,22 @@ impl RegistryBackend for RedisBackend {
             .arg(record)
             .arg(owner)
             .arg(ttl_ms(ttl));
-        let _rev: u64 = self.eval(&SCRIPTS.register, &cmd).await?;
+        // The service's name joins the index at the same time (one round
+        // trip of wall time): `services()` lists only names with live
+        // instances, so the order of the two does not matter.
         let mut conn = self.inner.conn.clone();
-        redis::cmd("SADD")
-            .arg(self.services_key())
-            .arg(&instance.service)
-            .query_async::<Value>(&mut conn)
-            .await
-            .map_err(|e| map_err(e, &self.inner.addr))?;
+        let services_key = self.services_key();
+        let mut sadd = redis::cmd("SADD");
+        sadd.arg(&services_key).arg(&instance.service);
+        let indexed = async {
+            sadd.query_async::<Value>(&mut conn)
+                .await
+                .map_err(|e| map_err(e, &self.inner.addr))
+        };
+        let (registered, indexed) =
+            futures::join!(self.eval::<u64>(&SCRIPTS.register, &cmd), indexed);
+        registered?;
+        indexed?;
         Ok(())
     }
 
