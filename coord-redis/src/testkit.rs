@@ -162,6 +162,10 @@ impl RedisServer {
     /// (`["--requirepass", "secret"]`); [`url`](Self::url) carries no
     /// password.
     pub fn spawn_with(extra: &[&str]) -> Result<RedisServer> {
+        ServerProcess::retry_port_races(|| Self::spawn_once(extra))
+    }
+
+    fn spawn_once(extra: &[&str]) -> Result<RedisServer> {
         let dir = tempfile::tempdir().map_err(|e| {
             Error::unavailable("cannot create a temporary directory", Some(e.into()))
         })?;

@@ -32,6 +32,28 @@ impl ServerProcess {
             .map_err(|e| Error::unavailable("cannot read a loopback port", Some(e.into())))
     }
 
+    /// Runs `start` (which picks its ports with [`free_port`](Self::free_port)
+    /// and spawns servers on them) up to three times while it fails because
+    /// a server exited before listening: a port found free a moment earlier
+    /// can be taken by another test's server before ours binds it. Any other
+    /// failure, or the third, is returned.
+    pub fn retry_port_races<T>(mut start: impl FnMut() -> Result<T>) -> Result<T> {
+        let mut attempt = 1;
+        loop {
+            match start() {
+                Err(Error::Unavailable { message, .. })
+                    if attempt < 3 && message.contains("before listening") =>
+                {
+                    eprintln!(
+                        "a test server exited before listening ({message}); trying other ports"
+                    );
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Spawns `program args…` and waits until 127.0.0.1:`port` accepts TCP
     /// connections. A missing program is an [`Error::Unavailable`] whose
     /// message includes `install_hint`.
@@ -165,6 +187,32 @@ impl Drop for ServerProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn port_races_are_retried_and_other_failures_are_not() {
+        let exited =
+            || Error::unavailable("`etcd` exited with 1 before listening on 127.0.0.1:1", None);
+        let mut calls = 0;
+        let r = ServerProcess::retry_port_races(|| {
+            calls += 1;
+            if calls < 3 { Err(exited()) } else { Ok(calls) }
+        });
+        assert_eq!(r.unwrap(), 3);
+        let mut calls = 0;
+        let r: Result<()> = ServerProcess::retry_port_races(|| {
+            calls += 1;
+            Err(exited())
+        });
+        assert!(r.is_err());
+        assert_eq!(calls, 3, "three attempts at most");
+        let mut calls = 0;
+        let r: Result<()> = ServerProcess::retry_port_races(|| {
+            calls += 1;
+            Err(Error::unavailable("not installed", None))
+        });
+        assert!(r.is_err());
+        assert_eq!(calls, 1, "other failures are not retried");
+    }
 
     #[test]
     fn missing_program_names_the_install_hint() {

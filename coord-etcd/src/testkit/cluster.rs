@@ -41,6 +41,10 @@ impl EtcdCluster {
         if n == 0 {
             return Err(Error::invalid("an etcd cluster needs at least one member"));
         }
+        ServerProcess::retry_port_races(|| Self::start_once(n))
+    }
+
+    fn start_once(n: usize) -> Result<EtcdCluster> {
         let mut ports = Vec::with_capacity(n);
         for _ in 0..n {
             ports.push((ServerProcess::free_port()?, ServerProcess::free_port()?));

@@ -214,6 +214,10 @@ async fn wait_ready(url: &str) -> Result<()> {
 }
 
 fn spawn_etcd() -> Result<EtcdServer> {
+    ServerProcess::retry_port_races(spawn_etcd_once)
+}
+
+fn spawn_etcd_once() -> Result<EtcdServer> {
     let data_dir = data_dir()?;
     let client_port = ServerProcess::free_port()?;
     let peer_port = ServerProcess::free_port()?;
