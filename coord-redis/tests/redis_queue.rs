@@ -678,3 +678,86 @@ async fn a_release_wakes_only_the_next_grantee() {
     assert!(within(LIMIT, "w3 is woken by w1's release", third.next()).await);
     granted(&b, "next", "w3", x).await;
 }
+
+/// All commands the server has run (scripts' own calls included), by name.
+async fn commands_run(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_"))
+        .filter(|l| !l.starts_with("info:") && !l.starts_with("config|"))
+        .map(|l| {
+            let calls = l.split("calls=").nth(1).unwrap().split(',').next().unwrap();
+            calls.parse::<u64>().unwrap()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn an_uncontended_hold_takes_the_fast_paths() {
+    // The queue scripts' fast paths (an empty queue on enqueue, the only entry
+    // on dequeue) run 13 + 6 commands, the EVALSHAs included, where the
+    // general paths run about 23 + 14: counted on a server of its own.
+    let server = RedisServer::spawn().expect("redis-server must start for this test");
+    let b = RedisBackend::connect(server.url(), &Settings::default())
+        .await
+        .unwrap();
+    let mut conn = raw(server.url()).await;
+    for (i, mode) in [HoldMode::Exclusive, HoldMode::Shared { limit: 3 }]
+        .into_iter()
+        .enumerate()
+    {
+        // Load the scripts first, so that no SCRIPT LOAD is counted.
+        let name = format!("fast-{i}");
+        granted(&b, &name, "a", mode).await;
+        b.dequeue(&name, &owner("a")).await.unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let cycles = 10;
+        let mut tokens = Vec::new();
+        for _ in 0..cycles {
+            tokens.push(granted(&b, &name, "a", mode).await);
+            b.dequeue(&name, &owner("a")).await.unwrap();
+        }
+        let per_cycle = commands_run(&mut conn).await as f64 / cycles as f64;
+        assert!(
+            per_cycle <= 19.0,
+            "{mode:?}: {per_cycle} commands per uncontended acquire + release"
+        );
+        assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+        // Nothing is left behind once the only entry went.
+        let left: u64 = redis::cmd("EXISTS")
+            .arg(format!(
+                "{}:lock:{{{name}}}:queue",
+                Settings::default().namespace
+            ))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+    // A release of an entry whose lease ended is refused on the fast path too.
+    let name = "fast-expired";
+    match b
+        .enqueue(
+            name,
+            &owner("a"),
+            HoldMode::Exclusive,
+            Duration::from_millis(20),
+        )
+        .await
+        .unwrap()
+    {
+        QueueOutcome::Granted(_) => {}
+        other => panic!("expected a grant, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let err = b.dequeue(name, &owner("a")).await.unwrap_err();
+    assert!(matches!(err, Error::NotHeld(_)), "{err:?}");
+}

@@ -20,7 +20,8 @@
 //!
 //! The four queue keys expire together when the last lease ends and are
 //! deleted when the queue empties. Each operation is one `EVALSHA` of a Lua
-//! script (`scripts/queue_*.lua`, each prefixed with `queue_common.lua`) that
+//! script (`scripts/queue_*.lua`, each prefixed with `queue_head.lua`, a fast path
+//! where the operation has one, and `queue_common.lua`) that
 //! first purges the entries whose lease ended, then applies
 //! [`HoldMode::admits`] exactly as coord-core's memory backend does.
 //!
@@ -57,10 +58,20 @@ use crate::connection::Connection;
 use crate::error::{map_err, unexpected_reply};
 use crate::lock::{LockKeys, corrupt_fence, evalsha, ttl_ms};
 
-/// One of the queue scripts: `queue_common.lua` followed by `$file`.
+/// One of the queue scripts: `queue_head.lua`, the operation's fast path
+/// (`$fast`) when it has one, `queue_common.lua`, then `$file`.
 macro_rules! queue_script {
     ($file:literal) => {
         Script::new(concat!(
+            include_str!("scripts/queue_head.lua"),
+            include_str!("scripts/queue_common.lua"),
+            include_str!(concat!("scripts/", $file))
+        ))
+    };
+    ($fast:literal, $file:literal) => {
+        Script::new(concat!(
+            include_str!("scripts/queue_head.lua"),
+            include_str!(concat!("scripts/", $fast)),
             include_str!("scripts/queue_common.lua"),
             include_str!(concat!("scripts/", $file))
         ))
@@ -78,9 +89,9 @@ struct QueueScripts {
 }
 
 static SCRIPTS: LazyLock<QueueScripts> = LazyLock::new(|| QueueScripts {
-    enqueue: queue_script!("queue_enqueue.lua"),
+    enqueue: queue_script!("queue_enqueue_fast.lua", "queue_enqueue.lua"),
     renew: queue_script!("queue_renew.lua"),
-    dequeue: queue_script!("queue_dequeue.lua"),
+    dequeue: queue_script!("queue_dequeue_fast.lua", "queue_dequeue.lua"),
     force_release: queue_script!("queue_force_release.lua"),
     info: queue_script!("queue_info.lua"),
     inspect: Script::new(include_str!("scripts/inspect.lua")),
@@ -156,7 +167,7 @@ fn is_absent(v: &Value) -> bool {
 }
 
 /// The `{'wrongtype', …}` and `{'corrupt', …}` replies every queue script
-/// may give (see `queue_common.lua`), as errors.
+/// may give (see `queue_head.lua`), as errors.
 fn script_failure(reply: &Value, addr: &str) -> Option<Error> {
     let Value::Array(items) = reply else {
         return None;

@@ -1,47 +1,9 @@
--- queue_common.lua: helpers of the queued-lock scripts (fair locks, semaphores,
--- read-write locks). Not a script of its own: queue.rs prepends it to each of
--- queue_enqueue.lua, queue_renew.lua, queue_dequeue.lua, queue_force_release.lua and
--- queue_info.lua, so every operation stays one EVALSHA.
---
--- KEYS (the same first four in every queue script; all share the `{name}` hash tag of
--- the lease lock of the same name, but never collide with its keys: a queued lock and a
--- lease lock with the same name are different locks):
--- KEYS[1]  Q  `{ns}:lock:{name}:queue`        ZSET owner -> arrival sequence (queue order)
--- KEYS[2]  E  `{ns}:lock:{name}:queue:lease`  ZSET owner -> end of its lease (server ms)
--- KEYS[3]  M  `{ns}:lock:{name}:queue:mode`   HASH owner -> hold mode (`x` or `s<limit>`)
--- KEYS[4]  T  `{ns}:lock:{name}:queue:token`  HASH owner -> fencing token, once granted
--- These four expire together at the end of the last lease (PEXPIREAT) and are deleted
--- when the queue empties. A removal of an entry that lets waiting entries in publishes
--- their owners, one per line, on the channel `{ns}:lock:{name}:queue:released`
--- (Q .. ':released'): only those waiters wake (an empty message wakes every waiter).
---
--- A stored value the scripts cannot use makes them reply (tables, not error replies, so
--- queue.rs can tell a corrupted value from a failed request):
---   {'wrongtype', message}         a key of another type; nothing was changed
---   {'corrupt', what, where, raw}  the `what` (mode, token, fence or lease) stored at
---                                  `where` (a key, or `key owner` for an entry's field)
---                                  is `raw`, which does not decode; nothing was granted
-
-local Q, E, M, T = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-
--- Tokens stay below 2^53, exact in a Lua number.
-local MAX_TOKEN = 9007199254740992
--- 10 ms, in token units (microseconds): see acquire.lua's hybrid logical clock.
-local SLACK = 10000
--- The most arguments one command gets from unpack (Lua's C stack is limited).
-local CHUNK = 1000
-
-local clock = redis.call('TIME')
-local now_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local now_ms = math.floor(now_us / 1000)
+-- queue_common.lua: the helpers of the general path of the queued-lock scripts
+-- (after queue_head.lua and the operation's fast path, before the operation; see
+-- queue_head.lua for the keys and the replies).
 
 -- Whether an entry was removed (the waiters are then woken, once per call).
 local changed = false
-
--- An integer as a command argument, never in exponent form.
-local function int(n)
-  return string.format('%.0f', n)
-end
 
 -- nil when every key is absent or of its type, else a message.
 local function check_types(expected)
@@ -56,31 +18,6 @@ end
 
 local function check_queue_types()
   return check_types({ { Q, 'zset' }, { E, 'zset' }, { M, 'hash' }, { T, 'hash' } })
-end
-
--- A stored hold mode: 0 for exclusive (`x`), the limit for shared (`s<limit>`,
--- 1 <= limit < 2^32), nil when it does not decode (as HoldMode::decode).
-local function decode_mode(raw)
-  if raw == 'x' then
-    return 0
-  end
-  local digits = type(raw) == 'string' and string.match(raw, '^s(%d+)$')
-  if digits then
-    local limit = tonumber(digits)
-    if limit and limit >= 1 and limit <= 4294967295 then
-      return limit
-    end
-  end
-  return nil
-end
-
--- A stored token or fence value, nil when it is not an integer in [1, 2^53).
-local function decode_token(raw)
-  local n = type(raw) == 'string' and string.match(raw, '^%d+$') and tonumber(raw)
-  if n and n >= 1 and n < MAX_TOKEN then
-    return n
-  end
-  return nil
 end
 
 -- `command key item…` over `items` in chunks; the replies concatenated.

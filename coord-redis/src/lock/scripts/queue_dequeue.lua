@@ -1,13 +1,14 @@
 -- queue_dequeue.lua: removes one entry, granted (a release) or waiting (a waiter giving
--- up), and wakes the waiters (after queue_common.lua).
+-- up), and wakes the waiters (after queue_head.lua, queue_dequeue_fast.lua and
+-- queue_common.lua).
 --
--- KEYS[1..4]  Q, E, M, T of the queue (see queue_common.lua)
+-- KEYS[1..4]  Q, E, M, T of the queue (see queue_head.lua)
 -- ARGV[1]     the owner (`client_id:owner`)
 --
 -- Purges the entries whose lease ended first. Publishes on Q .. ':released' when any
 -- entry went. Returns 1 when the owner's entry was queued (now removed), 0 when it was
 -- not (an expired entry counts as absent), or a {'wrongtype', …} reply of
--- queue_common.lua.
+-- queue_head.lua.
 
 local bad_type = check_queue_types()
 if bad_type then

@@ -1,6 +1,7 @@
--- queue_enqueue.lua: one step of a queued acquisition (after queue_common.lua).
+-- queue_enqueue.lua: one step of a queued acquisition (after queue_head.lua,
+-- queue_enqueue_fast.lua and queue_common.lua).
 --
--- KEYS[1..4]  Q, E, M, T of the queue (see queue_common.lua)
+-- KEYS[1..4]  Q, E, M, T of the queue (see queue_head.lua)
 -- KEYS[5]     F `{ns}:lock:{name}:queue:fence`  last token handed out by this queue,
 --             no TTL (never deleted, so tokens keep increasing)
 -- ARGV[1]     the owner (`client_id:owner`, never contains a NUL byte)
@@ -23,11 +24,10 @@
 --   {'granted', token}           the entry holds the lock (or a permit)
 --   {'queued', ahead, wait_ms}   it waits behind `ahead` entries; the first lease ahead
 --                                of it ends in `wait_ms` ms
---   or a {'wrongtype', …} / {'corrupt', …} reply of queue_common.lua. A corrupted fence
+--   or a {'wrongtype', …} / {'corrupt', …} reply of queue_head.lua. A corrupted fence
 --   changes nothing; a corrupted mode ahead grants nothing.
 
-local F = KEYS[5]
-local owner, mode_arg, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+-- F, owner, mode_arg and ttl are locals of queue_enqueue_fast.lua, which runs first.
 
 local bad_type = check_queue_types() or check_types({ { F, 'string' } })
 if bad_type then
@@ -112,11 +112,8 @@ else
 end
 
 if admitted then
-  local token = fence + 1
-  if now_us - token > SLACK then
-    token = now_us
-  end
-  if token >= MAX_TOKEN then
+  local token = next_token(fence)
+  if not token then
     finish()
     return { 'corrupt', 'fence', F, raw_fence or '' }
   end

@@ -1,13 +1,14 @@
 -- queue_force_release.lua: removes every granted entry of a queue, whoever holds it
 -- (administration); the waiters stay, and are granted next with higher tokens (the
--- fence is not touched). Runs after queue_common.lua.
+-- fence is not touched). Runs after queue_head.lua and
+-- queue_common.lua.
 --
--- KEYS[1..4]  Q, E, M, T of the queue (see queue_common.lua)
+-- KEYS[1..4]  Q, E, M, T of the queue (see queue_head.lua)
 -- ARGV        none
 --
 -- Purges the entries whose lease ended first. Publishes on Q .. ':released' when any
 -- entry went. Returns how many granted entries were removed (expired ones, purged,
--- are not counted), or a {'wrongtype', …} reply of queue_common.lua.
+-- are not counted), or a {'wrongtype', …} reply of queue_head.lua.
 
 local bad_type = check_queue_types()
 if bad_type then

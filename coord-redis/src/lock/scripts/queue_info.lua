@@ -1,6 +1,7 @@
--- queue_info.lua: the entries of a queue, for `list` (after queue_common.lua).
+-- queue_info.lua: the entries of a queue, for `list` (after queue_head.lua and
+-- queue_common.lua).
 --
--- KEYS[1..4]  Q, E, M, T of the queue (see queue_common.lua)
+-- KEYS[1..4]  Q, E, M, T of the queue (see queue_head.lua)
 -- ARGV        none
 --
 -- Purges the entries whose lease ended first (waking the waiters when any went), as
@@ -9,7 +10,7 @@
 --   owner, mode (raw, or nil), token (raw, or nil when waiting),
 --   remaining lease in ms (integer >= 0, or -1 when the entry has no lease)
 -- queue.rs decodes the raw values (a corrupted one is a codec error). Or a
--- {'wrongtype', …} reply of queue_common.lua.
+-- {'wrongtype', …} reply of queue_head.lua.
 
 local bad_type = check_queue_types()
 if bad_type then

@@ -1,13 +1,14 @@
--- queue_renew.lua: extends the lease of a granted queue entry (after queue_common.lua).
+-- queue_renew.lua: extends the lease of a granted queue entry (after queue_head.lua
+-- and queue_common.lua).
 --
--- KEYS[1..4]  Q, E, M, T of the queue (see queue_common.lua)
+-- KEYS[1..4]  Q, E, M, T of the queue (see queue_head.lua)
 -- ARGV[1]     the owner (`client_id:owner`)
 -- ARGV[2]     the new lease in milliseconds (integer >= 1)
 --
 -- Purges the entries whose lease ended first (waking the waiters when any went).
 -- Returns 1 when the owner's entry is queued and granted (its lease now ends ARGV[2] ms
 -- from now), 0 when it is absent or waiting (its lease unchanged), or a {'wrongtype', …}
--- reply of queue_common.lua.
+-- reply of queue_head.lua.
 
 local bad_type = check_queue_types()
 if bad_type then
