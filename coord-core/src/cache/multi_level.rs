@@ -53,6 +53,14 @@ impl<T> Clone for L1Entry<T> {
     }
 }
 
+/// The hasher of the L1 maps: foldhash, several times cheaper than the
+/// default SipHash on short keys (an L1 lookup and insert each hash the key),
+/// and still seeded per process.
+type L1Hasher = foldhash::fast::RandomState;
+
+/// An L1 map (L1 itself, or the degraded-mode fallback).
+type L1<T> = moka::future::Cache<String, L1Entry<T>, L1Hasher>;
+
 /// Drops `key` from L1 if it may have gone stale since `epoch` was read:
 /// at once with [`Recheck::now`], or, if the caller is cancelled before
 /// that, from a task spawned on drop.
@@ -187,10 +195,10 @@ struct Inner<T> {
     /// evict its own fresh copies).
     origin: String,
     options: CacheOptions,
-    l1: moka::future::Cache<String, L1Entry<T>>,
+    l1: L1<T>,
     /// What L1 held when invalidations stopped: served, up to `max_stale`
     /// old, only while L2 is unreachable (degraded mode).
-    fallback: moka::future::Cache<String, L1Entry<T>>,
+    fallback: L1<T>,
     /// Whether invalidations are flowing: L1 is used only then.
     l1_live: AtomicBool,
     /// Wakes [`MultiLevelCache::ready`] waiters when L1 goes live.
@@ -312,13 +320,13 @@ where
         let fallback = moka::future::Cache::builder()
             .max_capacity(options.l1_max_entries)
             .time_to_live(options.max_stale.max(Duration::from_millis(1)))
-            .build();
+            .build_with_hasher(L1Hasher::default());
         let inner = Arc::new(Inner {
             name: name.as_str().into(),
             backend,
             origin: format!("{:016x}", fastrand::u64(..)),
             options,
-            l1: l1.build(),
+            l1: l1.build_with_hasher(L1Hasher::default()),
             fallback,
             l1_live: AtomicBool::new(false),
             live_wake: Notify::new(),
