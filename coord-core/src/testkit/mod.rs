@@ -11,6 +11,7 @@
 //! `conformance_lock_<case>_<backend>`.
 
 pub mod cache;
+pub mod chaos;
 mod checker;
 pub mod config;
 pub mod config_workflow;

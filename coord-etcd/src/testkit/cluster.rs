@@ -139,6 +139,41 @@ impl EtcdCluster {
         self.process(i).resume()
     }
 
+    /// The index of the member that leads, as the first member that answers
+    /// says (paused or stopped members are skipped, each within 1 s).
+    pub async fn leader(&self) -> Result<usize> {
+        let mut ids = Vec::with_capacity(self.members.len());
+        let mut leader = None;
+        for m in &self.members {
+            let endpoint = format!("http://127.0.0.1:{}", m.client_port);
+            let options = etcd_client::ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(1))
+                .with_timeout(Duration::from_secs(1));
+            let status = match etcd_client::Client::connect([endpoint], Some(options)).await {
+                Ok(mut client) => client.status().await.ok(),
+                Err(_) => None,
+            };
+            ids.push(
+                status
+                    .as_ref()
+                    .and_then(|s| s.header().map(|h| h.member_id())),
+            );
+            if leader.is_none() {
+                leader = status.map(|s| s.leader()).filter(|id| *id != 0);
+            }
+        }
+        let leader = leader
+            .ok_or_else(|| Error::unavailable("no etcd member answered with a leader", None))?;
+        ids.iter()
+            .position(|id| *id == Some(leader))
+            .ok_or_else(|| {
+                Error::unavailable(
+                    format!("the leader (member id {leader:x}) did not answer its status"),
+                    None,
+                )
+            })
+    }
+
     fn process(&self, i: usize) -> MutexGuard<'_, ServerProcess> {
         self.members[i]
             .process

@@ -1,0 +1,446 @@
+//! The chaos runner: workers of each lock kind (lease, fair, semaphore,
+//! election) contend for one lock per kind, each with a client of its own
+//! (like separate processes), writing with their fencing tokens to an
+//! audited resource, while a fault is injected and healed. Afterwards it
+//! checks what they saw ([`ScenarioReport`]):
+//!
+//! * **overlaps**: a hold granted while another worker still believed it
+//!   held (the earliest of its release, its `lost()` signal and the end of
+//!   its guard's validity): more than one at once for exclusive kinds, more
+//!   than the permits for a semaphore;
+//! * **the fence audit** of the accepted writes: tokens going backwards,
+//!   interleaved holds ([`FenceAudit`](crate::testkit::FenceAudit));
+//! * **late losses**: `lost()` resolving after a newer grant;
+//! * the time from the fault (and from the heal) to the next grant, and the
+//!   locks left behind once every worker released.
+//!
+//! Each kind also runs a **negative control** over its own recorded data: an
+//! injected overlapping hold and a stale write must be reported by the same
+//! checkers.
+//!
+//! The run's length comes from `COORD_CHAOS_SECS` (default
+//! [`ChaosPlan::DEFAULT_SECS`]): the fault comes at a third of it and is
+//! healed at two thirds.
+
+mod holds;
+mod report;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::lock::{FencingToken, LockClient};
+use crate::testkit::{AuditedResource, FenceAudit, Fencing, LOSS_MARGIN};
+
+pub use holds::{Hold, HoldEnd, LATE_LOSS_TOLERANCE, late_losses, overlaps};
+pub use report::{README_MARKERS, ScenarioReport, table, write_into_readme};
+
+/// A lock kind the chaos workers contend for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChaosKind {
+    /// A lease lock.
+    Lease,
+    /// A fair (queued) lock.
+    Fair,
+    /// A semaphore of this many permits.
+    Semaphore(u32),
+    /// A leader election (campaign, lead, resign).
+    Election,
+}
+
+impl ChaosKind {
+    /// The four kinds the suite runs: lease, fair, a semaphore of 2 permits,
+    /// election.
+    pub const ALL: [ChaosKind; 4] = [
+        ChaosKind::Lease,
+        ChaosKind::Fair,
+        ChaosKind::Semaphore(2),
+        ChaosKind::Election,
+    ];
+
+    /// How it is named in reports.
+    pub fn label(&self) -> String {
+        match self {
+            ChaosKind::Lease => "lease".into(),
+            ChaosKind::Fair => "fair".into(),
+            ChaosKind::Semaphore(n) => format!("semaphore({n})"),
+            ChaosKind::Election => "election".into(),
+        }
+    }
+
+    /// How many holds may be held at once.
+    fn capacity(&self) -> usize {
+        match self {
+            ChaosKind::Semaphore(n) => *n as usize,
+            _ => 1,
+        }
+    }
+}
+
+/// The timing and size of a chaos run.
+#[derive(Debug, Clone)]
+pub struct ChaosPlan {
+    /// How long the workers run.
+    pub duration: Duration,
+    /// When (from the start) the fault is injected.
+    pub fault_at: Duration,
+    /// When (from the start) it is healed.
+    pub heal_at: Duration,
+    /// The locks' TTL.
+    pub ttl: Duration,
+    /// Workers per kind, each with its own client.
+    pub workers: usize,
+    /// Writes per hold.
+    pub writes_per_hold: usize,
+    /// The work before each write.
+    pub work: Duration,
+    /// How long one acquisition may wait.
+    pub wait_timeout: Duration,
+}
+
+impl ChaosPlan {
+    /// The default run length in seconds (CI); `COORD_CHAOS_SECS` sets
+    /// another (60 or more for a local soak).
+    pub const DEFAULT_SECS: u64 = 9;
+
+    /// A plan of `secs` seconds: the fault at a third, the heal at two
+    /// thirds, a 2 s TTL, 3 workers per kind, 3 writes of 20 ms per hold.
+    pub fn new(secs: u64) -> ChaosPlan {
+        let duration = Duration::from_secs(secs.max(3));
+        ChaosPlan {
+            duration,
+            fault_at: duration / 3,
+            heal_at: duration * 2 / 3,
+            ttl: Duration::from_secs(2),
+            workers: 3,
+            writes_per_hold: 3,
+            work: Duration::from_millis(20),
+            wait_timeout: Duration::from_secs(3),
+        }
+    }
+
+    /// [`ChaosPlan::new`] with `COORD_CHAOS_SECS` seconds, or
+    /// [`DEFAULT_SECS`](Self::DEFAULT_SECS).
+    pub fn from_env() -> ChaosPlan {
+        let secs = std::env::var("COORD_CHAOS_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(Self::DEFAULT_SECS);
+        ChaosPlan::new(secs)
+    }
+}
+
+/// What one worker saw.
+#[derive(Debug, Default)]
+struct WorkerLog {
+    holds: Vec<Hold>,
+    failed: u64,
+    refused: u64,
+}
+
+/// Runs one scenario: `workers` workers per kind of `kinds`, each with a
+/// client from `new_client` (called once per worker, plus once for the
+/// inspection of leftovers), `inject` at [`ChaosPlan::fault_at`] and `heal`
+/// at [`ChaosPlan::heal_at`]. Lock names are unique per run. Set
+/// `overlaps_allowed` where the backend's documentation says a fault can
+/// hand one lock to two holders (fencing must still refuse the stale one).
+pub async fn run_scenario<C, CF, I, H>(
+    plan: &ChaosPlan,
+    scenario: &str,
+    kinds: &[ChaosKind],
+    overlaps_allowed: bool,
+    new_client: C,
+    inject: I,
+    heal: H,
+) -> Vec<ScenarioReport>
+where
+    C: Fn() -> CF,
+    CF: Future<Output = LockClient>,
+    I: Future<Output = ()>,
+    H: Future<Output = ()>,
+{
+    let prefix = format!("chaos/{:08x}", fastrand::u32(..));
+    let mut clients = Vec::new();
+    for _ in 0..kinds.len() * plan.workers {
+        clients.push(new_client().await);
+    }
+    let inspector = new_client().await;
+    let origin = Instant::now();
+    let stop_at = origin + plan.duration;
+    let resources: Vec<Arc<AuditedResource>> = kinds
+        .iter()
+        .map(|kind| {
+            // Permits write side by side: only exclusive kinds are fenced.
+            let fencing = if kind.capacity() == 1 {
+                Fencing::On
+            } else {
+                Fencing::Off
+            };
+            Arc::new(AuditedResource::new(fencing))
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for (k, kind) in kinds.iter().enumerate() {
+        for w in 0..plan.workers {
+            let client = clients[k * plan.workers + w].clone();
+            let (plan, kind, resource) = (plan.clone(), *kind, resources[k].clone());
+            let name = format!("{prefix}/{}", kind.label());
+            tasks.push(tokio::spawn(async move {
+                worker(&plan, kind, w, &name, client, &resource, stop_at).await
+            }));
+        }
+    }
+    // The fault and the heal, on the plan's schedule.
+    tokio::time::sleep_until(origin + plan.fault_at).await;
+    let fault_at = Instant::now();
+    tracing::info!(scenario, "chaos: injecting the fault");
+    inject.await;
+    tokio::time::sleep_until((origin + plan.heal_at).max(Instant::now())).await;
+    let heal_at = Instant::now();
+    tracing::info!(scenario, "chaos: healing");
+    heal.await;
+    let mut logs: Vec<Vec<WorkerLog>> = kinds.iter().map(|_| Vec::new()).collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let log = match tokio::time::timeout(plan.duration + plan.ttl * 4 + LOSS_MARGIN, task).await
+        {
+            Ok(Ok(log)) => log,
+            Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Ok(Err(e)) => panic!("{scenario}: a chaos worker was cancelled: {e}"),
+            Err(_) => panic!("{scenario}: a chaos worker did not finish"),
+        };
+        logs[i / plan.workers].push(log);
+    }
+    let ran = origin.elapsed();
+    // Locks left behind once every worker released, and a TTL later.
+    let left = |client: LockClient, prefix: String| async move {
+        match client.admin().list(&prefix).await {
+            Ok(locks) => locks.iter().map(|l| l.holders.len()).sum::<usize>(),
+            Err(e) => panic!("{prefix}: cannot list the locks left behind: {e}"),
+        }
+    };
+    let left_at_end = left(inspector.clone(), prefix.clone()).await;
+    let left_after_ttl = if left_at_end > 0 {
+        tokio::time::sleep(plan.ttl + LOSS_MARGIN).await;
+        left(inspector.clone(), prefix.clone()).await
+    } else {
+        0
+    };
+    let mut reports = Vec::new();
+    for (k, kind) in kinds.iter().enumerate() {
+        let worker_logs = &logs[k];
+        let holds: Vec<Hold> = worker_logs
+            .iter()
+            .flat_map(|l| l.holds.iter().cloned())
+            .collect();
+        let first_after = |t: Instant| {
+            holds
+                .iter()
+                .filter(|h| h.granted_at >= t)
+                .map(|h| h.granted_at - t)
+                .min()
+        };
+        let exclusive = kind.capacity() == 1;
+        let audit = resources[k].audit();
+        let report = ScenarioReport {
+            scenario: scenario.to_owned(),
+            kind: kind.label(),
+            duration: ran,
+            acquisitions: holds.len() as u64,
+            failed_acquisitions: worker_logs.iter().map(|l| l.failed).sum(),
+            overlaps: overlaps(&holds, kind.capacity(), origin),
+            audit_violations: if exclusive {
+                audit.violations()
+            } else {
+                Vec::new()
+            },
+            late_losses: if exclusive {
+                late_losses(&holds)
+            } else {
+                Vec::new()
+            },
+            refused_writes: worker_logs.iter().map(|l| l.refused).sum(),
+            next_grant_after_fault: first_after(fault_at),
+            next_grant_after_heal: first_after(heal_at),
+            left_at_end,
+            left_after_ttl,
+            overlaps_allowed,
+            control_caught: negative_control(&holds, kind.capacity(), audit, origin),
+        };
+        reports.push(report);
+    }
+    reports
+}
+
+/// Whether the checkers catch an overlap and a stale write injected into
+/// this run's own data: a copy of a recorded hold moved into the middle of
+/// another worker's hold, and a replay of the accepted writes followed by
+/// a write with the first token.
+fn negative_control(holds: &[Hold], capacity: usize, audit: &FenceAudit, origin: Instant) -> bool {
+    let Some(victim) = holds.iter().max_by_key(|h| h.believed_until - h.granted_at) else {
+        return false;
+    };
+    let mut injected: Vec<Hold> = holds.to_vec();
+    let middle = victim.granted_at + (victim.believed_until - victim.granted_at) / 2;
+    for extra in 0..capacity {
+        injected.push(Hold {
+            worker: usize::MAX - extra,
+            token: FencingToken::new(u64::MAX - extra as u64),
+            granted_at: middle,
+            believed_until: victim.believed_until,
+            lost_at: None,
+            end: HoldEnd::Released,
+        });
+    }
+    let overlap_caught = !overlaps(&injected, capacity, origin).is_empty();
+    let replay = FenceAudit::new();
+    let writes = audit.writes();
+    for (hold, token) in &writes {
+        replay.record(hold, *token);
+    }
+    let stale_caught = match writes.first() {
+        Some((_, first)) if writes.iter().any(|(_, t)| t > first) => {
+            replay.record("negative-control/stale", *first);
+            !replay.violations().is_empty()
+        }
+        // Semaphores keep no audit; a run with one token has nothing older.
+        _ => capacity > 1 || writes.is_empty(),
+    };
+    overlap_caught && stale_caught
+}
+
+/// One worker: acquire, write with the token, release, until `stop_at`.
+async fn worker(
+    plan: &ChaosPlan,
+    kind: ChaosKind,
+    id: usize,
+    name: &str,
+    client: LockClient,
+    resource: &AuditedResource,
+    stop_at: Instant,
+) -> WorkerLog {
+    let mut log = WorkerLog::default();
+    let lock = match kind {
+        ChaosKind::Lease => Some(client.lock(name).ttl(plan.ttl)),
+        ChaosKind::Fair => Some(client.lock(name).ttl(plan.ttl).fair()),
+        ChaosKind::Semaphore(n) => Some(client.lock(name).ttl(plan.ttl).semaphore(n)),
+        ChaosKind::Election => None,
+    }
+    .map(|b| b.wait_timeout(plan.wait_timeout).build());
+    let election = client.election(name).ttl(plan.ttl).build();
+    let mut round = 0u64;
+    while Instant::now() < stop_at {
+        round += 1;
+        let wait = plan.wait_timeout.min(stop_at - Instant::now());
+        // One grant: its token, a loss future and its validity, and a release.
+        let acquired = match &lock {
+            Some(lock) => tokio::time::timeout(wait + plan.ttl, lock.acquire())
+                .await
+                .map(|r| r.map(Held::Guard)),
+            None => tokio::time::timeout(wait, election.campaign(format!("worker-{id}")))
+                .await
+                .map(|r| r.map(Held::Leader)),
+        };
+        let held = match acquired {
+            Ok(Ok(held)) => held,
+            Ok(Err(e)) => {
+                log.failed += 1;
+                tracing::debug!(worker = id, error = %e, "chaos: acquisition failed");
+                // A short backoff while the backend is away.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(_) => {
+                log.failed += 1;
+                continue;
+            }
+        };
+        let granted_at = Instant::now();
+        let token = held.token();
+        let hold_name = format!("worker{id}/round{round}/token{token}");
+        let mut lost_at = None;
+        for _ in 0..plan.writes_per_hold {
+            tokio::select! {
+                biased;
+                _ = held.lost() => {
+                    lost_at = Some(Instant::now());
+                    break;
+                }
+                () = tokio::time::sleep(plan.work) => {}
+            }
+            match resource.write(&hold_name, token) {
+                Ok(()) => {}
+                Err(Error::Conflict { .. }) => {
+                    log.refused += 1;
+                    // A newer holder wrote: this hold must learn it is lost.
+                    let limit = plan.ttl + LOSS_MARGIN;
+                    if tokio::time::timeout(limit, held.lost()).await.is_err() {
+                        panic!(
+                            "{hold_name}: refused by fencing, but lost() did not resolve within {limit:?}"
+                        );
+                    }
+                    lost_at = Some(Instant::now());
+                    break;
+                }
+                Err(e) => panic!("{hold_name}: unexpected write error {e}"),
+            }
+        }
+        let ended_at = lost_at.unwrap_or_else(Instant::now);
+        let believed_until = ended_at.min(held.valid_until());
+        if lost_at.is_none() {
+            // Released (or already gone: the release says so, harmlessly).
+            let _ = tokio::time::timeout(plan.ttl, held.release()).await;
+        }
+        log.holds.push(Hold {
+            worker: id,
+            token,
+            granted_at,
+            believed_until,
+            lost_at,
+            end: if lost_at.is_some() {
+                HoldEnd::Lost
+            } else {
+                HoldEnd::Released
+            },
+        });
+    }
+    log
+}
+
+/// A grant of either shape.
+enum Held {
+    Guard(crate::lock::LockGuard),
+    Leader(crate::lock::Leadership),
+}
+
+impl Held {
+    fn token(&self) -> FencingToken {
+        match self {
+            Held::Guard(g) => g.fencing_token(),
+            Held::Leader(l) => l.fencing_token(),
+        }
+    }
+
+    async fn lost(&self) -> Error {
+        match self {
+            Held::Guard(g) => g.lost().await,
+            Held::Leader(l) => l.lost().await,
+        }
+    }
+
+    fn valid_until(&self) -> Instant {
+        match self {
+            Held::Guard(g) => g.valid_until(),
+            Held::Leader(l) => l.guard().valid_until(),
+        }
+    }
+
+    async fn release(self) {
+        let _ = match self {
+            Held::Guard(g) => g.release().await,
+            Held::Leader(l) => l.resign().await,
+        };
+    }
+}
