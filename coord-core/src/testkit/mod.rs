@@ -1,5 +1,6 @@
 //! The conformance testkit: one suite per primitive, run unchanged against
-//! every backend, plus helpers to run real servers in tests.
+//! every backend, plus helpers to run real servers in tests and a TCP
+//! [`FaultProxy`] to put faults between clients and those servers.
 //!
 //! A backend crate's test file is one line:
 //!
@@ -15,6 +16,7 @@ mod checker;
 pub mod config;
 pub mod config_workflow;
 pub mod discovery;
+mod fault_proxy;
 mod faults;
 mod fence_audit;
 pub mod fenced;
@@ -27,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use checker::ExclusionChecker;
+pub use fault_proxy::{Direction, FaultProxy, LinkFaults, NewConnections, ProxyFaults, ProxyStats};
 pub use faults::{Fault, FaultyLockBackend, LockOp};
 pub use fence_audit::{
     AuditedResource, FenceAudit, Fencing, LOSS_MARGIN, PausedHolderReport, Workload,
