@@ -11,6 +11,7 @@
 //! which expands to one `#[tokio::test]` per case, named
 //! `conformance_lock_<case>_<backend>`.
 
+mod blackholed_holder;
 pub mod cache;
 mod checker;
 pub mod config;
@@ -28,6 +29,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use blackholed_holder::{
+    AfterHeal, BlackholedHolderReport, blackholed_holder_is_refused_by_fencing,
+};
 pub use checker::ExclusionChecker;
 pub use fault_proxy::{Direction, FaultProxy, LinkFaults, NewConnections, ProxyFaults, ProxyStats};
 pub use faults::{Fault, FaultyLockBackend, LockOp};
