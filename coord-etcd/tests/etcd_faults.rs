@@ -1,17 +1,19 @@
 //! Safety under faults on etcd: holders of one lease lock write to one
 //! fenced resource with their guards' fencing tokens, and a
 //! [`FenceAudit`](coord_core::testkit::FenceAudit) of the accepted writes
-//! must stay clean when etcd freezes (SIGSTOP) past the lease TTL or a
-//! holder stalls past its TTL; without fencing the audit must fail.
+//! must stay clean when etcd freezes (SIGSTOP) past the lease TTL, a
+//! holder stalls past its TTL or its link to etcd is blackholed; without
+//! fencing the audit must fail.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use coord_core::LockClient;
 use coord_core::testkit::{
-    AuditedResource, Fencing, Workload, paused_holder_is_refused_by_fencing,
+    AfterHeal, AuditedResource, FaultProxy, Fencing, Workload,
+    blackholed_holder_is_refused_by_fencing, paused_holder_is_refused_by_fencing,
     unfenced_paused_holder_breaks_the_audit, within,
 };
+use coord_core::{Error, LockClient};
 use coord_etcd::testkit::{EtcdHarness, EtcdServer};
 use coord_etcd::{EtcdBackend, Settings};
 
@@ -164,4 +166,45 @@ async fn a_lost_hold_does_not_block_its_own_client_after_a_restart() {
     eprintln!("granted again {:?} after etcd's return", back.elapsed());
     drop(guard);
     again.release().await.expect("release");
+}
+
+/// The holder's link to etcd is blackholed (through the testkit's
+/// `FaultProxy`): its guard must be at risk, then lost, within the TTL; its
+/// calls must time out, not hang; a client connected directly gets the
+/// lock once the lease ends, and fencing refuses the old holder. Healed,
+/// the holder's client works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blackholed_holder_is_refused_by_fencing() {
+    let server = EtcdServer::shared().expect("etcd must start for this test");
+    let upstream = tokio::net::lookup_host(&server.endpoints()[0])
+        .await
+        .expect("resolve the etcd endpoint")
+        .next()
+        .expect("an address of the etcd endpoint");
+    let proxy = FaultProxy::start(upstream).expect("start the fault proxy");
+    let request_timeout = Duration::from_millis(500);
+    let mut settings = Settings::default();
+    settings.request_timeout = request_timeout;
+    settings.connect_timeout = Duration::from_secs(1);
+    let proxied = EtcdBackend::connect(&format!("etcd://{}", proxy.addr()), &settings)
+        .await
+        .expect("connect through the proxy");
+    let direct = EtcdBackend::connect(&server.url(), &settings)
+        .await
+        .expect("connect to etcd");
+    let report = blackholed_holder_is_refused_by_fencing(
+        &proxy,
+        Arc::new(proxied),
+        Arc::new(direct),
+        Duration::from_secs(3),
+        request_timeout,
+        AfterHeal::Flow,
+    )
+    .await;
+    assert!(
+        matches!(report.failed_call, Error::Timeout(_)),
+        "{:?}",
+        report.failed_call
+    );
+    eprintln!("{report:?}");
 }

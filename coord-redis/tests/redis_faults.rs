@@ -2,17 +2,19 @@
 //! fenced resource with their guards' fencing tokens, and a
 //! [`FenceAudit`](coord_core::testkit::FenceAudit) of the accepted writes
 //! must stay clean when the server restarts without persistence (the locks
-//! vanish under their holders) or a holder stalls past its TTL; without
-//! fencing the audit must fail.
+//! vanish under their holders), a holder stalls past its TTL or its link
+//! to the server is blackholed; without fencing the audit must fail.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use coord_core::LockClient;
 use coord_core::testkit::{
-    AuditedResource, Fencing, LockHarness, Workload, paused_holder_is_refused_by_fencing,
+    AfterHeal, AuditedResource, FaultProxy, Fencing, LockHarness, Workload,
+    blackholed_holder_is_refused_by_fencing, paused_holder_is_refused_by_fencing,
     unfenced_paused_holder_breaks_the_audit, within,
 };
+use coord_core::{Error, LockClient};
+use coord_redis::RedisBackend;
 use coord_redis::testkit::{RedisHarness, RedisServer};
 
 /// The server restarts while a holder is in the middle of its round: its
@@ -86,4 +88,50 @@ async fn without_fencing_the_paused_holder_breaks_the_audit() {
         Duration::from_millis(300),
     )
     .await;
+}
+
+/// The holder's link to Redis is blackholed (through the testkit's
+/// `FaultProxy`): its guard must be at risk, then lost, within the TTL; its
+/// calls must time out, not hang; a client connected directly gets the
+/// lock once the lease ends, and fencing refuses the old holder. Healed,
+/// the holder's client works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blackholed_holder_is_refused_by_fencing() {
+    let h = RedisHarness::on(RedisServer::spawn().expect("redis-server must start for this test"));
+    let upstream = h
+        .server
+        .url()
+        .trim_start_matches("redis://")
+        .parse()
+        .expect("a spawned server's URL is redis://IP:PORT");
+    let proxy = FaultProxy::start(upstream).expect("start the fault proxy");
+    let request_timeout = Duration::from_millis(500);
+    let mut settings = h.settings().clone();
+    settings.request_timeout = request_timeout;
+    settings.connect_timeout = Duration::from_secs(1);
+    let proxied = RedisBackend::connect(&format!("redis://{}", proxy.addr()), &settings)
+        .await
+        .expect("connect through the proxy");
+    let direct = h.new_backend().await;
+    let ttl = Duration::from_secs(3);
+    let report = blackholed_holder_is_refused_by_fencing(
+        &proxy,
+        Arc::new(proxied),
+        direct,
+        ttl,
+        request_timeout,
+        // The multiplexed connection does not survive the requests the
+        // blackhole swallowed: redis-rs does not reconnect after a timeout,
+        // and waits forever for their replies, so each later reply goes to
+        // an earlier, abandoned request and every call times out. The
+        // reset makes the client reconnect.
+        AfterHeal::ResetConnections,
+    )
+    .await;
+    assert!(
+        matches!(report.failed_call, Error::Timeout(_)),
+        "{:?}",
+        report.failed_call
+    );
+    eprintln!("{report:?}");
 }

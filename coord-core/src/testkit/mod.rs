@@ -1,5 +1,6 @@
 //! The conformance testkit: one suite per primitive, run unchanged against
-//! every backend, plus helpers to run real servers in tests.
+//! every backend, plus helpers to run real servers in tests and a TCP
+//! [`FaultProxy`] to put faults between clients and those servers.
 //!
 //! A backend crate's test file is one line:
 //!
@@ -10,12 +11,14 @@
 //! which expands to one `#[tokio::test]` per case, named
 //! `conformance_lock_<case>_<backend>`.
 
+mod blackholed_holder;
 pub mod cache;
 pub mod chaos;
 mod checker;
 pub mod config;
 pub mod config_workflow;
 pub mod discovery;
+mod fault_proxy;
 mod faults;
 mod fence_audit;
 pub mod fenced;
@@ -27,7 +30,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use blackholed_holder::{
+    AfterHeal, BlackholedHolderReport, blackholed_holder_is_refused_by_fencing,
+};
 pub use checker::ExclusionChecker;
+pub use fault_proxy::{Direction, FaultProxy, LinkFaults, NewConnections, ProxyFaults, ProxyStats};
 pub use faults::{Fault, FaultyLockBackend, LockOp};
 pub use fence_audit::{
     AuditedResource, FenceAudit, Fencing, LOSS_MARGIN, PausedHolderReport, Workload,
