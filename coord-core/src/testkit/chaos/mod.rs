@@ -168,6 +168,7 @@ where
         clients.push(new_client().await);
     }
     let inspector = new_client().await;
+    let prober = new_client().await;
     let origin = Instant::now();
     let stop_at = origin + plan.duration;
     let resources: Vec<Arc<AuditedResource>> = kinds
@@ -193,6 +194,28 @@ where
             }));
         }
     }
+    // Uncontended acquisitions of a lock of its own while the fault lasts.
+    let probe = {
+        let lock = prober
+            .lock(format!("{prefix}/probe"))
+            .ttl(plan.ttl)
+            .wait_timeout(plan.ttl)
+            .build();
+        let (from, until) = (origin + plan.fault_at, origin + plan.heal_at);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(from).await;
+            let (mut granted, mut tried) = (0u64, 0u64);
+            while Instant::now() < until {
+                tried += 1;
+                if let Ok(Ok(guard)) = tokio::time::timeout(lock.ttl() * 2, lock.acquire()).await {
+                    granted += 1;
+                    let _ = guard.release().await;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (granted, tried)
+        })
+    };
     // The fault and the heal, on the plan's schedule.
     tokio::time::sleep_until(origin + plan.fault_at).await;
     let fault_at = Instant::now();
@@ -214,6 +237,7 @@ where
         logs[i / plan.workers].push(log);
     }
     let ran = origin.elapsed();
+    let uncontended = probe.await.ok();
     // Locks left behind once every worker released, and a TTL later.
     let left = |client: LockClient, prefix: String| async move {
         match client.admin().list(&prefix).await {
@@ -267,6 +291,7 @@ where
             left_at_end,
             left_after_ttl,
             overlaps_allowed,
+            uncontended_during_fault: uncontended,
             control_caught: negative_control(&holds, kind.capacity(), audit, origin),
         };
         reports.push(report);

@@ -43,6 +43,9 @@ pub struct ScenarioReport {
     /// failovers: asynchronous replication can lose a grant), so that only
     /// the audit of fenced writes counts as a violation.
     pub overlaps_allowed: bool,
+    /// Uncontended lease acquisitions of a lock of their own while the
+    /// fault lasted: (granted, tried). The same for every kind of a scenario.
+    pub uncontended_during_fault: Option<(u64, u64)>,
     /// Whether the checkers reported the negative control's injected
     /// overlap and stale write (they must).
     pub control_caught: bool,
@@ -62,8 +65,8 @@ impl ScenarioReport {
 
     /// The table's header, in Markdown.
     pub fn header() -> &'static str {
-        "| scenario | kind | run | grants | failed | violations | overlaps | refused writes | next grant after fault / heal | left behind (end / after TTL) | control caught |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|"
+        "| scenario | kind | run | grants | failed | violations | overlaps | refused writes | next grant after fault / heal | uncontended grants during the fault | left behind (end / after TTL) | control caught |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|"
     }
 
     /// This report as a Markdown table row.
@@ -76,7 +79,7 @@ impl ScenarioReport {
             self.overlaps.len().to_string()
         };
         format!(
-            "| {} | {} | {:.0} s | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} |",
+            "| {} | {} | {:.0} s | {} | {} | {} | {} | {} | {} / {} | {} | {} / {} | {} |",
             self.scenario,
             self.kind,
             self.duration.as_secs_f64(),
@@ -87,6 +90,8 @@ impl ScenarioReport {
             self.refused_writes,
             ms(self.next_grant_after_fault),
             ms(self.next_grant_after_heal),
+            self.uncontended_during_fault
+                .map_or("none".to_owned(), |(g, t)| format!("{g} / {t}")),
             self.left_at_end,
             self.left_after_ttl,
             if self.control_caught { "yes" } else { "NO" },
