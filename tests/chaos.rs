@@ -211,6 +211,11 @@ async fn scenario<F: Future<Output = Vec<ScenarioReport>>>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_suite() {
+    // RUST_LOG=coord_etcd=debug (for instance) shows what the clients did.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let plan = ChaosPlan::from_env();
     let started = std::time::Instant::now();
     let mut all = Vec::new();

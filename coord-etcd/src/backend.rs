@@ -41,8 +41,8 @@ pub(crate) struct Inner {
     /// The members of the endpoint list, probed in the background while
     /// this lives.
     _members: Arc<Members>,
-    /// The locks this client holds: lock prefix → (owner, TTL bucket of their lease).
-    holds: Mutex<HashMap<String, (String, u64)>>,
+    /// The locks this client holds: lock prefix → the hold.
+    holds: Mutex<HashMap<String, Held>>,
     pub(crate) caps: Capabilities,
 }
 
@@ -120,16 +120,27 @@ impl EtcdBackend {
         .await
     }
 
-    pub(crate) fn hold(&self, key: &str, owner: &str, bucket: u64) {
-        holds(&self.inner.holds).insert(key.to_owned(), (owner.to_owned(), bucket));
+    /// Records that `owner` holds `key` on `lease` (of TTL bucket `bucket`).
+    pub(crate) fn hold(&self, key: &str, owner: &str, bucket: u64, lease: i64) {
+        let held = Held {
+            owner: owner.to_owned(),
+            bucket,
+            lease,
+        };
+        holds(&self.inner.holds).insert(key.to_owned(), held);
     }
 
     /// The TTL bucket of the lease `owner`'s lock on `key` was granted with.
     pub(crate) fn held_bucket(&self, key: &str, owner: &str) -> Option<u64> {
+        self.held(key, owner).map(|h| h.bucket)
+    }
+
+    /// `owner`'s hold of `key`, if this client has it.
+    pub(crate) fn held(&self, key: &str, owner: &str) -> Option<Held> {
         holds(&self.inner.holds)
             .get(key)
-            .filter(|(o, _)| o == owner)
-            .map(|(_, b)| *b)
+            .filter(|h| h.owner == owner)
+            .cloned()
     }
 
     pub(crate) fn forget_all(&self) {
@@ -138,7 +149,7 @@ impl EtcdBackend {
 
     pub(crate) fn forget(&self, key: &str, owner: Option<&str>) {
         let mut holds = holds(&self.inner.holds);
-        if owner.is_none_or(|owner| holds.get(key).is_some_and(|(o, _)| o == owner)) {
+        if owner.is_none_or(|owner| holds.get(key).is_some_and(|h| h.owner == owner)) {
             holds.remove(key);
         }
     }
@@ -331,9 +342,17 @@ async fn explain_connect_error(e: Error, config: &EtcdConfig, left: Duration) ->
     }
 }
 
-fn holds(
-    m: &Mutex<HashMap<String, (String, u64)>>,
-) -> MutexGuard<'_, HashMap<String, (String, u64)>> {
+/// A hold of this client: its owner, the TTL bucket of its lease, and that
+/// lease (a hold lost with its lease revokes that lease, never a newer one
+/// of the same bucket that other holds are on).
+#[derive(Debug, Clone)]
+pub(crate) struct Held {
+    owner: String,
+    pub(crate) bucket: u64,
+    pub(crate) lease: i64,
+}
+
+fn holds(m: &Mutex<HashMap<String, Held>>) -> MutexGuard<'_, HashMap<String, Held>> {
     // Every update is a single insert or remove, so a panicked holder leaves it consistent.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -14,6 +14,7 @@ use etcd_client::{LeaseClient, LeaseKeepAliveStream, LeaseKeeper};
 use tokio::time::Instant;
 
 use crate::error::{call, deadline, is_lease_not_found, map};
+use crate::raft_term::RaftTerms;
 
 /// The shortest lease etcd grants (its minimum TTL is 1.5 × the election timeout).
 pub(crate) const MIN_LEASE_SECS: u64 = 2;
@@ -84,6 +85,8 @@ pub(crate) struct LeasePool {
     leases: Mutex<HashMap<u64, Arc<Lease>>>,
     /// Serialises grants, so concurrent first acquisitions share one lease.
     granting: tokio::sync::Mutex<()>,
+    /// The highest raft term seen, to refuse keep-alives of a deposed leader.
+    terms: RaftTerms,
 }
 
 impl LeasePool {
@@ -93,7 +96,14 @@ impl LeasePool {
             timeout,
             leases: Mutex::new(HashMap::new()),
             granting: tokio::sync::Mutex::new(()),
+            terms: RaftTerms::default(),
         }
+    }
+
+    /// Notes the raft term of an answer about this pool's leases or the
+    /// keys on them (see [`RaftTerms`]).
+    pub(crate) fn observe(&self, header: Option<&etcd_client::ResponseHeader>) {
+        self.terms.observe(header);
     }
 
     /// The bucket's lease if the pool has one.
@@ -144,6 +154,7 @@ impl LeasePool {
         let sent_at = Instant::now();
         let mut client = self.client.clone();
         let resp = call("grant a lease", self.timeout, client.grant(secs, None)).await?;
+        self.terms.observe(resp.header());
         let ttl = Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0).max(1));
         let lease = Arc::new(Lease {
             id: resp.id(),
@@ -217,30 +228,62 @@ impl LeasePool {
         id: i64,
         ttl: Duration,
     ) -> Result<Option<Duration>> {
-        if let Some((k, stream)) = keeper.as_mut() {
+        // A broken stream or a deposed leader's answer: once more on a new
+        // stream (which may reach another member), then the error.
+        let mut last = String::new();
+        for _ in 0..2 {
+            let (mut k, mut stream) = match keeper.take() {
+                Some(open) => open,
+                None => {
+                    let mut client = self.client.clone();
+                    match client.keep_alive(id).await {
+                        // Opening the stream sent one keep-alive and checked
+                        // its answer, but keeps its header: the renewal
+                        // counted is the next one, whose raft term is checked.
+                        Ok(open) => open,
+                        Err(e) if is_lease_not_found(&e) => return Ok(None),
+                        Err(e) => return Err(map("keep an etcd lease alive", e)),
+                    }
+                }
+            };
             let answer = match k.keep_alive().await {
                 Ok(()) => stream.message().await,
                 Err(e) => Err(e),
             };
-            match answer {
-                Ok(Some(resp)) if resp.ttl() > 0 => {
-                    return Ok(Some(Duration::from_secs(resp.ttl().unsigned_abs())));
+            let resp = match answer {
+                Ok(Some(resp)) => resp,
+                // The stream broke (server restart, connection reset).
+                Ok(None) | Err(_) => {
+                    last = format!("the keep-alive stream of etcd lease {id:x} broke");
+                    continue;
                 }
-                Ok(Some(_)) => return Ok(None),
-                // The stream broke (server restart, connection reset): open a new one.
-                Ok(None) | Err(_) => *keeper = None,
+            };
+            if let Some((term, highest)) = self.terms.stale(resp.header()) {
+                // A deposed leader's answer: the current leader may have
+                // revoked the lease already. Not a renewal.
+                tracing::debug!(
+                    lease = id,
+                    term,
+                    highest,
+                    "a deposed etcd leader answered a keep-alive"
+                );
+                last = format!(
+                    "keep-alive of etcd lease {id:x} answered at raft term {term}, older \
+                     than term {highest} already seen (a deposed leader); not counted as a \
+                     renewal"
+                );
+                continue;
             }
-        }
-        let mut client = self.client.clone();
-        match client.keep_alive(id).await {
-            Ok((k, stream)) => {
-                // Opening the stream sent one keep-alive and checked its answer.
-                *keeper = Some((k, stream));
-                Ok(Some(ttl))
+            self.terms.observe(resp.header());
+            if resp.ttl() <= 0 {
+                return Ok(None);
             }
-            Err(e) if is_lease_not_found(&e) => Ok(None),
-            Err(e) => Err(map("keep an etcd lease alive", e)),
+            *keeper = Some((k, stream));
+            return Ok(Some(
+                Duration::from_secs(resp.ttl().unsigned_abs()).min(ttl),
+            ));
         }
+        Err(Error::unavailable(last, None))
     }
 
     /// Revokes lease `id` in the background (its keys go with it), retrying

@@ -71,6 +71,7 @@ mod error;
 mod lease;
 mod lock;
 mod members;
+mod raft_term;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod watch;

@@ -308,8 +308,15 @@ impl ClientShared {
 
     /// Returns an owner whose hold has surely ended (released, refused as
     /// not held, or never granted) for reuse.
+    ///
+    /// Only an in-process backend (memory) reuses owners: over a network, a
+    /// request of the old hold that timed out (a release, say) may still be
+    /// applied later, for instance by a paused server member once it runs
+    /// again, and would then end a new hold of the same owner.
     pub(crate) fn recycle_owner(&self, owner: LockOwner) {
-        self.idle_owners.put(owner);
+        if !self.backend.capabilities().distributed {
+            self.idle_owners.put(owner);
+        }
     }
 
     /// Releases `owner`'s hold on `name` in the background (a dropped guard,

@@ -145,32 +145,40 @@ impl GuardShared {
 
     /// Marks the lock lost (once), stops renewal and wakes `lost()` waiters.
     pub(crate) fn mark_lost(&self, reason: &str) {
-        self.end(reason, true);
+        self.end(reason, true, false);
     }
 
     /// Marks the lock lost because its lease ran out unrenewed, and tells the
     /// backend once ([`LockBackend::hold_lost`](crate::lock::LockBackend::hold_lost)),
     /// whichever of the watchdog and a `lost()` waiter sees it first, so that
     /// nothing of the lost hold lives on in the backend.
+    ///
+    /// The backend hears of it before `lost()` waiters wake: a holder that
+    /// acquires again at once must not find its new hold on the lease being
+    /// dropped for the old one.
     pub(crate) fn mark_expired(&self, reason: &str) {
-        if self.end(reason, true) {
-            self.client.backend.hold_lost(&self.name, &self.owner);
-        }
+        self.end(reason, true, true);
     }
 
     /// Like [`GuardShared::mark_lost`] for a hold the client itself ends
     /// (shutdown): not counted as a loss in statistics and metrics.
     pub(crate) fn mark_closed(&self, reason: &str) {
-        self.end(reason, false);
+        self.end(reason, false, false);
     }
 
-    /// Ends the hold with `reason`; true when this call ended it.
-    fn end(&self, reason: &str, count_as_lost: bool) -> bool {
+    /// Ends the hold with `reason` (telling the backend first when it
+    /// `expired`); true when this call ended it.
+    fn end(&self, reason: &str, count_as_lost: bool, expired: bool) -> bool {
         let changed = {
             let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
             let first = lost.is_none();
             if first {
                 *lost = Some(reason.to_owned());
+                if expired {
+                    // Under the lock, so no `lost()` waiter sees the loss
+                    // before the backend has dropped what kept the hold.
+                    self.client.backend.hold_lost(&self.name, &self.owner);
+                }
             }
             first
         };

@@ -90,17 +90,28 @@ pub struct FaultyLockBackend {
     rules: Mutex<Vec<Rule>>,
     calls: [AtomicUsize; OPS],
     holds_lost: AtomicUsize,
+    /// The inner backend's capabilities, possibly changed by the test.
+    capabilities: Capabilities,
 }
 
 impl FaultyLockBackend {
     /// A decorator over `inner` with no faults yet.
     pub fn new(inner: Arc<dyn LockBackend>) -> Self {
         FaultyLockBackend {
+            capabilities: inner.capabilities().clone(),
             inner,
             rules: Mutex::new(Vec::new()),
             calls: Default::default(),
             holds_lost: AtomicUsize::new(0),
         }
+    }
+
+    /// Reports the backend as [`distributed`](Capabilities::distributed)
+    /// (or not), to run an in-process backend under the rules of a networked
+    /// one.
+    pub fn distributed(mut self, distributed: bool) -> Self {
+        self.capabilities.distributed = distributed;
+        self
     }
 
     /// The wrapped backend (calls on it are neither counted nor faulted).
@@ -186,7 +197,7 @@ impl FaultyLockBackend {
 #[async_trait]
 impl LockBackend for FaultyLockBackend {
     fn capabilities(&self) -> &Capabilities {
-        self.inner.capabilities()
+        &self.capabilities
     }
 
     async fn try_acquire(

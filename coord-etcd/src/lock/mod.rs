@@ -50,7 +50,10 @@ impl LockBackend for EtcdBackend {
             let txn = acquire_txn(&keys, &own, lease.id);
             let mut kv = self.inner.client.kv_client();
             let resp = match deadline("acquire a lock", self.inner.timeout, kv.txn(txn)).await? {
-                Ok(resp) => resp,
+                Ok(resp) => {
+                    self.inner.leases.observe(resp.header());
+                    resp
+                }
                 Err(e) if is_lease_not_found(&e) && !retried => {
                     tracing::debug!(lease = lease.id, "etcd lease is gone; granting a new one");
                     self.inner.leases.discard(&lease);
@@ -81,7 +84,7 @@ impl LockBackend for EtcdBackend {
                     }
                 }
             };
-            self.hold(&keys.prefix, owner.as_str(), bucket);
+            self.hold(&keys.prefix, owner.as_str(), bucket, lease.id);
             // Core counts the guard valid until (its instant before this call)
             // + grant.ttl: never past the lease, and with a margin of a sixth
             // of the lease so that renewals within that much of a keep-alive
@@ -109,6 +112,14 @@ impl LockBackend for EtcdBackend {
         let Some(lease) = self.inner.leases.get(bucket) else {
             return not_held("its lease is gone");
         };
+        if self
+            .held(&keys.prefix, owner.as_str())
+            .is_some_and(|held| held.lease != lease.id)
+        {
+            // Its lease ran out and was replaced for newer holds: keeping the
+            // new one alive would not keep this key.
+            return not_held("its lease ran out and was replaced");
+        }
         let pool = &self.inner.leases;
         // Core counts the guard valid until (its instant before this call) + ttl:
         // the lease must surely live that long. A keep-alive sent for another
@@ -240,17 +251,21 @@ impl LockBackend for EtcdBackend {
         let lease_key = self.lock_keys(name).prefix;
         let queue_key = self.queue_keys(name).entry(owner);
         for key in [lease_key, queue_key] {
-            if let Some(bucket) = self.held_bucket(&key, owner.as_str()) {
+            if let Some(held) = self.held(&key, owner.as_str()) {
                 self.forget(&key, Some(owner.as_str()));
-                if let Some(lease) = self.inner.leases.get(bucket) {
-                    tracing::debug!(
-                        lock = name,
-                        lease = lease.id,
-                        "a hold on this lease was lost; revoking it"
-                    );
+                // The hold's own lease: a newer lease of the bucket (granted
+                // since, for other holds) lives on.
+                tracing::debug!(
+                    lock = name,
+                    lease = held.lease,
+                    "a hold on this lease was lost; revoking it"
+                );
+                if let Some(lease) = self.inner.leases.get(held.bucket)
+                    && lease.id == held.lease
+                {
                     self.inner.leases.discard(&lease);
-                    self.inner.leases.revoke_in_background(lease.id);
                 }
+                self.inner.leases.revoke_in_background(held.lease);
             }
         }
     }

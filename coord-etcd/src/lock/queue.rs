@@ -126,7 +126,10 @@ impl EtcdBackend {
             let txn = enqueue_txn(&keys, &own, &value, lease.id);
             let mut kv = self.inner.client.kv_client();
             let resp = match deadline("enqueue", self.inner.timeout, kv.txn(txn)).await? {
-                Ok(resp) => resp,
+                Ok(resp) => {
+                    pool.observe(resp.header());
+                    resp
+                }
                 Err(e) if is_lease_not_found(&e) && !lease_retried => {
                     tracing::debug!(lease = lease.id, "etcd lease is gone; granting a new one");
                     pool.discard(&lease);
@@ -159,7 +162,7 @@ impl EtcdBackend {
                     Err(e) => return Err(map("enqueue", e)),
                 }
             }
-            self.hold(&own, owner.as_str(), bucket);
+            self.hold(&own, owner.as_str(), bucket, lease.id);
             if !granted {
                 return Ok(QueueOutcome::Queued {
                     ahead: u32::try_from(pos).unwrap_or(u32::MAX),
@@ -218,6 +221,7 @@ impl EtcdBackend {
             Err(e) => return Err(e),
         }
         let read = read?;
+        pool.observe(read.header());
         let kvs = read.kvs();
         let Some(pos) = position(kvs, &own) else {
             return not_held("it is not in the queue");
@@ -233,6 +237,7 @@ impl EtcdBackend {
             if !resp.succeeded() {
                 return not_held("its entry is gone");
             }
+            self.hold(&own, owner.as_str(), bucket, lease.id);
         }
         Ok(())
     }

@@ -58,10 +58,16 @@ pub fn overlaps(holds: &[Hold], capacity: usize, origin: Instant) -> Vec<String>
                 .iter()
                 .map(|a| {
                     format!(
-                        "worker {} (token {}, believed held until +{:.3}s)",
+                        "worker {} (token {}, granted at +{:.3}s, believed held until \
+                         +{:.3}s, {})",
                         a.worker,
                         a.token,
-                        at(a.believed_until)
+                        at(a.granted_at),
+                        at(a.believed_until),
+                        match a.lost_at {
+                            Some(l) => format!("lost() at +{:.3}s", at(l)),
+                            None => "released".to_owned(),
+                        }
                     )
                 })
                 .collect();
