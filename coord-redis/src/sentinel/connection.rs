@@ -1,0 +1,162 @@
+//! [`SentinelConnection`]: the command connection of a `redis+sentinel://`
+//! backend, a [`ConnectionManager`] to the current master that is swapped
+//! for one to the new master when the master changes.
+//!
+//! `ConnectionManager` is multiplexed and reconnects by itself, but always
+//! to the one address it was made for: after a failover it would keep
+//! talking to the old master (which answers `READONLY` once demoted, or not
+//! at all once dead). So requests go through [`MasterTracker`], and a
+//! failed one asks it to look the master up again before the error is
+//! returned, so that the caller's retry (coord's retry policy retries
+//! retryable errors) goes to the new master:
+//!
+//! * `READONLY`, `MASTERDOWN` (a replica) and `EXECABORT` (a transaction
+//!   the server discarded): the request was not applied, so once the
+//!   connection has moved to another master it is sent there once more,
+//!   and the caller never sees the failover.
+//! * A lost or refused connection: the request may have been applied, so
+//!   it is not sent again here; the error (retryable `Unavailable`) is
+//!   returned once the lookup is done.
+//! * A timeout (a paused or overloaded master): the lookup runs in the
+//!   background, so the error is not delayed by it.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+
+use crate::sentinel::master::MasterTracker;
+
+/// A cheap-to-clone handle on the master's command connection.
+#[derive(Clone, Debug)]
+pub(crate) struct SentinelConnection {
+    tracker: Arc<MasterTracker>,
+}
+
+/// What a failed request says about the master it was sent to.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    /// The server is not (or no longer) a master; nothing was applied.
+    NotMaster,
+    /// The connection failed; the request may have been applied.
+    Connection,
+    /// No answer in time.
+    Timeout,
+    /// Anything else (a script error, a wrong type): not about the master.
+    Other,
+}
+
+fn classify(e: &RedisError) -> Failure {
+    if matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "EXECABORT")) {
+        Failure::NotMaster
+    } else if e.is_timeout() {
+        Failure::Timeout
+    } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+        Failure::Connection
+    } else {
+        Failure::Other
+    }
+}
+
+impl SentinelConnection {
+    /// A connection through `tracker`.
+    pub(crate) fn new(tracker: Arc<MasterTracker>) -> Self {
+        SentinelConnection { tracker }
+    }
+
+    /// The tracker, for the pub/sub hub.
+    pub(crate) fn tracker(&self) -> &Arc<MasterTracker> {
+        &self.tracker
+    }
+
+    /// Called when a script reply says the server refused a write as a
+    /// replica (a batch's per-call `READONLY`): looks the master up.
+    /// Returns whether the connection moved to another master since the
+    /// generation `seen` the request went to.
+    pub(crate) async fn refused_as_replica(&self, seen: u64) -> bool {
+        self.tracker.follow(seen).await
+    }
+
+    /// Sends with `send` to the current master, following a failover as
+    /// the module documentation says.
+    async fn request<'a, T>(
+        &'a self,
+        send: impl Fn(ConnectionManager) -> BoxFuture<'a, RedisResult<T>>,
+    ) -> RedisResult<T> {
+        let master = self.tracker.current();
+        let error = match send(master.manager.clone()).await {
+            Ok(reply) => return Ok(reply),
+            Err(e) => e,
+        };
+        match classify(&error) {
+            Failure::NotMaster => {
+                if self.tracker.follow(master.generation).await {
+                    return send(self.tracker.current().manager.clone()).await;
+                }
+            }
+            Failure::Connection => {
+                self.tracker.follow(master.generation).await;
+            }
+            Failure::Timeout => {
+                let tracker = self.tracker.clone();
+                let seen = master.generation;
+                tokio::spawn(async move { tracker.follow(seen).await });
+            }
+            Failure::Other => {}
+        }
+        Err(error)
+    }
+}
+
+impl ConnectionLike for SentinelConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let this = &*self;
+        Box::pin(
+            this.request(move |mut conn| {
+                Box::pin(async move { conn.req_packed_command(cmd).await })
+            }),
+        )
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let this = &*self;
+        Box::pin(this.request(move |mut conn| {
+            Box::pin(async move { conn.req_packed_commands(cmd, offset, count).await })
+        }))
+    }
+
+    fn get_db(&self) -> i64 {
+        self.tracker.db()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::{ErrorKind, ServerErrorKind};
+    use std::io;
+
+    #[test]
+    fn failures_are_classified_by_what_they_say_about_the_master() {
+        let readonly = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ReadOnly),
+            "You can't write against a read only replica.",
+        ));
+        assert_eq!(classify(&readonly), Failure::NotMaster);
+        let refused = RedisError::from(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert_eq!(classify(&refused), Failure::Connection);
+        let timeout = RedisError::from(io::Error::from(io::ErrorKind::TimedOut));
+        assert_eq!(classify(&timeout), Failure::Timeout);
+        let other = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "WRONGTYPE",
+        ));
+        assert_eq!(classify(&other), Failure::Other);
+    }
+}
