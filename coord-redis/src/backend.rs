@@ -196,7 +196,9 @@ impl RedisBackend {
     }
 
     /// Runs `cmd` (an `EVALSHA` of `script`), loading the script and trying
-    /// once more when the server does not know it (`NOSCRIPT`).
+    /// again when the server does not know it (`NOSCRIPT`). Twice at most:
+    /// behind Sentinel the second try can meet a new master that does not
+    /// know the script either (scripts are not replicated).
     pub(crate) async fn eval<T: FromRedisValue>(&self, script: &Script, cmd: &Cmd) -> Result<T> {
         self.eval_raw(script, cmd)
             .await
@@ -211,12 +213,18 @@ impl RedisBackend {
         cmd: &Cmd,
     ) -> redis::RedisResult<T> {
         let mut conn = self.inner.conn.clone();
-        match cmd.query_async::<T>(&mut conn).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
-                script.load_async(&mut conn).await?;
-                cmd.query_async(&mut conn).await
+        let mut loads = 0;
+        loop {
+            match cmd.query_async::<T>(&mut conn).await {
+                Err(e)
+                    if loads < 2
+                        && e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) =>
+                {
+                    script.load_async(&mut conn).await?;
+                    loads += 1;
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 }

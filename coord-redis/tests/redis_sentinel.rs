@@ -586,3 +586,95 @@ async fn a_grant_lost_in_replication_is_refused_by_fencing() {
     assert!(!stale.is_held());
     fresh.release().await.expect("b releases");
 }
+
+/// A backend that misses the `+switch-master` event (the sentinel it
+/// listens on is frozen) still follows a `SENTINEL FAILOVER`: once the
+/// sentinels demote the old master (seconds later), its requests fail
+/// there (killed connections, `READONLY`), and the backend asks the
+/// sentinels again. Until then it writes to the old master: those writes
+/// are lost, as the sentinel module documents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_switch_event_is_caught_by_failed_requests() {
+    let set = start();
+    let a = set.connect().await.expect("connect");
+    let probe = probe_client(&a);
+    // The backend's event listener is on the first sentinel of the URL.
+    set.pause_sentinel(0).expect("pause sentinel 0");
+    let old = set.master_addr().await.expect("master");
+    let started = Instant::now();
+    let new = set.failover().await.expect("SENTINEL FAILOVER");
+    assert_eq!(
+        a.current_master(),
+        Some(old.clone()),
+        "no event reached the backend"
+    );
+    // Requests keep going (to the old master, then failing there) until
+    // the backend has moved and one succeeds on the new master.
+    let deadline = Instant::now() + RECOVERY_BOUND;
+    let moved = loop {
+        let lock = probe
+            .lock("sentinel/probe")
+            .ttl(Duration::from_secs(5))
+            .build();
+        if let Ok(Some(guard)) = lock.try_acquire().await {
+            let on_new = a.current_master().as_ref() == Some(&new);
+            if guard.release().await.is_ok() && on_new {
+                break started.elapsed();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backend did not move to {new} within {RECOVERY_BOUND:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        role(&old).await,
+        "slave",
+        "it moved once the old master was demoted"
+    );
+    eprintln!(
+        "missed event: first lock operation on the new master {moved:?} after SENTINEL FAILOVER"
+    );
+    set.resume_sentinel(0).expect("resume sentinel 0");
+}
+
+/// A demoted master refuses writes with `READONLY` while the connection to
+/// it stays up: a backend that missed the event asks the sentinels then,
+/// and sends the refused request again to the new master, so the caller
+/// never sees the failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_by_a_demoted_master_goes_to_the_new_one() {
+    let set = start();
+    let a = set.connect().await.expect("connect");
+    let probe = probe_client(&a);
+    set.pause_sentinel(0).expect("pause sentinel 0");
+    let old = set.master_addr().await.expect("master");
+    let new = set.failover().await.expect("SENTINEL FAILOVER");
+    assert_eq!(
+        a.current_master(),
+        Some(old.clone()),
+        "no event reached the backend"
+    );
+    // Demote the old master as the sentinels will, minus their killing
+    // its clients: the backend's connection stays up.
+    let _: String = on_node(&old, redis::cmd("REPLICAOF").arg(&new.host).arg(new.port)).await;
+    let lock = probe
+        .lock("sentinel/readonly")
+        .ttl(Duration::from_secs(5))
+        .build();
+    let guard = lock
+        .try_acquire()
+        .await
+        .expect("the refused write is sent again to the new master")
+        .expect("free");
+    assert_eq!(a.current_master(), Some(new.clone()));
+    let on_new: i64 = on_node(
+        &new,
+        redis::cmd("EXISTS").arg(lock_key(&set, "sentinel/readonly")),
+    )
+    .await;
+    assert_eq!(on_new, 1, "the grant is on the new master");
+    guard.release().await.expect("release");
+    set.resume_sentinel(0).expect("resume sentinel 0");
+}

@@ -507,6 +507,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_batch_refused_by_a_replica_is_recognized() {
+        let item_error = |msg: &str| {
+            Value::Array(vec![
+                Value::BulkString(b"error".to_vec()),
+                Value::BulkString(msg.as_bytes().to_vec()),
+            ])
+        };
+        let refused = Ok(Value::Array(vec![
+            item_error("READONLY You can't write against a read only replica."),
+            item_error("READONLY You can't write against a read only replica."),
+        ]));
+        assert!(refused_as_replica(&refused));
+        let other = Ok(Value::Array(vec![Value::Int(7), item_error("WRONGTYPE x")]));
+        assert!(!refused_as_replica(&other));
+        assert!(!refused_as_replica(&Ok(Value::Int(7))));
+    }
+
+    #[test]
     fn keys_share_one_hash_tag() {
         let keys = LockKeys::new("coord:lock:{", "orders/42");
         assert_eq!(keys.lock(), "coord:lock:{orders/42}");

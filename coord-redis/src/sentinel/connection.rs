@@ -47,8 +47,21 @@ enum Failure {
     Other,
 }
 
+/// The error codes of a server that is not a master (or discarded a
+/// transaction): the request was not applied.
+fn is_not_master_code(code: &str) -> bool {
+    matches!(code, "READONLY" | "MASTERDOWN" | "EXECABORT")
+}
+
+/// Whether a reply is such an error. redis-rs returns a server's error
+/// reply as a value (`Value::ServerError`), turned into an `Err` only when
+/// the caller converts the reply.
+fn refused(reply: &Value) -> bool {
+    matches!(reply, Value::ServerError(e) if is_not_master_code(e.code()))
+}
+
 fn classify(e: &RedisError) -> Failure {
-    if matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "EXECABORT")) {
+    if e.code().is_some_and(is_not_master_code) {
         Failure::NotMaster
     } else if e.is_timeout() {
         Failure::Timeout
@@ -79,17 +92,21 @@ impl SentinelConnection {
     }
 
     /// Sends with `send` to the current master, following a failover as
-    /// the module documentation says.
+    /// the module documentation says; `not_master` tells a reply that is a
+    /// server's refusal as a replica.
     async fn request<'a, T>(
         &'a self,
         send: impl Fn(ConnectionManager) -> BoxFuture<'a, RedisResult<T>>,
+        not_master: impl Fn(&T) -> bool,
     ) -> RedisResult<T> {
         let master = self.tracker.current();
-        let error = match send(master.manager.clone()).await {
-            Ok(reply) => return Ok(reply),
-            Err(e) => e,
+        let result = send(master.manager.clone()).await;
+        let failure = match &result {
+            Ok(reply) if not_master(reply) => Failure::NotMaster,
+            Ok(_) => return result,
+            Err(e) => classify(e),
         };
-        match classify(&error) {
+        match failure {
             Failure::NotMaster => {
                 if self.tracker.follow(master.generation).await {
                     return send(self.tracker.current().manager.clone()).await;
@@ -105,18 +122,17 @@ impl SentinelConnection {
             }
             Failure::Other => {}
         }
-        Err(error)
+        result
     }
 }
 
 impl ConnectionLike for SentinelConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         let this = &*self;
-        Box::pin(
-            this.request(move |mut conn| {
-                Box::pin(async move { conn.req_packed_command(cmd).await })
-            }),
-        )
+        Box::pin(this.request(
+            move |mut conn| Box::pin(async move { conn.req_packed_command(cmd).await }),
+            refused,
+        ))
     }
 
     fn req_packed_commands<'a>(
@@ -126,9 +142,12 @@ impl ConnectionLike for SentinelConnection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         let this = &*self;
-        Box::pin(this.request(move |mut conn| {
-            Box::pin(async move { conn.req_packed_commands(cmd, offset, count).await })
-        }))
+        Box::pin(this.request(
+            move |mut conn| {
+                Box::pin(async move { conn.req_packed_commands(cmd, offset, count).await })
+            },
+            |replies: &Vec<Value>| replies.iter().any(refused),
+        ))
     }
 
     fn get_db(&self) -> i64 {
@@ -158,5 +177,17 @@ mod tests {
             "WRONGTYPE",
         ));
         assert_eq!(classify(&other), Failure::Other);
+    }
+
+    #[test]
+    fn refusals_inside_replies_are_recognized() {
+        let reply = |resp: &[u8]| redis::parse_redis_value(resp).expect("RESP");
+        assert!(refused(&reply(
+            b"-READONLY You can't write against a read only replica. script: x\r\n"
+        )));
+        assert!(refused(&reply(b"-MASTERDOWN Link with MASTER is down\r\n")));
+        assert!(refused(&reply(b"-EXECABORT Transaction discarded\r\n")));
+        assert!(!refused(&reply(b"-WRONGTYPE Operation against a key\r\n")));
+        assert!(!refused(&reply(b":1\r\n")));
     }
 }

@@ -14,6 +14,7 @@
 //! ```
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use coord_core::testkit::ServerProcess;
@@ -57,6 +58,8 @@ pub struct RedisSentinel {
     // Dropped (killed) first, so that no failover starts while the data
     // nodes go.
     sentinels: Vec<ServerProcess>,
+    /// Which sentinels are paused (and so left out of the fixture's queries).
+    paused: Mutex<Vec<bool>>,
     /// The data nodes; the first was the primary at start.
     servers: Vec<RedisServer>,
     settings: Settings,
@@ -83,6 +86,7 @@ impl RedisSentinel {
         let mut settings = Settings::default();
         settings.namespace = format!("coordtest{:08x}", fastrand_u32());
         let set = RedisSentinel {
+            paused: Mutex::new(vec![false; sentinels.len()]),
             sentinels,
             servers: vec![primary, replica],
             settings,
@@ -131,10 +135,47 @@ impl RedisSentinel {
         RedisBackend::connect(&self.url(), &self.settings).await
     }
 
-    /// The master the first sentinel that answers names now.
+    /// Freezes sentinel `i` (SIGSTOP, in [`sentinel_nodes`](Self::sentinel_nodes)
+    /// order): its connections stay open and silent. The fixture's own
+    /// queries leave it out until [`resume_sentinel`](Self::resume_sentinel).
+    pub fn pause_sentinel(&self, i: usize) -> Result<()> {
+        self.sentinel(i)?.pause()?;
+        self.paused_mut()[i] = true;
+        Ok(())
+    }
+
+    /// Lets a paused sentinel run again (SIGCONT).
+    pub fn resume_sentinel(&self, i: usize) -> Result<()> {
+        self.sentinel(i)?.resume()?;
+        self.paused_mut()[i] = false;
+        Ok(())
+    }
+
+    fn sentinel(&self, i: usize) -> Result<&ServerProcess> {
+        self.sentinels
+            .get(i)
+            .ok_or_else(|| Error::invalid(format!("the test set has no sentinel {i}")))
+    }
+
+    fn paused_mut(&self) -> std::sync::MutexGuard<'_, Vec<bool>> {
+        self.paused.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The sentinels that are not paused.
+    fn running_sentinels(&self) -> Vec<RedisNode> {
+        let paused = self.paused_mut().clone();
+        self.sentinel_nodes()
+            .into_iter()
+            .zip(paused)
+            .filter(|(_, paused)| !paused)
+            .map(|(node, _)| node)
+            .collect()
+    }
+
+    /// The master the first (unpaused) sentinel that answers names now.
     pub async fn master_addr(&self) -> Result<RedisNode> {
         let mut last = None;
-        for sentinel in self.sentinel_nodes() {
+        for sentinel in self.running_sentinels() {
             match master_by_name(&sentinel).await {
                 Ok(node) => return Ok(node),
                 Err(e) => last = Some(e),
@@ -157,14 +198,19 @@ impl RedisSentinel {
             .ok_or_else(|| Error::NotFound("the test set has no running replica".into()))
     }
 
-    /// Forces a failover with `SENTINEL FAILOVER` and waits (up to
+    /// Forces a failover with `SENTINEL FAILOVER` (sent to the first
+    /// unpaused sentinel) and waits (up to
     /// [`FAILOVER_WAIT`]) until every sentinel names the new master and it
     /// answers `ROLE` as master. Returns the new master. The old master
     /// keeps running, and stays a master for some seconds until the
     /// sentinels demote it.
     pub async fn failover(&self) -> Result<RedisNode> {
         let old = self.master_addr().await?;
-        let sentinel = self.sentinel_nodes()[0].clone();
+        let sentinel = self
+            .running_sentinels()
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::invalid("every sentinel of the test set is paused"))?;
         let deadline = tokio::time::Instant::now() + FAILOVER_WAIT;
         loop {
             let reply: RedisResult<String> = query(
@@ -218,7 +264,7 @@ impl RedisSentinel {
         self.process(node)?.resume()
     }
 
-    /// Waits, polling every 50 ms up to `within`, until every running
+    /// Waits, polling every 50 ms up to `within`, until every unpaused
     /// sentinel names the same master other than `old` and that node
     /// answers `ROLE` as master. Returns it.
     pub async fn wait_for_new_master(
@@ -230,7 +276,7 @@ impl RedisSentinel {
         let mut seen = Vec::new();
         loop {
             seen.clear();
-            for sentinel in self.sentinel_nodes() {
+            for sentinel in self.running_sentinels() {
                 seen.push(master_by_name(&sentinel).await.map_err(|e| e.to_string()));
             }
             if let Some(Ok(first)) = seen.first()
