@@ -1,8 +1,11 @@
 //! # coord-redis
 //!
 //! The Redis backend of [coord](https://docs.rs/coord): lease locks with
-//! fencing tokens on one server (`redis://`, `rediss://`) or a Redis Cluster
-//! (`redis+cluster://`). Every operation is one `EVALSHA` of a Lua script,
+//! fencing tokens on one server (`redis://`, `rediss://`), a Redis Cluster
+//! (`redis+cluster://`), or the master behind Redis Sentinel
+//! (`redis+sentinel://s1:26379,s2:26379/mymaster`, followed through
+//! failovers; see [`sentinel`] for the URL, how a failover is followed and
+//! what it does to locks). Every operation is one `EVALSHA` of a Lua script,
 //! and on a standalone server concurrent acquisitions and releases share one
 //! script call; waiters are woken through a dedicated pub/sub
 //! connection. Needs Redis 7.0 or later.
@@ -27,7 +30,7 @@
 //! ```
 //!
 //! Features: `tls` (`rediss://` via rustls), `testkit` (the [`RedisServer`]
-//! fixture and the conformance harness, in `testkit`).
+//! and `RedisSentinel` fixtures and the conformance harness, in `testkit`).
 //!
 //! [`RedisServer`]: https://docs.rs/coord-redis/latest/coord_redis/testkit/struct.RedisServer.html
 
