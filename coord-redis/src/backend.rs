@@ -100,7 +100,12 @@ impl RedisBackend {
                 "redis at {addr} did not complete a connection within connect_timeout \
                  ({limit:?}): it accepted the connection but did not answer like Redis, or \
                  it is paused or overloaded; check the URL's host and port (Redis listens \
-                 on 6379 by default)"
+                 on 6379 by default{})",
+                if config.mode == RedisMode::Sentinel {
+                    ", Sentinel on 26379"
+                } else {
+                    ""
+                }
             ))),
         }
     }
@@ -262,18 +267,23 @@ async fn explain_connect_error(e: Error, config: &RedisConfig, left: std::time::
     };
     let addr = node.to_string();
     let peer = coord_core::probe::probe(&addr, left.min(std::time::Duration::from_secs(2))).await;
+    // The URL's first host is a sentinel in a redis+sentinel:// URL.
+    let (who, what, port) = match config.mode {
+        RedisMode::Sentinel => ("sentinel", "a Redis Sentinel", "Sentinel listens on 26379"),
+        _ => ("redis", "a Redis server", "Redis listens on 6379"),
+    };
     use coord_core::probe::Peer;
     match peer {
         Peer::Redis | Peer::RedisNeedsAuth | Peer::Unreachable(_) => e,
         Peer::Silent => Error::Timeout(format!(
-            "redis at {addr} {}: this does not look like a Redis server, or it is paused; \
-             check the URL's host and port (Redis listens on 6379 by default)",
+            "{who} at {addr} {}: this does not look like {what}, or it is paused; \
+             check the URL's host and port ({port} by default)",
             peer.describe()
         )),
         other => Error::unavailable(
             format!(
-                "redis at {addr} {}: this does not look like a Redis server; check the URL's \
-                 host and port (Redis listens on 6379 by default, etcd on 2379)",
+                "{who} at {addr} {}: this does not look like {what}; check the URL's \
+                 host and port ({port} by default, etcd on 2379)",
                 other.describe()
             ),
             Some(Box::new(e) as _),

@@ -310,6 +310,26 @@ async fn bad_sentinel_urls_say_what_to_do() {
         other => panic!("no sentinel listening: expected Unavailable, got {other:?}"),
     }
 
+    // A listener that never answers, as a hung sentinel would.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_url = format!(
+        "redis+sentinel://{}/coordtest",
+        silent.local_addr().expect("addr")
+    );
+    let started = Instant::now();
+    match RedisBackend::connect(&silent_url, &settings).await {
+        Err(e @ (Error::Timeout(_) | Error::Unavailable { .. })) => {
+            assert!(e.to_string().contains("sentinel"), "{e}");
+            eprintln!("silent sentinel: {e}");
+        }
+        other => panic!("a silent sentinel: expected Timeout, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < settings.connect_timeout + Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+
     for (url, needle) in [
         (format!("redis+sentinel://{sentinels}"), "no master name"),
         ("redis+sentinel:///coordtest".to_owned(), "no sentinel host"),

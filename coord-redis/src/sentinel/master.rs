@@ -123,13 +123,10 @@ impl MasterTracker {
             last: None,
         };
         let sentinels = config.addresses();
-        let node = find_master(
-            &mut lookup.client,
-            &name,
-            &sentinels,
-            settings.connect_timeout,
-        )
-        .await?;
+        // Three quarters of connect_timeout, so that a lookup that hangs
+        // fails with its own message before the whole connect times out.
+        let limit = settings.connect_timeout.mul_f64(0.75);
+        let node = find_master(&mut lookup.client, &name, &sentinels, limit).await?;
         let manager = open_manager(config, &node, &manager_config).await?;
         let clients = config
             .nodes
