@@ -1,16 +1,16 @@
 //! [`MasterTracker`]: which node is the master now, and a command
 //! connection to it, kept current through failovers.
 //!
-//! * **Lookup**: redis-rs's [`SentinelClient`] asks the sentinels in the
-//!   URL's order (`SENTINEL MASTERS`, skipping a master flagged down) and
-//!   checks with `ROLE` that the node it names calls itself master. Every
-//!   lookup is bounded by `connect_timeout`.
-//! * **Events**: a task keeps a pub/sub connection to one sentinel
+//! * **Lookup** (`lookup.rs`): redis-rs's [`SentinelClient`] asks the
+//!   sentinels in the URL's order (`SENTINEL MASTERS`, skipping a master
+//!   flagged down) and checks with `ROLE` that the node it names calls
+//!   itself master. Every lookup is bounded by `connect_timeout`.
+//! * **Events** (`events.rs`): a task keeps a pub/sub connection to one sentinel
 //!   (the next one when it drops) subscribed to `+switch-master`, and moves
 //!   to the new master as soon as a sentinel announces it. This is what
 //!   follows a `SENTINEL FAILOVER`, where the old master keeps answering
 //!   as a master until the sentinels demote it several seconds later.
-//! * **Errors**: the command connection asks for a new lookup when the
+//! * **Errors** (`connection.rs`): the command connection asks for a new lookup when the
 //!   master it talks to refuses a write (`READONLY`: a demoted master) or
 //!   cannot be reached ([`MasterTracker::follow`]); this catches a switch
 //!   whose event was missed.
@@ -20,32 +20,26 @@
 //! bumps a generation that the pub/sub hub watches, so its streams end and
 //! are subscribed again on the new master.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use coord_core::{Error, Result, Settings};
-use futures::StreamExt;
+use redis::Role;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{ErrorKind, RedisError, Role};
+use redis::sentinel::SentinelClient;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::{RedisConfig, RedisNode};
 use crate::error::map_err;
-
-/// The channel on which sentinels announce a new master.
-const SWITCH_MASTER: &str = "+switch-master";
+use crate::sentinel::events::listen;
+use crate::sentinel::lookup::{find_master, role_of, sentinel_client};
 
 /// Lookups triggered by failed requests are at most this often: many
 /// requests failing at once during a failover ask the sentinels once.
 const MIN_LOOKUP_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Backoff of the event listener when no sentinel can be subscribed to.
-const MIN_LISTEN_DELAY: Duration = Duration::from_millis(50);
-const MAX_LISTEN_DELAY: Duration = Duration::from_secs(2);
 
 /// The master the command connection talks to.
 pub(crate) struct Master {
@@ -179,6 +173,16 @@ impl MasterTracker {
         self.changes.subscribe()
     }
 
+    /// The master's name, as the sentinels monitor it.
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The bound of one lookup or connection (`connect_timeout`).
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The database of every connection.
     pub(crate) fn db(&self) -> i64 {
         self.config.db
@@ -235,7 +239,7 @@ impl MasterTracker {
 
     /// Moves to `node`, which a sentinel announced as the new master, once
     /// it answers `ROLE` as a master.
-    async fn follow_announced(&self, node: RedisNode) {
+    pub(super) async fn follow_announced(&self, node: RedisNode) {
         let _lookup = self.lookup.lock().await;
         if self.current.load().node == node {
             return;
@@ -276,116 +280,6 @@ impl MasterTracker {
     }
 }
 
-/// redis-rs's Sentinel client for `config`: the sentinels with their own
-/// credentials, the master with the data nodes' credentials and database.
-fn sentinel_client(config: &RedisConfig, name: &str) -> Result<SentinelClient> {
-    let addrs = config.nodes.iter().map(|n| config.connection_addr(n));
-    let bad = |e: RedisError| Error::invalid(format!("sentinel configuration: {e}"));
-    let mut builder =
-        SentinelClientBuilder::new(addrs, name, SentinelServerType::Master).map_err(bad)?;
-    if let Some(sentinel) = &config.sentinel {
-        if let Some(u) = &sentinel.username {
-            builder = builder.set_client_to_sentinel_username(u);
-        }
-        if let Some(p) = &sentinel.password {
-            builder = builder.set_client_to_sentinel_password(p);
-        }
-    }
-    if let Some(u) = &config.username {
-        builder = builder.set_client_to_redis_username(u);
-    }
-    if let Some(p) = &config.password {
-        builder = builder.set_client_to_redis_password(p);
-    }
-    builder = builder.set_client_to_redis_db(config.db);
-    #[cfg(feature = "tls")]
-    if config.tls {
-        builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
-    }
-    builder.build().map_err(bad)
-}
-
-/// The master the sentinels name now, checked to answer `ROLE` as master.
-async fn find_master(
-    client: &mut SentinelClient,
-    name: &str,
-    sentinels: &str,
-    timeout: Duration,
-) -> Result<RedisNode> {
-    // Boxed: redis-rs's lookup is a deeply nested future, too deep for the
-    // layout of every future that awaits a connect.
-    let lookup = Box::pin(client.async_get_client());
-    let found = match tokio::time::timeout(timeout, lookup).await {
-        Ok(found) => found,
-        Err(_) => {
-            return Err(Error::Timeout(format!(
-                "the sentinels at {sentinels} did not name a master {name:?} that answers \
-                 within connect_timeout ({timeout:?}); check that redis-sentinel runs there \
-                 and that the master is up"
-            )));
-        }
-    };
-    let client = found.map_err(|e| lookup_error(e, name, sentinels))?;
-    match client.get_connection_info().addr() {
-        redis::ConnectionAddr::Tcp(host, port)
-        | redis::ConnectionAddr::TcpTls { host, port, .. } => Ok(RedisNode {
-            host: host.clone(),
-            port: *port,
-        }),
-        other => Err(Error::invalid(format!(
-            "the sentinels at {sentinels} named a master at {other}, which is not a TCP address"
-        ))),
-    }
-}
-
-/// Says what a failed lookup means and what to do.
-fn lookup_error(e: RedisError, name: &str, sentinels: &str) -> Error {
-    if e.kind() == ErrorKind::MasterNameNotFoundBySentinel {
-        return Error::unavailable(
-            format!(
-                "no sentinel at {sentinels} names a master {name:?} that is up: check that \
-                 the master name in the URL is the one in the sentinels' `sentinel monitor \
-                 <name> …` line, or wait for the failover in progress to finish"
-            ),
-            Some(Box::new(e) as _),
-        );
-    }
-    if e.kind() == ErrorKind::InvalidClientConfig && e.to_string().contains("sentinel") {
-        return Error::invalid(format!(
-            "{sentinels} is not a Redis Sentinel ({e}): list the sentinels' addresses (port \
-             26379 by default) in a redis+sentinel:// URL, or connect to a server without \
-             sentinels with redis://host:port"
-        ));
-    }
-    if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
-        return Error::unavailable(
-            format!(
-                "cannot reach the sentinels at {sentinels}, or the master they name ({e}); \
-                 check that redis-sentinel runs at those addresses (port 26379 by default) \
-                 and that the master {name:?} is up"
-            ),
-            Some(Box::new(e) as _),
-        );
-    }
-    let err = map_err(e, &format!("the sentinels at {sentinels}"));
-    if err.to_string().contains("credentials") {
-        return err.context(
-            "the URL's user:password@ is for the master; give the sentinels' own password \
-             as ?sentinel_password=…",
-        );
-    }
-    err
-}
-
-/// `ROLE` of `node`, on a new connection.
-async fn role_of(config: &RedisConfig, node: &RedisNode) -> redis::RedisResult<Role> {
-    let client = redis::Client::open(config.connection_info(node).map_err(|e| {
-        RedisError::from((ErrorKind::InvalidClientConfig, "address", e.to_string()))
-    })?)?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    redis::cmd("ROLE").query_async(&mut conn).await
-}
-
 /// A command connection to `node`.
 async fn open_manager(
     config: &RedisConfig,
@@ -398,111 +292,4 @@ async fn open_manager(
     ConnectionManager::new_with_config(client, manager_config.clone())
         .await
         .map_err(|e| map_err(e, &addr))
-}
-
-/// The new master's address in a `+switch-master` message
-/// (`<name> <old-ip> <old-port> <new-ip> <new-port>`), when it is about
-/// the master `name`.
-fn parse_switch(payload: &[u8], name: &str) -> Option<RedisNode> {
-    let text = std::str::from_utf8(payload).ok()?;
-    let parts: Vec<&str> = text.split_whitespace().collect();
-    match parts.as_slice() {
-        [n, _, _, host, port] if *n == name => Some(RedisNode {
-            host: (*host).to_owned(),
-            port: port.parse().ok()?,
-        }),
-        _ => None,
-    }
-}
-
-/// Listens for `+switch-master` on one sentinel at a time, moving on to
-/// the next when its connection ends. Signals `ready` once first
-/// subscribed; after a reconnect, looks the master up (an event may have
-/// been missed meanwhile). Ends with the tracker.
-async fn listen(
-    tracker: Weak<MasterTracker>,
-    sentinels: Vec<redis::Client>,
-    ready: oneshot::Sender<()>,
-) {
-    let mut ready = Some(ready);
-    let mut delay = MIN_LISTEN_DELAY;
-    let mut next = 0usize;
-    let mut failed_in_a_row = 0usize;
-    loop {
-        let Some((timeout, name)) = tracker.upgrade().map(|t| (t.timeout, t.name.clone())) else {
-            return;
-        };
-        let client = &sentinels[next % sentinels.len()];
-        next = next.wrapping_add(1);
-        let subscribed = tokio::time::timeout(timeout, async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(SWITCH_MASTER).await?;
-            Ok::<_, RedisError>(pubsub)
-        })
-        .await;
-        let pubsub = match subscribed {
-            Ok(Ok(pubsub)) => pubsub,
-            other => {
-                tracing::debug!(
-                    sentinel = ?client.get_connection_info().addr(),
-                    error = ?other.map(|r| r.err()),
-                    "cannot subscribe to +switch-master; trying the next sentinel"
-                );
-                failed_in_a_row += 1;
-                if failed_in_a_row >= sentinels.len() {
-                    failed_in_a_row = 0;
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(MAX_LISTEN_DELAY);
-                }
-                continue;
-            }
-        };
-        failed_in_a_row = 0;
-        delay = MIN_LISTEN_DELAY;
-        match ready.take() {
-            Some(tx) => {
-                let _ = tx.send(());
-            }
-            None => {
-                let Some(t) = tracker.upgrade() else { return };
-                let seen = t.current().generation;
-                t.follow(seen).await;
-            }
-        }
-        let mut messages = pubsub.into_on_message();
-        while let Some(msg) = messages.next().await {
-            let Some(t) = tracker.upgrade() else { return };
-            if let Some(node) = parse_switch(msg.get_payload_bytes(), &name) {
-                t.follow_announced(node).await;
-            }
-        }
-        tracing::debug!(
-            sentinel = ?client.get_connection_info().addr(),
-            "the +switch-master subscription ended; subscribing on the next sentinel"
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn switch_messages_parse() {
-        let node = parse_switch(b"mymaster 127.0.0.1 7001 127.0.0.1 7002", "mymaster");
-        assert_eq!(
-            node,
-            Some(RedisNode {
-                host: "127.0.0.1".into(),
-                port: 7002
-            })
-        );
-        assert_eq!(
-            parse_switch(b"other 127.0.0.1 7001 127.0.0.1 7002", "mymaster"),
-            None
-        );
-        assert_eq!(parse_switch(b"mymaster 127.0.0.1 7001", "mymaster"), None);
-        assert_eq!(parse_switch(b"mymaster h 1 h notaport", "mymaster"), None);
-        assert_eq!(parse_switch(b"\xff", "mymaster"), None);
-    }
 }

@@ -65,6 +65,8 @@
 
 mod config;
 mod connection;
+mod events;
+mod lookup;
 mod master;
 
 pub use config::{DEFAULT_SENTINEL_PORT, SentinelConfig};
