@@ -6,7 +6,8 @@ use coord_core::url::redact;
 use coord_core::{CacheBackend, Error, FencedStore, LockBackend, Result, Settings};
 
 /// The schemes `Coord::connect` understands, for error messages.
-const SCHEMES: &str = "memory://, redis://, rediss://, redis+cluster://, etcd://, etcds://";
+const SCHEMES: &str = "memory://, redis://, rediss://, redis+cluster://, redis+sentinel://, \
+                       etcd://, etcds://";
 
 /// The error for a scheme whose cargo feature is off.
 #[cfg_attr(
@@ -73,7 +74,8 @@ pub(crate) async fn backend(url: &str, settings: &Settings) -> Result<Connected>
             #[cfg(not(feature = "memory"))]
             Err(feature_missing("memory", "memory"))
         }
-        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" | "redis+sentinel"
+        | "rediss+sentinel" => {
             #[cfg(feature = "redis")]
             {
                 let backend = coord_redis::RedisBackend::connect(url, settings).await?;
@@ -103,10 +105,6 @@ pub(crate) async fn backend(url: &str, settings: &Settings) -> Result<Connected>
             #[cfg(not(feature = "etcd"))]
             Err(feature_missing(&scheme, "etcd"))
         }
-        "redis+sentinel" => Err(Error::Unsupported(
-            "redis+sentinel:// is not supported yet; connect to the current master with redis://"
-                .into(),
-        )),
         other => Err(Error::invalid(format!(
             "unknown backend scheme `{other}://` in {:?}; use one of {SCHEMES}",
             redact(url)
@@ -134,6 +132,27 @@ mod tests {
             );
         }
         assert_eq!(split_scheme("ReDiS://h").unwrap().0, "redis");
+    }
+
+    #[tokio::test]
+    async fn sentinel_urls_go_to_the_redis_backend() {
+        assert!(SCHEMES.contains("redis+sentinel://"));
+        let settings = Settings::default();
+        for url in ["redis+sentinel://h1,h2", "REDIS+SENTINEL://h1:26379/"] {
+            let Err(err) = backend(url, &settings).await else {
+                panic!("{url}: connected without a master name");
+            };
+            #[cfg(feature = "redis")]
+            assert!(
+                matches!(&err, Error::InvalidArgument(m) if m.contains("no master name")),
+                "{url}: {err}"
+            );
+            #[cfg(not(feature = "redis"))]
+            assert!(
+                matches!(&err, Error::Unsupported(m) if m.contains("features = [\"redis\"]")),
+                "{url}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -138,7 +138,8 @@ impl CoordBuilder {
 
 impl Coord {
     /// Connects to the backend named by `url` (`memory://`,
-    /// `redis://host:6379`, `redis+cluster://h1,h2`, `etcd://h1:2379,h2:2379`),
+    /// `redis://host:6379`, `redis+cluster://h1,h2`,
+    /// `redis+sentinel://s1:26379,s2:26379/mymaster`, `etcd://h1:2379,h2:2379`),
     /// with other settings from `coord.toml` and `COORD_*` variables.
     ///
     /// A malformed URL is [`Error::InvalidArgument`] saying what is wrong; a

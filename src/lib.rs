@@ -28,7 +28,8 @@ pub use coord_core::discovery;
 #[cfg(feature = "memory")]
 pub use coord_core::memory;
 
-/// The Redis backend (`redis://`), with its test fixtures under `testkit`.
+/// The Redis backend (`redis://`, `redis+cluster://`, `redis+sentinel://`),
+/// with its test fixtures under `testkit`.
 #[cfg(feature = "redis")]
 pub use coord_redis as redis;
 

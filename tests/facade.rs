@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use coord::etcd::testkit::EtcdServer;
-use coord::redis::testkit::RedisServer;
+use coord::redis::testkit::{RedisSentinel, RedisServer};
 use coord::{Coord, Error, HealthStatus, Settings};
 
 fn settings() -> Settings {
@@ -89,6 +89,14 @@ async fn redis_by_url() {
     lock_through_facade(server.url(), "redis").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_by_url() {
+    let set = tokio::task::block_in_place(RedisSentinel::start).expect("redis sentinels");
+    let url = set.url();
+    assert!(url.starts_with("redis+sentinel://"), "{url}");
+    lock_through_facade(&url, "redis").await;
+}
+
 #[tokio::test]
 async fn etcd_by_url() {
     let server = EtcdServer::start().expect("etcd");
@@ -103,6 +111,9 @@ async fn malformed_urls_are_invalid_arguments() {
         "nosuch://x",
         "redis://",
         "redis://host:notaport",
+        "redis+sentinel://h1:26379,h2:26379",
+        "redis+sentinel:///mymaster",
+        "redis+sentinel://h1/mymaster?sentinel_pasword=x",
         "etcd://",
         "etcd://h1:2379,,h2:2379",
         "etcd://h1:99999",
@@ -126,6 +137,7 @@ async fn a_server_that_is_not_there_is_unavailable() {
     let port = coord::testkit::ServerProcess::free_port().expect("port");
     for url in [
         format!("redis://127.0.0.1:{port}"),
+        format!("redis+sentinel://127.0.0.1:{port}/mymaster"),
         format!("etcd://127.0.0.1:{port}"),
     ] {
         let started = std::time::Instant::now();

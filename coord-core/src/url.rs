@@ -28,18 +28,40 @@ use crate::{Error, Result};
 /// `url` with the password (if any) replaced by `***`, for logs and error
 /// messages: `redis://app:s3cret@h:6379` becomes `redis://app:***@h:6379`.
 /// The user name stays. A URL without a scheme is redacted the same way.
+/// The value of every query parameter whose name ends in `password`
+/// (`?sentinel_password=…`) is replaced too.
 pub fn redact(url: &str) -> String {
     let (scheme, rest) = match url.split_once("://") {
         Some((scheme, rest)) => (&url[..scheme.len() + 3], rest),
         None => ("", url),
     };
-    match rest.rsplit_once('@') {
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, Some(query)),
+        None => (rest, None),
+    };
+    let mut out = match rest.rsplit_once('@') {
         Some((userinfo, hosts)) => match userinfo.split_once(':') {
             Some((user, _password)) => format!("{scheme}{user}:***@{hosts}"),
-            None => url.to_owned(),
+            None => format!("{scheme}{rest}"),
         },
-        None => url.to_owned(),
+        None => format!("{scheme}{rest}"),
+    };
+    if let Some(query) = query {
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((name, _)) if name.to_ascii_lowercase().ends_with("password") => {
+                    out.push_str(name);
+                    out.push_str("=***");
+                }
+                _ => out.push_str(pair),
+            }
+        }
     }
+    out
 }
 
 /// Decodes `%XX` escapes (as in URL user names and passwords); other
@@ -220,6 +242,19 @@ mod tests {
             ("redis://h:6379/0", "redis://h:6379/0"),
             ("memory://", "memory://"),
             ("", ""),
+            (
+                "redis+sentinel://:pw@h1,h2/m?sentinel_password=s3&x=1",
+                "redis+sentinel://:***@h1,h2/m?sentinel_password=***&x=1",
+            ),
+            (
+                "redis+sentinel://h/m?Sentinel_Password=s3",
+                "redis+sentinel://h/m?Sentinel_Password=***",
+            ),
+            (
+                "redis+sentinel://h/m?sentinel_username=u",
+                "redis+sentinel://h/m?sentinel_username=u",
+            ),
+            ("redis://h?a@b", "redis://h?a@b"),
         ] {
             assert_eq!(redact(url), redacted, "{url}");
         }

@@ -8,13 +8,15 @@ use coord_core::{Capabilities, ComponentHealth, Error, Result, Settings};
 use redis::{Cmd, FromRedisValue, Script, ServerErrorKind};
 use tracing::Instrument;
 
-use crate::config::{RedisConfig, RedisMode};
+use crate::config::{RedisConfig, RedisMode, RedisNode};
 use crate::connection::{Connection, standalone_client};
 use crate::error::map_err;
-use crate::pubsub::PubSubHub;
+use crate::pubsub::{Nodes, PubSubHub};
 
-/// A Redis backend of coord's primitives (locks so far), on one server or a
-/// Redis Cluster. Cheap to clone; clones share the connections.
+/// A Redis backend of coord's primitives, on one server, a Redis Cluster,
+/// or the master that Redis Sentinels name (followed through failovers; see
+/// the [`sentinel`](crate::sentinel) module for how, and what a failover
+/// does to locks). Cheap to clone; clones share the connections.
 ///
 /// Keys of a lock named `name` under namespace `ns` (the `{…}` is a cluster
 /// hash tag, so all three live in one slot):
@@ -62,8 +64,9 @@ impl fmt::Debug for RedisBackend {
 }
 
 impl RedisBackend {
-    /// Connects to the server(s) of a `redis://`, `rediss://` or
-    /// `redis+cluster://` URL (see [`RedisConfig::from_url`]), using
+    /// Connects to the server(s) of a `redis://`, `rediss://`,
+    /// `redis+cluster://` or `redis+sentinel://` URL (see
+    /// [`RedisConfig::from_url`]), using
     /// `settings.namespace`, `settings.connect_timeout` and
     /// `settings.request_timeout` (the response timeout of every request).
     ///
@@ -97,7 +100,12 @@ impl RedisBackend {
                 "redis at {addr} did not complete a connection within connect_timeout \
                  ({limit:?}): it accepted the connection but did not answer like Redis, or \
                  it is paused or overloaded; check the URL's host and port (Redis listens \
-                 on 6379 by default)"
+                 on 6379 by default{})",
+                if config.mode == RedisMode::Sentinel {
+                    ", Sentinel on 26379"
+                } else {
+                    ""
+                }
             ))),
         }
     }
@@ -107,14 +115,32 @@ impl RedisBackend {
         let span = tracing::info_span!("coord.redis.connect", addr = %addr, mode = ?config.mode);
         async move {
             let conn = Connection::open(config, settings).await?;
+            let addr = match conn.tracker() {
+                Some(tracker) => tracker.describe(),
+                None => addr,
+            };
             check_server_version(&conn, &addr).await?;
-            let clients = (0..config.nodes.len())
-                .map(|i| standalone_client(config, i))
-                .collect::<Result<Vec<_>>>()?;
-            let pubsub = PubSubHub::new(clients, addr.clone(), settings.connect_timeout);
+            let nodes = match conn.tracker() {
+                Some(tracker) => Nodes::Sentinel(tracker.clone()),
+                None => Nodes::Fixed(
+                    (0..config.nodes.len())
+                        .map(|i| standalone_client(config, i))
+                        .collect::<Result<Vec<_>>>()?,
+                ),
+            };
+            let pubsub = PubSubHub::new(nodes, addr.clone(), settings.connect_timeout);
+            // The pool is made for one address; behind Sentinel, cache
+            // traffic shares the command connection, which follows the master.
             let cache_pool = match (config.mode, settings.cache.redis_pool_size) {
                 (RedisMode::Standalone, size) if size > 0 => {
                     Some(cache_pool(config, settings, size)?)
+                }
+                (RedisMode::Sentinel, size) if size > 0 => {
+                    tracing::info!(
+                        "cache.redis_pool_size is not used with redis+sentinel://; cache \
+                         traffic shares the connection that follows the master"
+                    );
+                    None
                 }
                 _ => None,
             };
@@ -127,7 +153,7 @@ impl RedisBackend {
                     addr,
                     pubsub: Arc::new(pubsub),
                     scripts: crate::lock::Scripts::new(),
-                    batches: (config.mode == RedisMode::Standalone)
+                    batches: (config.mode != RedisMode::Cluster)
                         .then(crate::lock::LockBatches::new),
                     mode: config.mode,
                     cache_pool,
@@ -143,6 +169,16 @@ impl RedisBackend {
     pub(crate) fn namespace(&self) -> &str {
         let prefix = &self.inner.lock_prefix;
         prefix.strip_suffix(":lock:{").unwrap_or(prefix.as_str())
+    }
+
+    /// The master requests go to now, for a `redis+sentinel://` backend
+    /// (`None` for the others). It changes when the backend follows a
+    /// failover.
+    pub fn current_master(&self) -> Option<RedisNode> {
+        self.inner
+            .conn
+            .tracker()
+            .map(|tracker| tracker.current().node.clone())
     }
 
     /// One timed `PING`.
@@ -165,7 +201,9 @@ impl RedisBackend {
     }
 
     /// Runs `cmd` (an `EVALSHA` of `script`), loading the script and trying
-    /// once more when the server does not know it (`NOSCRIPT`).
+    /// again when the server does not know it (`NOSCRIPT`). Twice at most:
+    /// behind Sentinel the second try can meet a new master that does not
+    /// know the script either (scripts are not replicated).
     pub(crate) async fn eval<T: FromRedisValue>(&self, script: &Script, cmd: &Cmd) -> Result<T> {
         self.eval_raw(script, cmd)
             .await
@@ -180,12 +218,18 @@ impl RedisBackend {
         cmd: &Cmd,
     ) -> redis::RedisResult<T> {
         let mut conn = self.inner.conn.clone();
-        match cmd.query_async::<T>(&mut conn).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
-                script.load_async(&mut conn).await?;
-                cmd.query_async(&mut conn).await
+        let mut loads = 0;
+        loop {
+            match cmd.query_async::<T>(&mut conn).await {
+                Err(e)
+                    if loads < 2
+                        && e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) =>
+                {
+                    script.load_async(&mut conn).await?;
+                    loads += 1;
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 }
@@ -223,18 +267,23 @@ async fn explain_connect_error(e: Error, config: &RedisConfig, left: std::time::
     };
     let addr = node.to_string();
     let peer = coord_core::probe::probe(&addr, left.min(std::time::Duration::from_secs(2))).await;
+    // The URL's first host is a sentinel in a redis+sentinel:// URL.
+    let (who, what, port) = match config.mode {
+        RedisMode::Sentinel => ("sentinel", "a Redis Sentinel", "Sentinel listens on 26379"),
+        _ => ("redis", "a Redis server", "Redis listens on 6379"),
+    };
     use coord_core::probe::Peer;
     match peer {
         Peer::Redis | Peer::RedisNeedsAuth | Peer::Unreachable(_) => e,
         Peer::Silent => Error::Timeout(format!(
-            "redis at {addr} {}: this does not look like a Redis server, or it is paused; \
-             check the URL's host and port (Redis listens on 6379 by default)",
+            "{who} at {addr} {}: this does not look like {what}, or it is paused; \
+             check the URL's host and port ({port} by default)",
             peer.describe()
         )),
         other => Error::unavailable(
             format!(
-                "redis at {addr} {}: this does not look like a Redis server; check the URL's \
-                 host and port (Redis listens on 6379 by default, etcd on 2379)",
+                "{who} at {addr} {}: this does not look like {what}; check the URL's \
+                 host and port ({port} by default, etcd on 2379)",
                 other.describe()
             ),
             Some(Box::new(e) as _),

@@ -1,15 +1,18 @@
-//! Where and how to connect: parsed from a `redis://`, `rediss://` or
-//! `redis+cluster://` URL.
+//! Where and how to connect: parsed from a `redis://`, `rediss://`,
+//! `redis+cluster://` or `redis+sentinel://` URL.
 
 use std::fmt;
 
 use coord_core::url::{HostPort, redact, split_userinfo};
 use coord_core::{Error, Result};
 
+use crate::sentinel::{DEFAULT_SENTINEL_PORT, SentinelConfig};
+
 /// The default Redis port.
 pub const DEFAULT_PORT: u16 = 6379;
 
-/// Whether the backend talks to one server or to a Redis Cluster.
+/// Whether the backend talks to one server, a Redis Cluster, or the master
+/// a group of Redis Sentinels names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RedisMode {
@@ -18,6 +21,10 @@ pub enum RedisMode {
     /// A Redis Cluster reached through its seed nodes: `redis+cluster://`,
     /// `rediss+cluster://`.
     Cluster,
+    /// The master of a primary/replica set that Redis Sentinels monitor,
+    /// found (and followed through failovers) by asking the sentinels:
+    /// `redis+sentinel://`, `rediss+sentinel://`.
+    Sentinel,
 }
 
 /// One server address.
@@ -55,18 +62,23 @@ impl fmt::Display for RedisNode {
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RedisConfig {
-    /// Standalone or cluster.
+    /// Standalone, cluster or sentinel.
     pub mode: RedisMode,
-    /// The server (standalone) or the cluster's seed nodes; never empty.
+    /// The server (standalone), the cluster's seed nodes or the sentinels;
+    /// never empty.
     pub nodes: Vec<RedisNode>,
-    /// ACL user name, if any.
+    /// ACL user name, if any (of the data nodes, not the sentinels).
     pub username: Option<String>,
-    /// Password, if any.
+    /// Password, if any (of the data nodes, not the sentinels).
     pub password: Option<String>,
-    /// Database number (standalone only). Default 0.
+    /// Database number (standalone and sentinel only). Default 0.
     pub db: i64,
-    /// Whether to connect over TLS (`rediss://`).
+    /// Whether to connect over TLS (`rediss://`; for `rediss+sentinel://`,
+    /// to the sentinels and the data nodes alike).
     pub tls: bool,
+    /// The master's name and the sentinels' credentials; `Some` exactly
+    /// when `mode` is [`RedisMode::Sentinel`].
+    pub sentinel: Option<SentinelConfig>,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -78,14 +90,19 @@ impl fmt::Debug for RedisConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("db", &self.db)
             .field("tls", &self.tls)
+            .field("sentinel", &self.sentinel)
             .finish()
     }
 }
 
 impl RedisConfig {
-    /// Parses `redis://[user[:pass]@]host[:port][/db]`, `rediss://…` (TLS) or
+    /// Parses `redis://[user[:pass]@]host[:port][/db]`, `rediss://…` (TLS),
     /// `redis+cluster://[user[:pass]@]h1[:port],h2[:port]` (also
-    /// `rediss+cluster://`). User and password may be percent-encoded.
+    /// `rediss+cluster://`) or
+    /// `redis+sentinel://[user[:pass]@]s1[:port],s2[:port]/<master-name>[/db][?sentinel_password=…]`
+    /// (also `rediss+sentinel://`; sentinel port 26379 by default; see
+    /// [`SentinelConfig`] for whose password is whose). User, password and
+    /// master name may be percent-encoded.
     ///
     /// Malformed URLs give [`Error::InvalidArgument`] saying what is wrong;
     /// `rediss://` without the `tls` feature gives [`Error::Unsupported`].
@@ -100,9 +117,12 @@ impl RedisConfig {
             "rediss" => (RedisMode::Standalone, true),
             "redis+cluster" => (RedisMode::Cluster, false),
             "rediss+cluster" => (RedisMode::Cluster, true),
+            "redis+sentinel" => (RedisMode::Sentinel, false),
+            "rediss+sentinel" => (RedisMode::Sentinel, true),
             other => {
                 return Err(bad(&format!(
-                    "unknown scheme {other:?}; use redis://, rediss:// or redis+cluster://"
+                    "unknown scheme {other:?}; use redis://, rediss://, redis+cluster:// or \
+                     redis+sentinel://"
                 )));
             }
         };
@@ -112,7 +132,11 @@ impl RedisConfig {
                  (or of coord-redis)"
             )));
         }
-        let rest = rest.split_once(['?', '#']).map_or(rest, |(r, _)| r);
+        let rest = rest.split_once('#').map_or(rest, |(r, _)| r);
+        let (rest, query) = match rest.split_once('?') {
+            Some((rest, query)) => (rest, Some(query)),
+            None => (rest, None),
+        };
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         let (userinfo, hosts) = split_userinfo(authority).map_err(|e| e.context(in_url()))?;
         let (username, password) = match userinfo {
@@ -122,13 +146,23 @@ impl RedisConfig {
                 u.password.filter(|p| !p.is_empty()),
             ),
         };
+        let default_port = match mode {
+            RedisMode::Sentinel => DEFAULT_SENTINEL_PORT,
+            _ => DEFAULT_PORT,
+        };
         if hosts.is_empty() {
-            return Err(bad("no host; expected redis://host:port"));
+            return Err(bad(match mode {
+                RedisMode::Sentinel => {
+                    "no sentinel host; expected \
+                     redis+sentinel://host1:26379,host2:26379/<master-name>"
+                }
+                _ => "no host; expected redis://host:port",
+            }));
         }
         let nodes = hosts
             .split(',')
             .map(|h| {
-                HostPort::parse(h, DEFAULT_PORT)
+                HostPort::parse(h, default_port)
                     .map(|HostPort { host, port }| RedisNode { host, port })
                     .map_err(|e| e.context(in_url()))
             })
@@ -137,6 +171,19 @@ impl RedisConfig {
             return Err(bad(
                 "several hosts given; use redis+cluster://h1:port,h2:port for a cluster",
             ));
+        }
+        if mode == RedisMode::Sentinel {
+            let (sentinel, db) =
+                SentinelConfig::parse(path, query).map_err(|e| e.context(in_url()))?;
+            return Ok(RedisConfig {
+                mode,
+                nodes,
+                username,
+                password,
+                db,
+                tls,
+                sentinel: Some(sentinel),
+            });
         }
         let db = match path.trim_end_matches('/') {
             "" => 0,
@@ -156,6 +203,7 @@ impl RedisConfig {
             password,
             db,
             tls,
+            sentinel: None,
         })
     }
 
@@ -187,7 +235,29 @@ impl RedisConfig {
             .map_err(|e| Error::invalid(format!("redis address {node}: {e}")))
     }
 
-    fn connection_addr(&self, node: &RedisNode) -> redis::ConnectionAddr {
+    /// The `redis` crate's connection info of one sentinel: the sentinels'
+    /// credentials, TLS as for the data nodes, database 0.
+    pub(crate) fn sentinel_connection_info(
+        &self,
+        node: &RedisNode,
+    ) -> Result<redis::ConnectionInfo> {
+        use redis::IntoConnectionInfo;
+        let mut redis_info = redis::RedisConnectionInfo::default();
+        if let Some(sentinel) = &self.sentinel {
+            if let Some(u) = &sentinel.username {
+                redis_info = redis_info.set_username(u);
+            }
+            if let Some(p) = &sentinel.password {
+                redis_info = redis_info.set_password(p);
+            }
+        }
+        self.connection_addr(node)
+            .into_connection_info()
+            .map(|info| info.set_redis_settings(redis_info))
+            .map_err(|e| Error::invalid(format!("sentinel address {node}: {e}")))
+    }
+
+    pub(crate) fn connection_addr(&self, node: &RedisNode) -> redis::ConnectionAddr {
         #[cfg(feature = "tls")]
         if self.tls {
             return redis::ConnectionAddr::TcpTls {
@@ -258,12 +328,65 @@ mod tests {
             ("redis+cluster://h1/2", "only database 0"),
             ("redis://[::1:6379", "unclosed"),
             ("redis://u:%zz@h", "percent-encoding"),
+            ("redis+sentinel://", "no sentinel host"),
+            ("redis+sentinel:///mymaster", "no sentinel host"),
+            ("redis+sentinel://h1,h2", "no master name"),
+            ("redis+sentinel://h1,h2/", "no master name"),
+            ("redis+sentinel://h1:26379//0", "no master name"),
+            ("redis+sentinel://h1/m/x", "database \"x\""),
+            ("redis+sentinel://h1:x/m", "port \"x\""),
+            ("redis+sentinel://h1,,h2/m", "empty host"),
+            (
+                "redis+sentinel://h/m?sentinel_pasword=x",
+                "sentinel_password",
+            ),
         ] {
             match RedisConfig::from_url(url) {
                 Err(Error::InvalidArgument(m)) => assert!(m.contains(needle), "{url}: {m}"),
                 other => panic!("{url}: expected InvalidArgument, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn parses_sentinel_urls() {
+        let c = RedisConfig::from_url("redis+sentinel://h1,h2:26380,[::1]/mymaster").unwrap();
+        assert_eq!(c.mode, RedisMode::Sentinel);
+        assert_eq!(c.addresses(), "h1:26379,h2:26380,[::1]:26379");
+        assert_eq!((c.db, c.tls, c.password.as_deref()), (0, false, None));
+        let s = c.sentinel.as_ref().unwrap();
+        assert_eq!(s.master_name, "mymaster");
+        assert_eq!((s.username.as_deref(), s.password.as_deref()), (None, None));
+
+        let c = RedisConfig::from_url(
+            "REDIS+SENTINEL://app:pw@h1/mymaster/4?sentinel_username=sen&sentinel_password=spw",
+        )
+        .unwrap();
+        assert_eq!(c.db, 4);
+        assert_eq!(
+            (c.username.as_deref(), c.password.as_deref()),
+            (Some("app"), Some("pw"))
+        );
+        let s = c.sentinel.as_ref().unwrap();
+        assert_eq!(
+            (s.username.as_deref(), s.password.as_deref()),
+            (Some("sen"), Some("spw"))
+        );
+        assert!(
+            RedisConfig::from_url("redis://h")
+                .unwrap()
+                .sentinel
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_sentinel_password_stays_out_of_errors_and_debug() {
+        let err = RedisConfig::from_url("redis+sentinel://h:bad/m?sentinel_password=hunter2")
+            .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let c = RedisConfig::from_url("redis+sentinel://h/m?sentinel_password=hunter2").unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     #[test]
@@ -292,5 +415,7 @@ mod tests {
     fn tls_with_the_feature_parses() {
         let c = RedisConfig::from_url("rediss://h:6380").unwrap();
         assert!(c.tls);
+        let c = RedisConfig::from_url("rediss+sentinel://h/m").unwrap();
+        assert!(c.tls && c.mode == RedisMode::Sentinel);
     }
 }

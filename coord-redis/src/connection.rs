@@ -1,6 +1,7 @@
 //! The command connection: a multiplexed, auto-reconnecting
-//! [`ConnectionManager`] for one server or a [`ClusterConnection`] for a
-//! cluster, behind one enum so the lock code is written once.
+//! [`ConnectionManager`] for one server, a [`ClusterConnection`] for a
+//! cluster, or a [`SentinelConnection`] (a `ConnectionManager` that follows
+//! the sentinels' master), behind one enum so the lock code is written once.
 
 use std::time::Duration;
 
@@ -12,12 +13,14 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::config::{RedisConfig, RedisMode};
 use crate::error::map_err;
+use crate::sentinel::{MasterTracker, SentinelConnection};
 
 /// A cheap-to-clone handle on the command connection(s).
 #[derive(Clone)]
 pub(crate) enum Connection {
     Standalone(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(SentinelConnection),
 }
 
 impl std::fmt::Debug for Connection {
@@ -25,6 +28,7 @@ impl std::fmt::Debug for Connection {
         f.write_str(match self {
             Connection::Standalone(_) => "Connection::Standalone",
             Connection::Cluster(_) => "Connection::Cluster",
+            Connection::Sentinel(_) => "Connection::Sentinel",
         })
     }
 }
@@ -40,18 +44,15 @@ impl Connection {
         match config.mode {
             RedisMode::Standalone => {
                 let client = standalone_client(config, 0)?;
-                let manager_config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(settings.connect_timeout))
-                    .set_response_timeout(Some(settings.request_timeout))
-                    // Reconnects are retried a few times here; core's retry
-                    // policy retries the requests themselves.
-                    .set_number_of_retries(2)
-                    .set_min_delay(Duration::from_millis(50))
-                    .set_max_delay(Duration::from_secs(1));
-                ConnectionManager::new_with_config(client, manager_config)
+                ConnectionManager::new_with_config(client, manager_config(settings))
                     .await
                     .map(Connection::Standalone)
                     .map_err(|e| map_err(e, &addr))
+            }
+            RedisMode::Sentinel => {
+                MasterTracker::connect(config, settings, manager_config(settings))
+                    .await
+                    .map(|tracker| Connection::Sentinel(SentinelConnection::new(tracker)))
             }
             RedisMode::Cluster => {
                 let nodes = config
@@ -81,6 +82,46 @@ impl Connection {
             }
         }
     }
+
+    /// The master tracker of a `redis+sentinel://` connection.
+    pub(crate) fn tracker(&self) -> Option<&std::sync::Arc<MasterTracker>> {
+        match self {
+            Connection::Sentinel(c) => Some(c.tracker()),
+            _ => None,
+        }
+    }
+
+    /// Which master requests go to now: a number that changes when a
+    /// `redis+sentinel://` connection follows a failover (always 0 for
+    /// the others).
+    pub(crate) fn generation(&self) -> u64 {
+        self.tracker().map_or(0, |t| t.current().generation)
+    }
+
+    /// A reply said the server refused a write as a replica (`READONLY`
+    /// inside a script's reply, which the connection cannot see): for a
+    /// `redis+sentinel://` connection, looks the master up and returns
+    /// whether requests now go to another master than at generation
+    /// `seen`. Always false for the others.
+    pub(crate) async fn refused_as_replica(&self, seen: u64) -> bool {
+        match self {
+            Connection::Sentinel(c) => c.refused_as_replica(seen).await,
+            _ => false,
+        }
+    }
+}
+
+/// The options of a [`ConnectionManager`] (standalone, and each master
+/// of a `redis+sentinel://` connection).
+fn manager_config(settings: &Settings) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(settings.connect_timeout))
+        .set_response_timeout(Some(settings.request_timeout))
+        // Reconnects are retried a few times here; core's retry
+        // policy retries the requests themselves.
+        .set_number_of_retries(2)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_secs(1))
 }
 
 /// rustls needs a process-wide crypto provider; install ring's unless the
@@ -104,6 +145,7 @@ impl ConnectionLike for Connection {
         match self {
             Connection::Standalone(c) => c.req_packed_command(cmd),
             Connection::Cluster(c) => c.req_packed_command(cmd),
+            Connection::Sentinel(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -116,6 +158,7 @@ impl ConnectionLike for Connection {
         match self {
             Connection::Standalone(c) => c.req_packed_commands(cmd, offset, count),
             Connection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Connection::Sentinel(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
 
@@ -123,6 +166,7 @@ impl ConnectionLike for Connection {
         match self {
             Connection::Standalone(c) => c.get_db(),
             Connection::Cluster(c) => c.get_db(),
+            Connection::Sentinel(c) => c.get_db(),
         }
     }
 }

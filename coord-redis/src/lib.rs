@@ -1,8 +1,11 @@
 //! # coord-redis
 //!
 //! The Redis backend of [coord](https://docs.rs/coord): lease locks with
-//! fencing tokens on one server (`redis://`, `rediss://`) or a Redis Cluster
-//! (`redis+cluster://`). Every operation is one `EVALSHA` of a Lua script,
+//! fencing tokens on one server (`redis://`, `rediss://`), a Redis Cluster
+//! (`redis+cluster://`), or the master behind Redis Sentinel
+//! (`redis+sentinel://s1:26379,s2:26379/mymaster`, followed through
+//! failovers; see [`sentinel`] for the URL, how a failover is followed and
+//! what it does to locks). Every operation is one `EVALSHA` of a Lua script,
 //! and on a standalone server concurrent acquisitions and releases share one
 //! script call; waiters are woken through a dedicated pub/sub
 //! connection. Needs Redis 7.0 or later.
@@ -27,7 +30,7 @@
 //! ```
 //!
 //! Features: `tls` (`rediss://` via rustls), `testkit` (the [`RedisServer`]
-//! fixture and the conformance harness, in `testkit`).
+//! and `RedisSentinel` fixtures and the conformance harness, in `testkit`).
 //!
 //! [`RedisServer`]: https://docs.rs/coord-redis/latest/coord_redis/testkit/struct.RedisServer.html
 
@@ -40,6 +43,7 @@ mod discovery;
 mod error;
 mod lock;
 mod pubsub;
+pub mod sentinel;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
@@ -47,6 +51,7 @@ pub use backend::RedisBackend;
 pub use config::{DEFAULT_PORT, RedisConfig, RedisMode, RedisNode};
 pub use lock::fenced::RedisFencedStore;
 pub use lock::redlock::{RedlockBackend, RedlockConfig};
+pub use sentinel::{DEFAULT_SENTINEL_PORT, SentinelConfig};
 
 /// The `redis` crate this backend is built on, so users name the same version.
 pub use redis;

@@ -7,6 +7,10 @@
 //!   races a new subscribe of the same channel.
 //! * When the connection dies every stream ends (waiters fall back to
 //!   polling) and the next `subscribe` opens a new connection.
+//! * Behind Sentinel the connection goes to the current master, and is
+//!   closed (ending every stream) when the backend moves to a new master,
+//!   so that each consumer subscribes again there: messages published on
+//!   the new master never reach a connection left on the old one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,20 +19,29 @@ use std::time::Duration;
 use coord_core::{Error, ReleaseEvents, Result};
 use futures::StreamExt;
 use redis::aio::PubSubSink;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::map_err;
+use crate::sentinel::MasterTracker;
 
 /// Messages a slow reader may fall behind by before it sees `Lagged` (a
 /// lock waiter is still woken; a cache listener resyncs, flushing its L1).
 const CHANNEL_CAPACITY: usize = 256;
 
+/// Where the pub/sub connection goes.
+#[derive(Debug)]
+pub(crate) enum Nodes {
+    /// The configured node(s), tried in order.
+    Fixed(Vec<redis::Client>),
+    /// The master a `redis+sentinel://` backend follows now.
+    Sentinel(Arc<MasterTracker>),
+}
+
 /// The pub/sub side of a backend, shared by its clones.
 #[derive(Debug)]
 pub(crate) struct PubSubHub {
-    /// Clients to try in order (one per configured node).
-    clients: Vec<redis::Client>,
+    nodes: Nodes,
     addr: String,
     timeout: Duration,
     /// The live connection; the mutex serializes (un)subscribes.
@@ -78,9 +91,9 @@ impl Drop for Live {
 }
 
 impl PubSubHub {
-    pub(crate) fn new(clients: Vec<redis::Client>, addr: String, timeout: Duration) -> Self {
+    pub(crate) fn new(nodes: Nodes, addr: String, timeout: Duration) -> Self {
         PubSubHub {
-            clients,
+            nodes,
             addr,
             timeout,
             live: tokio::sync::Mutex::new(None),
@@ -201,11 +214,22 @@ impl PubSubHub {
     }
 
     async fn connect(&self) -> Result<Arc<Live>> {
+        let master;
+        let (clients, moved): (&[redis::Client], _) = match &self.nodes {
+            Nodes::Fixed(clients) => (clients, None),
+            Nodes::Sentinel(tracker) => {
+                // Watched from before the master is read: a move after
+                // this point closes the new connection.
+                let moved = tracker.changes();
+                master = [tracker.client_of(&tracker.current().node)?];
+                (&master, Some(moved))
+            }
+        };
         let mut last_err = None;
-        for client in &self.clients {
+        for client in clients {
             let attempt = tokio::time::timeout(self.timeout, client.get_async_pubsub()).await;
             match attempt {
-                Ok(Ok(pubsub)) => return Ok(self.start(pubsub)),
+                Ok(Ok(pubsub)) => return Ok(self.start(pubsub, moved)),
                 Ok(Err(e)) => last_err = Some(map_err(e, &self.addr)),
                 Err(_) => {
                     last_err = Some(Error::unavailable(
@@ -222,12 +246,26 @@ impl PubSubHub {
         Err(last_err.unwrap_or_else(|| Error::invalid("no redis node to subscribe on")))
     }
 
-    fn start(&self, pubsub: redis::aio::PubSub) -> Arc<Live> {
+    /// Starts dispatching the messages of `pubsub`, until it ends or
+    /// `moved` (the master generation of a Sentinel backend) changes.
+    fn start(&self, pubsub: redis::aio::PubSub, moved: Option<watch::Receiver<u64>>) -> Arc<Live> {
         let (sink, mut stream) = pubsub.split();
+        let mut moved = moved;
         Arc::new_cyclic(|weak: &std::sync::Weak<Live>| {
             let weak = weak.clone();
             let dispatcher = tokio::spawn(async move {
-                while let Some(msg) = stream.next().await {
+                loop {
+                    let msg = tokio::select! {
+                        msg = stream.next() => msg,
+                        () = master_moved(&mut moved) => {
+                            tracing::debug!(
+                                "the master moved; ending the pub/sub streams so they \
+                                 subscribe on the new master"
+                            );
+                            None
+                        }
+                    };
+                    let Some(msg) = msg else { break };
                     let Some(live) = weak.upgrade() else { return };
                     let channels = live.channels();
                     if let Some((tx, _)) = channels.map.get(msg.get_channel_name()) {
@@ -282,6 +320,18 @@ impl PubSubHub {
             }
         }
         drop(slot);
+    }
+}
+
+/// Resolves when the master generation watched by `moved` changes; never
+/// without one.
+async fn master_moved(moved: &mut Option<watch::Receiver<u64>>) {
+    let changed = match moved {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => false,
+    };
+    if !changed {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -1,4 +1,5 @@
-//! Test fixtures: a real Redis server for tests, and the conformance harness.
+//! Test fixtures: a real Redis server for tests, the conformance harness,
+//! and a primary/replica set behind three sentinels ([`RedisSentinel`]).
 //!
 //! [`RedisServer::start`] uses `COORD_TEST_REDIS_URL` when it is set;
 //! otherwise it spawns the local `redis-server` on a free loopback port, with
@@ -20,6 +21,9 @@ use coord_core::testkit::{LockHarness, ServerProcess};
 use coord_core::{Error, LockBackend, Result, Settings};
 
 use crate::RedisBackend;
+
+pub mod sentinel;
+pub use sentinel::RedisSentinel;
 
 /// The environment variable naming an existing server to test against.
 pub const TEST_URL_ENV: &str = "COORD_TEST_REDIS_URL";

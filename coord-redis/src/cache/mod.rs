@@ -54,7 +54,8 @@ impl RedisBackend {
     fn cluster(&self) -> Option<&redis::cluster_async::ClusterConnection> {
         match &self.inner.conn {
             crate::connection::Connection::Cluster(c) => Some(c),
-            crate::connection::Connection::Standalone(_) => None,
+            crate::connection::Connection::Standalone(_)
+            | crate::connection::Connection::Sentinel(_) => None,
         }
     }
 

@@ -172,7 +172,17 @@ pub(crate) async fn send_calls<C: ScriptCall, O>(
     parse: impl Fn(&C, &Value) -> Result<O>,
 ) -> Vec<Result<O>> {
     let addr = &backend.inner.addr;
-    let reply = script_call(backend, calls).await;
+    let seen = backend.inner.conn.generation();
+    let mut reply = script_call(backend, calls).await;
+    // A batch's calls fail one by one inside its reply, where the command
+    // connection cannot see a demoted master's READONLY: follow the master
+    // here, and send the batch again to the new one (nothing was applied).
+    if calls.len() > 1
+        && refused_as_replica(&reply)
+        && backend.inner.conn.refused_as_replica(seen).await
+    {
+        reply = script_call(backend, calls).await;
+    }
     if calls.len() > 1 && is_cross_slot(&reply) {
         let mut results = Vec::with_capacity(calls.len());
         for call in calls.chunks(1) {
@@ -206,6 +216,20 @@ async fn send_releases(backend: RedisBackend, calls: Vec<ReleaseCall>) -> Vec<Re
         other => Err(unexpected_reply("release", other)),
     })
     .await
+}
+
+/// Whether a batch's reply has a call refused with `READONLY` (the server
+/// is a replica now).
+fn refused_as_replica(reply: &redis::RedisResult<Value>) -> bool {
+    let Ok(Value::Array(replies)) = reply else {
+        return false;
+    };
+    replies.iter().any(|r| match r {
+        Value::Array(pair) if pair.len() == 2 => {
+            matches!(&pair[1], Value::BulkString(msg) if msg.starts_with(b"READONLY"))
+        }
+        _ => false,
+    })
 }
 
 /// Whether a batch was refused for spanning slots: a "standalone" URL that
@@ -481,6 +505,24 @@ pub(crate) fn corrupt_fence(fence_key: &str, value: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_refused_by_a_replica_is_recognized() {
+        let item_error = |msg: &str| {
+            Value::Array(vec![
+                Value::BulkString(b"error".to_vec()),
+                Value::BulkString(msg.as_bytes().to_vec()),
+            ])
+        };
+        let refused = Ok(Value::Array(vec![
+            item_error("READONLY You can't write against a read only replica."),
+            item_error("READONLY You can't write against a read only replica."),
+        ]));
+        assert!(refused_as_replica(&refused));
+        let other = Ok(Value::Array(vec![Value::Int(7), item_error("WRONGTYPE x")]));
+        assert!(!refused_as_replica(&other));
+        assert!(!refused_as_replica(&Ok(Value::Int(7))));
+    }
 
     #[test]
     fn keys_share_one_hash_tag() {

@@ -569,8 +569,8 @@ impl RedisBackend {
         };
         let mut keys = Vec::new();
         match &self.inner.conn {
-            Connection::Standalone(conn) => {
-                let mut conn = conn.clone();
+            Connection::Standalone(_) | Connection::Sentinel(_) => {
+                let mut conn = self.inner.conn.clone();
                 let mut cursor = 0;
                 loop {
                     let reply: Value = scan_cmd(cursor)

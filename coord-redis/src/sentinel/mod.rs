@@ -1,0 +1,74 @@
+//! Redis Sentinel: `redis+sentinel://` (and `rediss+sentinel://`) URLs.
+//!
+//! ```text
+//! redis+sentinel://[user:password@]s1[:26379],s2[:26379],…/<master-name>[/<db>][?sentinel_password=…&sentinel_username=…]
+//! ```
+//!
+//! The hosts are the **sentinels** (port 26379 by default); the path names
+//! the master as the sentinels monitor it (`sentinel monitor <name> …`),
+//! then optionally the database. `user:password@` authenticates to the
+//! **master** (and to whichever replica replaces it); the sentinels get no
+//! credentials unless `sentinel_password` (and `sentinel_username` for an
+//! ACL user) are given, since a sentinel without a password refuses `AUTH`.
+//! `rediss+sentinel://` uses TLS to the sentinels and the data nodes alike.
+//! See [`SentinelConfig`].
+//!
+//! # Finding and following the master
+//!
+//! On connect, the sentinels are asked in the URL's order for the master
+//! (redis-rs's `SentinelClient`: `SENTINEL MASTERS`, skipping a master
+//! flagged down), and the node they name must answer `ROLE` as a master;
+//! all within `connect_timeout`. Then the backend follows the master:
+//!
+//! * a task stays subscribed to `+switch-master` on one sentinel (the next
+//!   one if that connection drops) and moves the connections to the new
+//!   master the moment a sentinel announces it;
+//! * a request refused by a demoted master (`READONLY`) or failing to reach
+//!   it makes the backend ask the sentinels again, and a refused request
+//!   is sent once more to the new master (it was not applied);
+//! * the pub/sub connection (lock wake-ups, cache invalidations, registry
+//!   and config notices) is closed on a move: every stream on it ends, and
+//!   each consumer subscribes again, now on the new master, treating the
+//!   end as a gap (caches flush L1, watchers list or compare again, lock
+//!   waiters try at once).
+//!
+//! Requests during the failover itself fail with retryable errors
+//! (`Unavailable`, or `READONLY` as a retryable `Backend` error) until the
+//! sentinels have promoted a replica: about `down-after-milliseconds` plus
+//! the election and promotion for a dead master. A `SENTINEL FAILOVER` is
+//! followed within about a round trip of the announcement.
+//!
+//! # What a failover does to locks
+//!
+//! Redis replicates asynchronously, so the promoted replica may not have
+//! received the last writes of the old master:
+//!
+//! * **a lock grant can be lost**: a holder acquired on the old master,
+//!   the grant did not reach the replica, and after the failover another
+//!   client acquires the same lock. For a while **two holders overlap**,
+//!   each believing it holds the lock (the first learns otherwise at its
+//!   next renewal, which the new master refuses: its guard becomes lost);
+//! * **fencing tokens still increase**: a token is a hybrid logical clock
+//!   (the fence counter raised to the server clock), so the new master
+//!   hands out tokens above every token the old master gave, as long as
+//!   the outage lasts more than about 11 ms and the servers' clocks agree
+//!   to within it. A resource that accepts only writes whose token is not
+//!   lower than the last one it saw (`RedisFencedStore`, or your own)
+//!   refuses the stale holder, so the overlap cannot corrupt it;
+//! * a `SENTINEL FAILOVER` does not stop the old master at once: it keeps
+//!   accepting writes, as a master, until the sentinels demote it some
+//!   seconds later, and those writes are then discarded. Clients that have
+//!   moved write to the new master only.
+//!
+//! So [`capabilities`](coord_core::LockBackend::capabilities) report
+//! `linearizable: false`; fence the writes that matter, or use etcd.
+
+mod config;
+mod connection;
+mod events;
+mod lookup;
+mod master;
+
+pub use config::{DEFAULT_SENTINEL_PORT, SentinelConfig};
+pub(crate) use connection::SentinelConnection;
+pub(crate) use master::MasterTracker;
