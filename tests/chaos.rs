@@ -32,8 +32,10 @@ use std::time::Duration;
 
 use coord::etcd::EtcdBackend;
 use coord::etcd::testkit::EtcdCluster;
-use coord::redis::testkit::RedlockHarness;
+use coord::redis::RedisBackend;
+use coord::redis::testkit::{RedisSentinel, RedisServer, RedlockHarness};
 use coord::testkit::chaos::{self, ChaosKind, ChaosPlan, ScenarioReport};
+use coord::testkit::{Direction, FaultProxy, NewConnections};
 use coord::{LockClient, Settings};
 
 /// Settings for the workers' clients: requests bounded well inside the
@@ -187,6 +189,190 @@ async fn redlock_one_restarted(plan: &ChaosPlan) -> Vec<ScenarioReport> {
     .await
 }
 
+async fn redis_client(url: String) -> LockClient {
+    let backend = RedisBackend::connect(&url, &settings())
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    LockClient::new(Arc::new(backend))
+}
+
+/// A fault proxy in front of `addr` (`host:port`).
+fn proxy_to(addr: &str) -> FaultProxy {
+    FaultProxy::start(addr.parse().expect("a socket address")).expect("start a fault proxy")
+}
+
+/// etcd, three members, each reached through a fault proxy: the client's
+/// link to one follower is blackholed, then healed.
+async fn etcd_follower_cut_from_client(plan: &ChaosPlan) -> Vec<ScenarioReport> {
+    let cluster = blocking(|| EtcdCluster::start(3)).expect("a 3-member etcd cluster must start");
+    let proxies: Vec<FaultProxy> = cluster.endpoints().iter().map(|e| proxy_to(e)).collect();
+    let url = format!(
+        "etcd://{}",
+        proxies
+            .iter()
+            .map(|p| p.addr().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let cut = Arc::new(std::sync::OnceLock::new());
+    let inject = async {
+        let leader = cluster.leader().await.expect("the cluster has a leader");
+        let follower = (leader + 1) % proxies.len();
+        cut.set(follower).ok();
+        proxies[follower].blackhole();
+    };
+    let heal = async {
+        proxies[*cut.get().expect("the fault ran first")].heal();
+    };
+    chaos::run_scenario(
+        plan,
+        "etcd: a follower cut off from the clients",
+        &ChaosKind::ALL,
+        false,
+        || etcd_client(url.clone()),
+        inject,
+        heal,
+    )
+    .await
+}
+
+/// Redis primary, replica and three Sentinels: the primary is killed and
+/// the Sentinels fail over. Asynchronous replication can lose a grant, so
+/// overlaps are allowed; fencing must refuse the stale holder.
+async fn redis_sentinel_failover(plan: &ChaosPlan) -> Vec<ScenarioReport> {
+    let sentinel = tokio::sync::Mutex::new(
+        blocking(RedisSentinel::start).expect("redis-server with three sentinels must start"),
+    );
+    let url = sentinel.lock().await.url();
+    let inject = async {
+        let mut s = sentinel.lock().await;
+        let old = s.kill_master().await.expect("kill the primary");
+        s.wait_for_new_master(&old, Duration::from_secs(20))
+            .await
+            .expect("the sentinels fail over");
+    };
+    chaos::run_scenario(
+        plan,
+        "redis: primary killed, Sentinel failover",
+        &ChaosKind::ALL,
+        true,
+        || redis_client(url.clone()),
+        inject,
+        async {},
+    )
+    .await
+}
+
+/// One Redis server; every other client reaches it through a fault proxy,
+/// whose link is blackholed, then healed (open connections reset too: a
+/// blackhole swallows requests, which a redis-rs connection never
+/// recovers from; see the fault proxy's docs).
+async fn redis_blackholed_link(plan: &ChaosPlan) -> Vec<ScenarioReport> {
+    let server = RedisServer::spawn().expect("redis-server must start");
+    let direct = server.url().to_owned();
+    let proxy = proxy_to(direct.trim_start_matches("redis://"));
+    let proxied = format!("redis://{}", proxy.addr());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let client = || {
+        let url = if next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .is_multiple_of(2)
+        {
+            proxied.clone()
+        } else {
+            direct.clone()
+        };
+        redis_client(url)
+    };
+    let inject = async { proxy.blackhole() };
+    let heal = async {
+        proxy.heal();
+        proxy.reset_open();
+    };
+    chaos::run_scenario(
+        plan,
+        "redis: half the clients' link blackholed",
+        &ChaosKind::ALL,
+        false,
+        client,
+        inject,
+        heal,
+    )
+    .await
+}
+
+/// One Redis server behind a fault proxy that adds 200 ms each way.
+async fn redis_slow_link(plan: &ChaosPlan) -> Vec<ScenarioReport> {
+    let server = RedisServer::spawn().expect("redis-server must start");
+    let proxy = proxy_to(server.url().trim_start_matches("redis://"));
+    let url = format!("redis://{}", proxy.addr());
+    let inject = async {
+        proxy.set_latency(Direction::Both, Duration::from_millis(200), Duration::ZERO);
+    };
+    let heal = async { proxy.heal() };
+    chaos::run_scenario(
+        plan,
+        "redis: 200 ms added latency each way",
+        &ChaosKind::ALL,
+        false,
+        || redis_client(url.clone()),
+        inject,
+        heal,
+    )
+    .await
+}
+
+/// A holder's process dies (its link cut for good) while another client
+/// waits, on Redis and on etcd, for every kind.
+async fn holder_deaths(plan: &ChaosPlan) -> Vec<ScenarioReport> {
+    let redis = RedisServer::spawn().expect("redis-server must start");
+    let etcd = blocking(|| EtcdCluster::start(1)).expect("etcd must start");
+    let mut reports = Vec::new();
+    for (backend, endpoint) in [
+        (
+            "redis",
+            redis.url().trim_start_matches("redis://").to_owned(),
+        ),
+        ("etcd", etcd.endpoints()[0].clone()),
+    ] {
+        for kind in [
+            ChaosKind::Lease,
+            ChaosKind::Fair,
+            ChaosKind::Semaphore(1),
+            ChaosKind::Election,
+        ] {
+            let proxy = proxy_to(&endpoint);
+            let (via_proxy, direct) = (
+                format!("{backend}://{}", proxy.addr()),
+                format!("{backend}://{endpoint}"),
+            );
+            let connect = |url: String| async move {
+                if backend == "redis" {
+                    redis_client(url).await
+                } else {
+                    etcd_client(url).await
+                }
+            };
+            let kill = async {
+                proxy.set_new_connections(NewConnections::Refuse);
+                proxy.reset_open();
+            };
+            reports.push(
+                chaos::holder_death(
+                    plan,
+                    &format!("{backend}: a holder's process dies"),
+                    kind,
+                    connect(via_proxy).await,
+                    connect(direct).await,
+                    kill,
+                )
+                .await,
+            );
+        }
+    }
+    reports
+}
+
 /// Runs `scenario`, printing its rows as they come.
 async fn scenario<F: Future<Output = Vec<ScenarioReport>>>(
     all: &mut Vec<ScenarioReport>,
@@ -198,7 +384,7 @@ async fn scenario<F: Future<Output = Vec<ScenarioReport>>>(
     }
     eprintln!("chaos: {name}...");
     let started = std::time::Instant::now();
-    let reports = run.await;
+    let reports = Box::pin(run).await;
     for r in &reports {
         eprintln!("  {}", r.row());
     }
@@ -209,8 +395,27 @@ async fn scenario<F: Future<Output = Vec<ScenarioReport>>>(
     all.extend(reports);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn chaos_suite() {
+/// The suite in one future is large for a debug build's stack: it runs on a
+/// thread with a big one, on a runtime of its own.
+#[test]
+fn chaos_suite() {
+    std::thread::Builder::new()
+        .name("chaos-suite".into())
+        .stack_size(512 << 20)
+        .spawn(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(4)
+                .enable_all()
+                .build()
+                .expect("a tokio runtime")
+                .block_on(Box::pin(run_suite()));
+        })
+        .expect("spawn the suite's thread")
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+}
+
+async fn run_suite() {
     // RUST_LOG=coord_etcd=debug (for instance) shows what the clients did.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -228,6 +433,26 @@ async fn chaos_suite() {
         redlock_one_restarted(&plan),
     )
     .await;
+    scenario(
+        &mut all,
+        "etcd follower cut off",
+        etcd_follower_cut_from_client(&plan),
+    )
+    .await;
+    scenario(
+        &mut all,
+        "redis sentinel failover",
+        redis_sentinel_failover(&plan),
+    )
+    .await;
+    scenario(
+        &mut all,
+        "redis blackholed link",
+        redis_blackholed_link(&plan),
+    )
+    .await;
+    scenario(&mut all, "redis slow link", redis_slow_link(&plan)).await;
+    scenario(&mut all, "holder deaths", holder_deaths(&plan)).await;
 
     let how = format!(
         "Made by `cargo test -p coord-tests --test chaos` (COORD_CHAOS_SECS={}, {} workers per \
@@ -273,6 +498,15 @@ async fn chaos_suite() {
                     "{what}: uncontended grants during the fault {other:?}, below 99 %"
                 )),
             }
+        }
+        if r.scenario.ends_with("a holder's process dies")
+            && r.next_grant_after_fault
+                .is_none_or(|d| d > plan.ttl + Duration::from_secs(1))
+        {
+            failures.push(format!(
+                "{what}: the next grant after the holder's death came after {:?}, over TTL + 1 s",
+                r.next_grant_after_fault
+            ));
         }
         if r.next_grant_after_heal.is_none() {
             failures.push(format!("{what}: no grant after the heal"));

@@ -240,10 +240,16 @@ where
     let uncontended = probe.await.ok();
     // Locks left behind once every worker released, and a TTL later.
     let left = |client: LockClient, prefix: String| async move {
-        match client.admin().list(&prefix).await {
-            Ok(locks) => locks.iter().map(|l| l.holders.len()).sum::<usize>(),
-            Err(e) => panic!("{prefix}: cannot list the locks left behind: {e}"),
+        // A few tries: the inspector's link may have just been healed.
+        let mut last = None;
+        for _ in 0..10 {
+            match client.admin().list(&prefix).await {
+                Ok(locks) => return locks.iter().map(|l| l.holders.len()).sum::<usize>(),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        panic!("{prefix}: cannot list the locks left behind: {last:?}")
     };
     let left_at_end = left(inspector.clone(), prefix.clone()).await;
     let left_after_ttl = if left_at_end > 0 {
@@ -468,4 +474,125 @@ impl Held {
             Held::Leader(l) => l.resign().await,
         };
     }
+}
+
+/// A holder's process dies while another waits (give a semaphore one
+/// permit, so that the waiter must wait): `holder` (a client whose
+/// link `kill` cuts for good, as a crashed process's would be) takes the
+/// lock of `kind`, `waiter` starts waiting for it, then `kill` runs. Reports
+/// the time from the death to the waiter's grant (the target is at most
+/// the TTL and a second), and as an overlap a grant before the dead
+/// holder's validity ended.
+pub async fn holder_death<K>(
+    plan: &ChaosPlan,
+    scenario: &str,
+    kind: ChaosKind,
+    holder: LockClient,
+    waiter: LockClient,
+    kill: K,
+) -> ScenarioReport
+where
+    K: Future<Output = ()>,
+{
+    let name = format!("chaos/{:08x}/death-{}", fastrand::u32(..), kind.label());
+    let acquire = |client: &LockClient, who: &str| {
+        let (client, who, name) = (client.clone(), who.to_owned(), name.clone());
+        let ttl = plan.ttl;
+        async move {
+            match kind {
+                ChaosKind::Election => client
+                    .election(&name)
+                    .ttl(ttl)
+                    .build()
+                    .campaign(who)
+                    .await
+                    .map(Held::Leader),
+                _ => {
+                    let builder = client.lock(&name).ttl(ttl).wait_forever();
+                    let builder = match kind {
+                        ChaosKind::Fair => builder.fair(),
+                        ChaosKind::Semaphore(n) => builder.semaphore(n),
+                        _ => builder,
+                    };
+                    builder.build().acquire().await.map(Held::Guard)
+                }
+            }
+        }
+    };
+    let origin = Instant::now();
+    let held = acquire(&holder, "doomed")
+        .await
+        .expect("the holder acquires");
+    let waiting = tokio::spawn(acquire(&waiter, "successor"));
+    // Let the waiter queue up behind the holder.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !waiting.is_finished(),
+        "{scenario}: the waiter got in while the lock was held"
+    );
+    kill.await;
+    let died = Instant::now();
+    let limit = plan.ttl + LOSS_MARGIN;
+    let lost = tokio::time::timeout(limit, held.lost()).await.is_ok();
+    let lost_at = Instant::now();
+    let next = tokio::time::timeout(plan.ttl * 3 + LOSS_MARGIN, waiting).await;
+    let granted_at = Instant::now();
+    let successor = match next {
+        Ok(Ok(Ok(held))) => Some(held),
+        _ => None,
+    };
+    let dead_hold = Hold {
+        worker: 0,
+        token: held.token(),
+        granted_at: origin,
+        believed_until: held.valid_until().min(lost_at),
+        lost_at: lost.then_some(lost_at),
+        end: HoldEnd::Lost,
+    };
+    let mut holds = vec![dead_hold];
+    let mut audit_violations = Vec::new();
+    if let Some(s) = &successor {
+        holds.push(Hold {
+            worker: 1,
+            token: s.token(),
+            granted_at,
+            believed_until: granted_at,
+            lost_at: None,
+            end: HoldEnd::Released,
+        });
+        if s.token() <= held.token() {
+            audit_violations.push(format!(
+                "the successor's token {} is not above the dead holder's {}",
+                s.token(),
+                held.token()
+            ));
+        }
+    }
+    if !lost {
+        audit_violations.push(format!(
+            "the dead holder was not told of the loss within {limit:?}"
+        ));
+    }
+    let audit = FenceAudit::new();
+    for h in &holds {
+        audit.record(&format!("worker{}", h.worker), h.token);
+    }
+    let report = ScenarioReport {
+        scenario: scenario.to_owned(),
+        kind: kind.label(),
+        duration: origin.elapsed(),
+        acquisitions: holds.len() as u64,
+        failed_acquisitions: u64::from(successor.is_none()),
+        overlaps: overlaps(&holds, 1, origin),
+        audit_violations,
+        next_grant_after_fault: successor.as_ref().map(|_| granted_at - died),
+        next_grant_after_heal: successor.as_ref().map(|_| granted_at - died),
+        overlaps_allowed: false,
+        control_caught: negative_control(&holds, 1, &audit, origin),
+        ..ScenarioReport::default()
+    };
+    if let Some(s) = successor {
+        s.release().await;
+    }
+    report
 }
