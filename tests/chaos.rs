@@ -263,6 +263,40 @@ async fn redis_sentinel_failover(plan: &ChaosPlan) -> Vec<ScenarioReport> {
     .await
 }
 
+/// Redis primary, replica and three Sentinels: the primary is paused past
+/// the Sentinels' `down-after` (they fail over), then resumed: for a moment
+/// it is a second master with its old clients' connections, until the
+/// Sentinels demote it (a stand-in for a primary cut off from its replicas,
+/// which needs containers). Overlaps allowed, as for any failover.
+async fn redis_primary_paused(plan: &ChaosPlan) -> Vec<ScenarioReport> {
+    let sentinel = tokio::sync::Mutex::new(
+        blocking(RedisSentinel::start).expect("redis-server with three sentinels must start"),
+    );
+    let url = sentinel.lock().await.url();
+    let paused = Arc::new(std::sync::OnceLock::new());
+    let inject = async {
+        let s = sentinel.lock().await;
+        let old = s.master_addr().await.expect("the sentinels name a master");
+        s.pause(&old).expect("pause the primary");
+        paused.set(old).ok();
+    };
+    let heal = async {
+        let s = sentinel.lock().await;
+        s.resume(paused.get().expect("the fault ran first"))
+            .expect("resume the old primary");
+    };
+    chaos::run_scenario(
+        plan,
+        "redis: primary paused past the failover, then back",
+        &ChaosKind::ALL,
+        true,
+        || redis_client(url.clone()),
+        inject,
+        heal,
+    )
+    .await
+}
+
 /// One Redis server; every other client reaches it through a fault proxy,
 /// whose link is blackholed, then healed (open connections reset too: a
 /// blackhole swallows requests, which a redis-rs connection never
@@ -443,6 +477,12 @@ async fn run_suite() {
         &mut all,
         "redis sentinel failover",
         redis_sentinel_failover(&plan),
+    )
+    .await;
+    scenario(
+        &mut all,
+        "redis primary paused",
+        redis_primary_paused(&plan),
     )
     .await;
     scenario(
