@@ -14,6 +14,7 @@ pub mod cache;
 mod checker;
 pub mod config;
 pub mod config_workflow;
+pub mod containers;
 pub mod discovery;
 mod faults;
 mod fence_audit;
