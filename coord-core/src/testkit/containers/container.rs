@@ -13,7 +13,7 @@ use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use super::engine::{docker, require_image};
 use super::network::TestNetwork;
 use super::runtime::block_on;
-use super::{labels, unique_name};
+use super::{labels, unique_name, valid_name};
 use crate::error::{Error, Result};
 
 /// How long removing a container may take.
@@ -54,6 +54,7 @@ pub enum LogStream {
 pub struct ContainerSpec {
     image: String,
     purpose: String,
+    name: Option<String>,
     cmd: Vec<String>,
     ports: Vec<(u16, u16)>,
     network: Option<(String, bool)>,
@@ -70,6 +71,7 @@ impl ContainerSpec {
         ContainerSpec {
             image: image.to_owned(),
             purpose: purpose.to_owned(),
+            name: None,
             cmd: Vec::new(),
             ports: Vec::new(),
             network: None,
@@ -77,6 +79,14 @@ impl ContainerSpec {
             ready: None,
             startup_timeout: Duration::from_secs(60),
         }
+    }
+
+    /// Names the container `name` (from [`unique_name`](super::unique_name),
+    /// so that it is unique), instead of a name made from the purpose: for
+    /// containers that must know each other's names before they start.
+    pub fn named(mut self, name: &str) -> ContainerSpec {
+        self.name = Some(name.to_owned());
+        self
     }
 
     /// The command to run instead of the image's.
@@ -141,23 +151,22 @@ impl TestContainer {
     /// [`Error::Unavailable`] (docker's message included) when the engine
     /// refuses it, for example because a host port was taken meanwhile.
     pub fn start(spec: ContainerSpec) -> Result<TestContainer> {
-        if spec.purpose.is_empty()
-            || !spec
-                .purpose
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-')
-        {
-            return Err(Error::invalid(format!(
-                "a container's purpose must be letters, digits and `-`, not {:?}",
-                spec.purpose
-            )));
+        for part in std::iter::once(&spec.purpose).chain(&spec.name) {
+            if !valid_name(part) {
+                return Err(Error::invalid(format!(
+                    "a container's purpose or name must be letters, digits and `-`, not {part:?}"
+                )));
+            }
         }
         require_image(&spec.image)?;
         let (image_name, tag) = spec
             .image
             .rsplit_once(':')
             .unwrap_or((spec.image.as_str(), "latest"));
-        let name = unique_name(&spec.purpose);
+        let name = spec
+            .name
+            .clone()
+            .unwrap_or_else(|| unique_name(&spec.purpose));
         let mut image = GenericImage::new(image_name, tag);
         if let Some((stream, message)) = &spec.ready {
             image = image.with_wait_for(match stream {

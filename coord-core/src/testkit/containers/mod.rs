@@ -109,9 +109,15 @@ fn label_args() -> Vec<String> {
         .collect()
 }
 
-/// `coord-{purpose}-{pid}-{n}-{random}`: unique among concurrent test
-/// processes and what earlier ones left behind.
-fn unique_name(purpose: &str) -> String {
+/// Whether `name` is usable in a container's or network's name: letters,
+/// digits and `-`, not empty.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// `coord-{purpose}-{pid}-{n}-{random}`: a container or network name unique
+/// among concurrent test processes and what earlier ones left behind.
+pub fn unique_name(purpose: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!(
         "coord-{purpose}-{}-{}-{:04x}",

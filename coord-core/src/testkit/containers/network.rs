@@ -1,7 +1,7 @@
 //! [`TestNetwork`]: a user-defined network for one test's containers.
 
 use super::engine::{docker, engine};
-use super::{label_args, unique_name};
+use super::{label_args, unique_name, valid_name};
 use crate::error::{Error, Result};
 
 /// A user-defined bridge network, created for one test and removed on drop
@@ -20,11 +20,7 @@ impl TestNetwork {
     /// containers publish theirs through the default bridge they also join
     /// (see [`ContainerSpec::network`](super::ContainerSpec::network)).
     pub fn create(purpose: &str, internal: bool) -> Result<TestNetwork> {
-        if purpose.is_empty()
-            || !purpose
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-')
-        {
+        if !valid_name(purpose) {
             return Err(Error::invalid(format!(
                 "a network's purpose must be letters, digits and `-`, not {purpose:?}"
             )));
