@@ -47,6 +47,19 @@ async fn read(c: &mut Client, key: &str, serializable: bool) -> Result<Option<St
         .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
 }
 
+/// Writes `key` = `value` through `c`, trying again (for at most 15 s)
+/// while the cluster elects a leader or the machine is slow.
+async fn must_put(c: &mut Client, key: &str, value: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match c.put(key, value, None).await {
+            Ok(_) => return,
+            Err(e) if Instant::now() >= deadline => panic!("{what}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 /// Polls (at most `limit`) until a linearizable read of `key` through
 /// member `i` alone returns `want`.
 async fn until_member_reads(
@@ -92,15 +105,12 @@ async fn a_partitioned_member_stops_serving_linearizable_reads_until_healed() {
         .expect("a leader");
     let cut = (leader + 1) % 3;
     let mut all = client(&cluster.endpoints()).await;
-    all.put("k", "before", None).await.expect("put before");
-    until_member_reads(&cluster, cut, "k", "before", Duration::from_secs(5)).await;
+    must_put(&mut all, "k", "before", "put before").await;
+    until_member_reads(&cluster, cut, "k", "before", Duration::from_secs(15)).await;
 
     cluster.partition(cut).expect("partition");
     let mut majority = others(&cluster, &[cut]).await;
-    majority
-        .put("k", "during", None)
-        .await
-        .expect("the majority still writes");
+    must_put(&mut majority, "k", "during", "the majority still writes").await;
     let mut alone = member(&cluster, cut).await;
     let started = Instant::now();
     let linearizable = read(&mut alone, "k", false).await;
@@ -139,10 +149,7 @@ async fn a_partitioned_leader_is_replaced_and_rejoins_when_healed() {
         .expect("the other two elect a new leader");
     assert_ne!(new, old);
     let mut majority = others(&cluster, &[old]).await;
-    majority
-        .put("term", "new", None)
-        .await
-        .expect("the new majority writes");
+    must_put(&mut majority, "term", "new", "the new majority writes").await;
     let mut alone = member(&cluster, old).await;
     assert!(
         alone.put("term", "old", None).await.is_err(),
@@ -167,10 +174,7 @@ async fn a_paused_member_answers_nothing_and_the_others_go_on() {
         started.elapsed()
     );
     let mut majority = others(&cluster, &[paused]).await;
-    majority
-        .put("p", "while-paused", None)
-        .await
-        .expect("the others write");
+    must_put(&mut majority, "p", "while-paused", "the others write").await;
     cluster.unpause(paused).expect("unpause");
     until_member_reads(
         &cluster,
@@ -187,8 +191,8 @@ async fn a_killed_member_restarts_with_its_data() {
     let cluster = start(3).await;
     let victim = 2;
     let mut all = client(&cluster.endpoints()).await;
-    all.put("a", "1", None).await.expect("put a");
-    until_member_reads(&cluster, victim, "a", "1", Duration::from_secs(5)).await;
+    must_put(&mut all, "a", "1", "put a").await;
+    until_member_reads(&cluster, victim, "a", "1", Duration::from_secs(15)).await;
     let id = cluster.member_id(victim);
 
     cluster.kill(victim).expect("kill");
@@ -198,10 +202,7 @@ async fn a_killed_member_restarts_with_its_data() {
         "a killed member answered"
     );
     let mut majority = others(&cluster, &[victim]).await;
-    majority
-        .put("b", "2", None)
-        .await
-        .expect("the others write");
+    must_put(&mut majority, "b", "2", "the others write").await;
 
     let c = cluster.clone();
     blocking(move || c.restart(victim))
@@ -228,10 +229,7 @@ async fn five_members_write_with_two_cut_off_but_not_three() {
     cluster.partition(3).expect("partition 3");
     cluster.partition(4).expect("partition 4");
     let mut three = others(&cluster, &[3, 4]).await;
-    three
-        .put("q", "3-of-5", None)
-        .await
-        .expect("three of five are a quorum");
+    must_put(&mut three, "q", "3-of-5", "three of five are a quorum").await;
     cluster.partition(2).expect("partition 2");
     let mut two = others(&cluster, &[2, 3, 4]).await;
     assert!(
@@ -277,7 +275,7 @@ async fn the_single_server_container_stops_restarts_and_pauses() {
     );
     assert!(server.container().is_some() && server.pid().is_none());
     let mut c = client(server.endpoints()).await;
-    c.put("kept", "yes", None).await.expect("put");
+    must_put(&mut c, "kept", "yes", "put").await;
 
     let s = server.clone();
     blocking(move || s.stop()).await.expect("stop");

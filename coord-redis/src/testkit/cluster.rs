@@ -68,7 +68,10 @@ impl RedisServer {
         form(servers, meet, None)
     }
 
-    fn spawn_cluster_containers(nodes: usize) -> Result<RedisServer> {
+    /// A new Redis Cluster of `nodes` masters in containers, whatever the
+    /// mode (see [`spawn_cluster`](Self::spawn_cluster)).
+    pub fn spawn_cluster_containers(nodes: usize) -> Result<RedisServer> {
+        let nodes = nodes.max(1);
         let network = TestNetwork::create("redis-cluster", true)?;
         let mut servers = Vec::with_capacity(nodes);
         let mut meet = Vec::with_capacity(nodes);
@@ -78,6 +81,7 @@ impl RedisServer {
                 let bus = BUS_PORT.to_string();
                 let container = start_redis(
                     "redis-cluster",
+                    None,
                     port,
                     port,
                     Some(&network),

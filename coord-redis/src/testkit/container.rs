@@ -18,11 +18,13 @@ pub const REDIS_IMAGE: &str = "coord/redis:local";
 /// How long a Redis container may take to answer after it started.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A Redis container listening on `port` inside, published on
-/// 127.0.0.1:`host_port`, on `network` if given, without persistence,
-/// with `extra` arguments. Returns once the server answers a command.
+/// A Redis container (named `name` when given) listening on `port`
+/// inside, published on 127.0.0.1:`host_port`, on `network` if given,
+/// without persistence, with `extra` arguments. Returns once the server
+/// answers a command.
 pub(crate) fn start_redis(
     purpose: &str,
+    name: Option<&str>,
     port: u16,
     host_port: u16,
     network: Option<&TestNetwork>,
@@ -51,6 +53,9 @@ pub(crate) fn start_redis(
     if let Some(network) = network {
         spec = spec.network(network);
     }
+    if let Some(name) = name {
+        spec = spec.named(name);
+    }
     let container = TestContainer::start(spec)?;
     wait_answering(host_port)?;
     Ok(container)
@@ -59,8 +64,13 @@ pub(crate) fn start_redis(
 /// Waits (at most 30 s) until the Redis server behind 127.0.0.1:`port`
 /// answers a command: any reply counts (`-NOAUTH` too), but `-LOADING`.
 pub(crate) fn wait_answering(port: u16) -> Result<()> {
+    wait_answering_within(port, ANSWER_TIMEOUT)
+}
+
+/// Like [`wait_answering`], at most `limit`.
+pub(crate) fn wait_answering_within(port: u16, limit: Duration) -> Result<()> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let deadline = Instant::now() + ANSWER_TIMEOUT;
+    let deadline = Instant::now() + limit;
     loop {
         let last = match ping(addr) {
             Ok(reply) if reply.starts_with('+') => return Ok(()),
@@ -70,7 +80,7 @@ pub(crate) fn wait_answering(port: u16) -> Result<()> {
         };
         if Instant::now() >= deadline {
             return Err(Error::Timeout(format!(
-                "the Redis container on {addr} did not answer within {ANSWER_TIMEOUT:?} ({last})"
+                "the Redis container on {addr} did not answer within {limit:?} ({last})"
             )));
         }
         std::thread::sleep(Duration::from_millis(20));

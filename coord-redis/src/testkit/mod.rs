@@ -23,10 +23,12 @@ use crate::RedisBackend;
 
 mod cluster;
 mod container;
+mod replica_set;
 mod server;
 
 pub use cluster::CLUSTER_NODES;
 pub use container::REDIS_IMAGE;
+pub use replica_set::{MASTER_NAME, RedisReplicaSet, ReplicaSetMember};
 pub use server::RedisServer;
 
 /// The environment variable naming an existing server to test against.

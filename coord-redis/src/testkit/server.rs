@@ -114,7 +114,7 @@ impl RedisServer {
     pub fn spawn_container(extra: &[&str]) -> Result<RedisServer> {
         ServerProcess::retry_port_races(|| {
             let port = ServerProcess::free_port()?;
-            let container = start_redis("redis", 6379, port, None, extra)?;
+            let container = start_redis("redis", None, 6379, port, None, extra)?;
             Ok(RedisServer {
                 port: Some(port),
                 container: Some(container),
