@@ -9,6 +9,12 @@
 //!
 //! which expands to one `#[tokio::test]` per case, named
 //! `conformance_lock_<case>_<backend>`.
+//!
+//! Servers for the tests: [`ServerProcess`] runs a local binary;
+//! [`containers`] runs servers in containers of locally built images (for
+//! networks of several servers and partitions between them). The backend
+//! crates' fixtures choose between the two by `COORD_TEST_SERVERS`
+//! (`processes`, the default, or `containers`).
 
 pub mod cache;
 mod checker;

@@ -1,6 +1,18 @@
 //! Test fixtures: a real etcd server for your tests, and the harness that
 //! runs coord's conformance suite against it.
 //!
+//! * [`EtcdServer`]: `COORD_TEST_ETCD_ENDPOINTS` when set; otherwise a
+//!   managed server, a local `etcd` process or a container of
+//!   `coord/etcd:local` as `COORD_TEST_SERVERS=processes|containers` says
+//!   (processes when unset; see
+//!   [`ServerMode::select`](coord_core::testkit::containers::ServerMode::select)).
+//! * [`EtcdCluster`]: several members as local processes.
+//! * [`EtcdContainerCluster`]: several members in containers on a network
+//!   of their own, which a test can cut off from each other.
+//!
+//! Containers need an engine and the image (`bash .ci/build-images.sh`);
+//! without them these fixtures fail saying what to run.
+//!
 //! ```no_run
 //! # async fn run() -> coord_etcd::Result<()> {
 //! use coord_etcd::{EtcdBackend, Settings, testkit::EtcdServer};

@@ -1,8 +1,15 @@
 //! Test fixtures: a real Redis server for tests, and the conformance harness.
 //!
 //! [`RedisServer::start`] uses `COORD_TEST_REDIS_URL` when it is set;
-//! otherwise it spawns the local `redis-server` on a free loopback port, with
-//! a temporary directory and no persistence, and kills it on drop.
+//! otherwise it starts a server without persistence on a free loopback port
+//! and kills it on drop: a local `redis-server` in a temporary directory, or
+//! a container of `coord/redis:local`, as `COORD_TEST_SERVERS=processes|containers`
+//! says (processes when unset; see
+//! [`ServerMode::select`](coord_core::testkit::containers::ServerMode::select)).
+//! [`RedisReplicaSet`] runs a primary, replicas and Sentinels in containers
+//! on a network of their own. Containers need an engine and the image
+//! (`bash .ci/build-images.sh`); without them these fixtures fail saying
+//! what to run.
 //!
 //! ```no_run
 //! use coord_redis::testkit::RedisServer;
