@@ -434,7 +434,7 @@ fn main() {
     // open, no answer) vs Redlock over the 3 live ones: an attempt should
     // cost one round trip of the live servers, not the hung ones' timeout.
     for s in &redlock_servers[3..5] {
-        s.process().expect("local").pause().expect("SIGSTOP");
+        s.pause().expect("SIGSTOP");
     }
     let hung = Pair {
         section: "redlock lease lock, 2 of 5 servers hung",
@@ -451,7 +451,7 @@ fn main() {
         1.0 / r
     );
     for s in &redlock_servers[3..5] {
-        s.process().expect("local").resume().expect("SIGCONT");
+        s.resume().expect("SIGCONT");
     }
 
     // Contention: 16 contenders, each with its own connection and client.

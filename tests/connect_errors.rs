@@ -149,11 +149,7 @@ async fn calls_to_a_paused_server_fail_within_request_timeout() {
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
-    redis
-        .process()
-        .expect("local")
-        .pause()
-        .expect("pause redis");
+    redis.pause().expect("pause redis");
     etcd.pause().expect("pause etcd");
     for (name, b) in backends {
         let start = Instant::now();
@@ -164,6 +160,6 @@ async fn calls_to_a_paused_server_fail_within_request_timeout() {
         assert!(result.is_err(), "{name}: {result:?}");
         assert!(took < REQUEST + SLACK, "{name}: the call took {took:?}");
     }
-    redis.process().expect("local").resume().expect("resume");
+    redis.resume().expect("resume");
     etcd.resume().expect("resume");
 }

@@ -463,8 +463,7 @@ async fn a_paused_server_gives_timeouts_and_unhealthy() {
         .await
         .unwrap();
     grant(&b, "paused", &owner("a")).await;
-    let process = server.process().expect("a local server");
-    process.pause().unwrap();
+    server.pause().unwrap();
     let result = within(
         Duration::from_secs(5),
         "the request times out",
@@ -478,7 +477,7 @@ async fn a_paused_server_gives_timeouts_and_unhealthy() {
         b.subscribe("paused"),
     )
     .await;
-    process.resume().unwrap();
+    server.resume().unwrap();
     let err = result.unwrap_err();
     assert!(matches!(err, Error::Timeout(_)), "{err:?}");
     assert!(err.is_retryable());

@@ -357,11 +357,7 @@ async fn hung_servers_do_not_slow_every_attempt() {
     let limit = config.server_timeout;
     let b = h.connect_with(config).await.expect("connect");
     for i in [0, 3] {
-        h.server(i)
-            .process()
-            .expect("local")
-            .pause()
-            .expect("pause");
+        h.server(i).pause().expect("pause");
     }
     let who = owner("hung");
     let ttl = Duration::from_secs(10);
@@ -381,11 +377,7 @@ async fn hung_servers_do_not_slow_every_attempt() {
         "an attempt with 2 of 5 servers hung took {slowest:?}; the server timeout is {limit:?}"
     );
     for i in [0, 3] {
-        h.server(i)
-            .process()
-            .expect("local")
-            .resume()
-            .expect("resume");
+        h.server(i).resume().expect("resume");
     }
 }
 

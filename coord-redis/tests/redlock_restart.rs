@@ -81,11 +81,7 @@ async fn restart_while_held(reps: usize, b_config: RedlockConfig) -> (Vec<String
         let others: Vec<usize> = (0..SERVERS).filter(|i| !holders.contains(i)).collect();
         // 1. The others are paused, so A's locks land on exactly `holders`.
         for &i in &others {
-            h.server(i)
-                .process()
-                .expect("local")
-                .pause()
-                .expect("pause");
+            h.server(i).pause().expect("pause");
         }
         let names = [format!("n1-{rep}"), format!("n2-{rep}")];
         let resources = [
@@ -107,11 +103,7 @@ async fn restart_while_held(reps: usize, b_config: RedlockConfig) -> (Vec<String
         }
         // 2. The others come back; one holder restarts empty.
         for &i in &others {
-            h.server(i)
-                .process()
-                .expect("local")
-                .resume()
-                .expect("resume");
+            h.server(i).resume().expect("resume");
         }
         h.restart(holders[2]).expect("restart");
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -10,6 +10,12 @@
 //!
 //! which expands to one `#[tokio::test]` per case, named
 //! `conformance_lock_<case>_<backend>`.
+//!
+//! Servers for the tests: [`ServerProcess`] runs a local binary;
+//! [`containers`] runs servers in containers of locally built images (for
+//! networks of several servers and partitions between them). The backend
+//! crates' fixtures choose between the two by `COORD_TEST_SERVERS`
+//! (`processes`, the default, or `containers`).
 
 mod blackholed_holder;
 pub mod cache;
@@ -17,6 +23,7 @@ pub mod chaos;
 mod checker;
 pub mod config;
 pub mod config_workflow;
+pub mod containers;
 pub mod discovery;
 mod fault_proxy;
 mod faults;

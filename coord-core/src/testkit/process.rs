@@ -34,15 +34,16 @@ impl ServerProcess {
 
     /// Runs `start` (which picks its ports with [`free_port`](Self::free_port)
     /// and spawns servers on them) up to three times while it fails because
-    /// a server exited before listening: a port found free a moment earlier
-    /// can be taken by another test's server before ours binds it. Any other
-    /// failure, or the third, is returned.
+    /// a server exited before listening, or the container engine could not
+    /// publish a port: a port found free a moment earlier can be taken by
+    /// another test's server before ours binds it. Any other failure, or the
+    /// third, is returned.
     pub fn retry_port_races<T>(mut start: impl FnMut() -> Result<T>) -> Result<T> {
         let mut attempt = 1;
         loop {
             match start() {
                 Err(Error::Unavailable { message, .. })
-                    if attempt < 3 && message.contains("before listening") =>
+                    if attempt < 3 && lost_its_port(&message) =>
                 {
                     eprintln!(
                         "a test server exited before listening ({message}); trying other ports"
@@ -175,6 +176,18 @@ impl ServerProcess {
             ))
         }
     }
+}
+
+/// Whether a start failed because its port was taken meanwhile: a process
+/// that exited before listening, or an engine that could not publish it.
+fn lost_its_port(message: &str) -> bool {
+    [
+        "before listening",
+        "address already in use",
+        "port is already allocated",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
 }
 
 impl Drop for ServerProcess {

@@ -1,6 +1,18 @@
 //! Test fixtures: a real etcd server for your tests, and the harness that
 //! runs coord's conformance suite against it.
 //!
+//! * [`EtcdServer`]: `COORD_TEST_ETCD_ENDPOINTS` when set; otherwise a
+//!   managed server, a local `etcd` process or a container of
+//!   `coord/etcd:local` as `COORD_TEST_SERVERS=processes|containers` says
+//!   (processes when unset; see
+//!   [`ServerMode::select`](coord_core::testkit::containers::ServerMode::select)).
+//! * [`EtcdCluster`]: several members as local processes.
+//! * [`EtcdContainerCluster`]: several members in containers on a network
+//!   of their own, which a test can cut off from each other.
+//!
+//! Containers need an engine and the image (`bash .ci/build-images.sh`);
+//! without them these fixtures fail saying what to run.
+//!
 //! ```no_run
 //! # async fn run() -> coord_etcd::Result<()> {
 //! use coord_etcd::{EtcdBackend, Settings, testkit::EtcdServer};
@@ -14,14 +26,19 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use coord_core::testkit::containers::{ServerMode, TestContainer};
 use coord_core::testkit::{LockHarness, ServerProcess};
 use coord_core::{Error, LockBackend, Result, Settings};
 
 use crate::EtcdBackend;
 
 mod cluster;
+mod container;
+mod container_cluster;
 
 pub use cluster::EtcdCluster;
+pub use container::ETCD_IMAGE;
+pub use container_cluster::EtcdContainerCluster;
 
 /// The environment variable naming an existing etcd to test against
 /// (`host:port[,host:port…]`, `http://` optional) instead of spawning one.
@@ -33,9 +50,14 @@ pub(crate) const INSTALL_HINT: &str = "install etcd (`apt-get install etcd-serve
 /// How long a spawned etcd may take to answer requests.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// An etcd server for tests: the one named by `COORD_TEST_ETCD_ENDPOINTS`, or
-/// an `etcd` process spawned on free loopback ports with a temporary data
-/// directory (in `/dev/shm` when it exists), killed on drop.
+/// An etcd server for tests: the one named by `COORD_TEST_ETCD_ENDPOINTS`,
+/// or one this fixture manages — an `etcd` process spawned on free loopback
+/// ports with a temporary data directory (in `/dev/shm` when it exists), or
+/// a container of `coord/etcd:local` whose client port is published on a
+/// free loopback port (see [`EtcdServer::spawn`] for which) — killed on
+/// drop. [`stop`](Self::stop), [`restart`](Self::restart),
+/// [`pause`](Self::pause) and [`resume`](Self::resume) work the same on a
+/// process and on a container.
 #[derive(Debug)]
 pub struct EtcdServer {
     endpoints: Vec<String>,
@@ -43,16 +65,21 @@ pub struct EtcdServer {
 }
 
 #[derive(Debug)]
-struct Spawned {
-    process: Mutex<ServerProcess>,
-    // Kept until the process is gone: dropped after `process`.
-    _data_dir: tempfile::TempDir,
+enum Spawned {
+    Process {
+        process: Mutex<ServerProcess>,
+        // Kept until the process is gone: dropped after `process`.
+        _data_dir: tempfile::TempDir,
+    },
+    /// Its data lives in the container's file system, which a restart keeps.
+    Container(TestContainer),
 }
 
 impl EtcdServer {
-    /// The server named by `COORD_TEST_ETCD_ENDPOINTS`, or a new `etcd`
-    /// process. Returns once etcd answers a request (at most 20 s). Blocks
-    /// the calling thread meanwhile; works inside and outside a runtime.
+    /// The server named by `COORD_TEST_ETCD_ENDPOINTS`, or a new one
+    /// ([`spawn`](Self::spawn)). Returns once etcd answers a request (at
+    /// most 20 s). Blocks the calling thread meanwhile; works inside and
+    /// outside a runtime.
     pub fn start() -> Result<EtcdServer> {
         if let Ok(list) = std::env::var(ENDPOINTS_ENV)
             && !list.trim().is_empty()
@@ -68,6 +95,45 @@ impl EtcdServer {
             server.wait_ready()?;
             return Ok(server);
         }
+        Self::spawn()
+    }
+
+    /// A new server, never the external one: a container when
+    /// [`ServerMode::select`] says so (`COORD_TEST_SERVERS`, or an engine
+    /// with the image), a local `etcd` process otherwise. Blocks like
+    /// [`start`](Self::start).
+    pub fn spawn() -> Result<EtcdServer> {
+        match ServerMode::select(ETCD_IMAGE)? {
+            ServerMode::Processes => Self::spawn_process(),
+            ServerMode::Containers => Self::spawn_container(),
+        }
+    }
+
+    /// A new container of `coord/etcd:local`, whatever the mode. Blocks
+    /// like [`start`](Self::start).
+    pub fn spawn_container() -> Result<EtcdServer> {
+        let server = ServerProcess::retry_port_races(|| {
+            let port = ServerProcess::free_port()?;
+            let member = container::MemberSpec {
+                name: "coord-test",
+                peer_host: "127.0.0.1",
+                initial_cluster: &format!("coord-test=http://127.0.0.1:{}", container::PEER_PORT),
+                host_port: port,
+                extra: &[],
+            };
+            let container = container::start_member(&member, None, None, true)?;
+            Ok(EtcdServer {
+                endpoints: vec![format!("127.0.0.1:{port}")],
+                spawned: Some(Spawned::Container(container)),
+            })
+        })?;
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    /// A new local `etcd` process, whatever the mode. Blocks like
+    /// [`start`](Self::start).
+    pub fn spawn_process() -> Result<EtcdServer> {
         let mut last_error = None;
         // Another process may take a free port before etcd binds it: retry.
         for _ in 0..3 {
@@ -109,41 +175,76 @@ impl EtcdServer {
         format!("etcd://{}", self.endpoints.join(","))
     }
 
-    /// Whether this fixture spawned the server (and so can stop, pause and restart it).
+    /// Whether this fixture manages the server, as a process or a
+    /// container (and so can stop, pause and restart it).
     pub fn is_spawned(&self) -> bool {
         self.spawned.is_some()
     }
 
-    /// The process id of a spawned, running server.
+    /// How this fixture runs the server; `None` for an external one.
+    pub fn mode(&self) -> Option<ServerMode> {
+        self.spawned.as_ref().map(|s| match s {
+            Spawned::Process { .. } => ServerMode::Processes,
+            Spawned::Container(_) => ServerMode::Containers,
+        })
+    }
+
+    /// The process id of a spawned, running process (`None` for a
+    /// container: use [`stop`](Self::stop), [`pause`](Self::pause) and the
+    /// others, which work in both modes).
     pub fn pid(&self) -> Option<u32> {
-        self.spawned.as_ref().and_then(|s| process(s).pid())
+        match self.spawned.as_ref()? {
+            Spawned::Process { process, .. } => lock(process).pid(),
+            Spawned::Container(_) => None,
+        }
+    }
+
+    /// The container, when this fixture runs the server in one.
+    pub fn container(&self) -> Option<&TestContainer> {
+        match self.spawned.as_ref()? {
+            Spawned::Container(c) => Some(c),
+            Spawned::Process { .. } => None,
+        }
     }
 
     /// Kills the server (SIGKILL). Its data stays for [`restart`](Self::restart).
     pub fn stop(&self) -> Result<()> {
-        process(self.spawned()?).stop()
+        match self.spawned()? {
+            Spawned::Process { process, .. } => lock(process).stop(),
+            Spawned::Container(c) => c.kill(),
+        }
     }
 
     /// Starts a stopped server again on the same ports with the same data
     /// (killing a running one first), and waits until it answers. Blocks
     /// the calling thread meanwhile.
     pub fn restart(&self) -> Result<()> {
-        {
-            let mut p = process(self.spawned()?);
-            p.stop()?;
-            p.start()?;
+        match self.spawned()? {
+            Spawned::Process { process, .. } => {
+                let mut p = lock(process);
+                p.stop()?;
+                p.start()?;
+            }
+            Spawned::Container(c) => c.restart()?,
         }
         self.wait_ready()
     }
 
-    /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
+    /// Freezes the server (SIGSTOP, or `docker pause`): connections stay
+    /// open, nothing answers.
     pub fn pause(&self) -> Result<()> {
-        process(self.spawned()?).pause()
+        match self.spawned()? {
+            Spawned::Process { process, .. } => lock(process).pause(),
+            Spawned::Container(c) => c.pause(),
+        }
     }
 
-    /// Lets a paused server run again (SIGCONT).
+    /// Lets a paused server run again (SIGCONT, or `docker unpause`).
     pub fn resume(&self) -> Result<()> {
-        process(self.spawned()?).resume()
+        match self.spawned()? {
+            Spawned::Process { process, .. } => lock(process).resume(),
+            Spawned::Container(c) => c.unpause(),
+        }
     }
 
     fn spawned(&self) -> Result<&Spawned> {
@@ -232,7 +333,7 @@ fn spawn_etcd_once() -> Result<EtcdServer> {
     let process = ServerProcess::spawn("etcd", args, client_port, INSTALL_HINT)?;
     Ok(EtcdServer {
         endpoints: vec![format!("127.0.0.1:{client_port}")],
-        spawned: Some(Spawned {
+        spawned: Some(Spawned::Process {
             process: Mutex::new(process),
             _data_dir: data_dir,
         }),
@@ -277,8 +378,8 @@ pub(crate) fn member_args(
     .to_vec()
 }
 
-fn process(spawned: &Spawned) -> MutexGuard<'_, ServerProcess> {
-    spawned.process.lock().unwrap_or_else(|e| e.into_inner())
+fn lock(process: &Mutex<ServerProcess>) -> MutexGuard<'_, ServerProcess> {
+    process.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs coord's conformance suite against etcd: every

@@ -73,10 +73,11 @@ impl RedisSentinel {
     /// other two sentinels (so that a failover can be authorized at once).
     /// Blocks the calling thread for a few seconds.
     pub fn start() -> Result<RedisSentinel> {
-        let primary = RedisServer::spawn()?;
+        // Processes in every mode: the sentinels reach the data nodes on loopback.
+        let primary = RedisServer::spawn_process(&[])?;
         let primary_port = port_of(&primary);
         let replica =
-            RedisServer::spawn_with(&["--replicaof", "127.0.0.1", &primary_port.to_string()])?;
+            RedisServer::spawn_process(&["--replicaof", "127.0.0.1", &primary_port.to_string()])?;
         let dir = tempfile::tempdir().map_err(|e| {
             Error::unavailable("cannot create a temporary directory", Some(e.into()))
         })?;

@@ -2,8 +2,15 @@
 //! and a primary/replica set behind three sentinels ([`RedisSentinel`]).
 //!
 //! [`RedisServer::start`] uses `COORD_TEST_REDIS_URL` when it is set;
-//! otherwise it spawns the local `redis-server` on a free loopback port, with
-//! a temporary directory and no persistence, and kills it on drop.
+//! otherwise it starts a server without persistence on a free loopback port
+//! and kills it on drop: a local `redis-server` in a temporary directory, or
+//! a container of `coord/redis:local`, as `COORD_TEST_SERVERS=processes|containers`
+//! says (processes when unset; see
+//! [`ServerMode::select`](coord_core::testkit::containers::ServerMode::select)).
+//! [`RedisReplicaSet`] runs a primary, replicas and Sentinels in containers
+//! on a network of their own. Containers need an engine and the image
+//! (`bash .ci/build-images.sh`); without them these fixtures fail saying
+//! what to run.
 //!
 //! ```no_run
 //! use coord_redis::testkit::RedisServer;
@@ -17,10 +24,20 @@
 
 use std::sync::Arc;
 
-use coord_core::testkit::{LockHarness, ServerProcess};
-use coord_core::{Error, LockBackend, Result, Settings};
+use coord_core::testkit::LockHarness;
+use coord_core::{LockBackend, Result, Settings};
 
 use crate::RedisBackend;
+
+mod cluster;
+mod container;
+mod replica_set;
+mod server;
+
+pub use cluster::CLUSTER_NODES;
+pub use container::REDIS_IMAGE;
+pub use replica_set::{MASTER_NAME, RedisReplicaSet, ReplicaSetMember};
+pub use server::RedisServer;
 
 pub mod sentinel;
 pub use sentinel::RedisSentinel;
@@ -34,202 +51,6 @@ pub const TEST_CLUSTER_URL_ENV: &str = "COORD_TEST_REDIS_CLUSTER_URL";
 
 const INSTALL_HINT: &str = "Install it (`apt-get install redis-server`) or set \
                             COORD_TEST_REDIS_URL=redis://host:port to use a running server.";
-
-/// A Redis server for tests: an external one (`COORD_TEST_REDIS_URL`) or a
-/// local `redis-server` child process, killed on drop.
-#[derive(Debug)]
-pub struct RedisServer {
-    url: String,
-    process: Option<ServerProcess>,
-    // Kept alive (and removed on drop) with the process using it.
-    _dir: Option<tempfile::TempDir>,
-    /// The other nodes of a cluster this fixture spawned.
-    peers: Vec<RedisServer>,
-}
-
-/// The number of masters in the cluster [`RedisServer::start_cluster`] spawns.
-pub const CLUSTER_NODES: usize = 3;
-
-impl RedisServer {
-    /// The server of `COORD_TEST_REDIS_URL`, or a new local `redis-server`.
-    /// Fails (with an install hint) when neither is available.
-    pub fn start() -> Result<RedisServer> {
-        Self::external(TEST_URL_ENV).map_or_else(Self::spawn, Ok)
-    }
-
-    /// The server(s) named by the environment variable `var`, when set.
-    fn external(var: &str) -> Option<RedisServer> {
-        let url = std::env::var(var).ok()?;
-        let url = url.trim();
-        (!url.is_empty()).then(|| RedisServer {
-            url: url.to_owned(),
-            process: None,
-            _dir: None,
-            peers: Vec::new(),
-        })
-    }
-
-    /// A new local `redis-server` on a free loopback port, without
-    /// persistence, in a temporary directory.
-    pub fn spawn() -> Result<RedisServer> {
-        Self::spawn_with(&[])
-    }
-
-    /// The cluster of `COORD_TEST_REDIS_CLUSTER_URL`, or a new local
-    /// Redis Cluster of [`CLUSTER_NODES`] masters sharing the 16384 slots
-    /// (`redis+cluster://` URL naming every node).
-    pub fn start_cluster() -> Result<RedisServer> {
-        Self::external(TEST_CLUSTER_URL_ENV).map_or_else(|| Self::spawn_cluster(CLUSTER_NODES), Ok)
-    }
-
-    /// A new local Redis Cluster of `nodes` masters (no replicas), each
-    /// owning an equal share of the slots. The returned fixture is the first
-    /// node; the others live (and die) with it.
-    pub fn spawn_cluster(nodes: usize) -> Result<RedisServer> {
-        let nodes = nodes.max(1);
-        let mut servers = (0..nodes)
-            .map(|_| {
-                Self::spawn_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                ])
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let addrs: Vec<String> = servers
-            .iter()
-            .map(|s| s.url.trim_start_matches("redis://").to_owned())
-            .collect();
-        let fail = |what: &str, e: redis::RedisError| {
-            Error::unavailable(
-                format!("cannot set up the test cluster on {addrs:?}: {what}: {e}"),
-                None,
-            )
-        };
-        let mut conns = servers
-            .iter()
-            .map(|s| {
-                redis::Client::open(s.url.as_str())
-                    .and_then(|c| c.get_connection())
-                    .map_err(|e| fail("connect", e))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        const SLOTS: usize = 16384;
-        for (i, conn) in conns.iter_mut().enumerate() {
-            let first = SLOTS * i / nodes;
-            let last = SLOTS * (i + 1) / nodes - 1;
-            redis::cmd("CLUSTER")
-                .arg("ADDSLOTSRANGE")
-                .arg(first)
-                .arg(last)
-                .query::<()>(conn)
-                .map_err(|e| fail("CLUSTER ADDSLOTSRANGE", e))?;
-        }
-        for addr in &addrs[1..] {
-            let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "0"));
-            redis::cmd("CLUSTER")
-                .arg("MEET")
-                .arg(host)
-                .arg(port)
-                .query::<()>(&mut conns[0])
-                .map_err(|e| fail("CLUSTER MEET", e))?;
-        }
-        // Every node must see the whole cluster before a client may use it.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let known = format!("cluster_known_nodes:{nodes}");
-        for conn in &mut conns {
-            loop {
-                let info: String = redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query(conn)
-                    .map_err(|e| fail("CLUSTER INFO", e))?;
-                if info.contains("cluster_state:ok") && info.contains(&known) {
-                    break;
-                }
-                if std::time::Instant::now() > deadline {
-                    return Err(Error::Timeout(format!(
-                        "the test cluster on {addrs:?} did not reach cluster_state:ok \
-                         with {nodes} nodes within 30 s"
-                    )));
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-        }
-        let mut first = servers.remove(0);
-        first.url = format!("redis+cluster://{}", addrs.join(","));
-        first.peers = servers;
-        Ok(first)
-    }
-
-    /// Like [`RedisServer::spawn`], with more `redis-server` arguments
-    /// (`["--requirepass", "secret"]`); [`url`](Self::url) carries no
-    /// password.
-    pub fn spawn_with(extra: &[&str]) -> Result<RedisServer> {
-        ServerProcess::retry_port_races(|| Self::spawn_once(extra))
-    }
-
-    fn spawn_once(extra: &[&str]) -> Result<RedisServer> {
-        let dir = tempfile::tempdir().map_err(|e| {
-            Error::unavailable("cannot create a temporary directory", Some(e.into()))
-        })?;
-        let port = ServerProcess::free_port()?;
-        let mut args = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            &dir.path().to_string_lossy(),
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let process = ServerProcess::spawn("redis-server", args, port, INSTALL_HINT)?;
-        Ok(RedisServer {
-            url: format!("redis://127.0.0.1:{port}"),
-            process: Some(process),
-            _dir: Some(dir),
-            peers: Vec::new(),
-        })
-    }
-
-    /// The server's URL (`redis://127.0.0.1:PORT`).
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// The child process, when this fixture spawned one.
-    pub fn process(&self) -> Option<&ServerProcess> {
-        self.process.as_ref()
-    }
-
-    /// Kills the server (SIGKILL). Fails for an external server.
-    pub fn stop(&mut self) -> Result<()> {
-        self.local()?.stop()
-    }
-
-    /// Kills the server and starts it again on the same port and directory;
-    /// having no persistence, it comes back empty. Fails for an external server.
-    pub fn restart(&mut self) -> Result<()> {
-        let process = self.local()?;
-        process.stop()?;
-        process.start()
-    }
-
-    fn local(&mut self) -> Result<&mut ServerProcess> {
-        self.process.as_mut().ok_or_else(|| {
-            Error::Unsupported(format!(
-                "the server of {TEST_URL_ENV} is not managed by the test; unset it to let \
-                 the fixture start its own redis-server"
-            ))
-        })
-    }
-}
 
 /// The conformance harness: every [`new_backend`](LockHarness::new_backend)
 /// is a fresh [`RedisBackend::connect`] to one server, so each simulated

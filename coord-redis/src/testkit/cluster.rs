@@ -1,0 +1,212 @@
+//! A Redis Cluster of masters for tests: local processes, or containers on
+//! a network of their own.
+
+use std::time::{Duration, Instant};
+
+use coord_core::testkit::ServerProcess;
+use coord_core::testkit::containers::{ServerMode, TestNetwork};
+use coord_core::{Error, Result};
+
+use super::container::{REDIS_IMAGE, start_redis};
+use super::{RedisServer, TEST_CLUSTER_URL_ENV};
+
+/// The number of masters in the cluster [`RedisServer::start_cluster`] spawns.
+pub const CLUSTER_NODES: usize = 3;
+
+/// The cluster bus port of a node in a container (on the cluster's network
+/// only, never published).
+const BUS_PORT: u16 = 16379;
+
+/// How long a new cluster may take to agree on its slots.
+const FORM_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl RedisServer {
+    /// The cluster of `COORD_TEST_REDIS_CLUSTER_URL`, or a new local
+    /// Redis Cluster of [`CLUSTER_NODES`] masters sharing the 16384 slots
+    /// (`redis+cluster://` URL naming every node).
+    pub fn start_cluster() -> Result<RedisServer> {
+        Self::external(TEST_CLUSTER_URL_ENV).map_or_else(|| Self::spawn_cluster(CLUSTER_NODES), Ok)
+    }
+
+    /// A new Redis Cluster of `nodes` masters (no replicas), each owning an
+    /// equal share of the slots, in the mode [`ServerMode::select`] picks.
+    /// The returned fixture is the first node; the others (and, for
+    /// containers, their network) live and die with it.
+    ///
+    /// In containers, each node listens on the same port inside as the
+    /// loopback port that publishes it, and announces the host name
+    /// `127.0.0.1` as its preferred endpoint: the nodes talk to each other
+    /// on their network, and `CLUSTER SLOTS` and `MOVED` send clients to
+    /// 127.0.0.1 ports they can reach.
+    pub fn spawn_cluster(nodes: usize) -> Result<RedisServer> {
+        let nodes = nodes.max(1);
+        match ServerMode::select(REDIS_IMAGE)? {
+            ServerMode::Processes => Self::spawn_cluster_processes(nodes),
+            ServerMode::Containers => Self::spawn_cluster_containers(nodes),
+        }
+    }
+
+    fn spawn_cluster_processes(nodes: usize) -> Result<RedisServer> {
+        let servers = (0..nodes)
+            .map(|_| {
+                Self::spawn_process(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // The nodes meet on the loopback addresses the clients use.
+        let meet = servers
+            .iter()
+            .map(|s| {
+                let port = s.port.unwrap_or_default();
+                ("127.0.0.1".to_owned(), port, None)
+            })
+            .collect();
+        form(servers, meet, None)
+    }
+
+    /// A new Redis Cluster of `nodes` masters in containers, whatever the
+    /// mode (see [`spawn_cluster`](Self::spawn_cluster)).
+    pub fn spawn_cluster_containers(nodes: usize) -> Result<RedisServer> {
+        let nodes = nodes.max(1);
+        let network = TestNetwork::create("redis-cluster", true)?;
+        let mut servers = Vec::with_capacity(nodes);
+        let mut meet = Vec::with_capacity(nodes);
+        for _ in 0..nodes {
+            let server = ServerProcess::retry_port_races(|| {
+                let port = ServerProcess::free_port()?;
+                let bus = BUS_PORT.to_string();
+                let container = start_redis(
+                    "redis-cluster",
+                    None,
+                    port,
+                    port,
+                    Some(&network),
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-port",
+                        &bus,
+                        "--cluster-announce-hostname",
+                        "127.0.0.1",
+                        "--cluster-preferred-endpoint-type",
+                        "hostname",
+                    ],
+                )?;
+                Ok(RedisServer {
+                    port: Some(port),
+                    container: Some(container),
+                    ..RedisServer::unmanaged(format!("redis://127.0.0.1:{port}"))
+                })
+            })?;
+            let ip = server
+                .container
+                .as_ref()
+                .map(|c| c.ip_on(&network))
+                .transpose()?
+                .unwrap_or_default();
+            meet.push((ip, server.port.unwrap_or_default(), Some(BUS_PORT)));
+            servers.push(server);
+        }
+        form(servers, meet, Some(network))
+    }
+}
+
+/// Gives each of `servers` its share of the slots, has the first meet the
+/// others at `meet` (host, port, bus port), waits until every node sees a
+/// healthy cluster of all of them, and returns the first node holding the
+/// others (and `network`).
+fn form(
+    mut servers: Vec<RedisServer>,
+    meet: Vec<(String, u16, Option<u16>)>,
+    network: Option<TestNetwork>,
+) -> Result<RedisServer> {
+    if let Err(e) = assign_and_meet(&servers, &meet) {
+        // The containers go before their network.
+        drop(servers);
+        drop(network);
+        return Err(e);
+    }
+    let url = format!(
+        "redis+cluster://{}",
+        servers
+            .iter()
+            .map(|s| s.url.trim_start_matches("redis://"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let mut first = servers.remove(0);
+    first.url = url;
+    first.peers = servers;
+    first.network = network;
+    Ok(first)
+}
+
+fn assign_and_meet(servers: &[RedisServer], meet: &[(String, u16, Option<u16>)]) -> Result<()> {
+    let nodes = servers.len();
+    let addrs: Vec<String> = servers
+        .iter()
+        .map(|s| s.url.trim_start_matches("redis://").to_owned())
+        .collect();
+    let fail = |what: &str, e: redis::RedisError| {
+        Error::unavailable(
+            format!("cannot set up the test cluster on {addrs:?}: {what}: {e}"),
+            None,
+        )
+    };
+    let mut conns = servers
+        .iter()
+        .map(|s| {
+            redis::Client::open(s.url.as_str())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
+                .map_err(|e| fail("connect", e))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    const SLOTS: usize = 16384;
+    for (i, conn) in conns.iter_mut().enumerate() {
+        let first = SLOTS * i / nodes;
+        let last = SLOTS * (i + 1) / nodes - 1;
+        redis::cmd("CLUSTER")
+            .arg("ADDSLOTSRANGE")
+            .arg(first)
+            .arg(last)
+            .query::<()>(conn)
+            .map_err(|e| fail("CLUSTER ADDSLOTSRANGE", e))?;
+    }
+    for (host, port, bus) in &meet[1..] {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("MEET").arg(host).arg(port);
+        if let Some(bus) = bus {
+            cmd.arg(bus);
+        }
+        cmd.query::<()>(&mut conns[0])
+            .map_err(|e| fail("CLUSTER MEET", e))?;
+    }
+    // Every node must see the whole cluster before a client may use it.
+    let deadline = Instant::now() + FORM_TIMEOUT;
+    let known = format!("cluster_known_nodes:{nodes}");
+    for conn in &mut conns {
+        loop {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query(conn)
+                .map_err(|e| fail("CLUSTER INFO", e))?;
+            if info.contains("cluster_state:ok") && info.contains(&known) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Timeout(format!(
+                    "the test cluster on {addrs:?} did not reach cluster_state:ok \
+                     with {nodes} nodes within {FORM_TIMEOUT:?}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
