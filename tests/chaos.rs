@@ -1,5 +1,5 @@
 //! The chaos suite: real servers (processes on loopback, containers for
-//! network partitions) under faults, with workers of each lock kind
+//! network partitions between members) under faults, with workers of each lock kind
 //! contending and writing through fencing, checked by the testkit's chaos
 //! runner (`coord::testkit::chaos`).
 //!
@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coord::etcd::EtcdBackend;
-use coord::etcd::testkit::EtcdCluster;
+use coord::etcd::testkit::{EtcdCluster, EtcdContainerCluster};
 use coord::redis::RedisBackend;
 use coord::redis::testkit::{RedisSentinel, RedisServer, RedlockHarness};
 use coord::testkit::chaos::{self, ChaosKind, ChaosPlan, ScenarioReport};
@@ -227,6 +227,41 @@ async fn etcd_follower_cut_from_client(plan: &ChaosPlan) -> Vec<ScenarioReport> 
     chaos::run_scenario(
         plan,
         "etcd: a follower cut off from the clients",
+        &ChaosKind::ALL,
+        false,
+        || etcd_client(url.clone()),
+        inject,
+        heal,
+    )
+    .await
+}
+
+/// etcd, three members in containers: the leader is cut off from the other
+/// members (`docker network disconnect`; the clients still reach it through
+/// its published port), then reconnected.
+async fn etcd_leader_partitioned(plan: &ChaosPlan) -> Vec<ScenarioReport> {
+    let cluster = blocking(|| EtcdContainerCluster::start(3)).expect(
+        "a 3-member etcd cluster in containers must start (a container engine and the \
+         image: bash .ci/build-images.sh)",
+    );
+    let url = cluster.url();
+    let cut = Arc::new(std::sync::OnceLock::new());
+    let inject = async {
+        let leader = cluster
+            .leader()
+            .await
+            .expect("ask the members")
+            .expect("the cluster has a leader");
+        blocking(|| cluster.partition(leader)).expect("cut the leader off");
+        cut.set(leader).ok();
+    };
+    let heal = async {
+        let i = *cut.get().expect("the fault ran first");
+        blocking(|| cluster.heal(i)).expect("reconnect the old leader");
+    };
+    chaos::run_scenario(
+        plan,
+        "etcd (containers): leader cut off from the other members",
         &ChaosKind::ALL,
         false,
         || etcd_client(url.clone()),
@@ -477,6 +512,12 @@ async fn run_suite() {
         &mut all,
         "redis sentinel failover",
         redis_sentinel_failover(&plan),
+    )
+    .await;
+    scenario(
+        &mut all,
+        "etcd leader partitioned",
+        etcd_leader_partitioned(&plan),
     )
     .await;
     scenario(
