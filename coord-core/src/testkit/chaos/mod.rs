@@ -9,7 +9,7 @@
 //!   its guard's validity): more than one at once for exclusive kinds, more
 //!   than the permits for a semaphore;
 //! * **the fence audit** of the accepted writes: tokens going backwards,
-//!   interleaved holds ([`FenceAudit`](crate::testkit::FenceAudit));
+//!   interleaved holds ([`FenceAudit`]);
 //! * **late losses**: `lost()` resolving after a newer grant;
 //! * the time from the fault (and from the heal) to the next grant, and the
 //!   locks left behind once every worker released.
