@@ -99,9 +99,8 @@ impl EtcdServer {
     }
 
     /// A new server, never the external one: a container when
-    /// [`ServerMode::select`] says so (`COORD_TEST_SERVERS`, or an engine
-    /// with the image), a local `etcd` process otherwise. Blocks like
-    /// [`start`](Self::start).
+    /// [`ServerMode::select`] says so (`COORD_TEST_SERVERS=containers`), a
+    /// local `etcd` process otherwise. Blocks like [`start`](Self::start).
     pub fn spawn() -> Result<EtcdServer> {
         match ServerMode::select(ETCD_IMAGE)? {
             ServerMode::Processes => Self::spawn_process(),

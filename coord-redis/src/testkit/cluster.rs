@@ -73,10 +73,8 @@ impl RedisServer {
     pub fn spawn_cluster_containers(nodes: usize) -> Result<RedisServer> {
         let nodes = nodes.max(1);
         let network = TestNetwork::create("redis-cluster", true)?;
-        let mut servers = Vec::with_capacity(nodes);
-        let mut meet = Vec::with_capacity(nodes);
-        for _ in 0..nodes {
-            let server = ServerProcess::retry_port_races(|| {
+        let start_node = || {
+            ServerProcess::retry_port_races(|| {
                 let port = ServerProcess::free_port()?;
                 let bus = BUS_PORT.to_string();
                 let container = start_redis(
@@ -103,15 +101,40 @@ impl RedisServer {
                     container: Some(container),
                     ..RedisServer::unmanaged(format!("redis://127.0.0.1:{port}"))
                 })
-            })?;
-            let ip = server
-                .container
-                .as_ref()
-                .map(|c| c.ip_on(&network))
-                .transpose()?
-                .unwrap_or_default();
+            })
+        };
+        // The nodes start at once: most of a container's start is waiting
+        // for the engine.
+        let started: Vec<Result<RedisServer>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..nodes).map(|_| scope.spawn(start_node)).collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::unavailable("starting a cluster node panicked", None))
+                    })
+                })
+                .collect()
+        });
+        let mut servers = Vec::with_capacity(nodes);
+        let mut failure = None;
+        for server in started {
+            match server {
+                Ok(s) => servers.push(s),
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        if let Some(e) = failure {
+            drop(servers);
+            return Err(e);
+        }
+        let mut meet = Vec::with_capacity(nodes);
+        for server in &servers {
+            let ip = match &server.container {
+                Some(c) => c.ip_on(&network)?,
+                None => String::new(),
+            };
             meet.push((ip, server.port.unwrap_or_default(), Some(BUS_PORT)));
-            servers.push(server);
         }
         form(servers, meet, Some(network))
     }

@@ -256,9 +256,21 @@ impl RedlockHarness {
 
     /// A harness on `n` new local servers, or why they could not be started.
     pub async fn try_start(n: usize) -> Result<RedlockHarness> {
-        let servers = (0..n)
-            .map(|_| RedisServer::spawn())
-            .collect::<Result<Vec<_>>>()?;
+        // Started at once: a container's start is mostly waiting for the engine.
+        let servers = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..n).map(|_| scope.spawn(RedisServer::spawn)).collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(coord_core::Error::unavailable(
+                            "starting a Redlock server panicked",
+                            None,
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
         let mut settings = Settings::default();
         settings.namespace = format!("coordtest{:08x}", fastrand_u32());
         Ok(RedlockHarness { servers, settings })

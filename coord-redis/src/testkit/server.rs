@@ -58,8 +58,8 @@ impl RedisServer {
     }
 
     /// A new server without persistence, never the external one: a
-    /// container when [`ServerMode::select`] says so (`COORD_TEST_SERVERS`,
-    /// or an engine with the image), a local `redis-server` on a free
+    /// container when [`ServerMode::select`] says so
+    /// (`COORD_TEST_SERVERS=containers`), a local `redis-server` on a free
     /// loopback port in a temporary directory otherwise.
     pub fn spawn() -> Result<RedisServer> {
         Self::spawn_with(&[])

@@ -266,8 +266,18 @@ impl TestContainer {
     /// Kills the container's process (SIGKILL, `docker kill`). The container
     /// stays, with its file system, for [`start_again`](Self::start_again).
     pub fn kill(&self) -> Result<()> {
-        if !self.is_running()? {
+        let state = docker(&[
+            "inspect",
+            "--format",
+            "{{.State.Running}} {{.State.Paused}}",
+            &self.id,
+        ])?;
+        if !state.starts_with("true") {
             return Ok(());
+        }
+        if state.ends_with("true") {
+            // Under a cgroup v1 freezer a frozen process only dies once thawed.
+            self.unpause()?;
         }
         match docker(&["kill", &self.id]) {
             // It died on its own meanwhile.

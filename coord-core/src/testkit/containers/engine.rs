@@ -39,8 +39,9 @@ fn docker_within(args: &[&str], limit: Duration) -> Result<String> {
             Error::unavailable(
                 format!(
                     "cannot run `{what}`: {e}. Install a container engine \
-                     (`apt-get install --no-install-recommends docker.io`) or set \
-                     COORD_TEST_SERVERS=processes"
+                     (`apt-get install --no-install-recommends docker.io`); the \
+                     single-server fixtures need none with COORD_TEST_SERVERS=processes, \
+                     the default"
                 ),
                 Some(e.into()),
             )
@@ -109,8 +110,9 @@ pub fn engine() -> Result<String> {
             Error::unavailable(
                 format!(
                     "no container engine answers `docker info` ({e}); start one \
-                     (`dockerd --storage-driver=overlay2 &`, as `.ci/run` does) or set \
-                     COORD_TEST_SERVERS=processes"
+                     (`dockerd --storage-driver=overlay2 &`, as `.ci/run` does); the \
+                     single-server fixtures need none with COORD_TEST_SERVERS=processes, \
+                     the default"
                 ),
                 None,
             )
