@@ -13,6 +13,7 @@ use crate::config::EtcdConfig;
 use crate::error::{call, deadline, map};
 use crate::lease::{LeasePool, MIN_LEASE_SECS, PooledLease};
 use crate::members::Members;
+use crate::server_version::{EtcdVersion, stall_revocation_warning};
 
 /// A client of an etcd cluster implementing coord's backend traits. Cheap to
 /// clone; clones share the connection and the leases.
@@ -95,6 +96,22 @@ impl EtcdBackend {
 
     pub(crate) fn lock_keys(&self, name: &str) -> LockKeys {
         LockKeys::new(&self.inner.prefix, name)
+    }
+
+    /// The version of the etcd member that answers (one round trip).
+    ///
+    /// Versions before 3.4.31 and 3.5.13 can end locks early after a leader
+    /// stall ([`EtcdVersion::revokes_leases_after_a_stall`]); `connect` logs a
+    /// warning when it meets one.
+    pub async fn server_version(&self) -> Result<EtcdVersion> {
+        let mut client = self.inner.client.clone();
+        let status = call("read the etcd version", self.inner.timeout, client.status()).await?;
+        EtcdVersion::parse(status.version()).ok_or_else(|| {
+            Error::codec(
+                format!("etcd reported an unreadable version {:?}", status.version()),
+                None,
+            )
+        })
     }
 
     /// One timed round trip (a linearizable read, so a cluster without a
@@ -293,6 +310,7 @@ async fn connect(config: EtcdConfig, settings: &Settings) -> Result<EtcdBackend>
         Members::watch(&members, client.clone());
     }
     tracing::debug!("connected to etcd");
+    warn_of_known_server_faults(client.clone(), timeout);
     let mut caps = Capabilities::new("etcd");
     caps.linearizable = true;
     caps.fencing = true;
@@ -365,4 +383,25 @@ impl fmt::Debug for EtcdBackend {
             .field("leases", &self.inner.leases)
             .finish_non_exhaustive()
     }
+}
+
+/// Asks the server's version in the background (a connect is not delayed)
+/// and warns once when that version has a fault that changes what locks
+/// promise ([`EtcdVersion::revokes_leases_after_a_stall`]).
+fn warn_of_known_server_faults(mut client: Client, timeout: Duration) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let Ok(status) = call("read the etcd version", timeout, client.status()).await else {
+            return;
+        };
+        match EtcdVersion::parse(status.version()) {
+            Some(v) if v.revokes_leases_after_a_stall() => {
+                tracing::warn!("{}", stall_revocation_warning(v));
+            }
+            Some(v) => tracing::debug!(version = %v, "etcd version"),
+            None => tracing::debug!(version = status.version(), "unreadable etcd version"),
+        }
+    });
 }

@@ -72,6 +72,7 @@ mod lease;
 mod lock;
 mod members;
 mod raft_term;
+mod server_version;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod watch;
@@ -80,6 +81,7 @@ pub use backend::EtcdBackend;
 pub use config::{DEFAULT_PORT, EtcdConfig};
 pub use lease::PooledLease;
 pub use lock::fenced::EtcdFencedStore;
+pub use server_version::EtcdVersion;
 
 /// Re-exported so users can run their own requests on [`EtcdBackend::client`]
 /// with the same version.
