@@ -43,6 +43,29 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     /// Returns [`Error::NotHeld`](crate::Error::NotHeld) when `owner` does not hold it.
     async fn release(&self, name: &str, owner: &LockOwner) -> Result<()>;
 
+    /// [`try_acquire`](Self::try_acquire) answered at once, without a future,
+    /// by a backend that never waits (in-process, like the memory backend).
+    /// `None`, the default, means "await `try_acquire`". The client's hot
+    /// path calls this first, so an in-process lock pays no boxed future,
+    /// retry wrapper or timer. An answer here must be the one `try_acquire`
+    /// would give.
+    fn try_acquire_now(
+        &self,
+        name: &str,
+        owner: &LockOwner,
+        ttl: Duration,
+    ) -> Option<Result<AcquireOutcome>> {
+        let _ = (name, owner, ttl);
+        None
+    }
+
+    /// [`release`](Self::release) answered at once, like
+    /// [`try_acquire_now`](Self::try_acquire_now); `None` by default.
+    fn release_now(&self, name: &str, owner: &LockOwner) -> Option<Result<()>> {
+        let _ = (name, owner);
+        None
+    }
+
     /// Starts listening for releases (and expiries, where the backend sees
     /// them) of `name`. Called by a waiter after a failed attempt, before it
     /// retries, so no release between the two is missed.

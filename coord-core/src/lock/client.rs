@@ -265,6 +265,24 @@ impl ClientShared {
         }
     }
 
+    /// A backend call answered at once ([`LockBackend::try_acquire_now`]),
+    /// with its metrics; `None` when the backend must be awaited instead.
+    pub(crate) fn call_now<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&dyn LockBackend) -> Option<Result<T>>,
+    ) -> Option<Result<T>> {
+        match &self.metrics {
+            None => f(&*self.backend),
+            Some(m) => {
+                let start = Instant::now();
+                let r = f(&*self.backend)?;
+                m.backend_request(self.backend_name, op, start.elapsed(), &r);
+                Some(r)
+            }
+        }
+    }
+
     /// Releases with retries. A `NotHeld` after an ambiguous failed attempt
     /// counts as released: the lost reply was most likely the success.
     pub(crate) async fn release_once(
@@ -273,6 +291,11 @@ impl ClientShared {
         owner: &LockOwner,
         kind: LockKind,
     ) -> Result<()> {
+        if !kind.is_queued()
+            && let Some(r) = self.call_now("release", |b| b.release_now(name, owner))
+        {
+            return r;
+        }
         let ambiguous = std::sync::atomic::AtomicBool::new(false);
         let result = self
             .retry

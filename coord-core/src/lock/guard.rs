@@ -443,11 +443,13 @@ impl LockGuard {
         let client = self.shared.client.clone();
         client.untrack(self.id);
         let span = tracing::debug_span!("coord.lock.release", backend = client.backend_name, lock = %self.shared.name);
-        let result = tracing::Instrument::instrument(
-            client.release_once(&self.shared.name, &self.shared.owner, self.shared.kind),
-            span,
-        )
-        .await;
+        let (name, owner, kind) = (&self.shared.name, &self.shared.owner, self.shared.kind);
+        // A disabled span is not entered on every poll.
+        let result = if span.is_disabled() {
+            client.release_once(name, owner, kind).await
+        } else {
+            tracing::Instrument::instrument(client.release_once(name, owner, kind), span).await
+        };
         if let Some(m) = &client.metrics {
             let outcome = result.as_ref().map_or_else(Error::kind_label, |_| "ok");
             m.lock_op(client.backend_name, "release", outcome);

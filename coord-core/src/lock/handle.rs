@@ -1,5 +1,6 @@
 //! `Lock`: a named lock with its options, and the acquire/wait loop.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -135,7 +136,7 @@ impl LockBuilder {
             watchdog: self.watchdog,
             owner: self.owner,
             kind: self.kind,
-            stats: Arc::default(),
+            cells: Arc::default(),
         }
     }
 }
@@ -151,9 +152,18 @@ pub struct Lock {
     watchdog: bool,
     owner: Option<String>,
     kind: LockKind,
+    /// What the handle learns once and its clones share.
+    cells: Arc<LockCells>,
+}
+
+/// What a [`Lock`] handle learns on first use (one allocation per handle).
+#[derive(Debug, Default)]
+struct LockCells {
     /// This lock's statistics cell, looked up in the client's table on
-    /// first use (shared by the handle's clones).
-    stats: Arc<OnceLock<Arc<StatsCell>>>,
+    /// first use.
+    stats: OnceLock<Arc<StatsCell>>,
+    /// The name, TTL and kind passed their checks (they never change).
+    checked: AtomicBool,
 }
 
 enum Attempt {
@@ -198,16 +208,11 @@ impl Lock {
     /// wait timeout passes first.
     pub async fn acquire(&self) -> Result<LockGuard> {
         let span = tracing::debug_span!("coord.lock.acquire", backend = self.client.shared.backend_name, lock = %self.name);
-        let result = async {
-            let (owner, pooled) = self.check_and_owner()?;
-            match self.kind {
-                LockKind::Lease => self.acquire_lease(owner, pooled).await,
-                LockKind::Reentrant => self.acquire_reentrant(owner).await,
-                _ => self.acquire_queued(owner, pooled).await,
-            }
-        }
-        .instrument(span)
-        .await;
+        let result = if span.is_disabled() {
+            self.acquire_unspanned().await
+        } else {
+            self.acquire_unspanned().instrument(span).await
+        };
         self.record("acquire", &result);
         result
     }
@@ -215,16 +220,11 @@ impl Lock {
     /// One attempt: the guard if the lock was free, `None` if it is held.
     pub async fn try_acquire(&self) -> Result<Option<LockGuard>> {
         let span = tracing::debug_span!("coord.lock.try_acquire", backend = self.client.shared.backend_name, lock = %self.name);
-        let result: Result<Option<LockGuard>> = async {
-            let (owner, pooled) = self.check_and_owner()?;
-            match self.kind {
-                LockKind::Lease => self.try_acquire_lease(owner, pooled).await,
-                LockKind::Reentrant => self.try_acquire_reentrant(owner).await,
-                _ => self.try_acquire_queued(owner, pooled).await,
-            }
-        }
-        .instrument(span)
-        .await;
+        let result = if span.is_disabled() {
+            self.try_acquire_unspanned().await
+        } else {
+            self.try_acquire_unspanned().instrument(span).await
+        };
         if let Some(m) = &self.client.shared.metrics {
             let outcome = match &result {
                 Ok(Some(_)) => "ok",
@@ -234,6 +234,24 @@ impl Lock {
             m.lock_op(self.client.shared.backend_name, "try_acquire", outcome);
         }
         result
+    }
+
+    async fn acquire_unspanned(&self) -> Result<LockGuard> {
+        let (owner, pooled) = self.check_and_owner()?;
+        match self.kind {
+            LockKind::Lease => self.acquire_lease(owner, pooled).await,
+            LockKind::Reentrant => self.acquire_reentrant(owner).await,
+            _ => self.acquire_queued(owner, pooled).await,
+        }
+    }
+
+    async fn try_acquire_unspanned(&self) -> Result<Option<LockGuard>> {
+        let (owner, pooled) = self.check_and_owner()?;
+        match self.kind {
+            LockKind::Lease => self.try_acquire_lease(owner, pooled).await,
+            LockKind::Reentrant => self.try_acquire_reentrant(owner).await,
+            _ => self.try_acquire_queued(owner, pooled).await,
+        }
     }
 
     /// One lease attempt with `owner`.
@@ -284,8 +302,11 @@ impl Lock {
     /// Checks the request and picks the owner; `true` when the owner comes
     /// from the client's pool (and goes back to it when the hold ends).
     fn check_and_owner(&self) -> Result<(LockOwner, bool)> {
-        validate_lock_request(&self.name, self.ttl)?;
-        self.kind.validate()?;
+        if !self.cells.checked.load(Ordering::Relaxed) {
+            validate_lock_request(&self.name, self.ttl)?;
+            self.kind.validate()?;
+            self.cells.checked.store(true, Ordering::Relaxed);
+        }
         let client_id = &self.client.shared.client_id;
         match (&self.owner, self.kind) {
             // A lease lock with a fixed owner: the same hold (idempotent).
@@ -392,15 +413,25 @@ impl Lock {
     /// retry, which only makes it shorter), never from wall-clock time.
     async fn attempt(&self, owner: &LockOwner, pooled: bool, sent_at: Instant) -> Result<Attempt> {
         let shared = &self.client.shared;
-        let result = shared
-            .retry
-            .run(|| {
-                shared.call(
-                    "try_acquire",
-                    shared.backend.try_acquire(&self.name, owner, self.ttl),
-                )
-            })
-            .await;
+        let now = shared.call_now("try_acquire", |b| {
+            b.try_acquire_now(&self.name, owner, self.ttl)
+        });
+        let result = match now {
+            // An in-process backend: no future, no retry (it never fails
+            // transiently).
+            Some(r) => r,
+            None => {
+                shared
+                    .retry
+                    .run(|| {
+                        shared.call(
+                            "try_acquire",
+                            shared.backend.try_acquire(&self.name, owner, self.ttl),
+                        )
+                    })
+                    .await
+            }
+        };
         let arrived = Instant::now();
         match result {
             Ok(AcquireOutcome::Granted(grant)) if lost_on_arrival(&grant, sent_at, arrived) => {
@@ -460,7 +491,8 @@ impl Lock {
 
     /// This lock's statistics cell.
     pub(crate) fn stats_cell(&self) -> &Arc<StatsCell> {
-        self.stats
+        self.cells
+            .stats
             .get_or_init(|| self.client.shared.stats.cell(&self.name))
     }
 

@@ -10,10 +10,27 @@ use crate::error::{Error, Result};
 ///
 /// Backends store its [`Display`](fmt::Display) form (`client_id:owner`) and
 /// compare it on release and renew, so nobody releases someone else's lock.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, Eq)]
 pub struct LockOwner {
     full: Arc<str>,
     split: usize,
+}
+
+impl std::hash::Hash for LockOwner {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Equal owners have equal strings (`split` follows from the string
+        // for owners that compare equal).
+        self.full.hash(state);
+    }
+}
+
+impl PartialEq for LockOwner {
+    fn eq(&self, other: &Self) -> bool {
+        // A hold compared with its own owner (the common case) shares the
+        // string: no byte comparison.
+        Arc::ptr_eq(&self.full, &other.full)
+            || (self.split == other.split && self.full == other.full)
+    }
 }
 
 impl LockOwner {

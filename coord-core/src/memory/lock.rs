@@ -186,6 +186,104 @@ impl MemoryBackend {
     }
 }
 
+impl MemoryBackend {
+    /// One acquisition attempt (the body of `try_acquire`): one lookup of
+    /// the name for a name seen before.
+    fn try_acquire_sync(
+        &self,
+        name: &str,
+        owner: &LockOwner,
+        ttl: Duration,
+    ) -> Result<AcquireOutcome> {
+        let now = Instant::now();
+        let ttl = self.caps.effective_ttl(ttl);
+        let mut guard = self.store(name);
+        let store = &mut *guard;
+        let hold = |token| Held {
+            owner: owner.clone(),
+            token,
+            expires: now + ttl,
+            value: None,
+        };
+        let Some(slot) = store.locks.get_mut(name) else {
+            // First use of the name.
+            store.locks.insert(
+                name.to_owned(),
+                Slot {
+                    fence: 1,
+                    held: Some(hold(1)),
+                },
+            );
+            store.changed(name);
+            return Ok(granted(1, ttl));
+        };
+        let mut expired = false;
+        if let Some(h) = &mut slot.held {
+            if h.expires > now {
+                if h.owner == *owner {
+                    // The same owner again: the same hold, extended.
+                    h.expires = now + ttl;
+                    return Ok(granted(h.token, ttl));
+                }
+                return Ok(AcquireOutcome::Held {
+                    retry_after: Some(h.expires.saturating_duration_since(now)),
+                });
+            }
+            expired = true;
+        }
+        slot.fence += 1;
+        let token = slot.fence;
+        slot.held = Some(hold(token));
+        if expired {
+            // The expired holder's waiters were not woken yet.
+            store.notify(name);
+        } else {
+            store.changed(name);
+        }
+        Ok(granted(token, ttl))
+    }
+
+    /// A release (the body of `release`): one lookup of the name.
+    fn release_sync(&self, name: &str, owner: &LockOwner) -> Result<()> {
+        let now = Instant::now();
+        let mut guard = self.store(name);
+        let store = &mut *guard;
+        let (mine, live) = match store.locks.get_mut(name) {
+            Some(slot) => match &slot.held {
+                Some(h) => {
+                    let live = h.expires > now;
+                    let mine = live && h.owner == *owner;
+                    if mine || !live {
+                        // Released, or expired: either way it ends now.
+                        slot.held = None;
+                    }
+                    (mine, live)
+                }
+                None => (false, true),
+            },
+            None => (false, true),
+        };
+        if mine || !live {
+            store.notify(name);
+        }
+        if mine {
+            Ok(())
+        } else {
+            Err(Error::NotHeld(format!(
+                "lock {name:?} is not held by {owner}"
+            )))
+        }
+    }
+}
+
+/// A grant of `token` for `ttl`.
+fn granted(token: u64, ttl: Duration) -> AcquireOutcome {
+    AcquireOutcome::Granted(LockGrant {
+        token: FencingToken::new(token),
+        ttl,
+    })
+}
+
 #[async_trait]
 impl LockBackend for MemoryBackend {
     fn capabilities(&self) -> &Capabilities {
@@ -198,41 +296,16 @@ impl LockBackend for MemoryBackend {
         owner: &LockOwner,
         ttl: Duration,
     ) -> Result<AcquireOutcome> {
-        let now = Instant::now();
-        let ttl = self.caps.effective_ttl(ttl);
-        let mut store = self.store(name);
-        if let Some(held) = store.holder(name, now) {
-            if held.owner == *owner {
-                held.expires = now + ttl;
-                return Ok(AcquireOutcome::Granted(LockGrant {
-                    token: FencingToken::new(held.token),
-                    ttl,
-                }));
-            }
-            return Ok(AcquireOutcome::Held {
-                retry_after: Some(held.expires.saturating_duration_since(now)),
-            });
-        }
-        // No allocation for a name seen before.
-        if !store.locks.contains_key(name) {
-            store.locks.insert(name.to_owned(), Slot::default());
-        }
-        let Some(slot) = store.locks.get_mut(name) else {
-            unreachable!("inserted above");
-        };
-        slot.fence += 1;
-        let token = slot.fence;
-        slot.held = Some(Held {
-            owner: owner.clone(),
-            token,
-            expires: now + ttl,
-            value: None,
-        });
-        store.changed(name);
-        Ok(AcquireOutcome::Granted(LockGrant {
-            token: FencingToken::new(token),
-            ttl,
-        }))
+        self.try_acquire_sync(name, owner, ttl)
+    }
+
+    fn try_acquire_now(
+        &self,
+        name: &str,
+        owner: &LockOwner,
+        ttl: Duration,
+    ) -> Option<Result<AcquireOutcome>> {
+        Some(self.try_acquire_sync(name, owner, ttl))
     }
 
     async fn renew(&self, name: &str, owner: &LockOwner, ttl: Duration) -> Result<()> {
@@ -250,17 +323,11 @@ impl LockBackend for MemoryBackend {
     }
 
     async fn release(&self, name: &str, owner: &LockOwner) -> Result<()> {
-        let now = Instant::now();
-        let mut store = self.store(name);
-        match store.holder(name, now) {
-            Some(held) if held.owner == *owner => {
-                store.vacate(name);
-                Ok(())
-            }
-            _ => Err(Error::NotHeld(format!(
-                "lock {name:?} is not held by {owner}"
-            ))),
-        }
+        self.release_sync(name, owner)
+    }
+
+    fn release_now(&self, name: &str, owner: &LockOwner) -> Option<Result<()>> {
+        Some(self.release_sync(name, owner))
     }
 
     async fn proclaim(&self, name: &str, owner: &LockOwner, value: &str) -> Result<()> {
@@ -395,5 +462,77 @@ fn lease_info(name: &str, held: &Held, now: Instant) -> LockInfo {
             value: held.value.clone(),
         }],
         waiters: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an outcome says, without timings.
+    fn shape(r: &Result<AcquireOutcome>) -> String {
+        match r {
+            Ok(AcquireOutcome::Granted(g)) => format!("granted {}", g.token.as_u64()),
+            Ok(AcquireOutcome::Held { .. }) => "held".into(),
+            Err(e) => format!("error {}", e.kind_label()),
+        }
+    }
+
+    /// The client calls `try_acquire_now` / `release_now` first: they must
+    /// answer exactly as the awaited calls do, step by step, including a
+    /// hold that expired and a release by the wrong owner.
+    #[tokio::test(start_paused = true)]
+    async fn answers_at_once_match_the_awaited_calls() {
+        let (now, awaited) = (MemoryBackend::new(), MemoryBackend::new());
+        let a = LockOwner::new("c", "a").unwrap();
+        let b = LockOwner::new("c", "b").unwrap();
+        let ttl = Duration::from_secs(1);
+        let mut seen = Vec::new();
+        for step in 0..7 {
+            let (x, y) = match step {
+                0 | 1 | 3 | 5 => (
+                    shape(&now.try_acquire_now("n", &a, ttl).unwrap()),
+                    shape(&awaited.try_acquire("n", &a, ttl).await),
+                ),
+                2 | 6 => (
+                    shape(&now.try_acquire_now("n", &b, ttl).unwrap()),
+                    shape(&awaited.try_acquire("n", &b, ttl).await),
+                ),
+                _ => {
+                    let release = |r: Result<()>| {
+                        r.map_or_else(|e| e.kind_label().to_owned(), |()| "ok".into())
+                    };
+                    let wrong = (
+                        release(now.release_now("n", &b).unwrap()),
+                        release(awaited.release("n", &b).await),
+                    );
+                    assert_eq!(wrong.0, wrong.1, "a release by the wrong owner");
+                    (
+                        release(now.release_now("n", &a).unwrap()),
+                        release(awaited.release("n", &a).await),
+                    )
+                }
+            };
+            assert_eq!(x, y, "step {step}");
+            seen.push(x);
+            if step == 5 {
+                // Let a's next hold expire before b asks.
+                tokio::time::advance(ttl * 2).await;
+            }
+        }
+        // a: granted 1, again 1 (same hold), b refused, a again, a released,
+        // a granted 2, then (expired) b granted 3.
+        assert_eq!(
+            seen,
+            [
+                "granted 1",
+                "granted 1",
+                "held",
+                "granted 1",
+                "ok",
+                "granted 2",
+                "granted 3"
+            ]
+        );
     }
 }
