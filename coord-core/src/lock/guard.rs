@@ -444,11 +444,19 @@ impl LockGuard {
         client.untrack(self.id);
         let span = tracing::debug_span!("coord.lock.release", backend = client.backend_name, lock = %self.shared.name);
         let (name, owner, kind) = (&self.shared.name, &self.shared.owner, self.shared.kind);
-        // A disabled span is not entered on every poll.
-        let result = if span.is_disabled() {
-            client.release_once(name, owner, kind).await
+        // An in-process backend answers at once; a disabled span is not
+        // entered on every poll.
+        let at_once = if span.is_disabled() && !kind.is_queued() {
+            client.call_now("release", |b| b.release_now(name, owner))
         } else {
-            tracing::Instrument::instrument(client.release_once(name, owner, kind), span).await
+            None
+        };
+        let result = match at_once {
+            Some(result) => result,
+            None if span.is_disabled() => client.release_once(name, owner, kind).await,
+            None => {
+                tracing::Instrument::instrument(client.release_once(name, owner, kind), span).await
+            }
         };
         if let Some(m) = &client.metrics {
             let outcome = result.as_ref().map_or_else(Error::kind_label, |_| "ok");

@@ -208,6 +208,13 @@ impl Lock {
     /// wait timeout passes first.
     pub async fn acquire(&self) -> Result<LockGuard> {
         let span = tracing::debug_span!("coord.lock.acquire", backend = self.client.shared.backend_name, lock = %self.name);
+        if span.is_disabled()
+            && let Some(guard) = self.acquire_at_once()
+        {
+            let result = Ok(guard);
+            self.record("acquire", &result);
+            return result;
+        }
         let result = if span.is_disabled() {
             self.acquire_unspanned().await
         } else {
@@ -234,6 +241,52 @@ impl Lock {
             m.lock_op(self.client.shared.backend_name, "try_acquire", outcome);
         }
         result
+    }
+
+    /// A free lease lock of an in-process backend, granted without a
+    /// future ([`LockBackend::try_acquire_now`]); `None` sends the caller
+    /// down the general path (a held lock, another kind, a first use whose
+    /// checks have not run, a backend that must be awaited).
+    ///
+    /// [`LockBackend::try_acquire_now`]: crate::lock::LockBackend::try_acquire_now
+    fn acquire_at_once(&self) -> Option<LockGuard> {
+        if self.kind != LockKind::Lease || !self.cells.checked.load(Ordering::Relaxed) {
+            return None;
+        }
+        let (owner, pooled) = self.check_and_owner().ok()?;
+        let shared = &self.client.shared;
+        let sent_at = Instant::now();
+        let answer = shared.call_now("try_acquire", |b| {
+            b.try_acquire_now(&self.name, &owner, self.ttl)
+        });
+        let arrived = Instant::now();
+        match answer {
+            Some(Ok(AcquireOutcome::Granted(grant)))
+                if !lost_on_arrival(&grant, sent_at, arrived) =>
+            {
+                Some(self.guard(owner, pooled, grant, (sent_at, arrived), sent_at, false))
+            }
+            Some(Ok(AcquireOutcome::Granted(_))) => {
+                // Lost on arrival (a stalled thread): give it back at once.
+                match shared.call_now("release", |b| b.release_now(&self.name, &owner)) {
+                    Some(Ok(()) | Err(Error::NotHeld(_))) => self.recycle(owner, pooled),
+                    _ => shared.release_in_background(
+                        self.name.clone(),
+                        owner,
+                        pooled,
+                        LockKind::Lease,
+                    ),
+                }
+                None
+            }
+            // Held, an error answered at once (nothing was applied), or a
+            // backend to await: the general path asks again and waits or
+            // reports.
+            _ => {
+                self.recycle(owner, pooled);
+                None
+            }
+        }
     }
 
     async fn acquire_unspanned(&self) -> Result<LockGuard> {
