@@ -436,7 +436,7 @@ impl LockGuard {
     pub async fn release(mut self) -> Result<()> {
         self.done = true;
         if self.shared.kind == LockKind::Reentrant {
-            return crate::lock::reentrant::release(&self.shared, self.id).await;
+            return Box::pin(crate::lock::reentrant::release(&self.shared, self.id)).await;
         }
         self.shared.record_hold();
         self.shared.stop.cancel();
@@ -453,9 +453,11 @@ impl LockGuard {
         };
         let result = match at_once {
             Some(result) => result,
-            None if span.is_disabled() => client.release_once(name, owner, kind).await,
+            // Boxed: `release()`'s own future stays small (see `acquire`).
+            None if span.is_disabled() => Box::pin(client.release_once(name, owner, kind)).await,
             None => {
-                tracing::Instrument::instrument(client.release_once(name, owner, kind), span).await
+                let release = client.release_once(name, owner, kind);
+                Box::pin(tracing::Instrument::instrument(release, span)).await
             }
         };
         if let Some(m) = &client.metrics {

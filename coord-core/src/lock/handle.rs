@@ -215,10 +215,13 @@ impl Lock {
             self.record("acquire", &result);
             return result;
         }
+        // The general path is boxed, so that `acquire()`'s own future stays
+        // small (it is moved on every call; the waiting loop's state is
+        // large, and one allocation is nothing beside a round trip).
         let result = if span.is_disabled() {
-            self.acquire_unspanned().await
+            Box::pin(self.acquire_unspanned()).await
         } else {
-            self.acquire_unspanned().instrument(span).await
+            Box::pin(self.acquire_unspanned().instrument(span)).await
         };
         self.record("acquire", &result);
         result
