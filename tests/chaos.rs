@@ -85,6 +85,41 @@ async fn etcd_leader_killed(plan: &ChaosPlan) -> Vec<ScenarioReport> {
     .await
 }
 
+/// etcd, five members (the size elections are often run on): the leader
+/// and one follower are killed together (three of five keep a quorum), then
+/// restarted on their data.
+async fn etcd_five_two_killed(plan: &ChaosPlan) -> Vec<ScenarioReport> {
+    let cluster = blocking(|| EtcdCluster::start(5)).expect("a 5-member etcd cluster must start");
+    let url = cluster.url();
+    let killed = Arc::new(std::sync::OnceLock::new());
+    let inject = async {
+        let leader = cluster.leader().await.expect("the cluster has a leader");
+        let follower = (leader + 1) % cluster.len();
+        killed.set((leader, follower)).ok();
+        blocking(|| cluster.stop(leader).and_then(|()| cluster.stop(follower)))
+            .expect("kill the leader and a follower");
+    };
+    let heal = async {
+        let (leader, follower) = *killed.get().expect("the fault ran first");
+        blocking(|| {
+            cluster
+                .restart(leader)
+                .and_then(|()| cluster.restart(follower))
+        })
+        .expect("restart both");
+    };
+    chaos::run_scenario(
+        plan,
+        "etcd (5 members): leader and a follower killed",
+        &[ChaosKind::Election, ChaosKind::Lease],
+        false,
+        || etcd_client(url.clone()),
+        inject,
+        heal,
+    )
+    .await
+}
+
 /// etcd, three members: the leader is paused (SIGSTOP) for longer than the
 /// locks' TTL, then resumed.
 async fn etcd_member_paused(plan: &ChaosPlan) -> Vec<ScenarioReport> {
@@ -512,6 +547,12 @@ async fn run_suite() {
     let mut all = Vec::new();
     scenario(&mut all, "etcd leader killed", etcd_leader_killed(&plan)).await;
     scenario(&mut all, "etcd leader paused", etcd_member_paused(&plan)).await;
+    scenario(
+        &mut all,
+        "etcd five members two killed",
+        etcd_five_two_killed(&plan),
+    )
+    .await;
     scenario(&mut all, "redlock two down", redlock_two_down(&plan)).await;
     scenario(
         &mut all,
