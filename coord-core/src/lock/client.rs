@@ -291,10 +291,23 @@ impl ClientShared {
         owner: &LockOwner,
         kind: LockKind,
     ) -> Result<()> {
+        self.release_settled(name, owner, kind).await.0
+    }
+
+    /// [`release_once`](Self::release_once), and whether the release was
+    /// *clean*: answered on its first try, so that no request of `owner`
+    /// can still be in flight. Only the owner of a clean release may be
+    /// reused ([`recycle_owner`](Self::recycle_owner)).
+    pub(crate) async fn release_settled(
+        &self,
+        name: &str,
+        owner: &LockOwner,
+        kind: LockKind,
+    ) -> (Result<()>, bool) {
         if !kind.is_queued()
             && let Some(r) = self.call_now("release", |b| b.release_now(name, owner))
         {
-            return r;
+            return (r, true);
         }
         let ambiguous = std::sync::atomic::AtomicBool::new(false);
         let result = self
@@ -313,9 +326,10 @@ impl ClientShared {
                 r
             })
             .await;
+        let ambiguous = ambiguous.load(Ordering::Relaxed);
         match result {
-            Err(Error::NotHeld(_)) if ambiguous.load(Ordering::Relaxed) => Ok(()),
-            other => other,
+            Err(Error::NotHeld(_)) if ambiguous => (Ok(()), false),
+            other => (other, !ambiguous),
         }
     }
 
@@ -332,14 +346,17 @@ impl ClientShared {
     /// Returns an owner whose hold has surely ended (released, refused as
     /// not held, or never granted) for reuse.
     ///
-    /// Only an in-process backend (memory) reuses owners: over a network, a
-    /// request of the old hold that timed out (a release, say) may still be
-    /// applied later, for instance by a paused server member once it runs
-    /// again, and would then end a new hold of the same owner.
+    /// Callers pass only owners of which no release can still be in flight
+    /// (a *clean* release, see [`release_settled`](Self::release_settled)):
+    /// over a network, a release that timed out may still be applied later,
+    /// for instance by a paused server member once it runs again, and would
+    /// then end a new hold of the same owner. Stale acquisitions and
+    /// renewals of a reused owner are harmless (idempotent for the same
+    /// owner). Reuse matters on etcd: every owner is a key under the lock's
+    /// prefix, and each new one leaves a deleted key that every later
+    /// acquisition's range compare walks until the next compaction.
     pub(crate) fn recycle_owner(&self, owner: LockOwner) {
-        if !self.backend.capabilities().distributed {
-            self.idle_owners.put(owner);
-        }
+        self.idle_owners.put(owner);
     }
 
     /// Releases `owner`'s hold on `name` in the background (a dropped guard,
@@ -358,13 +375,13 @@ impl ClientShared {
         };
         let shared = self.clone();
         handle.spawn(async move {
-            match shared.release_once(&name, &owner, kind).await {
-                Ok(()) | Err(Error::NotHeld(_)) => {
-                    if pooled {
+            match shared.release_settled(&name, &owner, kind).await {
+                (Ok(()) | Err(Error::NotHeld(_)), clean) => {
+                    if pooled && clean {
                         shared.recycle_owner(owner);
                     }
                 }
-                Err(e) => tracing::warn!(lock = %name, error = %e, "background release failed; the lock expires with its TTL"),
+                (Err(e), _) => tracing::warn!(lock = %name, error = %e, "background release failed; the lock expires with its TTL"),
             }
         });
     }

@@ -451,12 +451,12 @@ impl LockGuard {
         } else {
             None
         };
-        let result = match at_once {
-            Some(result) => result,
+        let (result, clean) = match at_once {
+            Some(result) => (result, true),
             // Boxed: `release()`'s own future stays small (see `acquire`).
-            None if span.is_disabled() => Box::pin(client.release_once(name, owner, kind)).await,
+            None if span.is_disabled() => Box::pin(client.release_settled(name, owner, kind)).await,
             None => {
-                let release = client.release_once(name, owner, kind);
+                let release = client.release_settled(name, owner, kind);
                 Box::pin(tracing::Instrument::instrument(release, span)).await
             }
         };
@@ -464,7 +464,7 @@ impl LockGuard {
             let outcome = result.as_ref().map_or_else(Error::kind_label, |_| "ok");
             m.lock_op(client.backend_name, "release", outcome);
         }
-        if self.shared.pooled && matches!(result, Ok(()) | Err(Error::NotHeld(_))) {
+        if self.shared.pooled && clean && matches!(result, Ok(()) | Err(Error::NotHeld(_))) {
             client.recycle_owner(self.shared.owner.clone());
         }
         result

@@ -40,11 +40,11 @@ impl Entry {
             return;
         };
         let kind = crate::lock::LockKind::Fair;
-        let result = self.shared.release_once(&self.name, &owner, kind).await;
+        let (result, clean) = self.shared.release_settled(&self.name, &owner, kind).await;
         self.owner = None;
         match result {
             Ok(()) | Err(Error::NotHeld(_)) => {
-                if self.pooled {
+                if self.pooled && clean {
                     self.shared.recycle_owner(owner);
                 }
             }
