@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 /// let settings = coord_core::Settings::load().unwrap();
 /// assert_eq!(settings.lock.ttl, std::time::Duration::from_secs(30));
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Settings {
@@ -38,6 +38,23 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// Service registration defaults.
     pub discovery: DiscoverySettings,
+}
+
+/// Shows the URL with its passwords replaced by `***`
+/// ([`redact`](crate::url::redact)), so settings can be logged.
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("url", &crate::url::redact(&self.url))
+            .field("namespace", &self.namespace)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("retry", &self.retry)
+            .field("lock", &self.lock)
+            .field("cache", &self.cache)
+            .field("discovery", &self.discovery)
+            .finish()
+    }
 }
 
 impl Default for Settings {
@@ -313,6 +330,21 @@ fn unknown_key(dotted: &str, from_env: bool) -> String {
 #[cfg(test)]
 #[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
 mod tests {
+
+    #[test]
+    fn debug_hides_the_url_passwords() {
+        let settings = Settings {
+            url: "redis+sentinel://app:s3cret@h1,h2/main?sentinel_password=hush".into(),
+            ..Settings::default()
+        };
+        let shown = format!("{settings:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("hush"),
+            "{shown}"
+        );
+        assert!(shown.contains("app:***@h1,h2/main"), "{shown}");
+    }
+
     use super::*;
 
     #[test]

@@ -373,7 +373,8 @@ impl RedlockBackend {
             let c = RedisConfig::from_url(url)?;
             if c.mode != RedisMode::Standalone || c.nodes.len() != 1 {
                 return Err(Error::invalid(format!(
-                    "Redlock needs standalone servers, one per URL; {url:?} is not one"
+                    "Redlock needs standalone servers, one per URL; {:?} is not one",
+                    coord_core::url::redact(url)
                 )));
             }
             configs.push(c);
@@ -1538,6 +1539,25 @@ impl LockBackend for RedlockBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_refused_url_is_shown_without_its_password() {
+        let urls = [
+            "redis+cluster://app:s3cret@a:6379,b:6379",
+            "redis://b:6379",
+            "redis://c:6379",
+        ];
+        let err = RedlockBackend::connect(&urls, &Settings::default(), RedlockConfig::default())
+            .await
+            .err()
+            .expect("a cluster URL is refused");
+        let shown = err.to_string();
+        assert!(
+            shown.contains("is not one") && shown.contains("app:***@"),
+            "{shown}"
+        );
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
 
     #[test]
     fn config_needs_a_majority_quorum_and_a_server() {
