@@ -1549,8 +1549,7 @@ mod tests {
         ];
         let err = RedlockBackend::connect(&urls, &Settings::default(), RedlockConfig::default())
             .await
-            .err()
-            .expect("a cluster URL is refused");
+            .expect_err("a cluster URL is refused");
         let shown = err.to_string();
         assert!(
             shown.contains("is not one") && shown.contains("app:***@"),
