@@ -185,6 +185,17 @@ impl RedisConfig {
                 sentinel: Some(sentinel),
             });
         }
+        if let Some(query) = query.filter(|q| !q.is_empty()) {
+            // Silently ignored parameters would hide a mistake (a password
+            // or database given there).
+            let redacted = redact(&format!("x://?{query}"));
+            return Err(bad(&format!(
+                "query parameters are not supported here (got ?{}); give the database as \
+                 the path (redis://host:6379/2) and credentials before the host \
+                 (redis://user:password@host)",
+                redacted.trim_start_matches("x://?")
+            )));
+        }
         let db = match path.trim_end_matches('/') {
             "" => 0,
             db => db
@@ -336,6 +347,8 @@ mod tests {
             ("redis+sentinel://h1/m/x", "database \"x\""),
             ("redis+sentinel://h1:x/m", "port \"x\""),
             ("redis+sentinel://h1,,h2/m", "empty host"),
+            ("redis://h:6379?db=2", "query parameters are not supported"),
+            ("redis+cluster://h1,h2?password=x", "?password=***"),
             (
                 "redis+sentinel://h/m?sentinel_pasword=x",
                 "sentinel_password",
