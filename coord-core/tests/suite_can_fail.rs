@@ -12,10 +12,15 @@ use coord_core::{
 };
 
 /// Grants every request and accepts every release: no exclusion at all.
+/// With `refuse_old_renewals`, it remembers the owner it granted last per
+/// name and refuses older holders' renewals, so their guards learn they are
+/// lost (exclusion broken, loss signalling working).
 #[derive(Debug)]
 struct AlwaysGrants {
     caps: Capabilities,
     next: AtomicU64,
+    refuse_old_renewals: bool,
+    latest: std::sync::Mutex<std::collections::HashMap<String, LockOwner>>,
 }
 
 #[coord_core::async_trait]
@@ -23,12 +28,29 @@ impl LockBackend for AlwaysGrants {
     fn capabilities(&self) -> &Capabilities {
         &self.caps
     }
-    async fn try_acquire(&self, _: &str, _: &LockOwner, ttl: Duration) -> Result<AcquireOutcome> {
+    async fn try_acquire(
+        &self,
+        name: &str,
+        owner: &LockOwner,
+        ttl: Duration,
+    ) -> Result<AcquireOutcome> {
         let token = FencingToken::new(self.next.fetch_add(1, Ordering::SeqCst) + 1);
+        self.latest
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), owner.clone());
         Ok(AcquireOutcome::Granted(LockGrant { token, ttl }))
     }
-    async fn renew(&self, _: &str, _: &LockOwner, _: Duration) -> Result<()> {
-        Ok(())
+    async fn renew(&self, name: &str, owner: &LockOwner, _: Duration) -> Result<()> {
+        match self.latest.lock().unwrap().get(name) {
+            Some(latest) if self.refuse_old_renewals && latest != owner => Err(
+                coord_core::Error::NotHeld(format!("{name}: granted to a newer owner")),
+            ),
+            _ => Ok(()),
+        }
+    }
+    async fn list(&self, _: &str) -> Result<Vec<coord_core::LockInfo>> {
+        Ok(Vec::new())
     }
     async fn release(&self, _: &str, _: &LockOwner) -> Result<()> {
         Ok(())
@@ -44,6 +66,15 @@ impl LockBackend for AlwaysGrants {
     }
 }
 
+fn always_grants(refuse_old_renewals: bool) -> AlwaysGrants {
+    AlwaysGrants {
+        caps: Capabilities::new("broken"),
+        next: AtomicU64::new(0),
+        refuse_old_renewals,
+        latest: std::sync::Mutex::default(),
+    }
+}
+
 struct Broken(Arc<AlwaysGrants>);
 
 #[coord_core::async_trait]
@@ -54,10 +85,7 @@ impl LockHarness for Broken {
 }
 
 fn broken() -> Broken {
-    Broken(Arc::new(AlwaysGrants {
-        caps: Capabilities::new("broken"),
-        next: AtomicU64::new(0),
-    }))
+    Broken(Arc::new(always_grants(false)))
 }
 
 #[tokio::test]
@@ -89,4 +117,40 @@ impl LockHarness for DeafHarness {
 async fn wake_up_case_catches_a_backend_without_notifications() {
     let harness = DeafHarness(coord_core::memory::MemoryBackend::new());
     lock::waiter_woken_by_release(&harness).await;
+}
+
+/// The chaos runner's checkers must catch overlaps that really happened,
+/// not only the synthetic records each row's control injects: workers
+/// whose backend grants everyone hold one lock at the same time, and the
+/// fenced resource refuses the older holders' writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_checkers_catch_real_overlaps() {
+    use coord_core::LockClient;
+    use coord_core::testkit::chaos::{self, ChaosKind, ChaosPlan};
+
+    let backend = Arc::new(always_grants(true));
+    let plan = ChaosPlan::new(3);
+    let reports = chaos::run_scenario(
+        &plan,
+        "control: a backend that grants everyone",
+        &[ChaosKind::Lease],
+        false,
+        || {
+            let backend: Arc<dyn LockBackend> = backend.clone();
+            async move { LockClient::new(backend) }
+        },
+        async {},
+        async {},
+    )
+    .await;
+    let report = &reports[0];
+    assert!(
+        !report.overlaps.is_empty(),
+        "no overlap reported: {report:?}"
+    );
+    assert!(
+        report.refused_writes > 0,
+        "no stale write refused: {report:?}"
+    );
+    assert!(!report.violations().is_empty());
 }
