@@ -63,14 +63,13 @@ async fn etcd_client(url: String) -> LockClient {
 async fn etcd_leader_killed(plan: &ChaosPlan) -> Vec<ScenarioReport> {
     let cluster = blocking(|| EtcdCluster::start(3)).expect("a 3-member etcd cluster must start");
     let url = cluster.url();
-    let leader = Arc::new(std::sync::OnceLock::new());
+    let cluster = &cluster;
     let inject = async {
         let i = cluster.leader().await.expect("the cluster has a leader");
-        leader.set(i).ok();
         blocking(|| cluster.stop(i)).expect("kill the leader");
+        i
     };
-    let heal = async {
-        let i = *leader.get().expect("the fault ran first");
+    let heal = |i| async move {
         blocking(|| cluster.restart(i)).expect("restart the old leader");
     };
     chaos::run_scenario(
@@ -91,16 +90,15 @@ async fn etcd_leader_killed(plan: &ChaosPlan) -> Vec<ScenarioReport> {
 async fn etcd_five_two_killed(plan: &ChaosPlan) -> Vec<ScenarioReport> {
     let cluster = blocking(|| EtcdCluster::start(5)).expect("a 5-member etcd cluster must start");
     let url = cluster.url();
-    let killed = Arc::new(std::sync::OnceLock::new());
+    let cluster = &cluster;
     let inject = async {
         let leader = cluster.leader().await.expect("the cluster has a leader");
         let follower = (leader + 1) % cluster.len();
-        killed.set((leader, follower)).ok();
         blocking(|| cluster.stop(leader).and_then(|()| cluster.stop(follower)))
             .expect("kill the leader and a follower");
+        (leader, follower)
     };
-    let heal = async {
-        let (leader, follower) = *killed.get().expect("the fault ran first");
+    let heal = |(leader, follower)| async move {
         blocking(|| {
             cluster
                 .restart(leader)
@@ -146,17 +144,13 @@ async fn etcd_member_paused(plan: &ChaosPlan) -> Vec<ScenarioReport> {
              overlaps allowed, fenced writes audited"
         );
     }
-    let paused = Arc::new(std::sync::OnceLock::new());
+    let cluster = &cluster;
     let inject = async {
         let i = cluster.leader().await.expect("the cluster has a leader");
-        paused.set(i).ok();
         cluster.pause(i).expect("pause the leader");
+        i
     };
-    let heal = async {
-        cluster
-            .resume(*paused.get().expect("the fault ran first"))
-            .expect("resume");
-    };
+    let heal = |i| async move { cluster.resume(i).expect("resume") };
     chaos::run_scenario(
         plan,
         "etcd: leader paused past the TTL",
@@ -169,6 +163,17 @@ async fn etcd_member_paused(plan: &ChaosPlan) -> Vec<ScenarioReport> {
     .await
 }
 
+/// A client of the Redlock servers of `harness`.
+async fn redlock_client(harness: &tokio::sync::Mutex<RedlockHarness>) -> LockClient {
+    let backend = harness
+        .lock()
+        .await
+        .connect()
+        .await
+        .expect("connect to redlock");
+    LockClient::new(Arc::new(backend))
+}
+
 /// The scenario whose uncontended grants must stay at 99 % or more: a
 /// majority of three of five servers is still up.
 const REDLOCK_TWO_DOWN: &str = "redlock (5 servers): two down";
@@ -177,15 +182,7 @@ const REDLOCK_TWO_DOWN: &str = "redlock (5 servers): two down";
 /// persistence). Redlock has lease locks and elections, no queued kinds.
 async fn redlock_two_down(plan: &ChaosPlan) -> Vec<ScenarioReport> {
     let harness = tokio::sync::Mutex::new(RedlockHarness::start(5).await);
-    let client = || async {
-        let backend = harness
-            .lock()
-            .await
-            .connect()
-            .await
-            .expect("connect to redlock");
-        LockClient::new(Arc::new(backend))
-    };
+    let client = || redlock_client(&harness);
     let inject = async {
         let mut h = harness.lock().await;
         blocking(|| {
@@ -193,7 +190,7 @@ async fn redlock_two_down(plan: &ChaosPlan) -> Vec<ScenarioReport> {
             h.stop(1).expect("stop server 1");
         });
     };
-    let heal = async {
+    let heal = |()| async {
         let mut h = harness.lock().await;
         blocking(|| {
             h.restart(0).expect("restart server 0");
@@ -216,15 +213,7 @@ async fn redlock_two_down(plan: &ChaosPlan) -> Vec<ScenarioReport> {
 /// vanish) while the others keep theirs.
 async fn redlock_one_restarted(plan: &ChaosPlan) -> Vec<ScenarioReport> {
     let harness = tokio::sync::Mutex::new(RedlockHarness::start(5).await);
-    let client = || async {
-        let backend = harness
-            .lock()
-            .await
-            .connect()
-            .await
-            .expect("connect to redlock");
-        LockClient::new(Arc::new(backend))
-    };
+    let client = || redlock_client(&harness);
     let inject = async {
         let mut h = harness.lock().await;
         blocking(|| h.restart(2)).expect("restart server 2 without persistence");
@@ -236,7 +225,7 @@ async fn redlock_one_restarted(plan: &ChaosPlan) -> Vec<ScenarioReport> {
         false,
         client,
         inject,
-        async {},
+        |()| async {},
     )
     .await
 }
@@ -266,16 +255,14 @@ async fn etcd_follower_cut_from_client(plan: &ChaosPlan) -> Vec<ScenarioReport> 
             .collect::<Vec<_>>()
             .join(",")
     );
-    let cut = Arc::new(std::sync::OnceLock::new());
+    let proxies = &proxies;
     let inject = async {
         let leader = cluster.leader().await.expect("the cluster has a leader");
         let follower = (leader + 1) % proxies.len();
-        cut.set(follower).ok();
         proxies[follower].blackhole();
+        follower
     };
-    let heal = async {
-        proxies[*cut.get().expect("the fault ran first")].heal();
-    };
+    let heal = |follower: usize| async move { proxies[follower].heal() };
     chaos::run_scenario(
         plan,
         "etcd: a follower cut off from the clients",
@@ -297,7 +284,7 @@ async fn etcd_leader_partitioned(plan: &ChaosPlan) -> Vec<ScenarioReport> {
          image: bash .ci/build-images.sh)",
     );
     let url = cluster.url();
-    let cut = Arc::new(std::sync::OnceLock::new());
+    let cluster = &cluster;
     let inject = async {
         let leader = cluster
             .leader()
@@ -305,10 +292,9 @@ async fn etcd_leader_partitioned(plan: &ChaosPlan) -> Vec<ScenarioReport> {
             .expect("ask the members")
             .expect("the cluster has a leader");
         blocking(|| cluster.partition(leader)).expect("cut the leader off");
-        cut.set(leader).ok();
+        leader
     };
-    let heal = async {
-        let i = *cut.get().expect("the fault ran first");
+    let heal = |i| async move {
         blocking(|| cluster.heal(i)).expect("reconnect the old leader");
     };
     chaos::run_scenario(
@@ -345,7 +331,7 @@ async fn redis_sentinel_failover(plan: &ChaosPlan) -> Vec<ScenarioReport> {
         true,
         || redis_client(url.clone()),
         inject,
-        async {},
+        |()| async {},
     )
     .await
 }
@@ -360,17 +346,16 @@ async fn redis_primary_paused(plan: &ChaosPlan) -> Vec<ScenarioReport> {
         blocking(RedisSentinel::start).expect("redis-server with three sentinels must start"),
     );
     let url = sentinel.lock().await.url();
-    let paused = Arc::new(std::sync::OnceLock::new());
+    let sentinel = &sentinel;
     let inject = async {
         let s = sentinel.lock().await;
         let old = s.master_addr().await.expect("the sentinels name a master");
         s.pause(&old).expect("pause the primary");
-        paused.set(old).ok();
+        old
     };
-    let heal = async {
+    let heal = |old| async move {
         let s = sentinel.lock().await;
-        s.resume(paused.get().expect("the fault ran first"))
-            .expect("resume the old primary");
+        s.resume(&old).expect("resume the old primary");
     };
     chaos::run_scenario(
         plan,
@@ -406,7 +391,7 @@ async fn redis_blackholed_link(plan: &ChaosPlan) -> Vec<ScenarioReport> {
         redis_client(url)
     };
     let inject = async { proxy.blackhole() };
-    let heal = async {
+    let heal = |()| async {
         proxy.heal();
         proxy.reset_open();
     };
@@ -430,7 +415,7 @@ async fn redis_slow_link(plan: &ChaosPlan) -> Vec<ScenarioReport> {
     let inject = async {
         proxy.set_latency(Direction::Both, Duration::from_millis(200), Duration::ZERO);
     };
-    let heal = async { proxy.heal() };
+    let heal = |()| async { proxy.heal() };
     chaos::run_scenario(
         plan,
         "redis: 200 ms added latency each way",

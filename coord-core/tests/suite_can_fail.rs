@@ -140,7 +140,7 @@ async fn chaos_checkers_catch_real_overlaps() {
             async move { LockClient::new(backend) }
         },
         async {},
-        async {},
+        |()| async {},
     )
     .await;
     let report = &reports[0];

@@ -7,7 +7,7 @@ use std::time::Duration;
 use coord_core::testkit::ServerProcess;
 use coord_core::{Error, Result};
 
-use super::{INSTALL_HINT, data_dir, member_args, wait_ready_blocking};
+use super::{INSTALL_HINT, data_dir, etcd_url, loopback, member_args, wait_ready_blocking};
 
 /// An etcd cluster of `n` members spawned on free loopback ports, each with
 /// a temporary data directory, killed on drop. Short heartbeat and election
@@ -98,18 +98,18 @@ impl EtcdCluster {
     pub fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
-            .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .map(|m| loopback(m.client_port))
             .collect()
     }
 
     /// The URL of the whole cluster: `etcd://h1,h2,h3`.
     pub fn url(&self) -> String {
-        format!("etcd://{}", self.endpoints().join(","))
+        etcd_url(&self.endpoints())
     }
 
     /// The URL of member `i` alone.
     pub fn member_url(&self, i: usize) -> String {
-        format!("etcd://127.0.0.1:{}", self.members[i].client_port)
+        etcd_url(&[loopback(self.members[i].client_port)])
     }
 
     /// Kills member `i` (SIGKILL); its data stays for [`restart`](Self::restart).

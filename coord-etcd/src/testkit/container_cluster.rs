@@ -9,7 +9,7 @@ use coord_core::{Error, Result};
 use etcd_client::{Client, ConnectOptions};
 
 use super::container::{MemberSpec, PEER_PORT, start_member};
-use super::wait_ready_blocking;
+use super::{block_on_own_runtime, etcd_url, loopback, wait_ready_blocking};
 
 /// How long one member may take to answer a status request.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -157,23 +157,23 @@ impl EtcdContainerCluster {
     pub fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
-            .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .map(|m| loopback(m.client_port))
             .collect()
     }
 
     /// The URL of the whole cluster: `etcd://h1,h2,h3`.
     pub fn url(&self) -> String {
-        format!("etcd://{}", self.endpoints().join(","))
+        etcd_url(&self.endpoints())
     }
 
     /// The URL of member `i` alone.
     pub fn member_url(&self, i: usize) -> String {
-        format!("etcd://{}", self.endpoint(i))
+        etcd_url(&[self.endpoint(i)])
     }
 
     /// The client endpoint of member `i`, `127.0.0.1:PORT`.
     pub fn endpoint(&self, i: usize) -> String {
-        format!("127.0.0.1:{}", self.members[i].client_port)
+        loopback(self.members[i].client_port)
     }
 
     /// Member `i`'s raft id.
@@ -290,23 +290,4 @@ async fn connect(endpoints: &[String]) -> Result<Client> {
     Client::connect(endpoints, Some(options))
         .await
         .map_err(|e| Error::unavailable(format!("cannot connect to {endpoints:?}: {e}"), None))
-}
-
-/// Runs `fut` on a runtime of its own in a thread of its own (so it works
-/// inside and outside a runtime).
-fn block_on_own_runtime<T: Send>(
-    fut: impl std::future::Future<Output = Result<T>> + Send,
-) -> Result<T> {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| Error::unavailable("cannot start a runtime", Some(e.into())))?
-                    .block_on(fut)
-            })
-            .join()
-            .unwrap_or_else(|_| Err(Error::unavailable("the member list query panicked", None)))
-    })
 }

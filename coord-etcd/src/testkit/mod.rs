@@ -260,9 +260,27 @@ impl EtcdServer {
     }
 }
 
+/// A fixture's client endpoint on loopback: `127.0.0.1:PORT`.
+pub(crate) fn loopback(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+/// The `etcd://` URL of `endpoints`.
+pub(crate) fn etcd_url(endpoints: &[String]) -> String {
+    format!("etcd://{}", endpoints.join(","))
+}
+
 /// Waits until etcd at `url` answers a linearizable read, on a runtime of
 /// its own in a thread of its own (so it works inside and outside a runtime).
 pub(crate) fn wait_ready_blocking(url: &str) -> Result<()> {
+    block_on_own_runtime(wait_ready(url))
+}
+
+/// Runs `fut` on a runtime of its own in a thread of its own (so it works
+/// inside and outside a runtime).
+pub(crate) fn block_on_own_runtime<T: Send>(
+    fut: impl std::future::Future<Output = Result<T>> + Send,
+) -> Result<T> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -270,10 +288,15 @@ pub(crate) fn wait_ready_blocking(url: &str) -> Result<()> {
                     .enable_all()
                     .build()
                     .map_err(|e| Error::unavailable("cannot start a runtime", Some(e.into())))?
-                    .block_on(wait_ready(url))
+                    .block_on(fut)
             })
             .join()
-            .unwrap_or_else(|_| Err(Error::unavailable("the readiness check panicked", None)))
+            .unwrap_or_else(|_| {
+                Err(Error::unavailable(
+                    "a fixture's blocking call panicked",
+                    None,
+                ))
+            })
     })
 }
 

@@ -144,10 +144,11 @@ struct WorkerLog {
 /// Runs one scenario: `workers` workers per kind of `kinds`, each with a
 /// client from `new_client` (called once per worker, plus once for the
 /// inspection of leftovers), `inject` at [`ChaosPlan::fault_at`] and `heal`
-/// at [`ChaosPlan::heal_at`]. Lock names are unique per run. Set
+/// at [`ChaosPlan::heal_at`], given what `inject` returned (the member it
+/// killed, say). Lock names are unique per run. Set
 /// `overlaps_allowed` where the backend's documentation says a fault can
 /// hand one lock to two holders (fencing must still refuse the stale one).
-pub async fn run_scenario<C, CF, I, H>(
+pub async fn run_scenario<C, CF, I, T, H, HF>(
     plan: &ChaosPlan,
     scenario: &str,
     kinds: &[ChaosKind],
@@ -159,8 +160,9 @@ pub async fn run_scenario<C, CF, I, H>(
 where
     C: Fn() -> CF,
     CF: Future<Output = LockClient>,
-    I: Future<Output = ()>,
-    H: Future<Output = ()>,
+    I: Future<Output = T>,
+    H: FnOnce(T) -> HF,
+    HF: Future<Output = ()>,
 {
     let prefix = format!("chaos/{:08x}", fastrand::u32(..));
     let mut clients = Vec::new();
@@ -220,11 +222,11 @@ where
     tokio::time::sleep_until(origin + plan.fault_at).await;
     let fault_at = Instant::now();
     tracing::info!(scenario, "chaos: injecting the fault");
-    inject.await;
+    let injected = inject.await;
     tokio::time::sleep_until((origin + plan.heal_at).max(Instant::now())).await;
     let heal_at = Instant::now();
     tracing::info!(scenario, "chaos: healing");
-    heal.await;
+    heal(injected).await;
     let mut logs: Vec<Vec<WorkerLog>> = kinds.iter().map(|_| Vec::new()).collect();
     for (i, task) in tasks.into_iter().enumerate() {
         let log = match tokio::time::timeout(plan.duration + plan.ttl * 4 + LOSS_MARGIN, task).await
