@@ -33,17 +33,33 @@ where
     F: FnMut(u32) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let start = std::time::Instant::now();
-    for i in 0..n {
-        f(i).await;
-    }
-    start.elapsed() / n
+    calls(0..n, &mut f).await / n.max(1)
 }
 
-/// `ours` beside `floor` in [`ROUNDS`] interleaved rounds of `n` calls each
-/// (after a warm-up of `n / 4` of each), alternating which goes first: the
-/// round with the median ratio, as (ours / floor, floor's time per call,
-/// ours per call).
+/// The total time of `f` over the call indexes in `range`.
+async fn calls<F, Fut>(range: std::ops::Range<u32>, f: &mut F) -> std::time::Duration
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let start = std::time::Instant::now();
+    for i in range {
+        f(i).await;
+    }
+    start.elapsed()
+}
+
+/// Calls per block of a [`ratio`] round: small enough that a burst of
+/// machine noise (another process, a page-cache flush) lands on both sides
+/// alike, large enough that reading the clock costs nothing measurable.
+const BLOCK: u32 = 16;
+
+/// `ours` beside `floor` in [`ROUNDS`] rounds of `n` calls each (after a
+/// warm-up of `n / 4` of each). Within a round the two alternate in blocks
+/// of 16 calls (floor, ours, ours, floor, …), so that noise on this 2-core
+/// machine is shared instead of landing on whichever side ran during it.
+/// Returns the round with the median ratio, as (ours / floor, floor's time
+/// per call, ours per call).
 pub async fn ratio<F1, F2, Fut1, Fut2>(
     n: u32,
     mut floor: F1,
@@ -57,16 +73,25 @@ where
 {
     per_call(n / 4, &mut floor).await;
     per_call(n / 4, &mut ours).await;
+    let n = n.max(1);
     let mut rounds = Vec::new();
     for round in 0..ROUNDS {
-        let (f, o) = if round % 2 == 0 {
-            let f = per_call(n, &mut floor).await;
-            (f, per_call(n, &mut ours).await)
-        } else {
-            let o = per_call(n, &mut ours).await;
-            (per_call(n, &mut floor).await, o)
-        };
-        rounds.push((o.as_secs_f64() / f.as_secs_f64(), f, o));
+        let (mut f, mut o) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+        let mut start = 0;
+        let mut block = round as u32;
+        while start < n {
+            let range = start..(start + BLOCK).min(n);
+            if block % 2 == 0 {
+                f += calls(range.clone(), &mut floor).await;
+                o += calls(range.clone(), &mut ours).await;
+            } else {
+                o += calls(range.clone(), &mut ours).await;
+                f += calls(range.clone(), &mut floor).await;
+            }
+            start = range.end;
+            block += 1;
+        }
+        rounds.push((o.as_secs_f64() / f.as_secs_f64(), f / n, o / n));
     }
     rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
     rounds[ROUNDS / 2]
