@@ -81,7 +81,7 @@ where
         let mut block = round as u32;
         while start < n {
             let range = start..(start + BLOCK).min(n);
-            if block % 2 == 0 {
+            if block.is_multiple_of(2) {
                 f += calls(range.clone(), &mut floor).await;
                 o += calls(range.clone(), &mut ours).await;
             } else {

@@ -33,7 +33,9 @@ use std::time::Duration;
 use coord::etcd::EtcdBackend;
 use coord::etcd::testkit::{EtcdCluster, EtcdContainerCluster};
 use coord::redis::RedisBackend;
-use coord::redis::testkit::{RedisSentinel, RedisServer, RedlockHarness};
+use coord::redis::testkit::{
+    RedisReplicaSet, RedisSentinel, RedisServer, RedlockHarness, ReplicaSetMember,
+};
 use coord::testkit::chaos::{self, ChaosKind, ChaosPlan, ScenarioReport};
 use coord::testkit::{Direction, FaultProxy, NewConnections};
 use coord::{LockClient, Settings};
@@ -231,7 +233,11 @@ async fn redlock_one_restarted(plan: &ChaosPlan) -> Vec<ScenarioReport> {
 }
 
 async fn redis_client(url: String) -> LockClient {
-    let backend = RedisBackend::connect(&url, &settings())
+    redis_client_with(url, settings()).await
+}
+
+async fn redis_client_with(url: String, settings: Settings) -> LockClient {
+    let backend = RedisBackend::connect(&url, &settings)
         .await
         .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
     LockClient::new(Arc::new(backend))
@@ -339,8 +345,7 @@ async fn redis_sentinel_failover(plan: &ChaosPlan) -> Vec<ScenarioReport> {
 /// Redis primary, replica and three Sentinels: the primary is paused past
 /// the Sentinels' `down-after` (they fail over), then resumed: for a moment
 /// it is a second master with its old clients' connections, until the
-/// Sentinels demote it (a stand-in for a primary cut off from its replicas,
-/// which needs containers). Overlaps allowed, as for any failover.
+/// Sentinels demote it. Overlaps allowed, as for any failover.
 async fn redis_primary_paused(plan: &ChaosPlan) -> Vec<ScenarioReport> {
     let sentinel = tokio::sync::Mutex::new(
         blocking(RedisSentinel::start).expect("redis-server with three sentinels must start"),
@@ -363,6 +368,41 @@ async fn redis_primary_paused(plan: &ChaosPlan) -> Vec<ScenarioReport> {
         &ChaosKind::ALL,
         true,
         || redis_client(url.clone()),
+        inject,
+        heal,
+    )
+    .await
+}
+
+/// Redis primary, replica and three Sentinels in containers: the primary
+/// is cut off from the replica and the Sentinels (its network
+/// disconnected) while the clients still reach it. The Sentinels promote
+/// the replica; clients move when a Sentinel announces the switch, and
+/// until then write to the old primary, whose writes the new one never
+/// sees (a split brain). Healed, the old primary is made a replica and
+/// loses them. Overlaps allowed, as for any failover; fencing must refuse
+/// the stale holders.
+async fn redis_primary_partitioned(plan: &ChaosPlan) -> Vec<ScenarioReport> {
+    let set = blocking(RedisReplicaSet::start)
+        .expect("a Redis replica set in containers (bash .ci/build-images.sh builds the image)");
+    let (url, client_settings) = (set.url(), set.settings(settings()));
+    let set = &set;
+    let inject = async {
+        set.partition(ReplicaSetMember::Node(0))
+            .expect("cut the primary off");
+        set.await_primary(Some(0), Duration::from_secs(30))
+            .await
+            .expect("the Sentinels promote the replica");
+    };
+    let heal = |()| async {
+        set.heal(ReplicaSetMember::Node(0)).expect("heal");
+    };
+    chaos::run_scenario(
+        plan,
+        "redis (containers): primary cut off from its replica and Sentinels",
+        &ChaosKind::ALL,
+        true,
+        || redis_client_with(url.clone(), client_settings.clone()),
         inject,
         heal,
     )
@@ -567,6 +607,12 @@ async fn run_suite() {
         &mut all,
         "redis primary paused",
         redis_primary_paused(&plan),
+    )
+    .await;
+    scenario(
+        &mut all,
+        "redis primary partitioned",
+        redis_primary_partitioned(&plan),
     )
     .await;
     scenario(

@@ -1,5 +1,6 @@
 //! SDK settings: `coord.toml`, then `COORD_*` environment variables, then code.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use figment::Figment;
@@ -38,6 +39,20 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// Service registration defaults.
     pub discovery: DiscoverySettings,
+    /// Addresses a server names that this process must reach another way:
+    /// `"host:port" = "host:port"`, or `"host" = "host"` (the port kept).
+    /// Applied to the master a Redis Sentinel names (`redis+sentinel://`),
+    /// for sentinels and data nodes behind NAT or in containers, which
+    /// announce addresses only their own network can reach (Redisson's
+    /// `NatMapper`). A `host:port` entry wins over a `host` entry. Default
+    /// empty.
+    ///
+    /// ```toml
+    /// [address_map]
+    /// "redis-a:6379" = "127.0.0.1:16379"
+    /// "redis-b" = "10.0.0.12"
+    /// ```
+    pub address_map: BTreeMap<String, String>,
 }
 
 /// Shows the URL with its passwords replaced by `***`
@@ -53,6 +68,7 @@ impl std::fmt::Debug for Settings {
             .field("lock", &self.lock)
             .field("cache", &self.cache)
             .field("discovery", &self.discovery)
+            .field("address_map", &self.address_map)
             .finish()
     }
 }
@@ -68,6 +84,7 @@ impl Default for Settings {
             lock: LockSettings::default(),
             cache: CacheSettings::default(),
             discovery: DiscoverySettings::default(),
+            address_map: BTreeMap::new(),
         }
     }
 }
@@ -182,6 +199,7 @@ pub const SETTINGS_KEYS: &[&str] = &[
     "lock.watchdog",
     "cache.redis_pool_size",
     "discovery.ttl",
+    "address_map",
 ];
 
 /// The prefix of the environment variables the settings read.
@@ -267,8 +285,52 @@ impl Settings {
                 "bad coord settings: namespace is empty; every key needs a prefix (default \"coord\")",
             ));
         }
+        for (from, to) in &self.address_map {
+            if split_address(from).is_none() || split_address(to).is_none() {
+                return Err(Error::invalid(format!(
+                    "bad coord settings: address_map entry {from:?} = {to:?}; write \
+                     \"host:port\" = \"host:port\" or \"host\" = \"host\""
+                )));
+            }
+        }
         Ok(())
     }
+
+    /// Where to reach `host:port`, which a server named (see
+    /// [`address_map`](Self::address_map)): the mapped address, or the
+    /// same one when no entry matches.
+    ///
+    /// ```
+    /// let mut s = coord_core::Settings::default();
+    /// s.address_map.insert("redis-a:6379".into(), "127.0.0.1:16379".into());
+    /// s.address_map.insert("redis-b".into(), "10.0.0.12".into());
+    /// assert_eq!(s.map_address("redis-a", 6379), ("127.0.0.1".to_owned(), 16379));
+    /// assert_eq!(s.map_address("redis-b", 6380), ("10.0.0.12".to_owned(), 6380));
+    /// assert_eq!(s.map_address("redis-c", 6379), ("redis-c".to_owned(), 6379));
+    /// ```
+    pub fn map_address(&self, host: &str, port: u16) -> (String, u16) {
+        let to = self
+            .address_map
+            .get(
+                &crate::url::HostPort {
+                    host: host.to_owned(),
+                    port,
+                }
+                .to_string(),
+            )
+            .or_else(|| self.address_map.get(host));
+        match to.and_then(|to| split_address(to)) {
+            Some((h, p)) => (h, p.unwrap_or(port)),
+            None => (host.to_owned(), port),
+        }
+    }
+}
+
+/// `host` or `host:port` (`[ipv6]:port`) as host and port (`None`: no
+/// port given); `None` when it does not parse.
+fn split_address(address: &str) -> Option<(String, Option<u16>)> {
+    let parsed = crate::url::HostPort::parse(address.trim(), 0).ok()?;
+    Some((parsed.host, (parsed.port != 0).then_some(parsed.port)))
 }
 
 /// A figment error as [`Error::InvalidArgument`]; an unknown key names the
@@ -396,6 +458,32 @@ mod tests {
     }
 
     #[test]
+    fn address_maps_load_from_the_file_and_bad_entries_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "coord.toml",
+                "[address_map]\n\"redis-a:6379\" = \"127.0.0.1:16379\"\n\"redis-b\" = \"[::1]\"\n",
+            )?;
+            let s = Settings::load().expect("settings load");
+            assert_eq!(s.map_address("redis-a", 6379), ("127.0.0.1".into(), 16379));
+            assert_eq!(s.map_address("redis-a", 6380), ("redis-a".into(), 6380));
+            assert_eq!(s.map_address("redis-b", 7000), ("::1".into(), 7000));
+            for bad in ["127.0.0.1:notaport", "", "a b"] {
+                jail.create_file(
+                    "coord.toml",
+                    &format!("[address_map]\n\"redis-a:6379\" = {bad:?}\n"),
+                )?;
+                let msg = Settings::load().unwrap_err().to_string();
+                assert!(
+                    msg.contains("address_map") && msg.contains("redis-a:6379"),
+                    "{msg}"
+                );
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
     fn testkit_variables_are_not_settings() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("COORD_TEST_REDIS_URL", "redis://127.0.0.1:1");
@@ -439,7 +527,10 @@ mod tests {
                     format!("{prefix}.{k}")
                 };
                 match v {
-                    figment::value::Value::Dict(_, d) => walk(&key, d, keys),
+                    // A map of free-form keys is one setting.
+                    figment::value::Value::Dict(_, d) if key != "address_map" => {
+                        walk(&key, d, keys)
+                    }
                     _ => keys.push(key),
                 }
             }

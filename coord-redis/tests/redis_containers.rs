@@ -352,3 +352,82 @@ async fn a_cluster_in_containers_sends_clients_to_loopback() {
         backend.release(&name, &owner).await.expect("release");
     }
 }
+
+/// A `redis+sentinel://` client of the set: through the address map it
+/// reaches the primary the Sentinels name by its container name, and after
+/// the primary is cut off from them it moves to the promoted replica
+/// (its next grants are written there). Without the map, connect fails
+/// saying to map the addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_client_maps_announced_addresses_and_follows_a_cut_off_primary() {
+    use coord_core::{LockBackend, LockOwner, Settings};
+    use coord_redis::RedisBackend;
+
+    let set = start_set().await;
+    let mut base = Settings::default();
+    base.connect_timeout = Duration::from_secs(3);
+    base.request_timeout = Duration::from_secs(1);
+
+    let unmapped = RedisBackend::connect(&set.url(), &base)
+        .await
+        .expect_err("the container names the Sentinels announce do not resolve here");
+    assert!(
+        unmapped.to_string().contains("address_map"),
+        "the error must say how to map the addresses: {unmapped}"
+    );
+
+    let backend = RedisBackend::connect(&set.url(), &set.settings(base))
+        .await
+        .expect("connect through the Sentinels, addresses mapped");
+    let owner = LockOwner::new("containers", "a").expect("owner");
+    let ttl = Duration::from_secs(30);
+    backend
+        .try_acquire("before", &owner, ttl)
+        .await
+        .expect("a grant on the first primary");
+    assert!(
+        get(&set.node_url(0), "coord:lock:{before}")
+            .await
+            .expect("read node 0")
+            .is_some(),
+        "the grant is on node 0, the first primary"
+    );
+
+    set.partition(ReplicaSetMember::Node(0))
+        .expect("cut the primary off");
+    assert_eq!(
+        set.await_primary(Some(0), FAILOVER)
+            .await
+            .expect("failover"),
+        1
+    );
+    // The client keeps its connection to node 0 (still a master for it)
+    // until the switch reaches it; a grant written on node 1 shows it moved.
+    let (backend, owner) = (&backend, &owner);
+    let node1 = set.node_url(1);
+    until(
+        FAILOVER,
+        "the client's move to the promoted replica",
+        || {
+            let node1 = node1.clone();
+            async move {
+                let name = format!("after-{}", fastrand_suffix());
+                match backend.try_acquire(&name, owner, ttl).await {
+                    Ok(_) => match get(&node1, &format!("coord:lock:{{{name}}}")).await {
+                        Ok(Some(_)) => Ok(()),
+                        other => Err(format!("granted, but not on node 1: {other:?}")),
+                    },
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        },
+    )
+    .await;
+    set.heal(ReplicaSetMember::Node(0)).expect("heal");
+}
+
+/// A suffix no other call of this test used.
+fn fastrand_suffix() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}

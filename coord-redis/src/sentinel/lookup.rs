@@ -1,76 +1,151 @@
-//! Asking the sentinels which node is the master: redis-rs's
-//! [`SentinelClient`] (`SENTINEL MASTERS`, skipping a master flagged down,
-//! then `ROLE` on the node named), bounded, with errors that say what to do.
+//! Asking the sentinels which node is the master: `SENTINEL MASTER <name>`
+//! on every sentinel at once, skipping an answer that flags the master
+//! down (`s_down`/`o_down`), the address rewritten by
+//! [`Settings::map_address`] (containers, NAT), then `ROLE` on the node
+//! named; bounded, with errors that say what to do. (redis-rs's
+//! `SentinelClient` does the same, one sentinel after another, but connects
+//! to the address a sentinel names, with no way to rewrite it.)
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use coord_core::{Error, Result};
-use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use coord_core::{Error, Result, Settings};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use redis::{ErrorKind, RedisError, Role};
 
 use crate::config::{RedisConfig, RedisNode};
 use crate::error::map_err;
 
-/// redis-rs's Sentinel client for `config`: the sentinels with their own
-/// credentials, the master with the data nodes' credentials and database.
-pub(super) fn sentinel_client(config: &RedisConfig, name: &str) -> Result<SentinelClient> {
-    let addrs = config.nodes.iter().map(|n| config.connection_addr(n));
-    let bad = |e: RedisError| Error::invalid(format!("sentinel configuration: {e}"));
-    let mut builder =
-        SentinelClientBuilder::new(addrs, name, SentinelServerType::Master).map_err(bad)?;
-    if let Some(sentinel) = &config.sentinel {
-        if let Some(u) = &sentinel.username {
-            builder = builder.set_client_to_sentinel_username(u);
-        }
-        if let Some(p) = &sentinel.password {
-            builder = builder.set_client_to_sentinel_password(p);
-        }
-    }
-    if let Some(u) = &config.username {
-        builder = builder.set_client_to_redis_username(u);
-    }
-    if let Some(p) = &config.password {
-        builder = builder.set_client_to_redis_password(p);
-    }
-    builder = builder.set_client_to_redis_db(config.db);
-    #[cfg(feature = "tls")]
-    if config.tls {
-        builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
-    }
-    builder.build().map_err(bad)
+/// What one sentinel said about the master.
+enum Answer {
+    /// Up, at this (mapped) address.
+    Master(RedisNode),
+    /// Flagged down, or not monitored by this sentinel.
+    NoMaster,
 }
 
 /// The master the sentinels name now, checked to answer `ROLE` as master.
 pub(super) async fn find_master(
-    client: &mut SentinelClient,
+    config: &RedisConfig,
+    settings: &Settings,
     name: &str,
     sentinels: &str,
     timeout: Duration,
 ) -> Result<RedisNode> {
-    // Boxed: redis-rs's lookup is a deeply nested future, too deep for the
-    // layout of every future that awaits a connect.
-    let lookup = Box::pin(client.async_get_client());
-    let found = match tokio::time::timeout(timeout, lookup).await {
-        Ok(found) => found,
-        Err(_) => {
-            return Err(Error::Timeout(format!(
-                "the sentinels at {sentinels} did not name a master {name:?} that answers \
-                 within connect_timeout ({timeout:?}); check that redis-sentinel runs there \
-                 and that the master is up"
-            )));
+    let lookup = async {
+        let mut asks: FuturesUnordered<_> = config
+            .nodes
+            .iter()
+            .map(|sentinel| ask(config, settings, sentinel, name))
+            .collect();
+        let mut checked: Vec<RedisNode> = Vec::new();
+        // An error about a master a sentinel named is the one to report
+        // (the caller can act on it); else the last one.
+        let (mut master_error, mut last_error) = (None, None);
+        while let Some(answer) = asks.next().await {
+            let node = match answer {
+                Ok(Answer::Master(node)) => node,
+                Ok(Answer::NoMaster) => {
+                    last_error = Some(RedisError::from((
+                        ErrorKind::MasterNameNotFoundBySentinel,
+                        "no sentinel names a master that is up",
+                    )));
+                    continue;
+                }
+                Err(e) => {
+                    last_error = Some(e);
+                    continue;
+                }
+            };
+            if checked.contains(&node) {
+                continue;
+            }
+            checked.push(node.clone());
+            match role_of(config, &node).await {
+                Ok(Role::Primary { .. }) => return Ok(node),
+                Ok(_) => {
+                    master_error = Some(RedisError::from((
+                        ErrorKind::MasterNameNotFoundBySentinel,
+                        "the node a sentinel named is not a master",
+                    )))
+                }
+                Err(e) => master_error = Some(e),
+            }
         }
+        Err(master_error.or(last_error).unwrap_or_else(|| {
+            RedisError::from((ErrorKind::InvalidClientConfig, "no sentinel given"))
+        }))
     };
-    let client = found.map_err(|e| lookup_error(e, name, sentinels))?;
-    match client.get_connection_info().addr() {
-        redis::ConnectionAddr::Tcp(host, port)
-        | redis::ConnectionAddr::TcpTls { host, port, .. } => Ok(RedisNode {
-            host: host.clone(),
-            port: *port,
-        }),
-        other => Err(Error::invalid(format!(
-            "the sentinels at {sentinels} named a master at {other}, which is not a TCP address"
+    match tokio::time::timeout(timeout, lookup).await {
+        Ok(Ok(node)) => Ok(node),
+        Ok(Err(e)) => Err(lookup_error(e, name, sentinels)),
+        Err(_) => Err(Error::Timeout(format!(
+            "the sentinels at {sentinels} did not name a master {name:?} that answers \
+             within connect_timeout ({timeout:?}); check that redis-sentinel runs there \
+             and that the master is up (and, if the sentinels announce addresses this \
+             process cannot reach, map them with the address_map setting)"
         ))),
     }
+}
+
+/// `SENTINEL MASTER <name>` on `sentinel`.
+async fn ask(
+    config: &RedisConfig,
+    settings: &Settings,
+    sentinel: &RedisNode,
+    name: &str,
+) -> redis::RedisResult<Answer> {
+    let info = config.sentinel_connection_info(sentinel).map_err(|e| {
+        RedisError::from((ErrorKind::InvalidClientConfig, "address", e.to_string()))
+    })?;
+    let mut conn = redis::Client::open(info)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let reply: redis::RedisResult<Vec<String>> = redis::cmd("SENTINEL")
+        .arg("MASTER")
+        .arg(name)
+        .query_async(&mut conn)
+        .await;
+    let flat = match reply {
+        Ok(flat) => flat,
+        // "ERR No such master with that name"
+        Err(e) if e.to_string().contains("No such master") => return Ok(Answer::NoMaster),
+        Err(e) if e.to_string().contains("unknown command") => {
+            return Err(RedisError::from((
+                ErrorKind::InvalidClientConfig,
+                "not a sentinel",
+                e.to_string(),
+            )));
+        }
+        Err(e) => return Err(e),
+    };
+    let fields: HashMap<&str, &str> = flat
+        .chunks(2)
+        .filter_map(|kv| match kv {
+            [k, v] => Some((k.as_str(), v.as_str())),
+            _ => None,
+        })
+        .collect();
+    let up = fields.get("flags").is_some_and(|flags| {
+        flags.contains("master") && !flags.contains("s_down") && !flags.contains("o_down")
+    });
+    let (Some(ip), Some(Ok(port))) = (
+        fields.get("ip"),
+        fields.get("port").map(|p| p.parse::<u16>()),
+    ) else {
+        return Ok(Answer::NoMaster);
+    };
+    if !up {
+        return Ok(Answer::NoMaster);
+    }
+    Ok(Answer::Master(mapped(settings, ip, port)))
+}
+
+/// The address to reach a node a sentinel named as `host port`.
+pub(super) fn mapped(settings: &Settings, host: &str, port: u16) -> RedisNode {
+    let (host, port) = settings.map_address(host, port);
+    RedisNode { host, port }
 }
 
 /// Says what a failed lookup means and what to do.
@@ -97,7 +172,9 @@ fn lookup_error(e: RedisError, name: &str, sentinels: &str) -> Error {
             format!(
                 "cannot reach the sentinels at {sentinels}, or the master they name ({e}); \
                  check that redis-sentinel runs at those addresses (port 26379 by default) \
-                 and that the master {name:?} is up"
+                 and that the master {name:?} is up; if the sentinels name an address only \
+                 their own network reaches (containers, NAT), map it with the address_map \
+                 setting"
             ),
             Some(Box::new(e) as _),
         );

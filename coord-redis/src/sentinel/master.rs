@@ -1,10 +1,10 @@
 //! [`MasterTracker`]: which node is the master now, and a command
 //! connection to it, kept current through failovers.
 //!
-//! * **Lookup** (`lookup.rs`): redis-rs's [`SentinelClient`] asks the
-//!   sentinels in the URL's order (`SENTINEL MASTERS`, skipping a master
-//!   flagged down) and checks with `ROLE` that the node it names calls
-//!   itself master. Every lookup is bounded by `connect_timeout`.
+//! * **Lookup** (`lookup.rs`): every sentinel is asked at once
+//!   (`SENTINEL MASTER`, skipping a master flagged down); the address is
+//!   rewritten by the `address_map` setting, and the node must answer
+//!   `ROLE` as master. Every lookup is bounded by `connect_timeout`.
 //! * **Events** (`events.rs`): a task keeps a pub/sub connection to one sentinel
 //!   (the next one when it drops) subscribed to `+switch-master`, and moves
 //!   to the new master as soon as a sentinel announces it. This is what
@@ -27,7 +27,6 @@ use arc_swap::ArcSwap;
 use coord_core::{Error, Result, Settings};
 use redis::Role;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::sentinel::SentinelClient;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -35,7 +34,7 @@ use tokio::time::Instant;
 use crate::config::{RedisConfig, RedisNode};
 use crate::error::map_err;
 use crate::sentinel::events::listen;
-use crate::sentinel::lookup::{find_master, role_of, sentinel_client};
+use crate::sentinel::lookup::{find_master, mapped, role_of};
 
 /// Lookups triggered by failed requests are at most this often: many
 /// requests failing at once during a failover ask the sentinels once.
@@ -56,21 +55,18 @@ pub(crate) struct Master {
 pub(crate) struct MasterTracker {
     name: String,
     config: RedisConfig,
+    /// For `address_map`.
+    settings: Settings,
     manager_config: ConnectionManagerConfig,
     timeout: Duration,
     /// The sentinels, as `host:port,…`, for messages.
     sentinels: String,
-    /// redis-rs's lookup; the lock also makes moves one at a time.
-    lookup: tokio::sync::Mutex<Lookup>,
+    /// When a failed request last made the tracker look the master up;
+    /// the lock also makes moves one at a time.
+    lookup: tokio::sync::Mutex<Option<Instant>>,
     current: ArcSwap<Master>,
     changes: watch::Sender<u64>,
     listener: Mutex<Option<JoinHandle<()>>>,
-}
-
-/// The lookup client and when it last ran because of a failed request.
-struct Lookup {
-    client: SentinelClient,
-    last: Option<Instant>,
 }
 
 impl std::fmt::Debug for MasterTracker {
@@ -112,15 +108,11 @@ impl MasterTracker {
             .map(|s| s.master_name.clone())
             .ok_or_else(|| Error::invalid("not a redis+sentinel:// configuration"))?;
         let until = Instant::now() + settings.connect_timeout;
-        let mut lookup = Lookup {
-            client: sentinel_client(config, &name)?,
-            last: None,
-        };
         let sentinels = config.addresses();
         // Three quarters of connect_timeout, so that a lookup that hangs
         // fails with its own message before the whole connect times out.
         let limit = settings.connect_timeout.mul_f64(0.75);
-        let node = find_master(&mut lookup.client, &name, &sentinels, limit).await?;
+        let node = find_master(config, settings, &name, &sentinels, limit).await?;
         let manager = open_manager(config, &node, &manager_config).await?;
         let clients = config
             .nodes
@@ -134,10 +126,11 @@ impl MasterTracker {
         let tracker = Arc::new(MasterTracker {
             name,
             config: config.clone(),
+            settings: settings.clone(),
             manager_config,
             timeout: settings.connect_timeout,
             sentinels,
-            lookup: tokio::sync::Mutex::new(lookup),
+            lookup: tokio::sync::Mutex::new(None),
             current: ArcSwap::from_pointee(Master {
                 node,
                 manager,
@@ -209,24 +202,22 @@ impl MasterTracker {
     /// lookup (no master yet: a failover in progress) is logged, not
     /// returned.
     pub(crate) async fn follow(&self, seen: u64) -> bool {
-        let mut lookup = self.lookup.lock().await;
+        let mut last = self.lookup.lock().await;
         if self.current.load().generation != seen {
             return true;
         }
-        if lookup
-            .last
-            .is_some_and(|t| t.elapsed() < MIN_LOOKUP_INTERVAL)
-        {
+        if last.is_some_and(|t| t.elapsed() < MIN_LOOKUP_INTERVAL) {
             return false;
         }
         let found = find_master(
-            &mut lookup.client,
+            &self.config,
+            &self.settings,
             &self.name,
             &self.sentinels,
             self.timeout,
         )
         .await;
-        lookup.last = Some(Instant::now());
+        *last = Some(Instant::now());
         match found {
             Ok(node) if node != self.current.load().node => self.move_to(node).await,
             Ok(_) => false,
@@ -237,9 +228,10 @@ impl MasterTracker {
         }
     }
 
-    /// Moves to `node`, which a sentinel announced as the new master, once
-    /// it answers `ROLE` as a master.
+    /// Moves to `node` (as `address_map` rewrites it), which a sentinel
+    /// announced as the new master, once it answers `ROLE` as a master.
     pub(super) async fn follow_announced(&self, node: RedisNode) {
+        let node = mapped(&self.settings, &node.host, node.port);
         let _lookup = self.lookup.lock().await;
         if self.current.load().node == node {
             return;

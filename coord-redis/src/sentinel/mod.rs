@@ -15,10 +15,14 @@
 //!
 //! # Finding and following the master
 //!
-//! On connect, the sentinels are asked in the URL's order for the master
-//! (redis-rs's `SentinelClient`: `SENTINEL MASTERS`, skipping a master
-//! flagged down), and the node they name must answer `ROLE` as a master;
-//! all within `connect_timeout`. Then the backend follows the master:
+//! On connect, every sentinel is asked at once for the master (`SENTINEL
+//! MASTER <name>`, skipping an answer that flags it down), and the node
+//! they name must answer `ROLE` as a master; all within `connect_timeout`.
+//! Sentinels in containers or behind NAT name addresses only their own
+//! network reaches: map them to ones this process reaches with the
+//! [`address_map`](coord_core::Settings::address_map) setting
+//! (`"redis-a:6379" = "127.0.0.1:16379"`), which applies to every master
+//! named later too. Then the backend follows the master:
 //!
 //! * a task stays subscribed to `+switch-master` on one sentinel (the next
 //!   one if that connection drops) and moves the connections to the new

@@ -65,6 +65,12 @@ pub enum ReplicaSetMember {
 /// set.kill(ReplicaSetMember::Node(0))?;
 /// let primary = set.await_primary(Some(0), Duration::from_secs(30)).await?;
 /// let url = set.node_url(primary); // the promoted replica
+/// // A client of the set: the sentinels' URL, their addresses mapped.
+/// let backend = coord_redis::RedisBackend::connect(
+///     &set.url(),
+///     &set.settings(coord_core::Settings::default()),
+/// )
+/// .await?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
@@ -249,6 +255,30 @@ impl RedisReplicaSet {
             .iter()
             .map(|s| format!("127.0.0.1:{}", s.port))
             .collect()
+    }
+
+    /// The `redis+sentinel://` URL of the set: every Sentinel, then
+    /// [`MASTER_NAME`]. Connect with [`settings`](Self::settings), whose
+    /// address map turns the container names the Sentinels announce into
+    /// loopback addresses.
+    pub fn url(&self) -> String {
+        format!(
+            "redis+sentinel://{}/{MASTER_NAME}",
+            self.sentinel_addrs().join(",")
+        )
+    }
+
+    /// `base` with an [`address_map`](coord_core::Settings::address_map)
+    /// entry per member: `container-name:port` → `127.0.0.1:port`.
+    pub fn settings(&self, base: coord_core::Settings) -> coord_core::Settings {
+        let mut settings = base;
+        for m in self.nodes.iter().chain(&self.sentinels) {
+            settings.address_map.insert(
+                format!("{}:{}", m.container.name(), m.port),
+                format!("127.0.0.1:{}", m.port),
+            );
+        }
+        settings
     }
 
     /// The member's container.
