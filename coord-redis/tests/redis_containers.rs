@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coord_core::testkit::LockHarness;
-use coord_redis::testkit::{RedisHarness, RedisReplicaSet, RedisServer, ReplicaSetMember};
+use coord_redis::testkit::{
+    RedisClusterSet, RedisHarness, RedisReplicaSet, RedisServer, ReplicaSetMember,
+};
 
 /// How long the Sentinels may take to fail over (down after 1 s, then a
 /// vote; a failed vote is retried after 10 s).
@@ -430,4 +432,137 @@ async fn a_sentinel_client_maps_announced_addresses_and_follows_a_cut_off_primar
 fn fastrand_suffix() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A key whose hash slot node 0 of a three-master [`RedisClusterSet`]
+/// serves (slots 0–5460).
+async fn key_of_node_0(set: &RedisClusterSet) -> String {
+    let mut node0 = conn(&set.node_url(0)).await.expect("node 0");
+    for i in 0.. {
+        let key = format!("k{i}");
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(&key)
+            .query_async(&mut node0)
+            .await
+            .expect("keyslot");
+        if slot < 5461 {
+            return key;
+        }
+    }
+    unreachable!()
+}
+
+async fn start_cluster_set() -> Arc<RedisClusterSet> {
+    let set = tokio::task::spawn_blocking(|| RedisClusterSet::start(3, 1))
+        .await
+        .expect("start")
+        .unwrap_or_else(|e| panic!("a Redis Cluster with replicas in containers: {e}"));
+    Arc::new(set)
+}
+
+/// A killed master of a Redis Cluster is replaced by its replica; a
+/// `redis+cluster://` client goes on granting every lock, and each lock's
+/// next fencing token is above the one it had before the failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_cluster_master_is_replaced_and_locks_go_on_with_higher_tokens() {
+    use coord_core::{AcquireOutcome, LockBackend, LockOwner, Settings};
+    use coord_redis::RedisBackend;
+
+    let set = start_cluster_set().await;
+    assert_eq!(set.masters_seen_by(1).expect("masters"), vec![0, 1, 2]);
+    let mut settings = Settings::default();
+    settings.request_timeout = Duration::from_secs(1);
+    let backend = RedisBackend::connect(&set.url(), &settings)
+        .await
+        .expect("connect to the cluster");
+    let owner = LockOwner::new("containers", "cluster").expect("owner");
+    let ttl = Duration::from_secs(30);
+    let names: Vec<String> = (0..30).map(|i| format!("spread-{i}")).collect();
+    let mut before = Vec::new();
+    for name in &names {
+        let AcquireOutcome::Granted(grant) = backend
+            .try_acquire(name, &owner, ttl)
+            .await
+            .expect("acquire")
+        else {
+            panic!("a free lock {name} is held");
+        };
+        backend.release(name, &owner).await.expect("release");
+        before.push(grant.token);
+    }
+
+    set.kill(0).expect("kill master 0");
+    let s = set.clone();
+    let promoted = tokio::task::spawn_blocking(move || s.await_promotion(0, FAILOVER))
+        .await
+        .expect("join")
+        .expect("a replica takes over");
+    assert_eq!(promoted, 3, "node 3 is node 0's replica");
+
+    for (name, before) in names.iter().zip(before) {
+        let (backend, owner) = (&backend, &owner);
+        until(FAILOVER, "a grant after the failover", || async move {
+            match backend.try_acquire(name, owner, ttl).await {
+                Ok(AcquireOutcome::Held { .. }) => Err(format!("{name} is held")),
+                Ok(AcquireOutcome::Granted(grant)) => {
+                    assert!(
+                        grant.token > before,
+                        "{name}: token {:?} after the failover, {before:?} before",
+                        grant.token
+                    );
+                    backend
+                        .release(name, owner)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
+    }
+}
+
+/// A master cut off from the rest of the cluster refuses writes once the
+/// node timeout has passed (`CLUSTERDOWN`: no split brain beyond it), its
+/// replica takes over, and healed it rejoins as a replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_cluster_master_stops_taking_writes_and_is_replaced() {
+    let set = start_cluster_set().await;
+    let key = key_of_node_0(&set).await;
+    put(&set.node_url(0), &key, "before")
+        .await
+        .expect("master 0 takes writes");
+    set.partition(0).expect("cut master 0 off");
+    let node0 = set.node_url(0);
+    until(FAILOVER, "master 0 refusing writes", || {
+        let (node0, key) = (node0.clone(), key.clone());
+        async move {
+            match put(&node0, &key, "cut-off").await {
+                Err(e) if e.to_string().to_ascii_uppercase().contains("CLUSTERDOWN") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    let s = set.clone();
+    let promoted = tokio::task::spawn_blocking(move || s.await_promotion(0, FAILOVER))
+        .await
+        .expect("join")
+        .expect("a replica takes over");
+    assert_eq!(promoted, 3);
+    put(&set.node_url(3), &key, "after")
+        .await
+        .expect("the promoted replica takes writes");
+    set.heal(0).expect("heal");
+    until(REJOIN, "node 0 rejoining as a replica", || {
+        let node0 = node0.clone();
+        async move {
+            match role(&node0).await {
+                Ok((r, _)) if r == "slave" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
 }

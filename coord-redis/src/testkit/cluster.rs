@@ -15,7 +15,7 @@ pub const CLUSTER_NODES: usize = 3;
 
 /// The cluster bus port of a node in a container (on the cluster's network
 /// only, never published).
-const BUS_PORT: u16 = 16379;
+pub(super) const BUS_PORT: u16 = 16379;
 
 /// How long a new cluster may take to agree on its slots.
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -149,7 +149,8 @@ fn form(
     meet: Vec<(String, u16, Option<u16>)>,
     network: Option<TestNetwork>,
 ) -> Result<RedisServer> {
-    if let Err(e) = assign_and_meet(&servers, &meet) {
+    let urls: Vec<&str> = servers.iter().map(|s| s.url.as_str()).collect();
+    if let Err(e) = assign_and_meet(&urls, &meet, urls.len()) {
         // The containers go before their network.
         drop(servers);
         drop(network);
@@ -170,11 +171,18 @@ fn form(
     Ok(first)
 }
 
-fn assign_and_meet(servers: &[RedisServer], meet: &[(String, u16, Option<u16>)]) -> Result<()> {
-    let nodes = servers.len();
-    let addrs: Vec<String> = servers
+/// Spreads the slots over the first `masters` of the nodes at `urls`, has
+/// the first meet the others at `meet` (host, port, bus port), and waits
+/// until every node sees a healthy cluster of all of them.
+pub(super) fn assign_and_meet(
+    urls: &[&str],
+    meet: &[(String, u16, Option<u16>)],
+    masters: usize,
+) -> Result<()> {
+    let nodes = urls.len();
+    let addrs: Vec<String> = urls
         .iter()
-        .map(|s| s.url.trim_start_matches("redis://").to_owned())
+        .map(|u| u.trim_start_matches("redis://").to_owned())
         .collect();
     let fail = |what: &str, e: redis::RedisError| {
         Error::unavailable(
@@ -182,18 +190,18 @@ fn assign_and_meet(servers: &[RedisServer], meet: &[(String, u16, Option<u16>)])
             None,
         )
     };
-    let mut conns = servers
+    let mut conns = urls
         .iter()
-        .map(|s| {
-            redis::Client::open(s.url.as_str())
+        .map(|url| {
+            redis::Client::open(*url)
                 .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
                 .map_err(|e| fail("connect", e))
         })
         .collect::<Result<Vec<_>>>()?;
     const SLOTS: usize = 16384;
-    for (i, conn) in conns.iter_mut().enumerate() {
-        let first = SLOTS * i / nodes;
-        let last = SLOTS * (i + 1) / nodes - 1;
+    for (i, conn) in conns.iter_mut().take(masters).enumerate() {
+        let first = SLOTS * i / masters;
+        let last = SLOTS * (i + 1) / masters - 1;
         redis::cmd("CLUSTER")
             .arg("ADDSLOTSRANGE")
             .arg(first)

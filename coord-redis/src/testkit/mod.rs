@@ -8,7 +8,8 @@
 //! says (processes when unset; see
 //! [`ServerMode::select`](coord_core::testkit::containers::ServerMode::select)).
 //! [`RedisReplicaSet`] runs a primary, replicas and Sentinels in containers
-//! on a network of their own. Containers need an engine and the image
+//! on a network of their own; [`RedisClusterSet`] a Redis Cluster whose
+//! masters have replicas. Containers need an engine and the image
 //! (`bash .ci/build-images.sh`); without them these fixtures fail saying
 //! what to run.
 //!
@@ -30,11 +31,13 @@ use coord_core::{LockBackend, Result, Settings};
 use crate::RedisBackend;
 
 mod cluster;
+mod cluster_set;
 mod container;
 mod replica_set;
 mod server;
 
 pub use cluster::CLUSTER_NODES;
+pub use cluster_set::{CLUSTER_NODE_TIMEOUT, RedisClusterSet};
 pub use container::REDIS_IMAGE;
 pub use replica_set::{MASTER_NAME, RedisReplicaSet, ReplicaSetMember};
 pub use server::RedisServer;
