@@ -119,10 +119,10 @@ async fn wake_up_case_catches_a_backend_without_notifications() {
     lock::waiter_woken_by_release(&harness).await;
 }
 
-/// The chaos runner's checkers must catch overlaps that really happened,
-/// not only the synthetic records each row's control injects: workers
-/// whose backend grants everyone hold one lock at the same time, and the
-/// fenced resource refuses the older holders' writes.
+/// The chaos runner's checkers must catch overlaps that really happened
+/// among the workers themselves, not only the control worker each row
+/// runs: workers whose backend grants everyone hold one lock at the same
+/// time, and the fenced resource refuses the older holders' writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_checkers_catch_real_overlaps() {
     use coord_core::LockClient;
@@ -153,4 +153,5 @@ async fn chaos_checkers_catch_real_overlaps() {
         "no stale write refused: {report:?}"
     );
     assert!(!report.violations().is_empty());
+    assert!(report.control_caught, "the row's own control: {report:?}");
 }

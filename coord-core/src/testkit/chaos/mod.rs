@@ -14,9 +14,13 @@
 //! * the time from the fault (and from the heal) to the next grant, and the
 //!   locks left behind once every worker released.
 //!
-//! Each kind also runs a **negative control** over its own recorded data: an
-//! injected overlapping hold and a stale write must be reported by the same
-//! checkers.
+//! Each kind also runs a **negative control** in the same run: before the
+//! workers start, a control worker (a client of its own, like the others)
+//! is granted the lock, gives it back, and goes on believing it holds it
+//! for a while (a worker that outlives its hold), then writes with its old
+//! token. The overlap checker must report its belief against the real
+//! grants the others got meanwhile, and the fenced resource must refuse its
+//! write (exclusive kinds). Its hold and write count in no other column.
 //!
 //! The run's length comes from `COORD_CHAOS_SECS` (default
 //! [`ChaosPlan::DEFAULT_SECS`]): the fault comes at a third of it and is
@@ -171,6 +175,12 @@ where
     }
     let inspector = new_client().await;
     let prober = new_client().await;
+    // The negative controls' grants, before the workers contend.
+    let mut control_grants = Vec::new();
+    for kind in kinds {
+        let name = format!("{prefix}/{}", kind.label());
+        control_grants.push(control_grant(plan, *kind, &name, new_client().await).await);
+    }
     let origin = Instant::now();
     let stop_at = origin + plan.duration;
     let resources: Vec<Arc<AuditedResource>> = kinds
@@ -196,6 +206,20 @@ where
             }));
         }
     }
+    // The negative controls' beliefs, while the workers start.
+    let controls: Vec<_> = kinds
+        .iter()
+        .zip(control_grants)
+        .enumerate()
+        .map(|(k, (kind, grant))| {
+            let (plan, exclusive, resource) =
+                (plan.clone(), kind.capacity() == 1, resources[k].clone());
+            tokio::spawn(async move {
+                let (token, granted_at) = grant?;
+                Some(believe(&plan, token, granted_at, &resource, exclusive).await)
+            })
+        })
+        .collect();
     // Uncontended acquisitions of a lock of its own while the fault lasts.
     let probe = {
         let lock = prober
@@ -240,6 +264,10 @@ where
     }
     let ran = origin.elapsed();
     let uncontended = probe.await.ok();
+    let mut control_runs = Vec::new();
+    for control in controls {
+        control_runs.push(control.await.ok().flatten());
+    }
     // Locks left behind once every worker released, and a TTL later.
     let left = |client: LockClient, prefix: String| async move {
         // A few tries: the inspector's link may have just been healed.
@@ -300,17 +328,130 @@ where
             left_after_ttl,
             overlaps_allowed,
             uncontended_during_fault: uncontended,
-            control_caught: negative_control(&holds, kind.capacity(), audit, origin),
+            control_caught: control_caught(
+                &holds,
+                kind.capacity(),
+                control_runs[k].as_ref(),
+                origin,
+            ),
         };
         reports.push(report);
     }
     reports
 }
 
-/// Whether the checkers catch an overlap and a stale write injected into
-/// this run's own data: a copy of a recorded hold moved into the middle of
-/// another worker's hold, and a replay of the accepted writes followed by
-/// a write with the first token.
+/// The worker id of a control worker's hold.
+const CONTROL_WORKER: usize = usize::MAX;
+
+/// What a control worker did: its hold (as it believed it) and whether the
+/// resource refused its late write (`None`: no write, a shared kind).
+#[derive(Debug)]
+struct ControlRun {
+    hold: Hold,
+    stale_write_refused: Option<bool>,
+}
+
+/// A control worker's grant, before the workers contend: granted the
+/// lock, it gives it back at once (and then, in [`believe`], goes on as if
+/// it held it). Its token and grant time; `None` if not granted within a
+/// TTL.
+async fn control_grant(
+    plan: &ChaosPlan,
+    kind: ChaosKind,
+    name: &str,
+    client: LockClient,
+) -> Option<(FencingToken, Instant)> {
+    let wait = plan.ttl;
+    let held = match kind {
+        ChaosKind::Lease => client.lock(name).ttl(plan.ttl),
+        ChaosKind::Fair => client.lock(name).ttl(plan.ttl).fair(),
+        ChaosKind::Semaphore(n) => client.lock(name).ttl(plan.ttl).semaphore(n),
+        ChaosKind::Election => {
+            let election = client.election(name).ttl(plan.ttl).build();
+            let leader = tokio::time::timeout(wait, election.campaign("control"))
+                .await
+                .ok()?
+                .ok()?;
+            let granted_at = Instant::now();
+            let token = leader.fencing_token();
+            let _ = leader.resign().await;
+            return Some((token, granted_at));
+        }
+    }
+    .wait_timeout(wait)
+    .build()
+    .acquire()
+    .await
+    .ok()?;
+    let granted_at = Instant::now();
+    let token = held.fencing_token();
+    let _ = held.release().await;
+    Some((token, granted_at))
+}
+
+/// The control's belief after its release: it goes on "holding" for a
+/// fifth of the TTL (the workers are granted meanwhile), then (`write`)
+/// writes with `token` once a newer token has written (waiting at most a
+/// TTL for one).
+async fn believe(
+    plan: &ChaosPlan,
+    token: FencingToken,
+    granted_at: Instant,
+    resource: &AuditedResource,
+    write: bool,
+) -> ControlRun {
+    tokio::time::sleep(plan.ttl / 5).await;
+    let stale_write_refused = if write {
+        let deadline = Instant::now() + plan.ttl;
+        while Instant::now() < deadline
+            && !resource.audit().writes().iter().any(|(_, t)| *t > token)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Some(matches!(
+            resource.write("negative-control", token),
+            Err(Error::Conflict { .. })
+        ))
+    } else {
+        None
+    };
+    ControlRun {
+        hold: Hold {
+            worker: CONTROL_WORKER,
+            token,
+            granted_at,
+            believed_until: Instant::now(),
+            lost_at: None,
+            end: HoldEnd::Released,
+        },
+        stale_write_refused,
+    }
+}
+
+/// Whether the checkers caught the control: its belief overlaps real
+/// grants (more overlaps with its hold than without), and the resource
+/// refused its late write where there is one.
+fn control_caught(
+    holds: &[Hold],
+    capacity: usize,
+    control: Option<&ControlRun>,
+    origin: Instant,
+) -> bool {
+    let Some(control) = control else {
+        return false;
+    };
+    let mut with_control = holds.to_vec();
+    with_control.push(control.hold.clone());
+    let overlap_caught =
+        overlaps(&with_control, capacity, origin).len() > overlaps(holds, capacity, origin).len();
+    overlap_caught && control.stale_write_refused != Some(false)
+}
+
+/// The holder-death rows' control (they run two holds, no control
+/// worker): whether the checkers catch an overlap and a stale write
+/// injected into the run's own data: a copy of a recorded hold moved into
+/// the middle of another worker's hold, and a replay of the accepted writes
+/// followed by a write with the first token.
 fn negative_control(holds: &[Hold], capacity: usize, audit: &FenceAudit, origin: Instant) -> bool {
     let Some(victim) = holds.iter().max_by_key(|h| h.believed_until - h.granted_at) else {
         return false;
