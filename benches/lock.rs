@@ -96,9 +96,17 @@ fn bench(c: &mut Criterion, rt: &Runtime, pairs: &[Pair]) {
     }
 }
 
-/// Median over interleaved rounds of ours/floor time for the same work.
+/// Median over interleaved rounds of ours/floor time for the same work:
+/// sequentially, the two alternate in blocks of 16 cycles within each
+/// round ([`coord_benches::ratio`]); with 64 tasks, round by round.
 fn ratio(rt: &Runtime, p: &Pair, concurrent: bool) -> (f64, f64, f64) {
     let ops = if concurrent { 6_400 } else { 400 };
+    if !concurrent {
+        let (floor, ours) = (&p.floor.1, &p.ours.1);
+        let (r, f, o) = rt.block_on(coord_benches::ratio(ops as u32, |_| floor(0), |_| ours(0)));
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        return (r, us(f), us(o));
+    }
     rt.block_on(async {
         run(&p.floor.1, ops / 4, concurrent).await;
         run(&p.ours.1, ops / 4, concurrent).await;

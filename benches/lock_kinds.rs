@@ -65,15 +65,6 @@ where
     Arc::new(move || Box::pin(f()))
 }
 
-/// Runs `ops` cycles one after the other.
-async fn run(op: &Op, ops: u64) -> Duration {
-    let start = Instant::now();
-    for _ in 0..ops {
-        op().await;
-    }
-    start.elapsed()
-}
-
 /// A floor and our implementation of the same work.
 struct Pair {
     section: &'static str,
@@ -86,26 +77,10 @@ struct Pair {
 /// Median over interleaved rounds of ours/floor time per cycle, with the
 /// floor's and our µs per cycle in that round.
 fn ratio(rt: &Runtime, p: &Pair) -> (f64, f64, f64) {
-    let ops = p.ops;
-    rt.block_on(async {
-        run(&p.floor, ops / 4).await;
-        run(&p.ours, ops / 4).await;
-        let mut rounds = Vec::new();
-        for round in 0..ROUNDS {
-            let (f, o) = if round % 2 == 0 {
-                let f = run(&p.floor, ops).await;
-                (f, run(&p.ours, ops).await)
-            } else {
-                let o = run(&p.ours, ops).await;
-                (run(&p.floor, ops).await, o)
-            };
-            rounds.push((o.as_secs_f64() / f.as_secs_f64(), f, o));
-        }
-        rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (r, f, o) = rounds[ROUNDS / 2];
-        let us = |d: Duration| d.as_secs_f64() * 1e6 / ops as f64;
-        (r, us(f), us(o))
-    })
+    let (floor, ours) = (&p.floor, &p.ours);
+    let (r, f, o) = rt.block_on(coord_benches::ratio(p.ops as u32, |_| floor(), |_| ours()));
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    (r, us(f), us(o))
 }
 
 /// `SET key val NX PX 30000`: whether it was set.

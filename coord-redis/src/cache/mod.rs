@@ -137,12 +137,18 @@ impl RedisBackend {
     async fn cache_conn(&self) -> Result<CacheConn> {
         match &self.inner.cache_pool {
             None => Ok(CacheConn::Shared(self.inner.conn.clone())),
-            Some(pool) => pool.get().await.map(CacheConn::Pooled).map_err(|e| {
-                coord_core::Error::unavailable(
-                    format!("redis at {}: no cache connection: {e}", self.inner.addr),
-                    None,
-                )
-            }),
+            // Boxed, like the cluster paths below: a pool's checkout is a
+            // large future, which every call's state would otherwise carry
+            // (and copy) even on the shared connection.
+            Some(pool) => Box::pin(pool.get())
+                .await
+                .map(CacheConn::Pooled)
+                .map_err(|e| {
+                    coord_core::Error::unavailable(
+                        format!("redis at {}: no cache connection: {e}", self.inner.addr),
+                        None,
+                    )
+                }),
         }
     }
 
@@ -199,7 +205,7 @@ impl CacheBackend for RedisBackend {
                 let v: Option<Vec<u8>> = self.cache_query(&cmd).await?;
                 Ok(vec![v.map(Bytes::from)])
             }
-            keys if self.cluster().is_some() => self.get_by_slot(cache, keys).await,
+            keys if self.cluster().is_some() => Box::pin(self.get_by_slot(cache, keys)).await,
             keys => {
                 let mut cmd = redis::cmd("MGET");
                 for key in keys {
@@ -249,7 +255,9 @@ impl CacheBackend for RedisBackend {
                     (slot, pipe)
                 })
                 .collect();
-            return self.per_slot::<()>(cluster, pipes).await.map(drop);
+            return Box::pin(self.per_slot::<()>(cluster, pipes))
+                .await
+                .map(drop);
         }
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -301,7 +309,7 @@ impl CacheBackend for RedisBackend {
                     (slot, pipe)
                 })
                 .collect();
-            let deleted: Vec<(usize,)> = self.per_slot(cluster, pipes).await?;
+            let deleted: Vec<(usize,)> = Box::pin(self.per_slot(cluster, pipes)).await?;
             return Ok(deleted.into_iter().map(|(n,)| n).sum());
         }
         let mut pipe = redis::pipe();
