@@ -24,13 +24,20 @@
 
 -- The server clock in microseconds, read once per script call.
 local clock = nil
+-- The boot record last read, its run id and start: read once per script call (a
+-- batch's attempts name the same record, which cannot change while the script runs).
+local boot_read, boot_id, boot_start = nil, nil, nil
 
 local function guarded(boot, lock, fence, quarantine, run_id, owner, ttl)
-  local record = redis.call('GET', boot)
-  local id, start
-  if record then
-    id, start = string.match(record, '^(%x+) (%d+)$')
+  if boot_read ~= boot then
+    boot_id, boot_start = nil, nil
+    local record = redis.call('GET', boot)
+    if record then
+      boot_id, boot_start = string.match(record, '^(%x+) (%d+)$')
+    end
+    boot_read = boot
   end
+  local id, start = boot_id, boot_start
   if not id or id ~= run_id then
     return { 'redlock', 'unchecked' }
   end
