@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use coord_core::testkit::ServerProcess;
-use coord_core::testkit::containers::{ServerMode, TestNetwork};
+use coord_core::testkit::containers::{ServerMode, TestContainer, TestNetwork};
 use coord_core::{Error, Result};
 
 use super::container::{REDIS_IMAGE, start_redis};
@@ -73,61 +73,14 @@ impl RedisServer {
     pub fn spawn_cluster_containers(nodes: usize) -> Result<RedisServer> {
         let nodes = nodes.max(1);
         let network = TestNetwork::create("redis-cluster", true)?;
-        let start_node = || {
-            ServerProcess::retry_port_races(|| {
-                let port = ServerProcess::free_port()?;
-                let bus = BUS_PORT.to_string();
-                let container = start_redis(
-                    "redis-cluster",
-                    None,
-                    port,
-                    port,
-                    Some(&network),
-                    &[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--cluster-port",
-                        &bus,
-                        "--cluster-announce-hostname",
-                        "127.0.0.1",
-                        "--cluster-preferred-endpoint-type",
-                        "hostname",
-                    ],
-                )?;
-                Ok(RedisServer {
-                    port: Some(port),
-                    container: Some(container),
-                    ..RedisServer::unmanaged(format!("redis://127.0.0.1:{port}"))
-                })
+        let servers: Vec<RedisServer> = start_cluster_nodes(&network, "redis-cluster", nodes, &[])?
+            .into_iter()
+            .map(|(container, port)| RedisServer {
+                port: Some(port),
+                container: Some(container),
+                ..RedisServer::unmanaged(format!("redis://127.0.0.1:{port}"))
             })
-        };
-        // The nodes start at once: most of a container's start is waiting
-        // for the engine.
-        let started: Vec<Result<RedisServer>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..nodes).map(|_| scope.spawn(start_node)).collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(Error::unavailable("starting a cluster node panicked", None))
-                    })
-                })
-                .collect()
-        });
-        let mut servers = Vec::with_capacity(nodes);
-        let mut failure = None;
-        for server in started {
-            match server {
-                Ok(s) => servers.push(s),
-                Err(e) => failure = failure.or(Some(e)),
-            }
-        }
-        if let Some(e) = failure {
-            drop(servers);
-            return Err(e);
-        }
+            .collect();
         let mut meet = Vec::with_capacity(nodes);
         for server in &servers {
             let ip = match &server.container {
@@ -137,6 +90,65 @@ impl RedisServer {
             meet.push((ip, server.port.unwrap_or_default(), Some(BUS_PORT)));
         }
         form(servers, meet, Some(network))
+    }
+}
+
+/// Starts `nodes` cluster-enabled Redis containers on `network` at once
+/// (most of a container's start is waiting for the engine), each listening
+/// on the loopback port that publishes it, its bus on [`BUS_PORT`] (on the
+/// network only), announcing the host name `127.0.0.1` so that
+/// `CLUSTER SLOTS` and `MOVED` send clients where they can connect; `extra`
+/// arguments are added. Every node or the first error (the nodes started
+/// are removed).
+pub(super) fn start_cluster_nodes(
+    network: &TestNetwork,
+    purpose: &str,
+    nodes: usize,
+    extra: &[&str],
+) -> Result<Vec<(TestContainer, u16)>> {
+    let start_node = || {
+        ServerProcess::retry_port_races(|| {
+            let port = ServerProcess::free_port()?;
+            let bus = BUS_PORT.to_string();
+            let mut args = vec![
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-port",
+                &bus,
+                "--cluster-announce-hostname",
+                "127.0.0.1",
+                "--cluster-preferred-endpoint-type",
+                "hostname",
+            ];
+            args.extend_from_slice(extra);
+            let container = start_redis(purpose, None, port, port, Some(network), &args)?;
+            Ok((container, port))
+        })
+    };
+    let started: Vec<Result<(TestContainer, u16)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..nodes).map(|_| scope.spawn(start_node)).collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(Error::unavailable("starting a cluster node panicked", None))
+                })
+            })
+            .collect()
+    });
+    let mut ok = Vec::with_capacity(nodes);
+    let mut failure = None;
+    for node in started {
+        match node {
+            Ok(node) => ok.push(node),
+            Err(e) => failure = failure.or(Some(e)),
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(ok),
     }
 }
 

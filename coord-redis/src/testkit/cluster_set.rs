@@ -4,12 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use coord_core::testkit::ServerProcess;
 use coord_core::testkit::containers::{TestContainer, TestNetwork, require_image};
 use coord_core::{Error, Result};
 
-use super::cluster::{BUS_PORT, assign_and_meet};
-use super::container::{REDIS_IMAGE, start_redis};
+use super::cluster::{BUS_PORT, assign_and_meet, start_cluster_nodes};
+use super::container::REDIS_IMAGE;
 
 /// How long the cluster may take to form, its replicas to sync, or a
 /// replica to take over a failed master (node timeout 1 s, then a vote).
@@ -75,65 +74,24 @@ impl RedisClusterSet {
         let network = TestNetwork::create("redis-cluster-set", true)?;
         let total = masters * (1 + replicas_per_master);
         let timeout = CLUSTER_NODE_TIMEOUT.as_millis().to_string();
-        let start_node = || {
-            ServerProcess::retry_port_races(|| {
-                let port = ServerProcess::free_port()?;
-                let bus = BUS_PORT.to_string();
-                let container = start_redis(
-                    "redis-cluster-set",
-                    None,
-                    port,
-                    port,
-                    Some(&network),
-                    &[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--cluster-port",
-                        &bus,
-                        "--cluster-node-timeout",
-                        &timeout,
-                        "--cluster-announce-hostname",
-                        "127.0.0.1",
-                        "--cluster-preferred-endpoint-type",
-                        "hostname",
-                    ],
-                )?;
-                Ok((container, port))
-            })
-        };
-        let started: Vec<Result<(TestContainer, u16)>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..total).map(|_| scope.spawn(start_node)).collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(Error::unavailable("starting a cluster node panicked", None))
-                    })
-                })
-                .collect()
-        });
-        let mut nodes = Vec::with_capacity(total);
-        let mut failure = None;
-        for node in started {
-            match node {
-                Ok((container, port)) => nodes.push(Node {
-                    container,
-                    port,
-                    id: String::new(),
-                }),
-                Err(e) => failure = failure.or(Some(e)),
-            }
-        }
+        let nodes = start_cluster_nodes(
+            &network,
+            "redis-cluster-set",
+            total,
+            &["--cluster-node-timeout", &timeout],
+        )?
+        .into_iter()
+        .map(|(container, port)| Node {
+            container,
+            port,
+            id: String::new(),
+        })
+        .collect();
         let set = RedisClusterSet {
             nodes,
             masters,
             network,
         };
-        if let Some(e) = failure {
-            return Err(e);
-        }
         set.form()
     }
 
