@@ -6,7 +6,12 @@
 //!
 //! ```text
 //! cargo bench -p coord-benches --bench lock_kinds
+//! COORD_BENCH_ONLY="redis, vs" cargo bench -p coord-benches --bench lock_kinds
 //! ```
+//!
+//! `COORD_BENCH_ONLY=<text>` runs only the rows whose section and label
+//! contain it (contention rows are "contention <label>"; their raw spin floor
+//! runs whenever a row of its backend does).
 //!
 //! Uncontended rows: sequential acquire+release cycles on one client, each
 //! workload on its own key, TTL 30 s, watchdog on (the defaults). The ratio
@@ -387,6 +392,12 @@ fn main() {
         redlock_ops.push(ours);
     }
 
+    let only = std::env::var("COORD_BENCH_ONLY").ok();
+    let keep = |text: &str| only.as_deref().is_none_or(|o| text.contains(o));
+    pairs.retain(|p| keep(&format!("{} {}", p.section, p.label)));
+    if let Some(o) = &only {
+        eprintln!("COORD_BENCH_ONLY={o}: {} uncontended pairs", pairs.len());
+    }
     println!(
         "\nuncontended: ours/floor time per acquire+release, sequential, one client \
          (median of {ROUNDS} interleaved rounds; {REDIS_OPS} cycles/round on redis, {ETCD_OPS} on etcd)"
@@ -418,13 +429,15 @@ fn main() {
         ours: redlock_ops[1].clone(),
         ops: REDIS_OPS,
     };
-    let (r, f, o) = ratio(&rt, &hung);
-    println!("  {}", hung.section);
-    println!(
-        "    {:<38} {o:>9.1} µs vs {f:>9.1} µs = {r:>5.2}× time, {:>5.2}× throughput",
-        hung.label,
-        1.0 / r
-    );
+    if keep(&format!("{} {}", hung.section, hung.label)) {
+        let (r, f, o) = ratio(&rt, &hung);
+        println!("  {}", hung.section);
+        println!(
+            "    {:<38} {o:>9.1} µs vs {f:>9.1} µs = {r:>5.2}× time, {:>5.2}× throughput",
+            hung.label,
+            1.0 / r
+        );
+    }
     for s in &redlock_servers[3..5] {
         s.resume().expect("SIGCONT");
     }
@@ -483,26 +496,40 @@ fn main() {
         workloads.len()
     );
     let mut results: Vec<Vec<(f64, u64, u64)>> = vec![Vec::new(); workloads.len()];
+    // Per round, each workload against its backend's raw spin floor (index
+    // 0 for redis, 3 for etcd), then the median.
+    let floor_of = |i: usize| if i < 3 { 0 } else { 3 };
+    let mut run = vec![false; workloads.len()];
+    for (i, w) in workloads.iter().enumerate() {
+        if keep(&format!("contention {}", w.label)) {
+            run[i] = true;
+            run[floor_of(i)] = true;
+        }
+    }
     rt.block_on(async {
-        for w in &workloads {
+        for (i, w) in workloads.iter().enumerate() {
             // Warm-up: connections, scripts, subscriptions.
-            contend(&w.workers, Duration::from_millis(300)).await;
+            if run[i] {
+                contend(&w.workers, Duration::from_millis(300)).await;
+            }
         }
         for round in 0..CONTENTION_ROUNDS {
             for i in 0..workloads.len() {
                 let i = (i + round) % workloads.len();
-                results[i].push(contend(&workloads[i].workers, WINDOW).await);
+                if run[i] {
+                    results[i].push(contend(&workloads[i].workers, WINDOW).await);
+                }
             }
         }
     });
-    // Per round, each workload against its backend's raw spin floor (index
-    // 0 for redis, 3 for etcd), then the median.
-    let floor_of = |i: usize| if i < 3 { 0 } else { 3 };
     println!(
         "\ncontention: {CONTENDERS} tasks on ONE key, each with its own connection and LockClient, \
          acquire+release loops for {WINDOW:?} (median of {CONTENTION_ROUNDS} rounds)"
     );
     for (i, w) in workloads.iter().enumerate() {
+        if !run[i] {
+            continue;
+        }
         let ops = median(results[i].iter().map(|r| r.0).collect());
         let rel = median(
             results[i]

@@ -3,11 +3,17 @@
 //!
 //! # Layout
 //!
-//! A queue named `name` under namespace `ns` lives in four keys, plus a fence
-//! (all in the `{name}` hash tag of the lease lock of the same name, so one
-//! script reaches them on a Redis Cluster; none of them is a key of that lease
-//! lock, which is a different lock):
+//! A queue named `name` under namespace `ns` lives in one key (the compact
+//! form) or four (the full form), plus a fence (all in the `{name}` hash tag of
+//! the lease lock of the same name, so one script reaches them on a Redis
+//! Cluster; none of them is a key of that lease lock, which is a different
+//! lock):
 //!
+//! * `{ns}:lock:{name}:queue:solo`: the compact form, a queue whose only entry
+//!   was granted on arrival (every uncontended hold): a string `owner NUL mode
+//!   NUL token` that expires with the entry's lease. Taking, renewing and
+//!   releasing it cost about what a lease lock's do; the next entry to arrive
+//!   turns it into the full form:
 //! * `{ns}:lock:{name}:queue`: ZSET owner → arrival sequence (the queue order);
 //! * `{ns}:lock:{name}:queue:lease`: ZSET owner → end of its lease (server ms);
 //! * `{ns}:lock:{name}:queue:mode`: HASH owner → [`HoldMode::encode`];
@@ -18,11 +24,12 @@
 //! * the channel `{ns}:lock:{name}:queue:released`, published on whenever an
 //!   entry leaves.
 //!
-//! The four queue keys expire together when the last lease ends and are
-//! deleted when the queue empties. Each operation is one `EVALSHA` of a Lua
+//! The four keys of the full form expire together when the last lease ends
+//! and are deleted when the queue empties. Each operation is one `EVALSHA` of a Lua
 //! script (`scripts/queue_*.lua`, each prefixed with `queue_head.lua`, a fast path
-//! where the operation has one, and `queue_common.lua`) that
-//! first purges the entries whose lease ended, then applies
+//! on the compact form where the operation has one, and `queue_common.lua`)
+//! whose general path first expands the compact form, purges the entries whose
+//! lease ended, then applies
 //! [`HoldMode::admits`] exactly as coord-core's memory backend does.
 //!
 //! # Waking
@@ -90,7 +97,7 @@ struct QueueScripts {
 
 static SCRIPTS: LazyLock<QueueScripts> = LazyLock::new(|| QueueScripts {
     enqueue: queue_script!("queue_enqueue_fast.lua", "queue_enqueue.lua"),
-    renew: queue_script!("queue_renew.lua"),
+    renew: queue_script!("queue_renew_fast.lua", "queue_renew.lua"),
     dequeue: queue_script!("queue_dequeue_fast.lua", "queue_dequeue.lua"),
     force_release: queue_script!("queue_force_release.lua"),
     info: queue_script!("queue_info.lua"),
@@ -108,11 +115,15 @@ struct QueueKeys {
     leases: String,
     modes: String,
     tokens: String,
+    solo: String,
 }
 
 impl QueueKeys {
-    /// What follows the name in the entries key, the one key `list` looks for.
+    /// What follows the name in the entries key, one of the two keys `list`
+    /// looks for.
     const SUFFIX: &'static str = "}:queue";
+    /// What follows the name in the compact form's key, the other one.
+    const SOLO_SUFFIX: &'static str = "}:queue:solo";
 
     /// `lock_prefix` is `{ns}:lock:{`.
     fn new(lock_prefix: &str, name: &str) -> Self {
@@ -121,6 +132,7 @@ impl QueueKeys {
             leases: format!("{entries}:lease"),
             modes: format!("{entries}:mode"),
             tokens: format!("{entries}:token"),
+            solo: format!("{entries}:solo"),
             entries,
         }
     }
@@ -133,14 +145,15 @@ impl QueueKeys {
         format!("{}:released", self.entries)
     }
 
-    /// An `EVALSHA` of `script` with the four queue keys and `extra` keys
+    /// An `EVALSHA` of `script` with the five queue keys and `extra` keys
     /// after them; arguments follow.
     fn cmd(&self, script: &Script, extra: &[&str]) -> Cmd {
-        let mut cmd = evalsha(script, 4 + extra.len());
+        let mut cmd = evalsha(script, 5 + extra.len());
         cmd.arg(&self.entries)
             .arg(&self.leases)
             .arg(&self.modes)
-            .arg(&self.tokens);
+            .arg(&self.tokens)
+            .arg(&self.solo);
         for key in extra {
             cmd.arg(*key);
         }
@@ -193,6 +206,7 @@ fn corrupt(what: &str, location: &str, raw: &str) -> Error {
         "mode" => "a hold mode (x or s<limit>)",
         "token" | "fence" => "a token (an integer from 1 to 2^53 - 1)",
         "lease" => "the end of a lease",
+        "entry" => "an entry (owner, mode and token, NUL-separated, with a TTL)",
         _ => "a valid value",
     };
     Error::codec(
@@ -358,12 +372,15 @@ fn escape_glob(s: &str) -> String {
     out
 }
 
-/// What a key found by `list`'s scan is: the key of a lease lock or the
-/// entries key of a queue, with the lock's name; `None` for other keys
-/// (fences, the other queue keys).
+/// What a key found by `list`'s scan is: the key of a lease lock, or the
+/// entries key or compact entry of a queue, with the lock's name; `None` for
+/// other keys (fences, the other queue keys).
 fn classify<'k>(lock_prefix: &str, key: &'k str) -> Option<(StoredKind, &'k str)> {
     let rest = key.strip_prefix(lock_prefix)?;
-    if let Some(name) = rest.strip_suffix(QueueKeys::SUFFIX) {
+    if let Some(name) = rest
+        .strip_suffix(QueueKeys::SUFFIX)
+        .or_else(|| rest.strip_suffix(QueueKeys::SOLO_SUFFIX))
+    {
         Some((StoredKind::Queue, name))
     } else {
         rest.strip_suffix('}').map(|name| (StoredKind::Lease, name))
@@ -637,7 +654,12 @@ mod tests {
         assert_eq!(keys.channel(), "ns:lock:{orders/42}:queue:released");
         // A lease lock's keys end with `}` or `}:fence`, its channel with
         // `}:released`: whatever its name, none is a queue key.
-        for lease_name in ["orders/42}:queue", "orders/42}:queue:lease", "x"] {
+        for lease_name in [
+            "orders/42}:queue",
+            "orders/42}:queue:lease",
+            "orders/42}:queue:solo",
+            "x",
+        ] {
             let lease = LockKeys::new("ns:lock:{", lease_name);
             let (lease, end) = lease.with_fence();
             let queue_keys = [
@@ -645,6 +667,7 @@ mod tests {
                 &keys.leases,
                 &keys.modes,
                 &keys.tokens,
+                &keys.solo,
                 &keys.fence(),
             ];
             for k in queue_keys {
@@ -670,6 +693,14 @@ mod tests {
         assert_eq!(
             classify(p, "ns:lock:{a}:queue}:queue"),
             Some((StoredKind::Queue, "a}:queue"))
+        );
+        assert_eq!(
+            classify(p, "ns:lock:{a}:queue:solo"),
+            Some((StoredKind::Queue, "a"))
+        );
+        assert_eq!(
+            classify(p, "ns:lock:{a}:queue:solo}"),
+            Some((StoredKind::Lease, "a}:queue:solo"))
         );
         for other in [
             "ns:lock:{a}:fence",

@@ -1,6 +1,24 @@
--- queue_common.lua: the helpers of the general path of the queued-lock scripts
--- (after queue_head.lua and the operation's fast path, before the operation; see
--- queue_head.lua for the keys and the replies).
+-- queue_common.lua: the server clock and the helpers of the general path of the
+-- queued-lock scripts (after queue_head.lua and the operation's fast path, before the
+-- operation; see queue_head.lua for the keys and the replies).
+
+local clock = redis.call('TIME')
+local now_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local now_ms = math.floor(now_us / 1000)
+
+-- The next token after the fence value `fence`, or nil when it would reach
+-- MAX_TOKEN: F + 1, raised to the server clock when it lags it by more than SLACK
+-- (a hybrid logical clock, as in acquire.lua).
+local function next_token(fence)
+  local token = fence + 1
+  if now_us - token > SLACK then
+    token = now_us
+  end
+  if token >= MAX_TOKEN then
+    return nil
+  end
+  return token
+end
 
 -- Whether an entry was removed (the waiters are then woken, once per call).
 local changed = false
@@ -17,7 +35,41 @@ local function check_types(expected)
 end
 
 local function check_queue_types()
-  return check_types({ { Q, 'zset' }, { E, 'zset' }, { M, 'hash' }, { T, 'hash' } })
+  return check_types({ { Q, 'zset' }, { E, 'zset' }, { M, 'hash' }, { T, 'hash' }, { S, 'string' } })
+end
+
+-- Turns the compact entry S, if any, into the full form (see queue_head.lua): its
+-- owner first in Q, its lease end (S's expiry) in E, its mode and token in M and T.
+-- Returns nil, or a {'corrupt', …} reply when S does not decode (nothing changed).
+local function expand_solo()
+  local raw = redis.call('GET', S)
+  if not raw then
+    return nil
+  end
+  local owner, mode, token = split_solo(raw)
+  local ends = redis.call('PEXPIRETIME', S)
+  if not owner or not decode_mode(mode) or not decode_token(token) or ends < 0 then
+    return { 'corrupt', 'entry', S, raw }
+  end
+  redis.call('ZADD', Q, 1, owner)
+  redis.call('ZADD', E, ends, owner)
+  redis.call('HSET', M, owner, mode)
+  redis.call('HSET', T, owner, token)
+  for _, key in ipairs({ Q, E, M, T }) do
+    redis.call('PEXPIREAT', key, ends)
+  end
+  redis.call('DEL', S)
+  return nil
+end
+
+-- The start of every general path: the keys' types checked and the compact entry
+-- expanded. Returns nil, or the reply that ends the script.
+local function prepare()
+  local bad_type = check_queue_types()
+  if bad_type then
+    return { 'wrongtype', bad_type }
+  end
+  return expand_solo()
 end
 
 -- `command key item…` over `items` in chunks; the replies concatenated.

@@ -2,7 +2,7 @@
 -- up), and wakes the waiters (after queue_head.lua, queue_dequeue_fast.lua and
 -- queue_common.lua).
 --
--- KEYS[1..4]  Q, E, M, T of the queue (see queue_head.lua)
+-- KEYS[1..5]  Q, E, M, T, S of the queue (see queue_head.lua)
 -- ARGV[1]     the owner (`client_id:owner`)
 --
 -- Purges the entries whose lease ended first. Publishes on Q .. ':released' when any
@@ -10,9 +10,9 @@
 -- not (an expired entry counts as absent), or a {'wrongtype', …} reply of
 -- queue_head.lua.
 
-local bad_type = check_queue_types()
-if bad_type then
-  return { 'wrongtype', bad_type }
+local failed = prepare()
+if failed then
+  return failed
 end
 purge()
 local removed = remove({ ARGV[1] })

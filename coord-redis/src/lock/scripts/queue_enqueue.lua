@@ -1,8 +1,8 @@
 -- queue_enqueue.lua: one step of a queued acquisition (after queue_head.lua,
 -- queue_enqueue_fast.lua and queue_common.lua).
 --
--- KEYS[1..4]  Q, E, M, T of the queue (see queue_head.lua)
--- KEYS[5]     F `{ns}:lock:{name}:queue:fence`  last token handed out by this queue,
+-- KEYS[1..5]  Q, E, M, T, S of the queue (see queue_head.lua)
+-- KEYS[6]     F `{ns}:lock:{name}:queue:fence`  last token handed out by this queue,
 --             no TTL (never deleted, so tokens keep increasing)
 -- ARGV[1]     the owner (`client_id:owner`, never contains a NUL byte)
 -- ARGV[2]     its hold mode as HoldMode::encode writes it (`x` or `s<limit>`); used
@@ -29,9 +29,13 @@
 
 -- F, owner, mode_arg and ttl are locals of queue_enqueue_fast.lua, which runs first.
 
-local bad_type = check_queue_types() or check_types({ { F, 'string' } })
+local bad_type = check_types({ { F, 'string' } })
 if bad_type then
   return { 'wrongtype', bad_type }
+end
+local failed = prepare()
+if failed then
+  return failed
 end
 local raw_fence = redis.call('GET', F)
 local fence = 0

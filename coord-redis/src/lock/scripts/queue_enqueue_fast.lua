@@ -3,46 +3,56 @@
 -- mode_arg and ttl). KEYS, ARGV and replies: see queue_enqueue.lua. Returns from the
 -- script only when it grants; otherwise the general path runs.
 
-local F = KEYS[5]
+local F = KEYS[6]
 local owner, mode_arg, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 
--- The fast path of an empty queue (none of its four keys exists): the entry is
--- granted at once, in 12 commands instead of about 22 (no type checks, purge or
--- wake-up scan are needed on keys that do not exist). Anything unusual (a fence
--- of another type or that does not decode, a mode that does not decode) returns
--- nil and takes the general path below, which reports it.
-local function grant_in_empty_queue()
-  if redis.call('EXISTS', Q, E, M, T) ~= 0 or not decode_mode(mode_arg) then
+-- An empty queue (none of its keys exists) grants its first entry at once, in the
+-- compact form (S, see queue_head.lua): EXISTS, SET NX, INCR of the fence, PEXPIRETIME
+-- and APPEND, as few commands as a lease lock's grant, with no TIME (the server clock
+-- is read as S's PEXPIRETIME minus its TTL). The owner's own compact entry (a retry
+-- after a lost reply) is granted again with its token and a fresh lease. Anything else
+-- returns nil and takes the general path below: a queue in the full form, another
+-- owner's compact entry (which the general path expands), and anything unusual (a key
+-- of another type, a fence or mode that does not decode), which the general path
+-- reports. Nothing is left changed on the way out but the fence's INCR undone.
+local function grant_solo()
+  if not decode_mode(mode_arg) or redis.call('EXISTS', Q, E, M, T) ~= 0 then
     return nil
   end
-  local raw_fence = redis.pcall('GET', F)
-  if type(raw_fence) == 'table' then
+  local held = redis.pcall('SET', S, owner .. '\0' .. mode_arg .. '\0', 'NX', 'PX', ttl, 'GET')
+  if type(held) == 'table' then
     return nil
   end
-  local fence = 0
-  if raw_fence then
-    fence = decode_token(raw_fence)
-    if not fence then
+  if held then
+    if not solo_of(held, owner) then
       return nil
     end
+    local token = decode_token(select(3, split_solo(held)))
+    if not token then
+      return nil
+    end
+    redis.call('PEXPIRE', S, ttl)
+    return { 'granted', token }
   end
-  local token = next_token(fence)
-  if not token then
+  local token = redis.pcall('INCR', F)
+  if type(token) ~= 'number' or token < 1 or token >= MAX_TOKEN then
+    if type(token) == 'number' then
+      redis.call('DECR', F)
+    end
+    redis.call('DEL', S)
     return nil
   end
-  local expires = int(now_ms + ttl)
-  redis.call('ZADD', Q, 1, owner)
-  redis.call('ZADD', E, expires, owner)
-  redis.call('HSET', M, owner, mode_arg)
-  redis.call('HSET', T, owner, int(token))
-  redis.call('SET', F, int(token))
-  for _, key in ipairs({ Q, E, M, T }) do
-    redis.call('PEXPIREAT', key, expires)
+  -- The hybrid logical clock of acquire.lua, in token units (microseconds).
+  local now = (redis.call('PEXPIRETIME', S) - ttl) * 1000
+  if now - token > SLACK then
+    redis.call('INCRBY', F, now - token)
+    token = now
   end
+  redis.call('APPEND', S, int(token))
   return { 'granted', token }
 end
 
-local fast = grant_in_empty_queue()
+local fast = grant_solo()
 if fast then
   return fast
 end

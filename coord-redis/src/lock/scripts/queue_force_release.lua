@@ -3,7 +3,7 @@
 -- fence is not touched). Runs after queue_head.lua and
 -- queue_common.lua.
 --
--- KEYS[1..4]  Q, E, M, T of the queue (see queue_head.lua)
+-- KEYS[1..5]  Q, E, M, T, S of the queue (see queue_head.lua)
 -- ARGV        none
 --
 -- Purges the entries whose lease ended first. Publishes on Q .. ':released' when any
@@ -13,6 +13,11 @@
 local bad_type = check_queue_types()
 if bad_type then
   return { 'wrongtype', bad_type }
+end
+-- A compact entry is a granted one, and nobody waits behind it: it goes, even one
+-- that does not decode (this is how an administrator clears one).
+if redis.call('DEL', S) == 1 then
+  return 1
 end
 purge()
 local removed = remove(redis.call('HKEYS', T))

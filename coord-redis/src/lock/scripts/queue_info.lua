@@ -1,7 +1,7 @@
 -- queue_info.lua: the entries of a queue, for `list` (after queue_head.lua and
 -- queue_common.lua).
 --
--- KEYS[1..4]  Q, E, M, T of the queue (see queue_head.lua)
+-- KEYS[1..5]  Q, E, M, T, S of the queue (see queue_head.lua)
 -- ARGV        none
 --
 -- Purges the entries whose lease ended first (waking the waiters when any went), as
@@ -12,9 +12,9 @@
 -- queue.rs decodes the raw values (a corrupted one is a codec error). Or a
 -- {'wrongtype', …} reply of queue_head.lua.
 
-local bad_type = check_queue_types()
-if bad_type then
-  return { 'wrongtype', bad_type }
+local failed = prepare()
+if failed then
+  return failed
 end
 purge()
 local owners = redis.call('ZRANGE', Q, 0, -1)

@@ -1,7 +1,7 @@
--- queue_renew.lua: extends the lease of a granted queue entry (after queue_head.lua
--- and queue_common.lua).
+-- queue_renew.lua: extends the lease of a granted queue entry (after queue_head.lua,
+-- queue_renew_fast.lua and queue_common.lua).
 --
--- KEYS[1..4]  Q, E, M, T of the queue (see queue_head.lua)
+-- KEYS[1..5]  Q, E, M, T, S of the queue (see queue_head.lua)
 -- ARGV[1]     the owner (`client_id:owner`)
 -- ARGV[2]     the new lease in milliseconds (integer >= 1)
 --
@@ -10,9 +10,9 @@
 -- from now), 0 when it is absent or waiting (its lease unchanged), or a {'wrongtype', …}
 -- reply of queue_head.lua.
 
-local bad_type = check_queue_types()
-if bad_type then
-  return { 'wrongtype', bad_type }
+local failed = prepare()
+if failed then
+  return failed
 end
 purge()
 local renewed = 0
