@@ -52,7 +52,7 @@ pub use lock::{
     AcquireOutcome, Election, ElectionBuilder, FencingToken, HoldMode, HolderInfo, LeaderInfo,
     LeaderTerm, Leadership, Lock, LockAdmin, LockBackend, LockBuilder, LockClient,
     LockClientBuilder, LockGrant, LockGuard, LockInfo, LockKind, LockOwner, LockStats,
-    MultiLockBuilder, MultiLockGuard, QueueOutcome, ReleaseEvents, StoredKind,
+    MultiLockBuilder, MultiLockGuard, QueueOutcome, ReleaseEvents, StoredKind, Wake,
 };
 pub use metrics::Metrics;
 pub use retry::RetryPolicy;

@@ -2,9 +2,12 @@
 //! opened lazily, fanned out to per-channel broadcast senders.
 //!
 //! * The first subscriber of a channel sends `SUBSCRIBE` and waits for the
-//!   server's confirmation; later ones share it. The last one leaving sends
-//!   `UNSUBSCRIBE`. Both happen under one async mutex, so an unsubscribe never
-//!   races a new subscribe of the same channel.
+//!   server's confirmation; later ones share it. When the last one leaves,
+//!   the channel stays subscribed for [`LINGER`] (up to [`MAX_IDLE`] idle
+//!   channels), so that a client that waits for the same lock again and
+//!   again (a worker looping on a contended lock) joins it without a round
+//!   trip; then `UNSUBSCRIBE` is sent. Both happen under one async mutex, so
+//!   an unsubscribe never races a new subscribe of the same channel.
 //! * When the connection dies every stream ends (waiters fall back to
 //!   polling) and the next `subscribe` opens a new connection.
 //! * Behind Sentinel the connection goes to the current master, and is
@@ -16,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use coord_core::{Error, ReleaseEvents, Result};
+use coord_core::{Error, FencingToken, ReleaseEvents, Result, Wake};
 use futures::StreamExt;
 use redis::aio::PubSubSink;
 use tokio::sync::{broadcast, watch};
@@ -28,6 +31,13 @@ use crate::sentinel::MasterTracker;
 /// Messages a slow reader may fall behind by before it sees `Lagged` (a
 /// lock waiter is still woken; a cache listener resyncs, flushing its L1).
 const CHANNEL_CAPACITY: usize = 256;
+
+/// How long a channel nobody listens to any more stays subscribed.
+const LINGER: Duration = Duration::from_secs(5);
+
+/// The most channels that linger at once; beyond, the last listener's
+/// leaving unsubscribes at once.
+const MAX_IDLE: usize = 1024;
 
 /// Where the pub/sub connection goes.
 #[derive(Debug)]
@@ -64,7 +74,21 @@ type Payloads = broadcast::Sender<Arc<[u8]>>;
 #[derive(Debug, Default)]
 struct Channels {
     dead: bool,
-    map: HashMap<String, (Payloads, usize)>,
+    map: HashMap<String, Joined>,
+    /// How many channels of `map` nobody listens to (lingering).
+    idle: usize,
+    /// The last `Joined::idle_since` handed out.
+    last_idle: u64,
+}
+
+/// One subscribed channel.
+#[derive(Debug)]
+struct Joined {
+    tx: Payloads,
+    /// How many streams share it; 0 while it lingers.
+    refs: usize,
+    /// Which lingering spell it is in (its unsubscribe is for that one only).
+    idle_since: u64,
 }
 
 impl Live {
@@ -81,6 +105,7 @@ impl Live {
         let mut channels = self.channels();
         channels.dead = true;
         channels.map.clear();
+        channels.idle = 0;
     }
 }
 
@@ -103,7 +128,8 @@ impl PubSubHub {
     /// Release signals of `channel`, subscribed (and confirmed) on return.
     /// With `only`, a message wakes this stream only when it is empty or
     /// names `only` on one of its lines (the queue scripts publish the
-    /// owners they let in).
+    /// owners they let in, each with the token it was granted when they
+    /// could grant it: [`Wake::Granted`]).
     pub(crate) async fn subscribe(
         self: &Arc<Self>,
         channel: String,
@@ -114,15 +140,19 @@ impl PubSubHub {
             futures::stream::unfold((rx, guard, only), |(mut rx, guard, only)| async move {
                 loop {
                     match rx.recv().await {
-                        Ok(payload) if !wakes(&payload, only.as_deref()) => {}
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                            return Some(((), (rx, guard, only)));
+                        Ok(payload) => {
+                            if let Some(wake) = wake_of(&payload, only.as_deref()) {
+                                return Some((wake, (rx, guard, only)));
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            return Some((Wake::Changed, (rx, guard, only)));
                         }
                         Err(broadcast::error::RecvError::Closed) => return None,
                     }
                 }
             });
-        Ok(ReleaseEvents::new(stream))
+        Ok(ReleaseEvents::with_grants(stream))
     }
 
     /// The messages of `channel`, subscribed (and confirmed) on return:
@@ -164,16 +194,25 @@ impl PubSubHub {
         };
         let (rx, first) = {
             let mut channels = live.channels();
-            match channels.map.get_mut(&channel) {
-                Some((tx, refs)) => {
-                    *refs += 1;
-                    (tx.subscribe(), false)
+            let Channels { map, idle, .. } = &mut *channels;
+            match map.get_mut(&channel) {
+                Some(joined) => {
+                    if joined.refs == 0 {
+                        *idle -= 1;
+                    }
+                    joined.refs += 1;
+                    (joined.tx.subscribe(), false)
                 }
                 None => {
                     // Registered before SUBSCRIBE so no message after the
                     // confirmation can reach the dispatcher unrouted.
                     let (tx, rx) = broadcast::channel(CHANNEL_CAPACITY);
-                    channels.map.insert(channel.clone(), (tx, 1));
+                    let joined = Joined {
+                        tx,
+                        refs: 1,
+                        idle_since: 0,
+                    };
+                    map.insert(channel.clone(), joined);
                     (rx, true)
                 }
             }
@@ -268,7 +307,7 @@ impl PubSubHub {
                     let Some(msg) = msg else { break };
                     let Some(live) = weak.upgrade() else { return };
                     let channels = live.channels();
-                    if let Some((tx, _)) = channels.map.get(msg.get_channel_name()) {
+                    if let Some(Joined { tx, .. }) = channels.map.get(msg.get_channel_name()) {
                         // No receiver left is fine: the entry goes when its
                         // last stream is dropped.
                         let _ = tx.send(Arc::from(msg.get_payload_bytes()));
@@ -297,27 +336,68 @@ impl PubSubHub {
         {
             return;
         }
-        let last = {
+        let lingering = {
             let mut channels = live.channels();
-            match channels.map.get_mut(&channel) {
-                Some((_, refs)) if *refs > 1 => {
-                    *refs -= 1;
-                    false
+            let Channels {
+                map,
+                idle,
+                last_idle,
+                ..
+            } = &mut *channels;
+            match map.get_mut(&channel) {
+                Some(joined) if joined.refs > 1 => {
+                    joined.refs -= 1;
+                    return;
                 }
-                Some(_) => {
-                    channels.map.remove(&channel);
-                    true
+                Some(joined) if joined.refs == 1 && *idle < MAX_IDLE => {
+                    joined.refs = 0;
+                    *last_idle += 1;
+                    joined.idle_since = *last_idle;
+                    *idle += 1;
+                    Some(*last_idle)
                 }
-                None => false,
+                Some(joined) if joined.refs == 1 => {
+                    map.remove(&channel);
+                    None
+                }
+                _ => return,
             }
         };
-        if last {
-            let mut sink = live.sink.clone();
-            match tokio::time::timeout(self.timeout, sink.unsubscribe(&channel)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(%channel, error = %e, "UNSUBSCRIBE failed"),
-                Err(_) => tracing::debug!(%channel, "UNSUBSCRIBE timed out"),
+        drop(slot);
+        let live = if lingering.is_some() {
+            // Not kept alive meanwhile: a closed backend's connection goes.
+            let weak = Arc::downgrade(&live);
+            drop(live);
+            tokio::time::sleep(LINGER).await;
+            let Some(live) = weak.upgrade() else { return };
+            live
+        } else {
+            live
+        };
+        let slot = self.live.lock().await;
+        if !slot
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, &live))
+        {
+            return;
+        }
+        if let Some(since) = lingering {
+            let mut channels = live.channels();
+            let still_idle = channels
+                .map
+                .get(&channel)
+                .is_some_and(|j| j.refs == 0 && j.idle_since == since);
+            if !still_idle {
+                return;
             }
+            channels.map.remove(&channel);
+            channels.idle -= 1;
+        }
+        let mut sink = live.sink.clone();
+        match tokio::time::timeout(self.timeout, sink.unsubscribe(&channel)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(%channel, error = %e, "UNSUBSCRIBE failed"),
+            Err(_) => tracing::debug!(%channel, "UNSUBSCRIBE timed out"),
         }
         drop(slot);
     }
@@ -335,17 +415,31 @@ async fn master_moved(moved: &mut Option<watch::Receiver<u64>>) {
     }
 }
 
-/// Whether a message with `payload` wakes a stream that listens for `only`:
-/// always without `only` or for an empty message, else when a line of the
-/// payload is `only`.
-fn wakes(payload: &[u8], only: Option<&str>) -> bool {
-    match only {
-        None => true,
-        Some(_) if payload.is_empty() => true,
-        Some(owner) => payload
-            .split(|b| *b == b'\n')
-            .any(|line| line == owner.as_bytes()),
-    }
+/// What a message with `payload` tells a stream that listens for `only`:
+/// always [`Wake::Changed`] without `only` or for an empty message; else,
+/// for a line `only` (a waiter let in), `Changed`, and for a line `only NUL
+/// token` (a waiter let in and granted), `Granted(token)`; `None` when no
+/// line names `only`.
+fn wake_of(payload: &[u8], only: Option<&str>) -> Option<Wake> {
+    let owner = match only {
+        None => return Some(Wake::Changed),
+        Some(_) if payload.is_empty() => return Some(Wake::Changed),
+        Some(owner) => owner.as_bytes(),
+    };
+    payload.split(|b| *b == b'\n').find_map(|line| {
+        let rest = line.strip_prefix(owner)?;
+        match rest {
+            [] => Some(Wake::Changed),
+            [0, token @ ..] => Some(
+                std::str::from_utf8(token)
+                    .ok()
+                    .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .map_or(Wake::Changed, |t| Wake::Granted(FencingToken::new(t))),
+            ),
+            _ => None,
+        }
+    })
 }
 
 /// Held by each stream; leaves the channel when the stream is dropped.
@@ -374,16 +468,40 @@ impl Drop for Subscription {
 
 #[cfg(test)]
 mod tests {
-    use super::wakes;
+    use super::wake_of;
+    use coord_core::{FencingToken, Wake};
 
     #[test]
     fn a_queue_waiter_wakes_only_when_named_or_for_everyone() {
-        assert!(wakes(b"", None));
-        assert!(wakes(b"c:a", None));
-        assert!(wakes(b"", Some("c:a")), "an empty message wakes everyone");
-        assert!(wakes(b"c:a", Some("c:a")));
-        assert!(wakes(b"c:b\nc:a", Some("c:a")));
-        assert!(!wakes(b"c:b\nc:ab", Some("c:a")), "whole lines only");
-        assert!(!wakes(b"c:b", Some("c:a")));
+        let changed = Some(Wake::Changed);
+        assert_eq!(wake_of(b"", None), changed);
+        assert_eq!(wake_of(b"c:a", None), changed);
+        assert_eq!(
+            wake_of(b"", Some("c:a")),
+            changed,
+            "an empty message wakes everyone"
+        );
+        assert_eq!(wake_of(b"c:a", Some("c:a")), changed);
+        assert_eq!(wake_of(b"c:b\nc:a", Some("c:a")), changed);
+        assert_eq!(wake_of(b"c:b\nc:ab", Some("c:a")), None, "whole lines only");
+        assert_eq!(wake_of(b"c:b", Some("c:a")), None);
+    }
+
+    #[test]
+    fn a_line_with_a_token_is_a_grant_of_the_owner_it_names() {
+        let granted = |t| Some(Wake::Granted(FencingToken::new(t)));
+        assert_eq!(wake_of(b"c:a\x0042", Some("c:a")), granted(42));
+        assert_eq!(wake_of(b"c:b\x007\nc:a\x0043", Some("c:a")), granted(43));
+        assert_eq!(wake_of(b"c:ab\x0042", Some("c:a")), None, "another owner");
+        assert_eq!(wake_of(b"c:a\x0042", None), Some(Wake::Changed));
+        // A token that does not parse still wakes the owner, to ask again.
+        for bad in [
+            &b"c:a\x00"[..],
+            b"c:a\x00x1",
+            b"c:a\x00-1",
+            b"c:a\x0099999999999999999999",
+        ] {
+            assert_eq!(wake_of(bad, Some("c:a")), Some(Wake::Changed), "{bad:?}");
+        }
     }
 }

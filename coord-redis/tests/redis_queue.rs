@@ -2,11 +2,14 @@
 //! `list` on a real Redis server: the grant rule of coord-core's memory
 //! backend, waking, tokens across a restart, corrupted stored values.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use coord_core::lock::{HoldMode, LockInfo, QueueOutcome, StoredKind};
 use coord_core::testkit::within;
-use coord_core::{AcquireOutcome, Error, FencingToken, LockBackend, LockOwner, Settings};
+use coord_core::{
+    AcquireOutcome, Error, FencingToken, LockBackend, LockClient, LockOwner, Settings, Wake,
+};
 use coord_redis::RedisBackend;
 use coord_redis::testkit::{RedisHarness, RedisServer};
 
@@ -40,6 +43,7 @@ async fn queued(b: &RedisBackend, name: &str, o: &str, mode: HoldMode) -> u32 {
         QueueOutcome::Queued {
             ahead,
             retry_after: Some(wait),
+            fence: Some(_),
         } => {
             assert!(wait <= TTL, "{wait:?}");
             ahead
@@ -209,6 +213,7 @@ async fn an_expired_holder_is_purged_and_the_next_is_granted() {
         QueueOutcome::Queued {
             ahead: 1,
             retry_after: Some(wait),
+            ..
         } => assert!(wait <= Duration::from_millis(100), "{wait:?}"),
         other => panic!("{other:?}"),
     }
@@ -797,6 +802,128 @@ async fn a_release_wakes_only_the_next_grantee() {
     b.dequeue("next", &owner("w1")).await.unwrap();
     assert!(within(LIMIT, "w3 is woken by w1's release", third.next()).await);
     granted(&b, "next", "w3", x).await;
+}
+
+#[tokio::test]
+async fn a_release_grants_the_next_waiters_at_once_and_announces_their_tokens() {
+    let h = RedisHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let mut raw = raw(h.server.url()).await;
+    let x = HoldMode::Exclusive;
+    let t1 = granted(&b, "handover", "a", x).await;
+    // A waiter's answer carries the fence it saw: the holder's token.
+    match b.enqueue("handover", &owner("w1"), x, TTL).await.unwrap() {
+        QueueOutcome::Queued {
+            ahead: 1,
+            fence: Some(f),
+            ..
+        } => assert_eq!(f, t1),
+        other => panic!("expected w1 to wait, got {other:?}"),
+    }
+    assert_eq!(queued(&b, "handover", "w2", x).await, 2);
+    let mut w1 = b.subscribe_queue("handover", &owner("w1")).await.unwrap();
+    let mut w2 = b.subscribe_queue("handover", &owner("w2")).await.unwrap();
+    b.dequeue("handover", &owner("a")).await.unwrap();
+    // w1 holds now, told its token, without asking again.
+    let t2 = match within(LIMIT, "w1 is told its grant", w1.next_wake()).await {
+        Some(Wake::Granted(t)) => t,
+        other => panic!("expected a grant, got {other:?}"),
+    };
+    assert!(t2 > t1);
+    let info = b.list("handover").await.unwrap();
+    let holders: Vec<_> = info[0]
+        .holders
+        .iter()
+        .map(|h| (h.owner.as_str(), h.token))
+        .collect();
+    assert_eq!(holders, [("test:w1", Some(t2))]);
+    assert_eq!(info[0].waiters.len(), 1);
+    // Asking again (a waiter that missed the message) gives the same grant.
+    assert_eq!(granted(&b, "handover", "w1", x).await, t2);
+    // A semaphore: a release lets one waiter in, the next stays waiting.
+    let s2 = HoldMode::Shared { limit: 2 };
+    granted(&b, "permits", "a", s2).await;
+    let t = granted(&b, "permits", "b", s2).await;
+    queued(&b, "permits", "c", s2).await;
+    queued(&b, "permits", "d", s2).await;
+    let mut c = b.subscribe_queue("permits", &owner("c")).await.unwrap();
+    b.dequeue("permits", &owner("a")).await.unwrap();
+    match within(LIMIT, "c is told its grant", c.next_wake()).await {
+        Some(Wake::Granted(tc)) => assert!(tc > t),
+        other => panic!("expected a grant, got {other:?}"),
+    }
+    assert_eq!(queued(&b, "permits", "d", s2).await, 2);
+    // A fence that does not decode grants nothing: the next waiter is woken
+    // to ask, and its enqueue reports the fence.
+    let _: () = redis::cmd("SET")
+        .arg(key(&h, "handover", ":queue:fence"))
+        .arg("pear")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    b.dequeue("handover", &owner("w1")).await.unwrap();
+    assert_eq!(
+        within(LIMIT, "w2 is woken", w2.next_wake()).await,
+        Some(Wake::Changed)
+    );
+    let err = b
+        .enqueue("handover", &owner("w2"), x, TTL)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Codec { .. }) && err.to_string().contains("pear"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_announced_grant_of_an_earlier_entry_is_not_taken_for_the_current_one() {
+    // A waiter takes an announced grant only with a token above the fence of
+    // its last answer: a message from an earlier entry of the same owner (a
+    // recycled owner, a message delayed on the pub/sub connection) must not
+    // make it believe it holds the lock.
+    let h = RedisHarness::start().await;
+    let backend: Arc<dyn LockBackend> = Arc::new(h.connect().await.unwrap());
+    let locks = LockClient::new(backend.clone());
+    let lock = locks.lock("stale").fair().ttl(TTL).build();
+    let holder = lock.acquire().await.unwrap();
+    let waiter = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.acquire().await.unwrap() }
+    });
+    let waiting = within(LIMIT, "the waiter is queued", async {
+        loop {
+            let info = backend.list("stale").await.unwrap();
+            if let Some(w) = info.first().and_then(|i| i.waiters.first()) {
+                return w.owner.clone();
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    // A stale announcement: the holder's token, no higher than the fence.
+    let channel = key(&h, "stale", ":queue:released");
+    let mut raw = raw(h.server.url()).await;
+    let stale = format!("{waiting}\0{}", holder.fencing_token().as_u64());
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(&channel)
+        .arg(&stale)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let held = holder.fencing_token();
+    holder.release().await.unwrap();
+    let guard = within(LIMIT, "the waiter is granted", waiter)
+        .await
+        .unwrap();
+    assert!(
+        guard.fencing_token() > held,
+        "{:?} after {held:?}",
+        guard.fencing_token()
+    );
+    let info = backend.list("stale").await.unwrap();
+    assert_eq!(info[0].holders[0].token, Some(guard.fencing_token()));
+    guard.release().await.unwrap();
 }
 
 /// All commands the server has run (scripts' own calls included), by name.

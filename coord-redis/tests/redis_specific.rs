@@ -397,6 +397,68 @@ async fn release_wakes_subscribers_and_shared_channels_survive_one_leaving() {
 }
 
 #[tokio::test]
+async fn a_channel_left_by_its_last_listener_lingers_then_is_unsubscribed() {
+    // A worker that waits for the same lock again and again joins its
+    // channel without a SUBSCRIBE round trip each time; a channel nobody
+    // comes back to is unsubscribed after a few seconds.
+    let server = RedisServer::spawn().expect("redis-server must start for this test");
+    let b = RedisBackend::connect(server.url(), &Settings::default())
+        .await
+        .unwrap();
+    let mut conn = raw(server.url()).await;
+    let channel = format!("{}:lock:{{linger}}:released", Settings::default().namespace);
+    let listeners = |mut conn: redis::aio::MultiplexedConnection| {
+        let channel = channel.clone();
+        async move {
+            let reply: (String, u64) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channel)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            reply.1
+        }
+    };
+    let first = b.subscribe("linger").await.unwrap();
+    assert_eq!(listeners(conn.clone()).await, 1);
+    let subscribes = command_calls(&mut conn, "subscribe").await;
+    drop(first);
+    for _ in 0..5 {
+        // The leaving runs in a task of its own: let it run first.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        drop(b.subscribe("linger").await.unwrap());
+    }
+    assert_eq!(command_calls(&mut conn, "subscribe").await, subscribes);
+    assert_eq!(
+        listeners(conn.clone()).await,
+        1,
+        "still subscribed while it lingers"
+    );
+    within(
+        Duration::from_secs(15),
+        "the idle channel is unsubscribed",
+        async {
+            while listeners(conn.clone()).await != 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        },
+    )
+    .await;
+    // And a listener after that subscribes again, and is woken.
+    let mut later = b.subscribe("linger").await.unwrap();
+    assert_eq!(listeners(conn.clone()).await, 1);
+    let _: u64 = redis::cmd("PUBLISH")
+        .arg(&channel)
+        .arg("")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(within(Duration::from_secs(5), "the message arrives", later.next()).await);
+}
+
+#[tokio::test]
 async fn pubsub_streams_end_when_the_server_dies_and_resubscribe_after() {
     let mut server = RedisServer::spawn().expect("redis-server must start for this test");
     let b = RedisBackend::connect(server.url(), &Settings::default())

@@ -12,6 +12,7 @@ use crate::error::Error;
 use crate::error::Result;
 use crate::health::ComponentHealth;
 use crate::lock::queue::{HoldMode, LockInfo, QueueOutcome};
+use crate::lock::types::FencingToken;
 use crate::lock::types::{AcquireOutcome, LockOwner};
 
 /// The primitive operations of a lease lock on one backend. Each is one
@@ -193,14 +194,38 @@ fn unsupported(backend: &str, what: &str) -> Error {
     Error::Unsupported(format!("the {backend} backend does not implement {what}"))
 }
 
+/// What woke a waiter listening to a lock's [`ReleaseEvents`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Wake {
+    /// The lock may be free now (or the backend cannot say who goes next):
+    /// ask again.
+    Changed,
+    /// The release that let this waiter's queue entry in also granted it,
+    /// with this token (a backend that hands the lock over in the same
+    /// step, sparing the waiter a round trip). The waiter takes it only when
+    /// the token is higher than the [`QueueOutcome::Queued::fence`] of its
+    /// last answer, which proves the grant is of its current entry, not an
+    /// earlier one of the same owner.
+    ///
+    /// [`QueueOutcome::Queued::fence`]: crate::lock::QueueOutcome::Queued
+    Granted(FencingToken),
+}
+
 /// A stream of "this lock may be free now" signals from a backend.
 pub struct ReleaseEvents {
-    inner: Pin<Box<dyn Stream<Item = ()> + Send>>,
+    inner: Pin<Box<dyn Stream<Item = Wake> + Send>>,
 }
 
 impl ReleaseEvents {
     /// Wraps a backend's stream of release signals.
     pub fn new(stream: impl Stream<Item = ()> + Send + 'static) -> Self {
+        ReleaseEvents::with_grants(stream.map(|()| Wake::Changed))
+    }
+
+    /// Wraps a backend's stream of wake-ups that may carry grants
+    /// ([`Wake::Granted`]).
+    pub fn with_grants(stream: impl Stream<Item = Wake> + Send + 'static) -> Self {
         ReleaseEvents {
             inner: Box::pin(stream),
         }
@@ -216,6 +241,12 @@ impl ReleaseEvents {
     /// the channel keeps ending at once.
     pub async fn next(&mut self) -> bool {
         self.inner.next().await.is_some()
+    }
+
+    /// Waits for the next signal, with the grant it carries; `None` when the
+    /// source has ended (as [`next`](Self::next) returning `false`).
+    pub async fn next_wake(&mut self) -> Option<Wake> {
+        self.inner.next().await
     }
 }
 

@@ -18,7 +18,7 @@ mod stats;
 mod types;
 
 pub use admin::LockAdmin;
-pub use backend::{LockBackend, ReleaseEvents};
+pub use backend::{LockBackend, ReleaseEvents, Wake};
 pub use client::{LockClient, LockClientBuilder};
 pub use election::{ELECTION_PREFIX, Election, ElectionBuilder, LeaderInfo, Leadership};
 pub use guard::LockGuard;

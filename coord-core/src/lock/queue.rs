@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::lock::types::LockGrant;
+use crate::lock::types::{FencingToken, LockGrant};
 
 /// How a queued hold shares its lock with the holds ahead of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -94,6 +94,13 @@ pub enum QueueOutcome {
         /// it ends (a waiter retries no later than that, as its holder may
         /// have died).
         retry_after: Option<Duration>,
+        /// When the backend announces grants on its release events
+        /// ([`Wake::Granted`](crate::lock::Wake::Granted)): the last token
+        /// the queue had handed out when it answered (0 before the first).
+        /// A grant of this entry made later has a higher token, so an
+        /// announcement with a token no higher is of an earlier entry.
+        /// `None` for a backend that makes no such announcements.
+        fence: Option<FencingToken>,
     },
 }
 

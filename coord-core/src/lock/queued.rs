@@ -9,12 +9,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::lock::backend::ReleaseEvents;
+use crate::lock::backend::{ReleaseEvents, Wake};
 use crate::lock::client::ClientShared;
 use crate::lock::guard::LockGuard;
 use crate::lock::handle::{Lock, RESUBSCRIBE_AFTER};
 use crate::lock::queue::{HoldMode, QueueOutcome};
-use crate::lock::types::LockOwner;
+use crate::lock::types::{FencingToken, LockGrant, LockOwner};
 
 /// A queue entry that is not (yet) a guard's: dropping it (a cancelled or
 /// failed acquisition) removes it from the queue in the background, so it
@@ -172,6 +172,9 @@ impl Lock {
         let mut events: Option<ReleaseEvents> = None;
         let mut subscribed_at: Option<Instant> = None;
         let mut _waiting = None;
+        // The last answer that queued the entry: when its request was sent,
+        // and the queue's fence then (see `Wake::Granted`).
+        let mut queued_at: Option<(Instant, FencingToken)> = None;
         loop {
             let reply = self.enqueue_once(&owner).await;
             let arrived = Instant::now();
@@ -190,7 +193,15 @@ impl Lock {
                     let timing = (sent_at, arrived);
                     return Ok(self.guard(owner, pooled, grant, timing, started, contended));
                 }
-                Ok((QueueOutcome::Queued { retry_after, .. }, _)) => retry_after,
+                Ok((
+                    QueueOutcome::Queued {
+                        retry_after, fence, ..
+                    },
+                    sent_at,
+                )) => {
+                    queued_at = fence.map(|f| (sent_at, f));
+                    retry_after
+                }
                 Err(e) => return Err(self.failed(entry, e)),
             };
             let now = Instant::now();
@@ -219,7 +230,23 @@ impl Lock {
                 wake = wake.min(d);
             }
             tokio::select! {
-                alive = listening.next() => {
+                wake = listening.next_wake() => {
+                    if let (Some(Wake::Granted(token)), Some((sent_at, fence))) = (wake, queued_at) {
+                        // Handed over by the release that let the entry in:
+                        // a grant of the current entry (a token above the
+                        // fence of its last answer), whose lease was last
+                        // set by the request sent at `sent_at`.
+                        let grant = LockGrant { token, ttl: self.ttl() };
+                        let arrived = Instant::now();
+                        if token > fence
+                            && !crate::lock::handle::lost_on_arrival(&grant, sent_at, arrived)
+                        {
+                            let owner = entry.into_owner();
+                            let timing = (sent_at, arrived);
+                            return Ok(self.guard(owner, pooled, grant, timing, started, true));
+                        }
+                    }
+                    let alive = wake.is_some();
                     if alive || subscribed_at.is_some_and(|at| at.elapsed() >= RESUBSCRIBE_AFTER) {
                         // A change ahead of us (or a lost channel): listen
                         // anew, as the backend may watch another predecessor

@@ -100,6 +100,7 @@ impl Queues {
                     .iter()
                     .map(|e| e.expires.saturating_duration_since(now))
                     .min(),
+                fence: None,
             },
         }
     }

@@ -167,6 +167,7 @@ impl EtcdBackend {
                 return Ok(QueueOutcome::Queued {
                     ahead: u32::try_from(pos).unwrap_or(u32::MAX),
                     retry_after: None,
+                    fence: None,
                 });
             }
             // Valid for at most the lease's remaining time, less a sixth of

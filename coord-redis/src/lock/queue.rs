@@ -145,18 +145,16 @@ impl QueueKeys {
         format!("{}:released", self.entries)
     }
 
-    /// An `EVALSHA` of `script` with the five queue keys and `extra` keys
-    /// after them; arguments follow.
-    fn cmd(&self, script: &Script, extra: &[&str]) -> Cmd {
-        let mut cmd = evalsha(script, 5 + extra.len());
+    /// An `EVALSHA` of `script` with the six keys of every queue script
+    /// (the five queue keys and the fence); arguments follow.
+    fn cmd(&self, script: &Script) -> Cmd {
+        let mut cmd = evalsha(script, 6);
         cmd.arg(&self.entries)
             .arg(&self.leases)
             .arg(&self.modes)
             .arg(&self.tokens)
-            .arg(&self.solo);
-        for key in extra {
-            cmd.arg(*key);
-        }
+            .arg(&self.solo)
+            .arg(self.fence());
         cmd
     }
 }
@@ -234,12 +232,18 @@ fn parse_enqueue(reply: &Value, ttl: Duration, addr: &str) -> Result<QueueOutcom
             token: FencingToken::new(token.unsigned_abs()),
             ttl,
         })),
-        (Some("queued"), [Value::Int(ahead @ 0..), Value::Int(wait @ 0..)]) => {
-            Ok(QueueOutcome::Queued {
-                ahead: u32::try_from(*ahead).unwrap_or(u32::MAX),
-                retry_after: Some(Duration::from_millis(wait.unsigned_abs())),
-            })
-        }
+        (
+            Some("queued"),
+            [
+                Value::Int(ahead @ 0..),
+                Value::Int(wait @ 0..),
+                Value::Int(fence @ 0..),
+            ],
+        ) => Ok(QueueOutcome::Queued {
+            ahead: u32::try_from(*ahead).unwrap_or(u32::MAX),
+            retry_after: Some(Duration::from_millis(wait.unsigned_abs())),
+            fence: Some(FencingToken::new(fence.unsigned_abs())),
+        }),
         _ => Err(unexpected_reply("queue_enqueue", reply)),
     }
 }
@@ -441,7 +445,7 @@ impl RedisBackend {
         let ttl = self.inner.caps.effective_ttl(ttl);
         let keys = QueueKeys::new(&self.inner.lock_prefix, name);
         let script = &SCRIPTS.enqueue;
-        let mut cmd = keys.cmd(script, &[&keys.fence()]);
+        let mut cmd = keys.cmd(script);
         cmd.arg(owner.as_str()).arg(mode.encode()).arg(ttl_ms(ttl));
         let reply = self.eval::<Value>(script, &cmd).await?;
         parse_enqueue(&reply, ttl, &self.inner.addr)
@@ -457,7 +461,7 @@ impl RedisBackend {
         let ttl = self.inner.caps.effective_ttl(ttl);
         let keys = QueueKeys::new(&self.inner.lock_prefix, name);
         let script = &SCRIPTS.renew;
-        let mut cmd = keys.cmd(script, &[]);
+        let mut cmd = keys.cmd(script);
         cmd.arg(owner.as_str()).arg(ttl_ms(ttl));
         let reply = self.eval::<Value>(script, &cmd).await?;
         match parse_count(&reply, "queue_renew", &self.inner.addr)? {
@@ -470,7 +474,7 @@ impl RedisBackend {
     pub(crate) async fn queue_dequeue(&self, name: &str, owner: &LockOwner) -> Result<()> {
         let keys = QueueKeys::new(&self.inner.lock_prefix, name);
         let script = &SCRIPTS.dequeue;
-        let mut cmd = keys.cmd(script, &[]);
+        let mut cmd = keys.cmd(script);
         cmd.arg(owner.as_str());
         let reply = self.eval::<Value>(script, &cmd).await?;
         match parse_count(&reply, "queue_dequeue", &self.inner.addr)? {
@@ -498,7 +502,7 @@ impl RedisBackend {
     pub(crate) async fn queue_force_release(&self, name: &str) -> Result<usize> {
         let keys = QueueKeys::new(&self.inner.lock_prefix, name);
         let script = &SCRIPTS.force_release;
-        let cmd = keys.cmd(script, &[]);
+        let cmd = keys.cmd(script);
         let reply = self.eval::<Value>(script, &cmd).await?;
         let n = parse_count(&reply, "queue_force_release", &self.inner.addr)?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
@@ -508,7 +512,7 @@ impl RedisBackend {
     async fn queue_info(&self, name: &str) -> Result<Option<LockInfo>> {
         let keys = QueueKeys::new(&self.inner.lock_prefix, name);
         let script = &SCRIPTS.info;
-        let cmd = keys.cmd(script, &[]);
+        let cmd = keys.cmd(script);
         let reply = self.eval::<Value>(script, &cmd).await?;
         parse_info(name, &keys, &reply, &self.inner.addr)
     }
@@ -731,12 +735,18 @@ mod tests {
                 ttl
             })
         );
-        let queued = Value::Array(vec![bulk("queued"), Value::Int(2), Value::Int(250)]);
+        let queued = Value::Array(vec![
+            bulk("queued"),
+            Value::Int(2),
+            Value::Int(250),
+            Value::Int(77),
+        ]);
         assert_eq!(
             parse_enqueue(&queued, ttl, "t").unwrap(),
             QueueOutcome::Queued {
                 ahead: 2,
-                retry_after: Some(Duration::from_millis(250))
+                retry_after: Some(Duration::from_millis(250)),
+                fence: Some(FencingToken::new(77)),
             }
         );
         let corrupt = Value::Array(vec![
@@ -764,6 +774,13 @@ mod tests {
             Value::Array(vec![]),
             Value::Array(vec![bulk("granted"), Value::Int(0)]),
             Value::Array(vec![bulk("queued"), Value::Int(1)]),
+            Value::Array(vec![bulk("queued"), Value::Int(1), Value::Int(5)]),
+            Value::Array(vec![
+                bulk("queued"),
+                Value::Int(1),
+                Value::Int(5),
+                Value::Int(-1),
+            ]),
         ] {
             assert!(
                 matches!(parse_enqueue(&bad, ttl, "t"), Err(Error::Backend { .. })),

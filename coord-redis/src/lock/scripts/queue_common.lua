@@ -146,6 +146,34 @@ local function admitted_waiters()
   return wake
 end
 
+-- Grants the waiting entries of `owners` (admitted, in queue order) the next tokens of
+-- F, and returns the lines that announce them: `owner NUL token` each. Grants nothing
+-- when F does not decode (or would overflow), and announces the owners alone then, so
+-- that they ask, and their enqueue reports the fence.
+local function grant_waiters(owners)
+  local raw = redis.pcall('GET', F)
+  local fence = 0
+  if raw then
+    fence = decode_token(raw)
+  end
+  local lines, last = {}, nil
+  for i, owner in ipairs(owners) do
+    local token = fence and next_token(fence)
+    fence = token
+    if token then
+      redis.call('HSET', T, owner, int(token))
+      last = token
+      lines[i] = owner .. '\0' .. int(token)
+    else
+      lines[i] = owner
+    end
+  end
+  if last then
+    redis.call('SET', F, int(last))
+  end
+  return lines
+end
+
 -- Keeps the keys alive until the last lease ends (deleting them once the queue is
 -- empty) and wakes the waiters that an entry's going let in. Called before every
 -- reply of a script that may have changed the queue.
@@ -166,7 +194,7 @@ local function finish()
     if wake == nil then
       redis.call('PUBLISH', Q .. ':released', '')
     elseif #wake > 0 then
-      redis.call('PUBLISH', Q .. ':released', table.concat(wake, '\n'))
+      redis.call('PUBLISH', Q .. ':released', table.concat(grant_waiters(wake), '\n'))
     end
   end
 end

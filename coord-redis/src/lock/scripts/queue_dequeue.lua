@@ -2,7 +2,7 @@
 -- up), and wakes the waiters (after queue_head.lua, queue_dequeue_fast.lua and
 -- queue_common.lua).
 --
--- KEYS[1..5]  Q, E, M, T, S of the queue (see queue_head.lua)
+-- KEYS[1..6]  Q, E, M, T, S, F of the queue (see queue_head.lua)
 -- ARGV[1]     the owner (`client_id:owner`)
 --
 -- Purges the entries whose lease ended first. Publishes on Q .. ':released' when any

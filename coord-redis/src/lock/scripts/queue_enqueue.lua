@@ -1,9 +1,7 @@
 -- queue_enqueue.lua: one step of a queued acquisition (after queue_head.lua,
 -- queue_enqueue_fast.lua and queue_common.lua).
 --
--- KEYS[1..5]  Q, E, M, T, S of the queue (see queue_head.lua)
--- KEYS[6]     F `{ns}:lock:{name}:queue:fence`  last token handed out by this queue,
---             no TTL (never deleted, so tokens keep increasing)
+-- KEYS[1..6]  Q, E, M, T, S, F of the queue (see queue_head.lua)
 -- ARGV[1]     the owner (`client_id:owner`, never contains a NUL byte)
 -- ARGV[2]     its hold mode as HoldMode::encode writes it (`x` or `s<limit>`); used
 --             only when the owner is not queued yet (a queued entry keeps its mode)
@@ -22,12 +20,15 @@
 --
 -- Returns
 --   {'granted', token}           the entry holds the lock (or a permit)
---   {'queued', ahead, wait_ms}   it waits behind `ahead` entries; the first lease ahead
---                                of it ends in `wait_ms` ms
+--   {'queued', ahead, wait_ms, fence}
+--                                it waits behind `ahead` entries; the first lease ahead
+--                                of it ends in `wait_ms` ms; `fence` is F as this call
+--                                found it (0 when absent): a grant of this entry that a
+--                                later removal announces has a higher token
 --   or a {'wrongtype', …} / {'corrupt', …} reply of queue_head.lua. A corrupted fence
 --   changes nothing; a corrupted mode ahead grants nothing.
 
--- F, owner, mode_arg and ttl are locals of queue_enqueue_fast.lua, which runs first.
+-- owner, mode_arg and ttl are locals of queue_enqueue_fast.lua, which runs first.
 
 local bad_type = check_types({ { F, 'string' } })
 if bad_type then
@@ -140,4 +141,4 @@ for i = 1, #ahead do
   end
 end
 finish()
-return { 'queued', pos, math.max(wait_ms or 0, 0) }
+return { 'queued', pos, math.max(wait_ms or 0, 0), fence }

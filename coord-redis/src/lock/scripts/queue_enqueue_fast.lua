@@ -1,9 +1,8 @@
 -- queue_enqueue_fast.lua: the fast path of queue_enqueue.lua (after queue_head.lua,
--- before queue_common.lua and queue_enqueue.lua, which use its locals F, owner,
+-- before queue_common.lua and queue_enqueue.lua, which use its locals owner,
 -- mode_arg and ttl). KEYS, ARGV and replies: see queue_enqueue.lua. Returns from the
 -- script only when it grants; otherwise the general path runs.
 
-local F = KEYS[6]
 local owner, mode_arg, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 
 -- An empty queue (none of its keys exists) grants its first entry at once, in the

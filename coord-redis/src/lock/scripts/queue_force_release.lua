@@ -3,7 +3,7 @@
 -- fence is not touched). Runs after queue_head.lua and
 -- queue_common.lua.
 --
--- KEYS[1..5]  Q, E, M, T, S of the queue (see queue_head.lua)
+-- KEYS[1..6]  Q, E, M, T, S, F of the queue (see queue_head.lua)
 -- ARGV        none
 --
 -- Purges the entries whose lease ended first. Publishes on Q .. ':released' when any

@@ -8,7 +8,7 @@
 -- every operation stays one EVALSHA. The fast paths come before the helpers so that
 -- they do not pay for defining them (about a microsecond per call) nor for TIME.
 --
--- KEYS (the same first five in every queue script; all share the `{name}` hash tag of
+-- KEYS (the same six in every queue script; all share the `{name}` hash tag of
 -- the lease lock of the same name, but never collide with its keys: a queued lock and a
 -- lease lock with the same name are different locks):
 -- KEYS[1]  Q  `{ns}:lock:{name}:queue`        ZSET owner -> arrival sequence (queue order)
@@ -18,14 +18,18 @@
 -- KEYS[5]  S  `{ns}:lock:{name}:queue:solo`   STRING `owner NUL mode NUL token`, expiring
 --             at the end of the entry's lease: the compact form of a queue whose only
 --             entry was granted on arrival (every uncontended hold)
+-- KEYS[6]  F  `{ns}:lock:{name}:queue:fence`  STRING, the last token handed out by this
+--             queue, no TTL (never deleted, so tokens keep increasing)
 -- A queue is in one of two forms, never both: the compact form (S alone), or the full
 -- form (Q, E, M and T, which expire together at the end of the last lease, PEXPIREAT,
 -- and are deleted when the queue empties). The fast paths (queue_*_fast.lua) create,
 -- renew and delete S; the general path first turns S into the full form
 -- (expand_solo in queue_common.lua), so nothing after it knows the compact form.
--- A removal of an entry that lets waiting entries in publishes
--- their owners, one per line, on the channel `{ns}:lock:{name}:queue:released`
--- (Q .. ':released'): only those waiters wake (an empty message wakes every waiter).
+-- A removal of an entry that lets waiting entries in grants them at once (each gets the
+-- next token of F) and publishes them, one line `owner NUL token` each, on the channel
+-- `{ns}:lock:{name}:queue:released` (Q .. ':released'): only those waiters wake, and
+-- they hold the lock without asking again (a line `owner` alone wakes a waiter to ask;
+-- an empty message wakes every waiter).
 --
 -- A stored value the scripts cannot use makes them reply (tables, not error replies, so
 -- queue.rs can tell a corrupted value from a failed request):
@@ -35,7 +39,7 @@
 --                                  entry's field) is `raw`, which does not decode;
 --                                  nothing was granted
 
-local Q, E, M, T, S = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local Q, E, M, T, S, F = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 
 -- Tokens stay below 2^53, exact in a Lua number.
 local MAX_TOKEN = 9007199254740992

@@ -1,7 +1,7 @@
 -- queue_renew.lua: extends the lease of a granted queue entry (after queue_head.lua,
 -- queue_renew_fast.lua and queue_common.lua).
 --
--- KEYS[1..5]  Q, E, M, T, S of the queue (see queue_head.lua)
+-- KEYS[1..6]  Q, E, M, T, S, F of the queue (see queue_head.lua)
 -- ARGV[1]     the owner (`client_id:owner`)
 -- ARGV[2]     the new lease in milliseconds (integer >= 1)
 --
