@@ -11,7 +11,7 @@ use coord_core::{
     AcquireOutcome, Error, FencingToken, LockBackend, LockClient, LockOwner, Settings, Wake,
 };
 use coord_redis::RedisBackend;
-use coord_redis::testkit::{RedisHarness, RedisServer};
+use coord_redis::testkit::{RedisHarness, RedisServer, command_calls};
 
 const TTL: Duration = Duration::from_secs(10);
 const LIMIT: Duration = Duration::from_secs(5);
@@ -838,6 +838,16 @@ async fn a_release_grants_the_next_waiters_at_once_and_announces_their_tokens() 
         .collect();
     assert_eq!(holders, [("test:w1", Some(t2))]);
     assert_eq!(info[0].waiters.len(), 1);
+    // Every key of the queue still expires (the token hash was made anew by
+    // the grant).
+    for suffix in [":queue", ":queue:lease", ":queue:mode", ":queue:token"] {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key(&h, "handover", suffix))
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert!(ttl > 0 && ttl <= TTL.as_millis() as i64, "{suffix}: {ttl}");
+    }
     // Asking again (a waiter that missed the message) gives the same grant.
     assert_eq!(granted(&b, "handover", "w1", x).await, t2);
     // A semaphore: a release lets one waiter in, the next stays waiting.
@@ -924,6 +934,60 @@ async fn an_announced_grant_of_an_earlier_entry_is_not_taken_for_the_current_one
     let info = backend.list("stale").await.unwrap();
     assert_eq!(info[0].holders[0].token, Some(guard.fencing_token()));
     guard.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_handle_that_waited_last_time_listens_first_and_asks_once() {
+    // A worker looping on a contended lock: its next wait costs one enqueue
+    // (it listens before asking), and the release hands the lock over.
+    let server = RedisServer::spawn().expect("redis-server must start for this test");
+    let connect = || async {
+        let b: Arc<dyn LockBackend> = Arc::new(
+            RedisBackend::connect(server.url(), &Settings::default())
+                .await
+                .unwrap(),
+        );
+        b
+    };
+    let (a, b) = (connect().await, connect().await);
+    let holder = LockClient::new(a).lock("loop").fair().ttl(TTL).build();
+    let worker = LockClient::new(b.clone())
+        .lock("loop")
+        .fair()
+        .ttl(TTL)
+        .build();
+    let mut conn = raw(server.url()).await;
+    for round in 0..3 {
+        let held = holder.acquire().await.unwrap();
+        let enqueues = command_calls(&mut conn, "zrank").await;
+        let waiting = tokio::spawn({
+            let worker = worker.clone();
+            async move { worker.acquire().await.unwrap() }
+        });
+        within(LIMIT, "the worker waits", async {
+            while b
+                .list("loop")
+                .await
+                .unwrap()
+                .first()
+                .is_none_or(|i| i.waiters.is_empty())
+            {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        let token = held.fencing_token();
+        held.release().await.unwrap();
+        let guard = within(LIMIT, "the worker is granted", waiting)
+            .await
+            .unwrap();
+        assert!(guard.fencing_token() > token);
+        let asked = command_calls(&mut conn, "zrank").await - enqueues;
+        // The first wait asks twice (the second time once it listens).
+        let expected = if round == 0 { 2 } else { 1 };
+        assert_eq!(asked, expected, "round {round}");
+        guard.release().await.unwrap();
+    }
 }
 
 /// All commands the server has run (scripts' own calls included), by name.

@@ -10,7 +10,7 @@ use coord_core::{
     AcquireOutcome, Error, FencingToken, LockBackend, LockClient, LockOwner, Settings,
 };
 use coord_redis::RedisBackend;
-use coord_redis::testkit::{RedisHarness, RedisServer};
+use coord_redis::testkit::{RedisHarness, RedisServer, command_calls};
 
 const TTL: Duration = Duration::from_secs(10);
 
@@ -30,20 +30,6 @@ async fn refused(b: &dyn LockBackend, name: &str) {
         AcquireOutcome::Held { .. } => {}
         other => panic!("expected {name} to be held, got {other:?}"),
     }
-}
-
-/// How many calls of `command` (lower case; scripts' calls included) the
-/// server has run.
-async fn command_calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap();
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
 }
 
 async fn raw(url: &str) -> redis::aio::MultiplexedConnection {

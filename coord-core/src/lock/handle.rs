@@ -164,6 +164,10 @@ struct LockCells {
     stats: OnceLock<Arc<StatsCell>>,
     /// The name, TTL and kind passed their checks (they never change).
     checked: AtomicBool,
+    /// The last queued acquisition through this handle had to wait: the
+    /// next one listens for releases before its first request, sparing the
+    /// request a waiter otherwise sends again once it listens.
+    waited: AtomicBool,
 }
 
 enum Attempt {
@@ -183,6 +187,16 @@ pub(crate) fn lost_on_arrival(grant: &LockGrant, sent_at: Instant, arrived: Inst
 }
 
 impl Lock {
+    /// Whether the last queued acquisition through this handle waited.
+    pub(crate) fn waited_last_time(&self) -> bool {
+        self.cells.waited.load(Ordering::Relaxed)
+    }
+
+    /// Records whether this queued acquisition waited.
+    pub(crate) fn set_waited(&self, waited: bool) {
+        self.cells.waited.store(waited, Ordering::Relaxed);
+    }
+
     /// The lock's name.
     pub fn name(&self) -> &str {
         &self.name

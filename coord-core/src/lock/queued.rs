@@ -175,6 +175,13 @@ impl Lock {
         // The last answer that queued the entry: when its request was sent,
         // and the queue's fence then (see `Wake::Granted`).
         let mut queued_at: Option<(Instant, FencingToken)> = None;
+        let mut waited = false;
+        if self.waited_last_time() {
+            // Contended last time: listen before asking, so that the first
+            // answer, if it queues the entry, needs no second one.
+            subscribed_at = Some(Instant::now());
+            events = Some(self.listen(&owner).await);
+        }
         loop {
             let reply = self.enqueue_once(&owner).await;
             let arrived = Instant::now();
@@ -189,9 +196,9 @@ impl Lock {
                 }
                 Ok((QueueOutcome::Granted(grant), sent_at)) => {
                     let owner = entry.into_owner();
-                    let contended = events.is_some();
+                    self.set_waited(waited);
                     let timing = (sent_at, arrived);
-                    return Ok(self.guard(owner, pooled, grant, timing, started, contended));
+                    return Ok(self.guard(owner, pooled, grant, timing, started, waited));
                 }
                 Ok((
                     QueueOutcome::Queued {
@@ -200,6 +207,7 @@ impl Lock {
                     sent_at,
                 )) => {
                     queued_at = fence.map(|f| (sent_at, f));
+                    waited = true;
                     retry_after
                 }
                 Err(e) => return Err(self.failed(entry, e)),
@@ -222,6 +230,9 @@ impl Lock {
                 _waiting = Some(shared.waiting_enter());
                 continue;
             };
+            if _waiting.is_none() {
+                _waiting = Some(shared.waiting_enter());
+            }
             let mut wake = now + self.poll_interval().min(refresh);
             if let Some(after) = retry_after {
                 wake = wake.min(now + after + Duration::from_millis(1));
@@ -242,6 +253,7 @@ impl Lock {
                             && !crate::lock::handle::lost_on_arrival(&grant, sent_at, arrived)
                         {
                             let owner = entry.into_owner();
+                            self.set_waited(true);
                             let timing = (sent_at, arrived);
                             return Ok(self.guard(owner, pooled, grant, timing, started, true));
                         }

@@ -32,12 +32,14 @@ use crate::RedisBackend;
 
 mod cluster;
 mod cluster_set;
+mod command_stats;
 mod container;
 mod replica_set;
 mod server;
 
 pub use cluster::CLUSTER_NODES;
 pub use cluster_set::{CLUSTER_NODE_TIMEOUT, RedisClusterSet};
+pub use command_stats::command_calls;
 pub use container::REDIS_IMAGE;
 pub use replica_set::{MASTER_NAME, RedisReplicaSet, ReplicaSetMember};
 pub use server::RedisServer;

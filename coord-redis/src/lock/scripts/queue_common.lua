@@ -112,38 +112,42 @@ end
 
 -- How many entries from the head a wake-up looks at; beyond, it wakes everyone.
 local WAKE_SCAN = 128
+-- How many it reads at a time (an exclusive head needs 2).
+local WAKE_PAGE = 8
 
 -- The waiting entries (no token yet) that the queue now admits, in queue order, as
 -- HoldMode::admits decides; nil to wake every waiter (a mode that does not decode, or
 -- more admitted entries than WAKE_SCAN).
 local function admitted_waiters()
-  local owners = redis.call('ZRANGE', Q, 0, WAKE_SCAN - 1)
   local wake = {}
   local ahead, exclusive_ahead = 0, false
-  for _, owner in ipairs(owners) do
-    local mode = decode_mode(redis.call('HGET', M, owner))
-    if mode == nil then
-      return nil
+  for from = 0, WAKE_SCAN - 1, WAKE_PAGE do
+    local owners = redis.call('ZRANGE', Q, from, from + WAKE_PAGE - 1)
+    for _, owner in ipairs(owners) do
+      local mode = decode_mode(redis.call('HGET', M, owner))
+      if mode == nil then
+        return nil
+      end
+      local admitted
+      if mode == 0 then
+        admitted = ahead == 0
+      else
+        admitted = not exclusive_ahead and ahead < mode
+      end
+      if not admitted then
+        return wake
+      end
+      if redis.call('HEXISTS', T, owner) == 0 then
+        wake[#wake + 1] = owner
+      end
+      ahead = ahead + 1
+      exclusive_ahead = exclusive_ahead or mode == 0
     end
-    local admitted
-    if mode == 0 then
-      admitted = ahead == 0
-    else
-      admitted = not exclusive_ahead and ahead < mode
-    end
-    if not admitted then
+    if #owners < WAKE_PAGE then
       return wake
     end
-    if redis.call('HEXISTS', T, owner) == 0 then
-      wake[#wake + 1] = owner
-    end
-    ahead = ahead + 1
-    exclusive_ahead = exclusive_ahead or mode == 0
   end
-  if #owners == WAKE_SCAN then
-    return nil
-  end
-  return wake
+  return nil
 end
 
 -- Grants the waiting entries of `owners` (admitted, in queue order) the next tokens of
@@ -180,21 +184,24 @@ end
 local function finish()
   if redis.call('ZCARD', Q) == 0 then
     redis.call('DEL', Q, E, M, T)
-  else
-    local last = redis.call('ZRANGE', E, -1, -1, 'WITHSCORES')
-    if last[2] then
-      local at = int(tonumber(last[2]))
-      for _, key in ipairs({ Q, E, M, T }) do
-        redis.call('PEXPIREAT', key, at)
-      end
-    end
+    return
   end
-  if changed and redis.call('EXISTS', Q) == 1 then
+  if changed then
     local wake = admitted_waiters()
     if wake == nil then
       redis.call('PUBLISH', Q .. ':released', '')
     elseif #wake > 0 then
       redis.call('PUBLISH', Q .. ':released', table.concat(grant_waiters(wake), '\n'))
+    end
+  end
+  -- The four keys share one expiry, set again only when the last lease moved or T
+  -- was made anew (it goes whenever no entry is granted; Q, E and M last as long as
+  -- the queue has an entry, so T's expiry stands for all four).
+  local last = redis.call('ZRANGE', E, -1, -1, 'WITHSCORES')
+  if last[2] and tonumber(last[2]) ~= redis.call('PEXPIRETIME', T) then
+    local at = int(tonumber(last[2]))
+    for _, key in ipairs({ Q, E, M, T }) do
+      redis.call('PEXPIREAT', key, at)
     end
   end
 end

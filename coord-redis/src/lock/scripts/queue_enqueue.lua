@@ -21,8 +21,9 @@
 -- Returns
 --   {'granted', token}           the entry holds the lock (or a permit)
 --   {'queued', ahead, wait_ms, fence}
---                                it waits behind `ahead` entries; the first lease ahead
---                                of it ends in `wait_ms` ms; `fence` is F as this call
+--                                it waits behind `ahead` entries; the first lease of
+--                                the queue (so no later than the first ahead of it)
+--                                ends in `wait_ms` ms; `fence` is F as this call
 --                                found it (0 when absent): a grant of this entry that a
 --                                later removal announces has a higher token
 --   or a {'wrongtype', …} / {'corrupt', …} reply of queue_head.lua. A corrupted fence
@@ -88,11 +89,6 @@ else
   pos = redis.call('ZCARD', Q) - 1
 end
 
-local ahead = {}
-if pos > 0 then
-  ahead = redis.call('ZRANGE', Q, 0, pos - 1)
-end
-
 local admitted
 if mode == 0 then
   admitted = pos == 0
@@ -102,6 +98,7 @@ else
   -- Every mode ahead is read (and must decode) before a shared entry is granted.
   admitted = true
   if pos > 0 then
+    local ahead = redis.call('ZRANGE', Q, 0, pos - 1)
     local modes = chunked('HMGET', M, ahead)
     for i = 1, #ahead do
       local m = decode_mode(modes[i])
@@ -128,17 +125,9 @@ if admitted then
   return { 'granted', token }
 end
 
-local wait_ms = nil
-local leases = chunked('ZMSCORE', E, ahead)
-for i = 1, #ahead do
-  local ends = tonumber(leases[i])
-  if not ends then
-    finish()
-    return { 'corrupt', 'lease', E .. ' ' .. ahead[i], leases[i] or '' }
-  end
-  if not wait_ms or ends - now_ms < wait_ms then
-    wait_ms = ends - now_ms
-  end
-end
+-- The first lease of the queue to end: no later than the first ahead of the entry
+-- (one read, where each lease ahead would be one argument more).
+local first = redis.call('ZRANGE', E, 0, 0, 'WITHSCORES')
+local wait_ms = (tonumber(first[2]) or now_ms) - now_ms
 finish()
-return { 'queued', pos, math.max(wait_ms or 0, 0), fence }
+return { 'queued', pos, math.max(wait_ms, 0), fence }
