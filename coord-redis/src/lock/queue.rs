@@ -109,13 +109,12 @@ const LIST_CONCURRENCY: usize = 16;
 /// The `COUNT` hint of each `SCAN`.
 const SCAN_COUNT: usize = 1000;
 
-/// The keys of one queue (see the module documentation).
+/// The keys of one queue (see the module documentation), in one buffer:
+/// built on every call, so one allocation, not one per key.
 struct QueueKeys {
-    entries: String,
-    leases: String,
-    modes: String,
-    tokens: String,
-    solo: String,
+    buf: String,
+    /// Where each key of [`SUFFIXES`](Self::SUFFIXES) ends in `buf`.
+    ends: [usize; 6],
 }
 
 impl QueueKeys {
@@ -124,37 +123,55 @@ impl QueueKeys {
     const SUFFIX: &'static str = "}:queue";
     /// What follows the name in the compact form's key, the other one.
     const SOLO_SUFFIX: &'static str = "}:queue:solo";
+    /// What follows the entries key in each key, in script order: Q, E, M,
+    /// T, S, F (see `queue_head.lua`).
+    const SUFFIXES: [&'static str; 6] = ["", ":lease", ":mode", ":token", ":solo", ":fence"];
 
     /// `lock_prefix` is `{ns}:lock:{`.
     fn new(lock_prefix: &str, name: &str) -> Self {
-        let entries = format!("{lock_prefix}{name}{}", Self::SUFFIX);
-        QueueKeys {
-            leases: format!("{entries}:lease"),
-            modes: format!("{entries}:mode"),
-            tokens: format!("{entries}:token"),
-            solo: format!("{entries}:solo"),
-            entries,
+        let entries = lock_prefix.len() + name.len() + Self::SUFFIX.len();
+        let total = Self::SUFFIXES.iter().map(|s| entries + s.len()).sum();
+        let mut buf = String::with_capacity(total);
+        let mut ends = [0; 6];
+        for (end, suffix) in ends.iter_mut().zip(Self::SUFFIXES) {
+            buf.push_str(lock_prefix);
+            buf.push_str(name);
+            buf.push_str(Self::SUFFIX);
+            buf.push_str(suffix);
+            *end = buf.len();
         }
+        QueueKeys { buf, ends }
     }
 
-    fn fence(&self) -> String {
-        format!("{}:fence", self.entries)
+    /// The `i`-th key of [`SUFFIXES`](Self::SUFFIXES).
+    fn key(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.buf[start..self.ends[i]]
+    }
+
+    fn entries(&self) -> &str {
+        self.key(0)
+    }
+
+    fn modes(&self) -> &str {
+        self.key(2)
+    }
+
+    fn tokens(&self) -> &str {
+        self.key(3)
     }
 
     fn channel(&self) -> String {
-        format!("{}:released", self.entries)
+        format!("{}:released", self.entries())
     }
 
     /// An `EVALSHA` of `script` with the six keys of every queue script
     /// (the five queue keys and the fence); arguments follow.
     fn cmd(&self, script: &Script) -> Cmd {
         let mut cmd = evalsha(script, 6);
-        cmd.arg(&self.entries)
-            .arg(&self.leases)
-            .arg(&self.modes)
-            .arg(&self.tokens)
-            .arg(&self.solo)
-            .arg(self.fence());
+        for i in 0..6 {
+            cmd.arg(self.key(i));
+        }
         cmd
     }
 }
@@ -221,17 +238,21 @@ fn parse_enqueue(reply: &Value, ttl: Duration, addr: &str) -> Result<QueueOutcom
     if let Some(e) = script_failure(reply, addr) {
         return Err(e);
     }
-    let Value::Array(items) = reply else {
-        return Err(unexpected_reply("queue_enqueue", reply));
+    let items = match reply {
+        // Granted: the token alone (an integer reply costs the server least).
+        Value::Int(token @ 1..) => {
+            return Ok(QueueOutcome::Granted(LockGrant {
+                token: FencingToken::new(token.unsigned_abs()),
+                ttl,
+            }));
+        }
+        Value::Array(items) => items,
+        other => return Err(unexpected_reply("queue_enqueue", other)),
     };
     let Some((tag, rest)) = items.split_first() else {
         return Err(unexpected_reply("queue_enqueue", reply));
     };
     match (text(tag).as_deref(), rest) {
-        (Some("granted"), [Value::Int(token @ 1..)]) => Ok(QueueOutcome::Granted(LockGrant {
-            token: FencingToken::new(token.unsigned_abs()),
-            ttl,
-        })),
         (
             Some("queued"),
             [
@@ -296,17 +317,16 @@ fn parse_info(name: &str, keys: &QueueKeys, reply: &Value, addr: &str) -> Result
         let owner = text(&entry[0]).ok_or_else(|| unexpected_reply("queue_info", reply))?;
         let location = |key: &str| format!("{key} {owner}");
         let mode = match text(&entry[1]) {
-            Some(raw) => {
-                HoldMode::decode(&raw).map_err(|_| corrupt("mode", &location(&keys.modes), &raw))?
-            }
-            None => return Err(corrupt("mode", &location(&keys.modes), "")),
+            Some(raw) => HoldMode::decode(&raw)
+                .map_err(|_| corrupt("mode", &location(keys.modes()), &raw))?,
+            None => return Err(corrupt("mode", &location(keys.modes()), "")),
         };
         let token = match &entry[2] {
             v if is_absent(v) => None,
             v => {
                 let raw = text(v).ok_or_else(|| unexpected_reply("queue_info", reply))?;
                 let token = parse_token(&raw)
-                    .ok_or_else(|| corrupt("token", &location(&keys.tokens), &raw))?;
+                    .ok_or_else(|| corrupt("token", &location(keys.tokens()), &raw))?;
                 Some(FencingToken::new(token))
             }
         };
@@ -650,11 +670,19 @@ mod tests {
     #[test]
     fn queue_keys_share_the_hash_tag_and_never_collide_with_lease_keys() {
         let keys = QueueKeys::new("ns:lock:{", "orders/42");
-        assert_eq!(keys.entries, "ns:lock:{orders/42}:queue");
-        assert_eq!(keys.leases, "ns:lock:{orders/42}:queue:lease");
-        assert_eq!(keys.modes, "ns:lock:{orders/42}:queue:mode");
-        assert_eq!(keys.tokens, "ns:lock:{orders/42}:queue:token");
-        assert_eq!(keys.fence(), "ns:lock:{orders/42}:queue:fence");
+        let all: Vec<&str> = (0..6).map(|i| keys.key(i)).collect();
+        assert_eq!(
+            all,
+            [
+                "ns:lock:{orders/42}:queue",
+                "ns:lock:{orders/42}:queue:lease",
+                "ns:lock:{orders/42}:queue:mode",
+                "ns:lock:{orders/42}:queue:token",
+                "ns:lock:{orders/42}:queue:solo",
+                "ns:lock:{orders/42}:queue:fence",
+            ]
+        );
+        assert_eq!(keys.buf.capacity(), keys.buf.len(), "one allocation");
         assert_eq!(keys.channel(), "ns:lock:{orders/42}:queue:released");
         // A lease lock's keys end with `}` or `}:fence`, its channel with
         // `}:released`: whatever its name, none is a queue key.
@@ -666,17 +694,9 @@ mod tests {
         ] {
             let lease = LockKeys::new("ns:lock:{", lease_name);
             let (lease, end) = lease.with_fence();
-            let queue_keys = [
-                &keys.entries,
-                &keys.leases,
-                &keys.modes,
-                &keys.tokens,
-                &keys.solo,
-                &keys.fence(),
-            ];
-            for k in queue_keys {
-                assert_ne!(lease.lock(), k.as_str());
-                assert_ne!(&lease.buf[..end], k.as_str());
+            for k in (0..6).map(|i| keys.key(i)) {
+                assert_ne!(lease.lock(), k);
+                assert_ne!(&lease.buf[..end], k);
             }
             assert_ne!(lease.into_channel(), keys.channel());
         }
@@ -727,7 +747,7 @@ mod tests {
     #[test]
     fn enqueue_replies_decode() {
         let ttl = Duration::from_secs(1);
-        let granted = Value::Array(vec![bulk("granted"), Value::Int(9)]);
+        let granted = Value::Int(9);
         assert_eq!(
             parse_enqueue(&granted, ttl, "t").unwrap(),
             QueueOutcome::Granted(LockGrant {
@@ -770,9 +790,10 @@ mod tests {
         );
         for bad in [
             Value::Nil,
-            Value::Int(1),
             Value::Array(vec![]),
-            Value::Array(vec![bulk("granted"), Value::Int(0)]),
+            Value::Int(0),
+            Value::Int(-3),
+            Value::Array(vec![bulk("granted"), Value::Int(9)]),
             Value::Array(vec![bulk("queued"), Value::Int(1)]),
             Value::Array(vec![bulk("queued"), Value::Int(1), Value::Int(5)]),
             Value::Array(vec![

@@ -19,7 +19,7 @@
 -- increasing across a restart of a server without persistence.
 --
 -- Returns
---   {'granted', token}           the entry holds the lock (or a permit)
+--   token (an integer >= 1)      the entry holds the lock (or a permit) with this token
 --   {'queued', ahead, wait_ms, fence}
 --                                it waits behind `ahead` entries; the first lease of
 --                                the queue (so no later than the first ahead of it)
@@ -63,7 +63,7 @@ if pos then
     end
     redis.call('ZADD', E, expires, owner)
     finish()
-    return { 'granted', token }
+    return token
   end
   local raw_mode = redis.call('HGET', M, owner)
   mode = decode_mode(raw_mode)
@@ -122,7 +122,7 @@ if admitted then
   redis.call('SET', F, int(token))
   redis.call('HSET', T, owner, int(token))
   finish()
-  return { 'granted', token }
+  return token
 end
 
 -- The first lease of the queue to end: no later than the first ahead of the entry

@@ -6,49 +6,47 @@
 local owner, mode_arg, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 
 -- An empty queue (none of its keys exists) grants its first entry at once, in the
--- compact form (S, see queue_head.lua): EXISTS, SET NX, INCR of the fence, PEXPIRETIME
--- and APPEND, as few commands as a lease lock's grant, with no TIME (the server clock
--- is read as S's PEXPIRETIME minus its TTL). The owner's own compact entry (a retry
--- after a lost reply) is granted again with its token and a fresh lease. Anything else
--- returns nil and takes the general path below: a queue in the full form, another
--- owner's compact entry (which the general path expands), and anything unusual (a key
--- of another type, a fence or mode that does not decode), which the general path
--- reports. Nothing is left changed on the way out but the fence's INCR undone.
+-- compact form (S, see queue_head.lua): EXISTS, INCR of the fence, SET NX of S with the
+-- token in it, PEXPIRETIME, as few commands as a lease lock's grant, with no TIME (the
+-- server clock is read as S's PEXPIRETIME minus its TTL). The owner's own compact entry
+-- (a retry after a lost reply) is granted again with its token and a fresh lease.
+-- Anything else returns nil and takes the general path below: a queue in the full form,
+-- another owner's compact entry (which the general path expands), and anything unusual
+-- (a key of another type, a fence or mode that does not decode), which the general path
+-- reports. On the way out nothing is left changed (the fence's INCR is undone).
 local function grant_solo()
   if not decode_mode(mode_arg) or redis.call('EXISTS', Q, E, M, T) ~= 0 then
     return nil
-  end
-  local held = redis.pcall('SET', S, owner .. '\0' .. mode_arg .. '\0', 'NX', 'PX', ttl, 'GET')
-  if type(held) == 'table' then
-    return nil
-  end
-  if held then
-    if not solo_of(held, owner) then
-      return nil
-    end
-    local token = decode_token(select(3, split_solo(held)))
-    if not token then
-      return nil
-    end
-    redis.call('PEXPIRE', S, ttl)
-    return { 'granted', token }
   end
   local token = redis.pcall('INCR', F)
   if type(token) ~= 'number' or token < 1 or token >= MAX_TOKEN then
     if type(token) == 'number' then
       redis.call('DECR', F)
     end
-    redis.call('DEL', S)
     return nil
+  end
+  local prefix = owner .. '\0' .. mode_arg .. '\0'
+  local held = redis.pcall('SET', S, prefix .. int(token), 'NX', 'PX', ttl, 'GET')
+  if held then
+    -- S was there already (or is of another type): nothing granted.
+    redis.call('DECR', F)
+    if type(held) ~= 'string' or not solo_of(held, owner) then
+      return nil
+    end
+    local again = decode_token(select(3, split_solo(held)))
+    if again then
+      redis.call('PEXPIRE', S, ttl)
+    end
+    return again
   end
   -- The hybrid logical clock of acquire.lua, in token units (microseconds).
   local now = (redis.call('PEXPIRETIME', S) - ttl) * 1000
   if now - token > SLACK then
     redis.call('INCRBY', F, now - token)
     token = now
+    redis.call('SET', S, prefix .. int(token), 'KEEPTTL')
   end
-  redis.call('APPEND', S, int(token))
-  return { 'granted', token }
+  return token
 end
 
 local fast = grant_solo()
