@@ -8,8 +8,8 @@
 //!
 //! Eight tasks, each with its own client (like eight processes), loop over
 //! one lock for a fixed window: acquire, hold 5 ms, release. A release
-//! stamps the time; the next grant to a task that had to wait measures the
-//! time since the latest release. Semaphore: 2 permits; read-write: every
+//! stamps the time it is sent; the next grant to a task that had to wait
+//! measures the time since the latest release. Semaphore: 2 permits; read-write: every
 //! fourth task writes.
 
 use std::sync::{Arc, Mutex};
@@ -56,8 +56,11 @@ async fn run(clients: &[LockClient], name: &str, kind: impl Fn(usize) -> LockKin
                         .push(granted.duration_since(r).as_micros() as u64);
                 }
                 tokio::time::sleep(HOLD).await;
-                guard.release().await.expect("release");
+                // Stamped as the release is sent: a backend that hands the
+                // lock over in the release itself may grant the next waiter
+                // before the releaser has its reply.
                 *last_release.lock().unwrap() = Some(Instant::now());
+                guard.release().await.expect("release");
                 tokio::task::yield_now().await;
             }
         }));
