@@ -134,9 +134,14 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
 
     /// Starts listening for changes that may grant `owner`'s waiting entry
     /// (an entry ahead of it leaving). Called after a `Queued` answer, before
-    /// the next `enqueue`, so nothing between the two is missed. A backend
-    /// should wake only the waiters a removal may grant (etcd: the entry's
-    /// predecessor only).
+    /// the next `enqueue`, so nothing between the two is missed (or before
+    /// the first `enqueue`, by a handle that had to wait last time). A
+    /// backend should wake only the waiters a removal may grant (etcd: the
+    /// entry's predecessor only). A backend whose removal grants the entries
+    /// it lets in may announce each grant ([`Wake::Granted`], with
+    /// [`ReleaseEvents::with_grants`]); it then reports its fence in every
+    /// `Queued` answer ([`QueueOutcome::Queued`]'s `fence`), and the waiter
+    /// holds without asking again.
     async fn subscribe_queue(&self, name: &str, owner: &LockOwner) -> Result<ReleaseEvents> {
         let _ = (name, owner);
         Err(unsupported(self.capabilities().backend, "queued locks"))

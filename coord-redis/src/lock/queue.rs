@@ -34,13 +34,20 @@
 //!
 //! # Waking
 //!
-//! A removal that lets waiting entries in publishes their owners, one per
-//! line, on the queue's channel (the script applies [`HoldMode::admits`] from
-//! the head of the queue). Every waiter of the queue listens to the channel,
-//! but only those named wake and ask again, so a release costs one
-//! `enqueue` of the next grantee(s), not one per waiter. An empty message
-//! (a mode that does not decode, or more than 128 entries let in at once)
-//! wakes every waiter.
+//! A removal that lets waiting entries in grants them in the same script
+//! (each gets the next token of the fence) and publishes them, one line
+//! `owner NUL token` each, on the queue's channel (the script applies
+//! [`HoldMode::admits`] from the head of the queue). Every waiter of the
+//! queue listens to the channel, but only those named wake, and they hold
+//! the lock without asking again ([`Wake::Granted`](coord_core::Wake)): a
+//! hand-over costs the release's script and one message. A waiter takes the
+//! announced token only when it is above the fence its last `enqueue` answer
+//! reported, so an announcement to an earlier entry of the same owner is
+//! never mistaken for a grant; if it misses the message, its next `enqueue`
+//! answers with the grant. A fence that does not decode grants nothing and
+//! names the owners alone (they ask, and their `enqueue` reports it); an
+//! empty message (a mode that does not decode, or more than 128 entries let
+//! in at once) wakes every waiter to ask.
 //!
 //! # Listing
 //!
