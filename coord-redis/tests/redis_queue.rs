@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coord_core::lock::{HoldMode, LockInfo, QueueOutcome, StoredKind};
-use coord_core::testkit::within;
+use coord_core::testkit::{LockHarness, within};
 use coord_core::{
     AcquireOutcome, Error, FencingToken, LockBackend, LockClient, LockOwner, Settings, Wake,
 };
@@ -940,23 +940,16 @@ async fn an_announced_grant_of_an_earlier_entry_is_not_taken_for_the_current_one
 async fn a_handle_that_waited_last_time_listens_first_and_asks_once() {
     // A worker looping on a contended lock: its next wait costs one enqueue
     // (it listens before asking), and the release hands the lock over.
-    let server = RedisServer::spawn().expect("redis-server must start for this test");
-    let connect = || async {
-        let b: Arc<dyn LockBackend> = Arc::new(
-            RedisBackend::connect(server.url(), &Settings::default())
-                .await
-                .unwrap(),
-        );
-        b
-    };
-    let (a, b) = (connect().await, connect().await);
+    // A server of its own: its command counts are this test's.
+    let h = RedisHarness::on(RedisServer::spawn().expect("redis-server must start for this test"));
+    let (a, b) = (h.new_backend().await, h.new_backend().await);
     let holder = LockClient::new(a).lock("loop").fair().ttl(TTL).build();
     let worker = LockClient::new(b.clone())
         .lock("loop")
         .fair()
         .ttl(TTL)
         .build();
-    let mut conn = raw(server.url()).await;
+    let mut conn = raw(h.server.url()).await;
     for round in 0..3 {
         let held = holder.acquire().await.unwrap();
         let enqueues = command_calls(&mut conn, "zrank").await;

@@ -383,6 +383,61 @@ async fn release_wakes_subscribers_and_shared_channels_survive_one_leaving() {
 }
 
 #[tokio::test]
+async fn a_lease_handle_that_waited_last_time_listens_first_and_tries_once_before_the_release() {
+    // A worker looping on a contended lease lock: its next wait costs one
+    // refused attempt (it listens before trying), then the winning one.
+    // A server of its own: its command counts are this test's.
+    let h = RedisHarness::on(RedisServer::spawn().expect("redis-server must start for this test"));
+    let holder = LockClient::new(h.new_backend().await)
+        .lock("loop")
+        .ttl(TTL)
+        .build();
+    let worker = LockClient::new(h.new_backend().await)
+        .lock("loop")
+        .ttl(TTL)
+        .build();
+    let mut conn = raw(h.server.url()).await;
+    for round in 0..3 {
+        let held = holder.acquire().await.unwrap();
+        let attempts = command_calls(&mut conn, "set").await;
+        let waiting = tokio::spawn({
+            let worker = worker.clone();
+            async move { worker.acquire().await.unwrap() }
+        });
+        // The worker's refusal marks the holder's value (a trailing NUL).
+        within(Duration::from_secs(5), "the worker is refused", async {
+            loop {
+                let value: Vec<u8> = redis::cmd("GET")
+                    .arg(format!("{}:lock:{{loop}}", h.settings().namespace))
+                    .query_async(&mut conn.clone())
+                    .await
+                    .unwrap();
+                if value.last() == Some(&0) {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        let token = held.fencing_token();
+        held.release().await.unwrap();
+        let guard = within(Duration::from_secs(5), "the worker is granted", waiting)
+            .await
+            .unwrap();
+        assert!(guard.fencing_token() > token);
+        let tried = command_calls(&mut conn, "set").await - attempts;
+        // The first wait tries again once it listens (before or after the
+        // release, a race), later ones try once before the release.
+        if round == 0 {
+            assert!((2..=3).contains(&tried), "round 0: {tried}");
+        } else {
+            assert_eq!(tried, 2, "round {round}");
+        }
+        guard.release().await.unwrap();
+    }
+}
+
+#[tokio::test]
 async fn a_channel_left_by_its_last_listener_lingers_then_is_unsubscribed() {
     // A worker that waits for the same lock again and again joins its
     // channel without a SUBSCRIBE round trip each time; a channel nobody

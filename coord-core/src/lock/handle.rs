@@ -15,6 +15,21 @@ use crate::lock::kind::LockKind;
 use crate::lock::stats::StatsCell;
 use crate::lock::types::{AcquireOutcome, LockGrant, LockOwner, validate_lock_request};
 
+/// `listening`'s release signals, or, when `deadline` passes first (a
+/// server that does not confirm a subscription), none: the waiter polls,
+/// and its wait still ends at its deadline.
+pub(crate) async fn listen_until(
+    deadline: Option<Instant>,
+    listening: impl std::future::Future<Output = ReleaseEvents>,
+) -> ReleaseEvents {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, listening)
+            .await
+            .unwrap_or_else(|_| ReleaseEvents::never()),
+        None => listening.await,
+    }
+}
+
 /// A waiter whose notification channel ends listens again, unless the channel
 /// lived shorter than this (then it polls, so a failing channel cannot spin).
 pub(crate) const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
@@ -164,9 +179,9 @@ struct LockCells {
     stats: OnceLock<Arc<StatsCell>>,
     /// The name, TTL and kind passed their checks (they never change).
     checked: AtomicBool,
-    /// The last queued acquisition through this handle had to wait: the
-    /// next one listens for releases before its first request, sparing the
-    /// request a waiter otherwise sends again once it listens.
+    /// The last acquisition through this handle had to wait: the next one
+    /// listens for releases before its first request, sparing the request a
+    /// waiter otherwise sends again once it listens.
     waited: AtomicBool,
 }
 
@@ -187,12 +202,12 @@ pub(crate) fn lost_on_arrival(grant: &LockGrant, sent_at: Instant, arrived: Inst
 }
 
 impl Lock {
-    /// Whether the last queued acquisition through this handle waited.
+    /// Whether the last acquisition through this handle waited.
     pub(crate) fn waited_last_time(&self) -> bool {
         self.cells.waited.load(Ordering::Relaxed)
     }
 
-    /// Records whether this queued acquisition waited.
+    /// Records whether this acquisition waited.
     pub(crate) fn set_waited(&self, waited: bool) {
         self.cells.waited.store(waited, Ordering::Relaxed);
     }
@@ -409,6 +424,14 @@ impl Lock {
         let mut subscribed_at: Option<Instant> = None;
         let mut _waiting = None;
         let mut first = true;
+        let mut waited = false;
+        if self.waited_last_time() {
+            // Contended last time: listen before trying, so that a refusal
+            // needs no second attempt once listening.
+            subscribed_at = Some(Instant::now());
+            events = Some(listen_until(deadline, self.listen_for_releases()).await);
+            first = false;
+        }
         loop {
             // The first attempt goes out now: one clock reading less.
             let sent_at = if std::mem::take(&mut first) {
@@ -418,11 +441,14 @@ impl Lock {
             };
             let retry_after = match self.attempt(&owner, pooled, sent_at).await? {
                 Attempt::Granted(grant, sent_at, arrived) => {
-                    let contended = events.is_some();
+                    self.set_waited(waited);
                     let timing = (sent_at, arrived);
-                    return Ok(self.guard(owner, pooled, grant, timing, started, contended));
+                    return Ok(self.guard(owner, pooled, grant, timing, started, waited));
                 }
-                Attempt::Held(retry_after) => retry_after,
+                Attempt::Held(retry_after) => {
+                    waited = true;
+                    retry_after
+                }
                 // Ask again at once: the same owner's next grant renews the
                 // lease (or the lock went to someone else meanwhile).
                 Attempt::LostOnArrival => Some(Duration::ZERO),
@@ -440,16 +466,13 @@ impl Lock {
                 // Listen first, then try again at once: a release between the
                 // failed attempt and the subscription is not missed.
                 subscribed_at = Some(Instant::now());
-                events = Some(match shared.backend.subscribe(&self.name).await {
-                    Ok(ev) => ev,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "cannot listen for releases; polling");
-                        ReleaseEvents::never()
-                    }
-                });
+                events = Some(listen_until(deadline, self.listen_for_releases()).await);
                 _waiting = Some(shared.waiting_enter());
                 continue;
             };
+            if _waiting.is_none() {
+                _waiting = Some(shared.waiting_enter());
+            }
             let mut wake = now + self.poll_interval;
             if let Some(after) = retry_after {
                 wake = wake.min(now + after + Duration::from_millis(1));
@@ -472,6 +495,17 @@ impl Lock {
                     }
                 },
                 _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// Release signals of this lock; never fails (polls instead).
+    async fn listen_for_releases(&self) -> ReleaseEvents {
+        match self.client.shared.backend.subscribe(&self.name).await {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot listen for releases; polling");
+                ReleaseEvents::never()
             }
         }
     }

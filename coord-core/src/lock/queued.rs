@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::lock::backend::{ReleaseEvents, Wake};
 use crate::lock::client::ClientShared;
 use crate::lock::guard::LockGuard;
-use crate::lock::handle::{Lock, RESUBSCRIBE_AFTER};
+use crate::lock::handle::{Lock, RESUBSCRIBE_AFTER, listen_until};
 use crate::lock::queue::{HoldMode, QueueOutcome};
 use crate::lock::types::{FencingToken, LockGrant, LockOwner};
 
@@ -180,7 +180,7 @@ impl Lock {
             // Contended last time: listen before asking, so that the first
             // answer, if it queues the entry, needs no second one.
             subscribed_at = Some(Instant::now());
-            events = Some(self.listen(&owner).await);
+            events = Some(listen_until(deadline, self.listen(&owner)).await);
         }
         loop {
             let reply = self.enqueue_once(&owner).await;
@@ -226,7 +226,7 @@ impl Lock {
                 // Listen first, then ask again at once, so a removal between
                 // the answer and the subscription is not missed.
                 subscribed_at = Some(Instant::now());
-                events = Some(self.listen(&owner).await);
+                events = Some(listen_until(deadline, self.listen(&owner)).await);
                 _waiting = Some(shared.waiting_enter());
                 continue;
             };
@@ -264,7 +264,7 @@ impl Lock {
                         // anew, as the backend may watch another predecessor
                         // now, then ask again.
                         subscribed_at = Some(Instant::now());
-                        events = Some(self.listen(&owner).await);
+                        events = Some(listen_until(deadline, self.listen(&owner)).await);
                     } else {
                         tracing::debug!("queue notifications ended again at once; polling");
                         events = Some(ReleaseEvents::never());
