@@ -134,8 +134,9 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
 
     /// Starts listening for changes that may grant `owner`'s waiting entry
     /// (an entry ahead of it leaving). Called after a `Queued` answer, before
-    /// the next `enqueue`, so nothing between the two is missed (or before
-    /// the first `enqueue`, by a handle that had to wait last time). A
+    /// the next `enqueue`, so nothing between the two is missed (or, on a
+    /// backend whose `Queued` answers report a fence, before the first
+    /// `enqueue`, by a handle that had to wait last time). A
     /// backend should wake only the waiters a removal may grant (etcd: the
     /// entry's predecessor only). A backend whose removal grants the entries
     /// it lets in may announce each grant ([`Wake::Granted`], with

@@ -99,7 +99,9 @@ pub enum QueueOutcome {
         /// the queue had handed out when it answered (0 before the first).
         /// A grant of this entry made later has a higher token, so an
         /// announcement with a token no higher is of an earlier entry.
-        /// `None` for a backend that makes no such announcements.
+        /// `None` for a backend that makes no such announcements. A backend
+        /// that reports it also lets a handle that waited listen before its
+        /// next first `enqueue` (its events do not need the entry to exist).
         fence: Option<FencingToken>,
     },
 }

@@ -176,6 +176,7 @@ impl Lock {
         // and the queue's fence then (see `Wake::Granted`).
         let mut queued_at: Option<(Instant, FencingToken)> = None;
         let mut waited = false;
+        let mut listen_first = false;
         if self.waited_last_time() {
             // Contended last time: listen before asking, so that the first
             // answer, if it queues the entry, needs no second one.
@@ -196,7 +197,7 @@ impl Lock {
                 }
                 Ok((QueueOutcome::Granted(grant), sent_at)) => {
                     let owner = entry.into_owner();
-                    self.set_waited(waited);
+                    self.set_waited(listen_first);
                     let timing = (sent_at, arrived);
                     return Ok(self.guard(owner, pooled, grant, timing, started, waited));
                 }
@@ -208,6 +209,11 @@ impl Lock {
                 )) => {
                     queued_at = fence.map(|f| (sent_at, f));
                     waited = true;
+                    // Listening before the next acquisition's first request
+                    // helps only where the events do not depend on the entry
+                    // existing: a backend that announces grants (etcd
+                    // watches the entry's predecessor, found from the entry).
+                    listen_first = fence.is_some();
                     retry_after
                 }
                 Err(e) => return Err(self.failed(entry, e)),
@@ -253,7 +259,7 @@ impl Lock {
                             && !crate::lock::handle::lost_on_arrival(&grant, sent_at, arrived)
                         {
                             let owner = entry.into_owner();
-                            self.set_waited(true);
+                            self.set_waited(listen_first);
                             let timing = (sent_at, arrived);
                             return Ok(self.guard(owner, pooled, grant, timing, started, true));
                         }
