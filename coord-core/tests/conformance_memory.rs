@@ -19,7 +19,7 @@ coord_core::cache_conformance_tests!(
 #[test]
 fn every_case_is_listed() {
     assert_eq!(coord_core::testkit::lock::CASES.len(), 15);
-    assert_eq!(coord_core::testkit::kinds::CASES.len(), 21);
+    assert_eq!(coord_core::testkit::kinds::CASES.len(), 22);
     assert_eq!(coord_core::testkit::fenced::CASES.len(), 3);
     assert_eq!(coord_core::testkit::cache::CASES.len(), 24);
     assert_eq!(coord_core::testkit::discovery::CASES.len(), 14);

@@ -162,3 +162,49 @@ pub async fn dead_waiter_is_purged(h: &dyn LockHarness) {
     );
     got.release().await.expect("release");
 }
+
+/// A worker that waits for the same lock again and again (a lease lock's
+/// handle, then a fair lock's) is woken by each release: a handle that
+/// waited last time listens before it asks, and must miss no release for
+/// that. Polling is pushed out of reach (60 s), so a missed wake-up fails
+/// the 10 s bound.
+pub async fn a_handle_that_waited_is_woken_again_on_its_next_waits(h: &dyn LockHarness) {
+    for kind in [crate::lock::LockKind::Lease, crate::lock::LockKind::Fair] {
+        let name = unique_name("fair-again");
+        let holder_client = client(h).await;
+        let worker_client = client(h).await;
+        let build = |c: &crate::lock::LockClient| {
+            c.lock(name.clone())
+                .kind(kind)
+                .ttl(Duration::from_secs(30))
+                .poll_interval(Duration::from_secs(60))
+                .wait_timeout(Duration::from_secs(60))
+                .build()
+        };
+        let holder = build(&holder_client);
+        let worker = build(&worker_client);
+        for round in 0..3 {
+            let held = holder.acquire().await.expect("holder");
+            let waiting = tokio::spawn({
+                let worker = worker.clone();
+                async move { worker.acquire().await.expect("worker") }
+            });
+            until_waiting(&worker_client, 1).await;
+            let token = held.fencing_token();
+            held.release().await.expect("holder releases");
+            let guard = within(
+                Duration::from_secs(10),
+                &format!("{kind} round {round}: the worker is woken by the release"),
+                waiting,
+            )
+            .await
+            .expect("worker task");
+            assert!(
+                guard.fencing_token() > token,
+                "{kind} round {round}: {:?} after {token:?}",
+                guard.fencing_token()
+            );
+            guard.release().await.expect("worker releases");
+        }
+    }
+}
