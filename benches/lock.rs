@@ -274,14 +274,22 @@ fn redlock_pairs(rt: &Runtime, urls: &[&str]) -> Vec<Pair> {
         rt.block_on(RedlockBackend::connect(urls, &Settings::default(), config))
             .expect("redlock"),
     );
-    vec![Pair {
-        label: "redlock, 3 servers: coord vs raw 3-way SET NX PX + EVALSHA",
-        floor: ("redlock/raw_3way", floor),
-        ours: (
-            "redlock/coord_lease_lock",
-            coord_ops(LockClient::new(backend), "bench/redlock"),
-        ),
-    }]
+    let ours = coord_ops(LockClient::new(backend.clone()), "bench/redlock");
+    vec![
+        Pair {
+            label: "redlock, 3 servers: coord vs raw 3-way SET NX PX + EVALSHA",
+            floor: ("redlock/raw_3way", floor),
+            ours: ("redlock/coord_lease_lock", ours.clone()),
+        },
+        Pair {
+            label: "redlock, 3 servers: coord vs its backend direct",
+            floor: (
+                "redlock/backend_direct",
+                direct_ops(backend, "bench/redlock-direct"),
+            ),
+            ours: ("redlock/coord_lease_lock", ours),
+        },
+    ]
 }
 
 fn etcd_pairs(rt: &Runtime, url: &str, endpoint: &str) -> Vec<Pair> {

@@ -4,6 +4,8 @@ use std::fmt;
 use std::pin::Pin;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use async_trait::async_trait;
 use futures::{Stream, StreamExt};
 
@@ -50,20 +52,27 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     /// path calls this first, so an in-process lock pays no boxed future,
     /// retry wrapper or timer. An answer here must be the one `try_acquire`
     /// would give.
+    ///
+    /// `now` is the caller's reading of the clock, taken just before the
+    /// call: the lease counts from it (the client counts the guard's
+    /// validity from the same instant), so the backend reads no clock of
+    /// its own.
     fn try_acquire_now(
         &self,
         name: &str,
         owner: &LockOwner,
         ttl: Duration,
+        now: Instant,
     ) -> Option<Result<AcquireOutcome>> {
-        let _ = (name, owner, ttl);
+        let _ = (name, owner, ttl, now);
         None
     }
 
     /// [`release`](Self::release) answered at once, like
-    /// [`try_acquire_now`](Self::try_acquire_now); `None` by default.
-    fn release_now(&self, name: &str, owner: &LockOwner) -> Option<Result<()>> {
-        let _ = (name, owner);
+    /// [`try_acquire_now`](Self::try_acquire_now), at the caller's `now`;
+    /// `None` by default.
+    fn release_now(&self, name: &str, owner: &LockOwner, now: Instant) -> Option<Result<()>> {
+        let _ = (name, owner, now);
         None
     }
 

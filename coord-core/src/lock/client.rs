@@ -305,7 +305,9 @@ impl ClientShared {
         kind: LockKind,
     ) -> (Result<()>, bool) {
         if !kind.is_queued()
-            && let Some(r) = self.call_now("release", |b| b.release_now(name, owner))
+            && let Some(r) = self.call_now("release", |b| {
+                b.release_now(name, owner, tokio::time::Instant::now())
+            })
         {
             return (r, true);
         }

@@ -200,7 +200,12 @@ impl GuardShared {
 impl GuardShared {
     /// Records the hold time of a hold that ended.
     pub(crate) fn record_hold(&self) {
-        let held = self.granted_at.elapsed();
+        self.record_hold_at(Instant::now());
+    }
+
+    /// Records the hold time of a hold that ended at `now`.
+    pub(crate) fn record_hold_at(&self, now: Instant) {
+        let held = now.saturating_duration_since(self.granted_at);
         self.stats.released(held);
         if let Some(m) = &self.client.metrics {
             m.lock_held(self.client.backend_name, self.stats.label(), held);
@@ -236,7 +241,7 @@ impl LockGuard {
         stats: Arc<StatsCell>,
     ) -> Self {
         let shared = Arc::new(GuardShared {
-            client: client.clone(),
+            client,
             name,
             owner,
             pooled,
@@ -257,9 +262,9 @@ impl LockGuard {
             at_risk_wake: Notify::new(),
             stats,
         });
-        let id = client.track(shared.clone());
+        let id = shared.client.track(shared.clone());
         if watchdog_on {
-            RenewalScheduler::schedule(&client, shared.next_renewal());
+            RenewalScheduler::schedule(&shared.client, shared.next_renewal());
         }
         LockGuard {
             shared,
@@ -438,7 +443,8 @@ impl LockGuard {
         if self.shared.kind == LockKind::Reentrant {
             return Box::pin(crate::lock::reentrant::release(&self.shared, self.id)).await;
         }
-        self.shared.record_hold();
+        let now = Instant::now();
+        self.shared.record_hold_at(now);
         self.shared.stop.cancel();
         let client = self.shared.client.clone();
         client.untrack(self.id);
@@ -447,7 +453,7 @@ impl LockGuard {
         // An in-process backend answers at once; a disabled span is not
         // entered on every poll.
         let at_once = if span.is_disabled() && !kind.is_queued() {
-            client.call_now("release", |b| b.release_now(name, owner))
+            client.call_now("release", |b| b.release_now(name, owner, now))
         } else {
             None
         };

@@ -289,7 +289,7 @@ impl Lock {
         let shared = &self.client.shared;
         let sent_at = Instant::now();
         let answer = shared.call_now("try_acquire", |b| {
-            b.try_acquire_now(&self.name, &owner, self.ttl)
+            b.try_acquire_now(&self.name, &owner, self.ttl, sent_at)
         });
         let arrived = Instant::now();
         match answer {
@@ -300,7 +300,7 @@ impl Lock {
             }
             Some(Ok(AcquireOutcome::Granted(_))) => {
                 // Lost on arrival (a stalled thread): give it back at once.
-                match shared.call_now("release", |b| b.release_now(&self.name, &owner)) {
+                match shared.call_now("release", |b| b.release_now(&self.name, &owner, arrived)) {
                     Some(Ok(()) | Err(Error::NotHeld(_))) => self.recycle(owner, pooled),
                     _ => shared.release_in_background(
                         self.name.clone(),
@@ -518,7 +518,7 @@ impl Lock {
     async fn attempt(&self, owner: &LockOwner, pooled: bool, sent_at: Instant) -> Result<Attempt> {
         let shared = &self.client.shared;
         let now = shared.call_now("try_acquire", |b| {
-            b.try_acquire_now(&self.name, owner, self.ttl)
+            b.try_acquire_now(&self.name, owner, self.ttl, sent_at)
         });
         let result = match now {
             // An in-process backend: no future, no retry (it never fails

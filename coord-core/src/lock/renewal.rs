@@ -48,7 +48,8 @@ impl RenewalScheduler {
     /// first use, and wakes it when it would sleep past `due`.
     pub(crate) fn schedule(client: &Arc<ClientShared>, due: Instant) {
         let s = &client.renewals;
-        if !s.started.swap(true, Ordering::SeqCst) {
+        // Read first: a swap on every grant would be a needless atomic write.
+        if !s.started.load(Ordering::Acquire) && !s.started.swap(true, Ordering::SeqCst) {
             tokio::spawn(run(Arc::downgrade(client), s.clone()));
             return;
         }

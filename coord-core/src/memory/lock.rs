@@ -187,15 +187,15 @@ impl MemoryBackend {
 }
 
 impl MemoryBackend {
-    /// One acquisition attempt (the body of `try_acquire`): one lookup of
-    /// the name for a name seen before.
+    /// One acquisition attempt (the body of `try_acquire`) at `now`: one
+    /// lookup of the name for a name seen before.
     fn try_acquire_sync(
         &self,
         name: &str,
         owner: &LockOwner,
         ttl: Duration,
+        now: Instant,
     ) -> Result<AcquireOutcome> {
-        let now = Instant::now();
         let ttl = self.caps.effective_ttl(ttl);
         let mut guard = self.store(name);
         let store = &mut *guard;
@@ -243,9 +243,8 @@ impl MemoryBackend {
         Ok(granted(token, ttl))
     }
 
-    /// A release (the body of `release`): one lookup of the name.
-    fn release_sync(&self, name: &str, owner: &LockOwner) -> Result<()> {
-        let now = Instant::now();
+    /// A release (the body of `release`) at `now`: one lookup of the name.
+    fn release_sync(&self, name: &str, owner: &LockOwner, now: Instant) -> Result<()> {
         let mut guard = self.store(name);
         let store = &mut *guard;
         let (mine, live) = match store.locks.get_mut(name) {
@@ -296,7 +295,7 @@ impl LockBackend for MemoryBackend {
         owner: &LockOwner,
         ttl: Duration,
     ) -> Result<AcquireOutcome> {
-        self.try_acquire_sync(name, owner, ttl)
+        self.try_acquire_sync(name, owner, ttl, Instant::now())
     }
 
     fn try_acquire_now(
@@ -304,8 +303,9 @@ impl LockBackend for MemoryBackend {
         name: &str,
         owner: &LockOwner,
         ttl: Duration,
+        now: Instant,
     ) -> Option<Result<AcquireOutcome>> {
-        Some(self.try_acquire_sync(name, owner, ttl))
+        Some(self.try_acquire_sync(name, owner, ttl, now))
     }
 
     async fn renew(&self, name: &str, owner: &LockOwner, ttl: Duration) -> Result<()> {
@@ -323,11 +323,11 @@ impl LockBackend for MemoryBackend {
     }
 
     async fn release(&self, name: &str, owner: &LockOwner) -> Result<()> {
-        self.release_sync(name, owner)
+        self.release_sync(name, owner, Instant::now())
     }
 
-    fn release_now(&self, name: &str, owner: &LockOwner) -> Option<Result<()>> {
-        Some(self.release_sync(name, owner))
+    fn release_now(&self, name: &str, owner: &LockOwner, now: Instant) -> Option<Result<()>> {
+        Some(self.release_sync(name, owner, now))
     }
 
     async fn proclaim(&self, name: &str, owner: &LockOwner, value: &str) -> Result<()> {
@@ -478,6 +478,42 @@ mod tests {
         }
     }
 
+    /// A lease answered at once counts from the caller's reading of the
+    /// clock (the instant the client counts the guard's validity from), not
+    /// from a later reading of the backend's own.
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_answered_at_once_counts_from_the_callers_clock_reading() {
+        let backend = MemoryBackend::new();
+        let a = LockOwner::new("c", "a").unwrap();
+        let b = LockOwner::new("c", "b").unwrap();
+        let ttl = Duration::from_secs(1);
+        let sent_at = Instant::now();
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert!(matches!(
+            backend.try_acquire_now("n", &a, ttl, sent_at),
+            Some(Ok(AcquireOutcome::Granted(_)))
+        ));
+        // 600 ms after the reading plus 399 ms: still held.
+        tokio::time::advance(Duration::from_millis(399)).await;
+        assert!(matches!(
+            backend.try_acquire("n", &b, ttl).await,
+            Ok(AcquireOutcome::Held { .. })
+        ));
+        // One second after the reading the lease is over, although the
+        // backend answered only 400 ms before.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(matches!(
+            backend.try_acquire("n", &b, ttl).await,
+            Ok(AcquireOutcome::Granted(_))
+        ));
+        // A release answered at once at a reading after the lease's end
+        // finds it over.
+        assert!(matches!(
+            backend.release_now("n", &b, Instant::now() + ttl),
+            Some(Err(Error::NotHeld(_)))
+        ));
+    }
+
     /// The client calls `try_acquire_now` / `release_now` first: they must
     /// answer exactly as the awaited calls do, step by step, including a
     /// hold that expired and a release by the wrong owner.
@@ -491,11 +527,11 @@ mod tests {
         for step in 0..7 {
             let (x, y) = match step {
                 0 | 1 | 3 | 5 => (
-                    shape(&now.try_acquire_now("n", &a, ttl).unwrap()),
+                    shape(&now.try_acquire_now("n", &a, ttl, Instant::now()).unwrap()),
                     shape(&awaited.try_acquire("n", &a, ttl).await),
                 ),
                 2 | 6 => (
-                    shape(&now.try_acquire_now("n", &b, ttl).unwrap()),
+                    shape(&now.try_acquire_now("n", &b, ttl, Instant::now()).unwrap()),
                     shape(&awaited.try_acquire("n", &b, ttl).await),
                 ),
                 _ => {
@@ -503,12 +539,12 @@ mod tests {
                         r.map_or_else(|e| e.kind_label().to_owned(), |()| "ok".into())
                     };
                     let wrong = (
-                        release(now.release_now("n", &b).unwrap()),
+                        release(now.release_now("n", &b, Instant::now()).unwrap()),
                         release(awaited.release("n", &b).await),
                     );
                     assert_eq!(wrong.0, wrong.1, "a release by the wrong owner");
                     (
-                        release(now.release_now("n", &a).unwrap()),
+                        release(now.release_now("n", &a, Instant::now()).unwrap()),
                         release(awaited.release("n", &a).await),
                     )
                 }
