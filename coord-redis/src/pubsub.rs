@@ -217,6 +217,14 @@ impl PubSubHub {
                 }
             }
         };
+        // Made before the SUBSCRIBE is awaited: a caller that gives up
+        // meanwhile (a dropped future) leaves the channel through it, rather
+        // than keep it subscribed for the connection's lifetime.
+        let guard = Subscription {
+            hub: self.clone(),
+            live: Arc::downgrade(&live),
+            channel: Some(channel.clone()),
+        };
         if first {
             let mut sink = live.sink.clone();
             let confirmed = match tokio::time::timeout(self.timeout, sink.subscribe(&channel)).await
@@ -237,11 +245,6 @@ impl PubSubHub {
             }
         }
         drop(slot);
-        let guard = Subscription {
-            hub: self.clone(),
-            live: Arc::downgrade(&live),
-            channel: Some(channel),
-        };
         Ok((rx, guard))
     }
 

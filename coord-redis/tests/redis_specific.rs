@@ -824,3 +824,61 @@ async fn inspect_of_a_lock_without_its_fence_shows_the_holder() {
     assert_eq!(info.holders[0].token, None);
     b.release("fenceless", &o).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_subscription_cancelled_while_its_subscribe_is_unanswered_leaves_the_channel() {
+    // A listener given up while its SUBSCRIBE is in flight (a waiter whose
+    // deadline passed, a cache dropped) must not keep the channel
+    // subscribed for the connection's lifetime.
+    let server = RedisServer::spawn().expect("redis-server must start for this test");
+    let b = RedisBackend::connect(server.url(), &Settings::default())
+        .await
+        .unwrap();
+    let mut conn = raw(server.url()).await;
+    let channel = format!(
+        "{}:lock:{{given-up}}:released",
+        Settings::default().namespace
+    );
+    let listeners = |mut conn: redis::aio::MultiplexedConnection| {
+        let channel = channel.clone();
+        async move {
+            let reply: (String, u64) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channel)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            reply.1
+        }
+    };
+    // The pub/sub connection is open, so the next subscription's only
+    // round trip is its SUBSCRIBE.
+    let _open = b.subscribe("other").await.unwrap();
+    server.pause().unwrap();
+    let given_up = tokio::time::timeout(Duration::from_millis(300), b.subscribe("given-up")).await;
+    server.resume().unwrap();
+    assert!(
+        given_up.is_err(),
+        "the subscription cannot complete while the server is paused"
+    );
+    within(
+        Duration::from_secs(10),
+        "the SUBSCRIBE sent before the cancellation reaches the server",
+        async {
+            while listeners(conn.clone()).await != 1 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        },
+    )
+    .await;
+    within(
+        Duration::from_secs(15),
+        "the channel nobody listens to any more is unsubscribed",
+        async {
+            while listeners(conn.clone()).await != 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        },
+    )
+    .await;
+}

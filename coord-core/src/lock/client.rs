@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use crate::capabilities::Capabilities;
@@ -50,6 +50,10 @@ pub(crate) struct ClientShared {
     pub(crate) defaults: LockSettings,
     pub(crate) retry: RetryPolicy,
     pub(crate) metrics: Option<Metrics>,
+    /// Whether the backend may answer lease calls at once
+    /// ([`LockBackend::try_acquire_now`]); cleared by its first `None`, so
+    /// a networked backend's acquisitions skip the in-process fast path.
+    pub(crate) answers_at_once: AtomicBool,
     waiting: AtomicUsize,
     next_guard: AtomicU64,
     held: HeldGuards,
@@ -122,6 +126,7 @@ impl LockClientBuilder {
                 defaults: self.defaults,
                 retry: self.retry,
                 metrics: self.metrics,
+                answers_at_once: AtomicBool::new(true),
                 waiting: AtomicUsize::new(0),
                 next_guard: AtomicU64::new(0),
                 held: HeldGuards::default(),

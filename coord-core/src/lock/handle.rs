@@ -282,11 +282,14 @@ impl Lock {
     ///
     /// [`LockBackend::try_acquire_now`]: crate::lock::LockBackend::try_acquire_now
     fn acquire_at_once(&self) -> Option<LockGuard> {
-        if self.kind != LockKind::Lease || !self.cells.checked.load(Ordering::Relaxed) {
+        let shared = &self.client.shared;
+        if self.kind != LockKind::Lease
+            || !self.cells.checked.load(Ordering::Relaxed)
+            || !shared.answers_at_once.load(Ordering::Relaxed)
+        {
             return None;
         }
         let (owner, pooled) = self.check_and_owner().ok()?;
-        let shared = &self.client.shared;
         let sent_at = Instant::now();
         let answer = shared.call_now("try_acquire", |b| {
             b.try_acquire_now(&self.name, &owner, self.ttl, sent_at)
@@ -311,9 +314,14 @@ impl Lock {
                 }
                 None
             }
-            // Held, an error answered at once (nothing was applied), or a
-            // backend to await: the general path asks again and waits or
-            // reports.
+            // A backend to await: from now on the general path only.
+            None => {
+                shared.answers_at_once.store(false, Ordering::Relaxed);
+                self.recycle(owner, pooled);
+                None
+            }
+            // Held, or an error answered at once (nothing was applied): the
+            // general path asks again and waits or reports.
             _ => {
                 self.recycle(owner, pooled);
                 None
