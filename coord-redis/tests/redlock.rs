@@ -468,3 +468,51 @@ async fn inspect_and_list_report_the_majority_view() {
     b.release("view/a", &who).await.expect("release");
     assert_eq!(b.inspect("view/a").await.expect("inspect"), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_grant_reads_each_servers_clock_once_and_its_token_follows_it() {
+    // The quarantine check's TIME is also the hybrid clock's reading: no
+    // PEXPIRETIME on top of it.
+    let h = RedlockHarness::start(3).await;
+    let b = h.connect_with(quick_quarantine()).await.expect("connect");
+    until_out_of_quarantine(&b, &[0, 1, 2]).await;
+    let mut conns = Vec::new();
+    for i in 0..3 {
+        conns.push(
+            redis::Client::open(h.server(i).url())
+                .expect("url")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect"),
+        );
+    }
+    let mut before = Vec::new();
+    for conn in &mut conns {
+        let time: (u64, u64) = redis::cmd("TIME").query_async(conn).await.expect("TIME");
+        let calls = (
+            coord_redis::testkit::command_calls(conn, "time").await,
+            coord_redis::testkit::command_calls(conn, "pexpiretime").await,
+        );
+        before.push((time.0 * 1_000_000 + time.1, calls));
+    }
+    let who = owner("clock");
+    let token = grant(&b, "clock", &who, Duration::from_secs(2)).await;
+    b.release("clock", &who).await.expect("release");
+    for (i, conn) in conns.iter_mut().enumerate() {
+        let (server_us, (times, pexpiretimes)) = before[i];
+        assert!(
+            token.as_u64() >= server_us,
+            "server {i}: token {token} is below the server clock {server_us} µs read before the grant"
+        );
+        // (Background checks of the servers read TIME too: at least one.)
+        assert!(
+            coord_redis::testkit::command_calls(conn, "time").await > times,
+            "server {i}: the grant reads TIME"
+        );
+        assert_eq!(
+            coord_redis::testkit::command_calls(conn, "pexpiretime").await,
+            pexpiretimes,
+            "server {i}: no PEXPIRETIME beside the TIME"
+        );
+    }
+}

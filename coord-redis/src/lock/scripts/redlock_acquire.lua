@@ -22,7 +22,8 @@
 -- The check runs in the same script as the grant, so every request that reaches a
 -- restarted process is refused, whatever the client's connection did meanwhile.
 
--- The server clock in microseconds, read once per script call.
+-- The server clock in microseconds, read once per script call (and handed to
+-- `acquire` as its `now`, so a guarded grant reads the clock once).
 local clock = nil
 -- The boot record last read, its run id and start: read once per script call (a
 -- batch's attempts name the same record, which cannot change while the script runs).
@@ -44,6 +45,9 @@ local function guarded(boot, lock, fence, quarantine, run_id, owner, ttl)
   if not clock then
     local t = redis.call('TIME')
     clock = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    -- The same server clock `acquire` reads through PEXPIRETIME for its hybrid
+    -- logical clock (lease_acquire.lua): handed over, it spares that call.
+    now = now or clock
   end
   local left = tonumber(start) + tonumber(quarantine) * 1000 - clock
   if left > 0 then
