@@ -834,7 +834,7 @@ async fn a_subscription_cancelled_while_its_subscribe_is_unanswered_leaves_the_c
     let b = RedisBackend::connect(server.url(), &Settings::default())
         .await
         .unwrap();
-    let mut conn = raw(server.url()).await;
+    let conn = raw(server.url()).await;
     let channel = format!(
         "{}:lock:{{given-up}}:released",
         Settings::default().namespace
