@@ -46,6 +46,13 @@ local SLACK = 10000
 -- The server clock in token units, read once per script call (a batch's grants share it).
 local now = nil
 
+-- Set by redlock_acquire.lua: the clock is read in steps of STEP microseconds, and a
+-- fence is raised to the step whenever it is behind it. Independent servers that read
+-- their clocks a few microseconds apart then hand out the same token unless a step
+-- boundary falls between their readings, so Redlock seldom has to raise the fences of
+-- the servers below the highest token (a round trip). nil: the plain rule above.
+local STEP = nil
+
 local function acquire(lock, fence, owner, ttl)
   local holder = redis.call('SET', lock, owner, 'NX', 'PX', ttl, 'GET')
   if not holder then
@@ -67,7 +74,13 @@ local function acquire(lock, fence, owner, ttl)
     if not now then
       now = (redis.call('PEXPIRETIME', lock) - ttl) * 1000
     end
-    if now - token > SLACK then
+    if STEP then
+      local step = now - now % STEP
+      if step > token then
+        redis.call('INCRBY', fence, step - token)
+        token = step
+      end
+    elseif now - token > SLACK then
       redis.call('INCRBY', fence, now - token)
       token = now
     end

@@ -22,6 +22,10 @@
 -- The check runs in the same script as the grant, so every request that reaches a
 -- restarted process is refused, whatever the client's connection did meanwhile.
 
+-- Fences follow the clock in steps (see STEP in lease_acquire.lua): the servers of a
+-- Redlock grant then seldom hand out different tokens.
+STEP = SLACK
+
 -- The server clock in microseconds, read once per script call (and handed to
 -- `acquire` as its `now`, so a guarded grant reads the clock once).
 local clock = nil
