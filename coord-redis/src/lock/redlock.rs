@@ -266,6 +266,8 @@ struct Server {
     reconnect: Option<(RedisConfig, Settings)>,
     backend: RwLock<Option<RedisBackend>>,
     state: Mutex<ServerState>,
+    /// Its boot record's key (`boot_key`), made once.
+    boot_key: std::sync::OnceLock<Arc<str>>,
 }
 
 #[derive(Default)]
@@ -275,7 +277,7 @@ struct ServerState {
     /// When the server may grant again; `None` until a check after its last
     /// error (the server may have restarted).
     ready_at: Option<Instant>,
-    run_id: Option<String>,
+    run_id: Option<Arc<str>>,
     /// When the process of `run_id` leaves quarantine, as first estimated
     /// (kept across errors, unlike `ready_at`).
     ready_estimate: Option<Instant>,
@@ -295,7 +297,7 @@ enum Gate {
     /// trusted only if no error from the server came in since `generation`.
     Ready {
         backend: RedisBackend,
-        run_id: String,
+        run_id: Arc<str>,
         generation: u64,
     },
     Quarantined(Instant),
@@ -405,6 +407,7 @@ impl RedlockBackend {
             servers.push(Server {
                 addr: c.addresses(),
                 reconnect: Some((c, settings.clone())),
+                boot_key: std::sync::OnceLock::new(),
                 backend: RwLock::new(backend),
                 state: Mutex::new(ServerState::default()),
             });
@@ -440,6 +443,7 @@ impl RedlockBackend {
             .map(|b| Server {
                 addr: b.inner.addr.clone(),
                 reconnect: None,
+                boot_key: std::sync::OnceLock::new(),
                 backend: RwLock::new(Some(b)),
                 state: Mutex::new(ServerState::default()),
             })
@@ -597,11 +601,11 @@ pub(crate) enum ServerVote {
 
 /// One guarded acquisition, as a batch carries it.
 pub(crate) struct RedlockAcquireCall {
-    boot: String,
+    boot: Arc<str>,
     keys: LockKeys,
     fence_end: usize,
     quarantine_ms: u64,
-    run_id: String,
+    run_id: Arc<str>,
     owner: LockOwner,
     ttl: Duration,
 }
@@ -612,13 +616,13 @@ impl ScriptCall for RedlockAcquireCall {
         &scripts.redlock_acquire
     }
     fn keys(&self, cmd: &mut redis::Cmd) {
-        cmd.arg(&self.boot)
+        cmd.arg(&*self.boot)
             .arg(self.keys.lock())
             .arg(&self.keys.buf[..self.fence_end]);
     }
     fn args(&self, cmd: &mut redis::Cmd) {
         cmd.arg(self.quarantine_ms)
-            .arg(&self.run_id)
+            .arg(&*self.run_id)
             .arg(self.owner.as_str())
             .arg(crate::lock::ttl_ms(self.ttl));
     }
@@ -656,11 +660,12 @@ impl RedisBackend {
         owner: &LockOwner,
         ttl: Duration,
         quarantine_ms: u64,
-        run_id: String,
+        run_id: Arc<str>,
+        boot: Arc<str>,
     ) -> Result<ServerVote> {
         let (keys, fence_end) = LockKeys::new(&self.inner.lock_prefix, name).with_fence();
         let call = RedlockAcquireCall {
-            boot: boot_key(self),
+            boot,
             keys,
             fence_end,
             quarantine_ms,
@@ -941,7 +946,7 @@ impl Inner {
             Some(earlier) if s.run_id.as_deref() == Some(run_id.as_str()) => earlier.min(ready_at),
             _ => ready_at,
         };
-        s.run_id = Some(run_id);
+        s.run_id = Some(run_id.into());
         s.ready_estimate = Some(ready_at);
         s.ready_at = Some(ready_at);
         s.checked_at = Some(now);
@@ -979,7 +984,11 @@ impl Inner {
             }
         };
         let addr = &self.servers[i].addr;
-        let attempt = backend.redlock_acquire(name, owner, ttl, self.quarantine_ms, run_id);
+        let boot = self.servers[i]
+            .boot_key
+            .get_or_init(|| boot_key(&backend).into())
+            .clone();
+        let attempt = backend.redlock_acquire(name, owner, ttl, self.quarantine_ms, run_id, boot);
         let vote = bounded(self.config.server_timeout, addr, "an acquisition", attempt)
             .await
             .map(|v| match v {
