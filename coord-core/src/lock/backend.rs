@@ -51,7 +51,8 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     /// `None`, the default, means "await `try_acquire`". The client's hot
     /// path calls this first, so an in-process lock pays no boxed future,
     /// retry wrapper or timer. An answer here must be the one `try_acquire`
-    /// would give.
+    /// would give. A [`LockClient`](crate::LockClient) that once gets `None`
+    /// stops asking: a backend answers here always or never.
     ///
     /// `now` is the caller's reading of the clock, taken just before the
     /// call: the lease counts from it (the client counts the guard's
