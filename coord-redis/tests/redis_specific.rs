@@ -40,6 +40,33 @@ async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
+/// How many connections subscribe to `channel` (`PUBSUB NUMSUB`).
+async fn listeners(conn: &redis::aio::MultiplexedConnection, channel: &str) -> u64 {
+    let reply: (String, u64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query_async(&mut conn.clone())
+        .await
+        .unwrap();
+    reply.1
+}
+
+/// Waits, at most `limit`, until `channel` has `n` subscribers.
+async fn until_listeners(
+    conn: &redis::aio::MultiplexedConnection,
+    channel: &str,
+    n: u64,
+    limit: Duration,
+    what: &str,
+) {
+    within(limit, what, async {
+        while listeners(conn, channel).await != n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn fencing_tokens_increase_across_a_restart_without_persistence() {
     let mut server = RedisServer::spawn().expect("redis-server must start for this test");
@@ -448,20 +475,8 @@ async fn a_channel_left_by_its_last_listener_lingers_then_is_unsubscribed() {
         .unwrap();
     let mut conn = raw(server.url()).await;
     let channel = format!("{}:lock:{{linger}}:released", Settings::default().namespace);
-    let listeners = |mut conn: redis::aio::MultiplexedConnection| {
-        let channel = channel.clone();
-        async move {
-            let reply: (String, u64) = redis::cmd("PUBSUB")
-                .arg("NUMSUB")
-                .arg(&channel)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            reply.1
-        }
-    };
     let first = b.subscribe("linger").await.unwrap();
-    assert_eq!(listeners(conn.clone()).await, 1);
+    assert_eq!(listeners(&conn, &channel).await, 1);
     let subscribes = command_calls(&mut conn, "subscribe").await;
     drop(first);
     for _ in 0..5 {
@@ -473,23 +488,21 @@ async fn a_channel_left_by_its_last_listener_lingers_then_is_unsubscribed() {
     }
     assert_eq!(command_calls(&mut conn, "subscribe").await, subscribes);
     assert_eq!(
-        listeners(conn.clone()).await,
+        listeners(&conn, &channel).await,
         1,
         "still subscribed while it lingers"
     );
-    within(
+    until_listeners(
+        &conn,
+        &channel,
+        0,
         Duration::from_secs(15),
         "the idle channel is unsubscribed",
-        async {
-            while listeners(conn.clone()).await != 0 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        },
     )
     .await;
     // And a listener after that subscribes again, and is woken.
     let mut later = b.subscribe("linger").await.unwrap();
-    assert_eq!(listeners(conn.clone()).await, 1);
+    assert_eq!(listeners(&conn, &channel).await, 1);
     let _: u64 = redis::cmd("PUBLISH")
         .arg(&channel)
         .arg("")
@@ -839,18 +852,6 @@ async fn a_subscription_cancelled_while_its_subscribe_is_unanswered_leaves_the_c
         "{}:lock:{{given-up}}:released",
         Settings::default().namespace
     );
-    let listeners = |mut conn: redis::aio::MultiplexedConnection| {
-        let channel = channel.clone();
-        async move {
-            let reply: (String, u64) = redis::cmd("PUBSUB")
-                .arg("NUMSUB")
-                .arg(&channel)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            reply.1
-        }
-    };
     // The pub/sub connection is open, so the next subscription's only
     // round trip is its SUBSCRIBE.
     let _open = b.subscribe("other").await.unwrap();
@@ -861,24 +862,20 @@ async fn a_subscription_cancelled_while_its_subscribe_is_unanswered_leaves_the_c
         given_up.is_err(),
         "the subscription cannot complete while the server is paused"
     );
-    within(
+    until_listeners(
+        &conn,
+        &channel,
+        1,
         Duration::from_secs(10),
         "the SUBSCRIBE sent before the cancellation reaches the server",
-        async {
-            while listeners(conn.clone()).await != 1 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        },
     )
     .await;
-    within(
+    until_listeners(
+        &conn,
+        &channel,
+        0,
         Duration::from_secs(15),
         "the channel nobody listens to any more is unsubscribed",
-        async {
-            while listeners(conn.clone()).await != 0 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        },
     )
     .await;
 }

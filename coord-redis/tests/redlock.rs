@@ -9,13 +9,18 @@ use coord_redis::testkit::RedlockHarness;
 use coord_redis::{RedlockBackend, RedlockConfig};
 use tokio::time::Instant;
 
-/// Whether server `i` of `h` holds the lock key of `name` (any owner).
-async fn has_lock(h: &RedlockHarness, i: usize, name: &str) -> bool {
-    let mut conn = redis::Client::open(h.server(i).url())
+/// A connection of its own to server `i` of `h`.
+async fn server_conn(h: &RedlockHarness, i: usize) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(h.server(i).url())
         .expect("url")
         .get_multiplexed_async_connection()
         .await
-        .expect("connect");
+        .expect("connect")
+}
+
+/// Whether server `i` of `h` holds the lock key of `name` (any owner).
+async fn has_lock(h: &RedlockHarness, i: usize, name: &str) -> bool {
+    let mut conn = server_conn(h, i).await;
     let key = format!("{}:lock:{{{name}}}", h.settings().namespace);
     redis::cmd("EXISTS")
         .arg(&key)
@@ -27,11 +32,7 @@ async fn has_lock(h: &RedlockHarness, i: usize, name: &str) -> bool {
 
 /// The fence (last token) of `name` on server `i` of `h`.
 async fn fence(h: &RedlockHarness, i: usize, name: &str) -> u64 {
-    let mut conn = redis::Client::open(h.server(i).url())
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut conn = server_conn(h, i).await;
     let key = format!("{}:lock:{{{name}}}:fence", h.settings().namespace);
     redis::cmd("GET")
         .arg(&key)
@@ -478,13 +479,7 @@ async fn a_guarded_grant_reads_each_servers_clock_once_and_its_token_follows_it(
     until_out_of_quarantine(&b, &[0, 1, 2]).await;
     let mut conns = Vec::new();
     for i in 0..3 {
-        conns.push(
-            redis::Client::open(h.server(i).url())
-                .expect("url")
-                .get_multiplexed_async_connection()
-                .await
-                .expect("connect"),
-        );
+        conns.push(server_conn(&h, i).await);
     }
     let mut before = Vec::new();
     for conn in &mut conns {
@@ -531,13 +526,7 @@ async fn the_servers_of_a_grant_hand_out_the_same_token_as_the_clock_moves() {
     until_out_of_quarantine(&b, &[0, 1, 2]).await;
     let mut conns = Vec::new();
     for i in 0..3 {
-        conns.push(
-            redis::Client::open(h.server(i).url())
-                .expect("url")
-                .get_multiplexed_async_connection()
-                .await
-                .expect("connect"),
-        );
+        conns.push(server_conn(&h, i).await);
     }
     let mut sets = 0;
     for conn in &mut conns {
