@@ -105,7 +105,9 @@ impl Connection {
     /// `seen`. Always false for the others.
     pub(crate) async fn refused_as_replica(&self, seen: u64) -> bool {
         match self {
-            Connection::Sentinel(c) => c.refused_as_replica(seen).await,
+            // Boxed: the master lookup's future is large (about 3 KB), and
+            // every script call's future would carry it inline.
+            Connection::Sentinel(c) => Box::pin(c.refused_as_replica(seen)).await,
             _ => false,
         }
     }
