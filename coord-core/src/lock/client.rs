@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use crate::capabilities::Capabilities;
@@ -55,7 +55,6 @@ pub(crate) struct ClientShared {
     /// a networked backend's acquisitions skip the in-process fast path.
     pub(crate) answers_at_once: AtomicBool,
     waiting: AtomicUsize,
-    next_guard: AtomicU64,
     held: HeldGuards,
     /// Owners whose holds have ended, for reuse (see [`ClientShared::take_owner`]).
     idle_owners: OwnerPool,
@@ -128,7 +127,6 @@ impl LockClientBuilder {
                 metrics: self.metrics,
                 answers_at_once: AtomicBool::new(true),
                 waiting: AtomicUsize::new(0),
-                next_guard: AtomicU64::new(0),
                 held: HeldGuards::default(),
                 idle_owners: OwnerPool::default(),
                 renewals: Arc::new(RenewalScheduler::new()),
@@ -394,9 +392,7 @@ impl ClientShared {
     }
 
     pub(crate) fn track(&self, guard: Arc<GuardShared>) -> u64 {
-        let id = self.next_guard.fetch_add(1, Ordering::Relaxed);
-        self.held.insert(id, guard);
-        id
+        self.held.insert(guard)
     }
 
     /// The guards held now (for the renewal task's scan).
@@ -404,8 +400,8 @@ impl ClientShared {
         self.held.all()
     }
 
-    pub(crate) fn untrack(&self, id: u64) {
-        self.held.remove(id);
+    pub(crate) fn untrack(&self, id: u64, guard: &Arc<GuardShared>) {
+        self.held.remove(id, guard);
     }
 
     pub(crate) fn waiting_enter(self: &Arc<Self>) -> WaitingMark {

@@ -447,7 +447,7 @@ impl LockGuard {
         self.shared.record_hold_at(now);
         self.shared.stop.cancel();
         let client = self.shared.client.clone();
-        client.untrack(self.id);
+        client.untrack(self.id, &self.shared);
         let span = tracing::debug_span!("coord.lock.release", backend = client.backend_name, lock = %self.shared.name);
         let (name, owner, kind) = (&self.shared.name, &self.shared.owner, self.shared.kind);
         // An in-process backend answers at once; a disabled span is not
@@ -489,7 +489,7 @@ impl Drop for LockGuard {
         self.shared.record_hold();
         self.shared.stop.cancel();
         let client = &self.shared.client;
-        client.untrack(self.id);
+        client.untrack(self.id, &self.shared);
         client.release_in_background(
             self.shared.name.clone(),
             self.shared.owner.clone(),

@@ -138,7 +138,7 @@ pub(crate) fn release_dropped(shared: &Arc<GuardShared>, id: u64) {
 fn end_hold(shared: &Arc<GuardShared>, id: u64) {
     shared.record_hold();
     shared.stop.cancel();
-    shared.client.untrack(id);
+    shared.client.untrack(id, shared);
     shared.client.reentrant.forget_grant(shared);
 }
 

@@ -2,7 +2,6 @@
 //! it holds, the owner ids it reuses), split into shards so that tasks on
 //! different worker threads rarely meet on one mutex.
 
-use foldhash::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -28,34 +27,75 @@ fn thread_shard() -> usize {
     SHARD.with(|s| *s)
 }
 
-/// The guards a client holds, by guard id (the renewal task and shutdown
-/// walk them).
+/// The guards a client holds (the renewal task and shutdown walk them).
+///
+/// Each shard is a slab: a guard's id is its slot and its shard, so that
+/// tracking one costs a mutex and a slot, with no hashing and no counter
+/// shared by every thread. A guard is added to its thread's shard.
 #[derive(Debug, Default)]
 pub(crate) struct HeldGuards {
-    shards: [Mutex<HashMap<u64, Arc<GuardShared>>>; SHARDS],
+    shards: [Mutex<Slab>; SHARDS],
+}
+
+/// One shard of [`HeldGuards`]: slots, and the free ones.
+#[derive(Debug, Default)]
+struct Slab {
+    slots: Vec<Option<Arc<GuardShared>>>,
+    free: Vec<usize>,
 }
 
 impl HeldGuards {
-    fn shard(&self, id: u64) -> &Mutex<HashMap<u64, Arc<GuardShared>>> {
-        &self.shards[id as usize % SHARDS]
+    /// Tracks `guard`; returns its id (for [`HeldGuards::remove`]).
+    pub(crate) fn insert(&self, guard: Arc<GuardShared>) -> u64 {
+        let shard = thread_shard();
+        let mut slab = lock(&self.shards[shard]);
+        let slot = match slab.free.pop() {
+            Some(slot) => {
+                slab.slots[slot] = Some(guard);
+                slot
+            }
+            None => {
+                slab.slots.push(Some(guard));
+                slab.slots.len() - 1
+            }
+        };
+        (slot * SHARDS + shard) as u64
     }
 
-    pub(crate) fn insert(&self, id: u64, guard: Arc<GuardShared>) {
-        lock(self.shard(id)).insert(id, guard);
-    }
-
-    pub(crate) fn remove(&self, id: u64) {
-        lock(self.shard(id)).remove(&id);
+    /// Stops tracking `guard`, tracked as `id`. A slot that holds another
+    /// guard by now (its guard was drained by shutdown, and the slot
+    /// reused) is left alone.
+    pub(crate) fn remove(&self, id: u64, guard: &Arc<GuardShared>) {
+        let (slot, shard) = (id as usize / SHARDS, id as usize % SHARDS);
+        let removed = {
+            let mut slab = lock(&self.shards[shard]);
+            match slab.slots.get_mut(slot) {
+                Some(held) if held.as_ref().is_some_and(|g| Arc::ptr_eq(g, guard)) => {
+                    let removed = held.take();
+                    slab.free.push(slot);
+                    removed
+                }
+                _ => None,
+            }
+        };
+        // Dropped outside the shard's lock.
+        drop(removed);
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        self.shards
+            .iter()
+            .map(|s| {
+                let slab = lock(s);
+                slab.slots.len() - slab.free.len()
+            })
+            .sum()
     }
 
     pub(crate) fn all(&self) -> Vec<Arc<GuardShared>> {
         let mut all = Vec::new();
         for s in &self.shards {
-            all.extend(lock(s).values().cloned());
+            all.extend(lock(s).slots.iter().flatten().cloned());
         }
         all
     }
@@ -64,7 +104,14 @@ impl HeldGuards {
     pub(crate) fn drain(&self) -> Vec<Arc<GuardShared>> {
         let mut all = Vec::new();
         for s in &self.shards {
-            all.extend(lock(s).drain().map(|(_, g)| g));
+            let mut slab = lock(s);
+            let Slab { slots, free } = &mut *slab;
+            for (i, held) in slots.iter_mut().enumerate() {
+                if let Some(g) = held.take() {
+                    all.push(g);
+                    free.push(i);
+                }
+            }
         }
         all
     }
@@ -89,5 +136,43 @@ impl OwnerPool {
         if idle.len() < MAX_IDLE_OWNERS_PER_SHARD {
             idle.push(owner);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::LockClient;
+    use crate::memory::MemoryBackend;
+
+    #[tokio::test]
+    async fn a_guard_released_after_shutdown_leaves_a_newer_guard_in_its_slot_tracked() {
+        let client = LockClient::new(Arc::new(MemoryBackend::new()));
+        let old = client
+            .lock("slab/a")
+            .build()
+            .acquire()
+            .await
+            .expect("acquire");
+        client.shutdown().await.expect("shutdown");
+        assert_eq!(client.held(), 0);
+        // The drained guard's slot is free again; the next guard takes it.
+        let new = client
+            .lock("slab/b")
+            .build()
+            .acquire()
+            .await
+            .expect("acquire");
+        assert_eq!(client.held(), 1);
+        // Releasing the old guard must not untrack the new one.
+        drop(old);
+        assert_eq!(
+            client.held(),
+            1,
+            "the newer guard in the reused slot was untracked"
+        );
+        new.release().await.expect("release");
+        assert_eq!(client.held(), 0);
     }
 }
