@@ -446,7 +446,7 @@ impl LockGuard {
         let now = Instant::now();
         self.shared.record_hold_at(now);
         self.shared.stop.cancel();
-        let client = self.shared.client.clone();
+        let client = &self.shared.client;
         client.untrack(self.id, &self.shared);
         let span = tracing::debug_span!("coord.lock.release", backend = client.backend_name, lock = %self.shared.name);
         let (name, owner, kind) = (&self.shared.name, &self.shared.owner, self.shared.kind);
