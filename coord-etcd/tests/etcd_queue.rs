@@ -110,6 +110,41 @@ async fn fair_lock_grants_in_request_order_with_create_revision_tokens() {
     assert!(entries(&b, &name).await.is_empty());
 }
 
+/// The index of the last entry of etcd's raft log (every write, and every
+/// transaction that could write, appends one).
+async fn raft_index(b: &EtcdBackend) -> u64 {
+    let mut m = b.client().maintenance_client();
+    m.status().await.unwrap().raft_index()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_asking_again_appends_nothing_to_the_raft_log() {
+    // Its own server: the raft log counts every other test's writes too.
+    let h = EtcdHarness::start_isolated().await;
+    let b = h.connect().await.unwrap();
+    let name = unique_name("queue-reask");
+    let (holder, waiter) = (owner("reask-h"), owner("reask-w"));
+    granted(&b, &name, &holder, X).await;
+    queued(&b, &name, &waiter, X, 1).await;
+    let before = raft_index(&b).await;
+    for _ in 0..20 {
+        queued(&b, &name, &waiter, X, 1).await;
+    }
+    let appended = raft_index(&b).await - before;
+    // A transaction with a put in one branch goes through raft (and its WAL
+    // sync) even when it only reads: once per ask, 20 here, before.
+    assert!(
+        appended < 5,
+        "{appended} raft entries for 20 asks of a waiter"
+    );
+    // The answers still follow the queue.
+    b.dequeue(&name, &holder).await.unwrap();
+    let token = granted(&b, &name, &waiter, X).await;
+    assert_eq!(token, create_revision(&b, &name, &waiter).await);
+    b.dequeue(&name, &waiter).await.unwrap();
+    assert!(entries(&b, &name).await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn semaphore_grants_at_most_its_limit() {
     let h = EtcdHarness::start().await;

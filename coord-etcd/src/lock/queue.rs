@@ -41,7 +41,7 @@ use tokio::time::Instant;
 
 use crate::backend::EtcdBackend;
 use crate::error::{call, deadline, is_lease_not_found, map};
-use crate::lease::{KeepAlive, bucket};
+use crate::lease::{KeepAlive, Lease, bucket};
 
 /// How many times one call starts over when the queue changes under it.
 const MAX_ATTEMPTS: usize = 5;
@@ -118,11 +118,29 @@ impl EtcdBackend {
         let bucket = bucket(ttl);
         let value = mode.encode();
         let pool = &self.inner.leases;
+        let min_remaining = Duration::from_secs(bucket) * 2 / 3;
+        if self
+            .held(&own, owner.as_str())
+            .is_some_and(|h| h.bucket == bucket)
+        {
+            // A waiter asking again: its entry exists, on this bucket's
+            // lease. A linearizable read answers as the transaction's
+            // read-only branch would, without a write through raft (and its
+            // WAL sync) on every wake-up of every waiter.
+            let lease = pool.fresh(bucket, start, min_remaining).await?;
+            let read = self.read_queue(&keys, "enqueue").await?;
+            pool.observe(read.header());
+            let kvs = read.kvs();
+            if let Some(pos) = position(kvs, &own)
+                && kvs[pos].lease() == lease.id
+            {
+                return self.enqueue_answer(kvs, pos, &own, owner, bucket, &lease, start);
+            }
+            // Gone, or on another lease: the transaction below sorts it out.
+        }
         let mut lease_retried = false;
         for _ in 0..MAX_ATTEMPTS {
-            let lease = pool
-                .fresh(bucket, start, Duration::from_secs(bucket) * 2 / 3)
-                .await?;
+            let lease = pool.fresh(bucket, start, min_remaining).await?;
             let txn = enqueue_txn(&keys, &own, &value, lease.id);
             let mut kv = self.inner.client.kv_client();
             let resp = match deadline("enqueue", self.inner.timeout, kv.txn(txn)).await? {
@@ -145,7 +163,6 @@ impl EtcdBackend {
                 return Err(malformed("the queue read misses the caller's entry"));
             };
             let entry = &kvs[pos];
-            let granted = is_granted(kvs, pos)?;
             if entry.lease() != lease.id {
                 // Another TTL bucket, or a lease this client no longer
                 // keeps alive: move the entry onto the current lease, unless
@@ -162,24 +179,41 @@ impl EtcdBackend {
                     Err(e) => return Err(map("enqueue", e)),
                 }
             }
-            self.hold(&own, owner.as_str(), bucket, lease.id);
-            if !granted {
-                return Ok(QueueOutcome::Queued {
-                    ahead: u32::try_from(pos).unwrap_or(u32::MAX),
-                    retry_after: None,
-                    fence: None,
-                });
-            }
-            // Valid for at most the lease's remaining time, less a sixth of
-            // the lease (the margin lease locks leave for shared keep-alives).
-            let ttl = lease
-                .ttl
-                .min(lease.remaining(start))
-                .saturating_sub(lease.ttl / 6);
-            let token = FencingToken::new(positive(entry.create_revision())?);
-            return Ok(QueueOutcome::Granted(LockGrant { token, ttl }));
+            return self.enqueue_answer(kvs, pos, &own, owner, bucket, &lease, start);
         }
         Err(changing("enqueue"))
+    }
+
+    /// The answer to an enqueue whose entry (`own`, at `pos` of the queue
+    /// read `kvs`) is on `lease`; records the hold.
+    #[allow(clippy::too_many_arguments)] // two call sites, in `queue_enqueue`
+    fn enqueue_answer(
+        &self,
+        kvs: &[KeyValue],
+        pos: usize,
+        own: &str,
+        owner: &LockOwner,
+        bucket: u64,
+        lease: &Lease,
+        start: Instant,
+    ) -> Result<QueueOutcome> {
+        let granted = is_granted(kvs, pos)?;
+        self.hold(own, owner.as_str(), bucket, lease.id);
+        if !granted {
+            return Ok(QueueOutcome::Queued {
+                ahead: u32::try_from(pos).unwrap_or(u32::MAX),
+                retry_after: None,
+                fence: None,
+            });
+        }
+        // Valid for at most the lease's remaining time, less a sixth of
+        // the lease (the margin lease locks leave for shared keep-alives).
+        let ttl = lease
+            .ttl
+            .min(lease.remaining(start))
+            .saturating_sub(lease.ttl / 6);
+        let token = FencingToken::new(positive(kvs[pos].create_revision())?);
+        Ok(QueueOutcome::Granted(LockGrant { token, ttl }))
     }
 
     /// [`LockBackend::renew_queued`](coord_core::LockBackend::renew_queued):
