@@ -336,6 +336,39 @@ async fn semaphore_and_reader_waiters_watch_what_blocks_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permit_waiter_wakes_only_on_the_release_that_admits_it() {
+    let h = EtcdHarness::start().await;
+    let b = h.connect().await.unwrap();
+    let other = h.connect().await.unwrap();
+    let name = unique_name("queue-permit-count");
+    let permits = HoldMode::Shared { limit: 2 };
+    let [p1, p2, w1, w2] = ["p1", "p2", "w1", "w2"].map(owner);
+    granted(&b, &name, &p1, permits).await;
+    granted(&b, &name, &p2, permits).await;
+    queued(&other, &name, &w1, permits, 2).await;
+    queued(&other, &name, &w2, permits, 3).await;
+    let mut e1 = other.subscribe_queue(&name, &w1).await.unwrap();
+    let mut e2 = other.subscribe_queue(&name, &w2).await.unwrap();
+
+    // p1 leaves: that admits w1, not w2 (two are still ahead of it).
+    b.dequeue(&name, &p1).await.unwrap();
+    assert!(within(WAKE, "w1 is woken", e1.next()).await);
+    granted(&other, &name, &w1, permits).await;
+    queued(&other, &name, &w2, permits, 2).await;
+    assert!(
+        !signalled_now(&mut e2),
+        "w2 was woken by a release that does not admit it"
+    );
+
+    // p2 leaves: one is left ahead of w2, and the same subscription wakes it.
+    b.dequeue(&name, &p2).await.unwrap();
+    assert!(within(WAKE, "w2 is woken", e2.next()).await);
+    granted(&other, &name, &w2, permits).await;
+    other.dequeue(&name, &w1).await.unwrap();
+    other.dequeue(&name, &w2).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inspect_and_list_report_holders_tokens_and_waiters() {
     let h = EtcdHarness::start().await;
     let b = h.connect().await.unwrap();

@@ -421,12 +421,12 @@ impl EtcdBackend {
         let Some(pos) = position(kvs, own) else {
             return Ok(Target::Absent);
         };
-        let filter = match watch_target(kvs, pos)? {
+        let (filter, needed) = match watch_target(kvs, pos)? {
             None => return Ok(Target::Grantable),
-            Some(Watched::Key(key)) => HashSet::from([key]),
-            Some(Watched::Ahead(ahead)) => ahead,
+            Some(Watched::Key(key)) => (HashSet::from([key]), 1),
+            Some(Watched::Ahead { keys, needed }) => (keys, needed),
         };
-        Ok(Target::Watch(Box::new(stream), filter))
+        Ok(Target::Watch(Box::new(stream), filter, needed))
     }
 }
 
@@ -436,9 +436,9 @@ enum Target {
     Absent,
     /// Its entry can be granted now: signal.
     Grantable,
-    /// A watch of the queue's DELETE events, and the keys whose deletion
-    /// can grant the entry.
-    Watch(Box<WatchStream>, HashSet<Vec<u8>>),
+    /// A watch of the queue's DELETE events, the keys whose deletion can
+    /// grant the entry, and how many of them must go before it is granted.
+    Watch(Box<WatchStream>, HashSet<Vec<u8>>, usize),
 }
 
 /// What a waiting entry must watch to be woken when it may be granted.
@@ -446,8 +446,16 @@ enum Target {
 enum Watched {
     /// The deletion of this key.
     Key(Vec<u8>),
-    /// The deletion of any of these keys (entries ahead of it).
-    Ahead(HashSet<Vec<u8>>),
+    /// The deletion of `needed` of these keys (the entries ahead of a
+    /// shared entry blocked only by its limit: only removals ahead admit
+    /// it, as later entries join behind it, and it is admitted once fewer
+    /// than its limit are left ahead). Counting spares the waiters of a
+    /// semaphore a wake-up, a watch and a read on every release ahead of
+    /// them that does not admit them.
+    Ahead {
+        keys: HashSet<Vec<u8>>,
+        needed: usize,
+    },
 }
 
 /// `None` when the entry at `pos` is grantable now; otherwise what to watch.
@@ -460,9 +468,13 @@ fn watch_target(kvs: &[KeyValue], pos: usize) -> Result<Option<Watched>> {
     Ok(Some(match mode {
         // Its immediate predecessor (there is one: it is not admitted).
         HoldMode::Exclusive => Watched::Key(kvs[pos - 1].key().to_vec()),
-        HoldMode::Shared { .. } => match ahead.iter().rposition(|m| *m == HoldMode::Exclusive) {
+        HoldMode::Shared { limit } => match ahead.iter().rposition(|m| *m == HoldMode::Exclusive) {
             Some(last) => Watched::Key(kvs[last].key().to_vec()),
-            None => Watched::Ahead(kvs[..pos].iter().map(|kv| kv.key().to_vec()).collect()),
+            None => Watched::Ahead {
+                keys: kvs[..pos].iter().map(|kv| kv.key().to_vec()).collect(),
+                // Not admitted: at least `limit` are ahead.
+                needed: pos + 1 - usize::try_from(limit).unwrap_or(usize::MAX).min(pos),
+            },
         },
     }))
 }
@@ -499,15 +511,20 @@ impl Listener {
                 self.done = true;
                 Some(((), self))
             }
-            Target::Watch(mut stream, filter) => loop {
+            Target::Watch(mut stream, mut filter, mut needed) => loop {
                 match stream.message().await {
                     Ok(Some(resp)) if resp.canceled() => return None,
                     Ok(Some(resp)) => {
-                        let woken = resp.events().iter().any(|e| {
-                            e.event_type() == EventType::Delete
-                                && e.kv().is_some_and(|kv| filter.contains(kv.key()))
-                        });
-                        if woken {
+                        for e in resp.events() {
+                            // Each key counts once: an owner that leaves and
+                            // comes back joins behind this entry.
+                            if e.event_type() == EventType::Delete
+                                && e.kv().is_some_and(|kv| filter.remove(kv.key()))
+                            {
+                                needed = needed.saturating_sub(1);
+                            }
+                        }
+                        if needed == 0 {
                             return Some(((), self));
                         }
                     }
