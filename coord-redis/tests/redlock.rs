@@ -18,6 +18,24 @@ async fn server_conn(h: &RedlockHarness, i: usize) -> redis::aio::MultiplexedCon
         .expect("connect")
 }
 
+/// A connection to each server of `h`, in order.
+async fn server_conns(h: &RedlockHarness) -> Vec<redis::aio::MultiplexedConnection> {
+    let mut conns = Vec::new();
+    for i in 0..h.urls().len() {
+        conns.push(server_conn(h, i).await);
+    }
+    conns
+}
+
+/// How many times the servers behind `conns` ran `command`, together.
+async fn calls_on_all(conns: &mut [redis::aio::MultiplexedConnection], command: &str) -> u64 {
+    let mut calls = 0;
+    for conn in conns {
+        calls += coord_redis::testkit::command_calls(conn, command).await;
+    }
+    calls
+}
+
 /// Whether server `i` of `h` holds the lock key of `name` (any owner).
 async fn has_lock(h: &RedlockHarness, i: usize, name: &str) -> bool {
     let mut conn = server_conn(h, i).await;
@@ -477,10 +495,7 @@ async fn a_guarded_grant_reads_each_servers_clock_once_and_its_token_follows_it(
     let h = RedlockHarness::start(3).await;
     let b = h.connect_with(quick_quarantine()).await.expect("connect");
     until_out_of_quarantine(&b, &[0, 1, 2]).await;
-    let mut conns = Vec::new();
-    for i in 0..3 {
-        conns.push(server_conn(&h, i).await);
-    }
+    let mut conns = server_conns(&h).await;
     let mut before = Vec::new();
     for conn in &mut conns {
         let time: (u64, u64) = redis::cmd("TIME").query_async(conn).await.expect("TIME");
@@ -524,14 +539,8 @@ async fn the_servers_of_a_grant_hand_out_the_same_token_as_the_clock_moves() {
     let h = RedlockHarness::start(3).await;
     let b = h.connect_with(quick_quarantine()).await.expect("connect");
     until_out_of_quarantine(&b, &[0, 1, 2]).await;
-    let mut conns = Vec::new();
-    for i in 0..3 {
-        conns.push(server_conn(&h, i).await);
-    }
-    let mut sets = 0;
-    for conn in &mut conns {
-        sets += coord_redis::testkit::command_calls(conn, "set").await;
-    }
+    let mut conns = server_conns(&h).await;
+    let sets = calls_on_all(&mut conns, "set").await;
     const GRANTS: u64 = 20;
     let mut last = FencingToken::new(0);
     for round in 0..GRANTS {
@@ -546,10 +555,7 @@ async fn the_servers_of_a_grant_hand_out_the_same_token_as_the_clock_moves() {
         // The clock moves past the next step.
         tokio::time::sleep(Duration::from_millis(11)).await;
     }
-    let mut after = 0;
-    for conn in &mut conns {
-        after += coord_redis::testkit::command_calls(conn, "set").await;
-    }
+    let after = calls_on_all(&mut conns, "set").await;
     // One SET per server and grant for the lock itself; a fence raise adds
     // one. Without steps this was about 5 per grant.
     assert!(

@@ -648,12 +648,8 @@ mod tests {
     use std::sync::Arc;
 
     use crate::LockClient;
+    use crate::lock::SMALL_ALLOCATION;
     use crate::memory::MemoryBackend;
-
-    /// glibc's per-thread cache serves blocks of up to 1032 bytes; a larger
-    /// one takes the arena's lock, which the runtime's worker threads then
-    /// contend on (a future allocated on one thread is freed on another).
-    const SMALL_BLOCK: usize = 1032;
 
     #[test]
     fn a_lease_acquisitions_boxed_future_fits_the_allocators_small_blocks() {
@@ -663,6 +659,6 @@ mod tests {
         // once (every one on Redis and etcd). The queued kinds' state inline
         // once made it 1040 bytes.
         let size = std::mem::size_of_val(&lock.acquire_unspanned());
-        assert!(size <= SMALL_BLOCK, "acquire_unspanned: {size} bytes");
+        assert!(size <= SMALL_ALLOCATION, "acquire_unspanned: {size} bytes");
     }
 }

@@ -32,3 +32,10 @@ pub use types::{
     AcquireOutcome, FencingToken, LockGrant, LockOwner, MAX_LOCK_NAME_LEN, MIN_TTL,
     validate_lock_request,
 };
+
+/// The largest block glibc's per-thread cache serves (bytes). A larger one
+/// takes an arena lock, which a runtime's worker threads contend on (a
+/// future boxed on one thread is often freed on another), so the futures
+/// boxed on every lock call stay within it; the backends' tests check them.
+#[doc(hidden)]
+pub const SMALL_ALLOCATION: usize = 1032;

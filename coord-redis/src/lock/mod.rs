@@ -506,15 +506,12 @@ pub(crate) fn corrupt_fence(fence_key: &str, value: &str) -> Error {
 mod tests {
     use super::*;
 
-    /// The size of the future an async function returns.
-    fn future_size<A, F>(_: &impl Fn(A) -> F) -> usize {
+    pub(crate) use coord_core::lock::SMALL_ALLOCATION;
+
+    /// The size of the future a function returns.
+    pub(crate) fn future_size<A, F>(_: &impl Fn(A) -> F) -> usize {
         std::mem::size_of::<F>()
     }
-
-    /// glibc's per-thread cache serves blocks of up to 1032 bytes; a larger
-    /// one takes the arena's lock, which the runtime's worker threads then
-    /// contend on (a future allocated on one thread is freed on another).
-    const SMALL_BLOCK: usize = 1032;
 
     #[test]
     fn a_script_calls_future_fits_the_allocators_small_blocks() {
@@ -522,8 +519,14 @@ mod tests {
         // inline once made them about 3 KB.
         let acquires = future_size(&|b: RedisBackend| send_acquires(b, Vec::new()));
         let releases = future_size(&|b: RedisBackend| send_releases(b, Vec::new()));
-        assert!(acquires <= SMALL_BLOCK, "send_acquires: {acquires} bytes");
-        assert!(releases <= SMALL_BLOCK, "send_releases: {releases} bytes");
+        assert!(
+            acquires <= SMALL_ALLOCATION,
+            "send_acquires: {acquires} bytes"
+        );
+        assert!(
+            releases <= SMALL_ALLOCATION,
+            "send_releases: {releases} bytes"
+        );
     }
 
     #[test]

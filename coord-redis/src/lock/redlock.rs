@@ -1554,17 +1554,12 @@ impl LockBackend for RedlockBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The size of the future a function returns.
-    fn future_size<A, F>(_: &impl Fn(A) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
+    use crate::lock::tests::{SMALL_ALLOCATION, future_size};
 
     #[test]
     fn a_servers_vote_fits_the_allocators_small_blocks() {
-        // glibc's per-thread cache serves blocks of up to 1032 bytes; larger
-        // ones take an arena lock. Each attempt boxes one guarded call per
-        // server, and allocates the servers' votes together (join_all).
+        // Each attempt boxes one guarded call per server, and allocates the
+        // servers' votes together (join_all).
         let call = future_size(&|b: &'static RedisBackend| {
             b.redlock_acquire(
                 "x",
@@ -1575,7 +1570,7 @@ mod tests {
                 "b".into(),
             )
         });
-        assert!(call <= 1032, "redlock_acquire: {call} bytes");
+        assert!(call <= SMALL_ALLOCATION, "redlock_acquire: {call} bytes");
         let vote = future_size(&|i: &'static Arc<Inner>| {
             i.acquire_on(0, Gate::Down, "x", &OWNER, Duration::from_secs(1))
         });
