@@ -290,29 +290,18 @@ impl Lock {
             return None;
         }
         let (owner, pooled) = self.check_and_owner().ok()?;
-        let sent_at = Instant::now();
+        // One clock reading: the backend grants at `now` and the answer is
+        // there at once, with no reply in flight to outlive the grant (a
+        // thread stalled past the TTL inside this call is no different from
+        // one stalled just after it, which no check can see), so the grant
+        // is never lost on arrival and arrives at `now`.
+        let now = Instant::now();
         let answer = shared.call_now("try_acquire", |b| {
-            b.try_acquire_now(&self.name, &owner, self.ttl, sent_at)
+            b.try_acquire_now(&self.name, &owner, self.ttl, now)
         });
-        let arrived = Instant::now();
         match answer {
-            Some(Ok(AcquireOutcome::Granted(grant)))
-                if !lost_on_arrival(&grant, sent_at, arrived) =>
-            {
-                Some(self.guard(owner, pooled, grant, (sent_at, arrived), sent_at, false))
-            }
-            Some(Ok(AcquireOutcome::Granted(_))) => {
-                // Lost on arrival (a stalled thread): give it back at once.
-                match shared.call_now("release", |b| b.release_now(&self.name, &owner, arrived)) {
-                    Some(Ok(()) | Err(Error::NotHeld(_))) => self.recycle(owner, pooled),
-                    _ => shared.release_in_background(
-                        self.name.clone(),
-                        owner,
-                        pooled,
-                        LockKind::Lease,
-                    ),
-                }
-                None
+            Some(Ok(AcquireOutcome::Granted(grant))) => {
+                Some(self.guard(owner, pooled, grant, (now, now), now, false))
             }
             // A backend to await: from now on the general path only.
             None => {
