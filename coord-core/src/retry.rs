@@ -50,11 +50,22 @@ impl RetryPolicy {
         Fut: Future<Output = Result<T>>,
     {
         // The first attempt costs nothing more than the call: the backoff
-        // is built only once a retryable error came back.
-        let mut last = op().await;
-        if !last.as_ref().is_err_and(Error::is_retryable) {
-            return last;
+        // is built only once a retryable error came back, and the retries'
+        // state (a timer, the backoff, another call) is boxed apart, so
+        // that a caller's future holds only what the first attempt needs.
+        let first = op().await;
+        if !first.as_ref().is_err_and(Error::is_retryable) {
+            return first;
         }
+        Box::pin(self.retry(op, first)).await
+    }
+
+    /// The retries after a first attempt that failed with `last`.
+    async fn retry<T, F, Fut>(&self, mut op: F, mut last: Result<T>) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
         let mut delays = self.backoff.build();
         loop {
             let Some(delay) = delays.next() else {
@@ -82,6 +93,20 @@ impl Default for RetryPolicy {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_first_attempt_holds_no_retry_state() {
+        let policy = RetryPolicy::default();
+        let op = || async { Ok::<u64, Error>(1) };
+        // The retries (a timer, the backoff, another call) are boxed apart:
+        // a caller that is answered at once carries none of their state.
+        let call = std::mem::size_of_val(&op());
+        let run = std::mem::size_of_val(&policy.run(op));
+        assert!(
+            run <= call + 128,
+            "run: {run} bytes, for a call of {call} bytes"
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn retries_retryable_errors_then_succeeds() {

@@ -257,15 +257,13 @@ impl ClientShared {
         op: &'static str,
         fut: impl Future<Output = Result<T>>,
     ) -> Result<T> {
-        match &self.metrics {
-            None => fut.await,
-            Some(m) => {
-                let start = Instant::now();
-                let r = fut.await;
-                m.backend_request(self.backend_name, op, start.elapsed(), &r);
-                r
-            }
+        // One await point, so the future holds `fut` once.
+        let start = self.metrics.as_ref().map(|_| Instant::now());
+        let r = fut.await;
+        if let (Some(m), Some(start)) = (&self.metrics, start) {
+            m.backend_request(self.backend_name, op, start.elapsed(), &r);
         }
+        r
     }
 
     /// A backend call answered at once ([`LockBackend::try_acquire_now`]),

@@ -452,19 +452,21 @@ impl LockGuard {
         let (name, owner, kind) = (&self.shared.name, &self.shared.owner, self.shared.kind);
         // An in-process backend answers at once; a disabled span is not
         // entered on every poll.
-        let at_once = if span.is_disabled() && !kind.is_queued() {
-            client.call_now("release", |b| b.release_now(name, owner, now))
+        let at_once = span.is_disabled() && !kind.is_queued();
+        // (The answer is the `if let`'s scrutinee, dropped before the `else`:
+        // the future does not keep it across the backend call.)
+        let (result, clean) = if let Some(result) = at_once
+            .then(|| client.call_now("release", |b| b.release_now(name, owner, now)))
+            .flatten()
+        {
+            (result, true)
+        } else if span.is_disabled() {
+            // Inline, with no allocation: its retries are boxed apart (see
+            // `RetryPolicy::run`), so it adds little to this future.
+            client.release_settled(name, owner, kind).await
         } else {
-            None
-        };
-        let (result, clean) = match at_once {
-            Some(result) => (result, true),
-            // Boxed: `release()`'s own future stays small (see `acquire`).
-            None if span.is_disabled() => Box::pin(client.release_settled(name, owner, kind)).await,
-            None => {
-                let release = client.release_settled(name, owner, kind);
-                Box::pin(tracing::Instrument::instrument(release, span)).await
-            }
+            let release = client.release_settled(name, owner, kind);
+            Box::pin(tracing::Instrument::instrument(release, span)).await
         };
         if let Some(m) = &client.metrics {
             let outcome = result.as_ref().map_or_else(Error::kind_label, |_| "ok");
