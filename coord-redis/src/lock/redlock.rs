@@ -754,8 +754,7 @@ impl Inner {
 
     /// Whether server `i` may be used now. Starts a background check when
     /// the last one is more than [`CHECK_EVERY`] old.
-    fn gate(self: &Arc<Self>, i: usize) -> Gate {
-        let now = Instant::now();
+    fn gate(self: &Arc<Self>, i: usize, now: Instant) -> Gate {
         let mut s = lock_state(&self.servers[i].state);
         let Some(ready_at) = s.ready_at else {
             return match s.check_failed_at {
@@ -806,7 +805,8 @@ impl Inner {
     /// less than [`CHECK_EVERY`] ago are not probed again, so an attempt
     /// with a minority down costs one round trip of the live servers.
     async fn gates(self: &Arc<Self>) -> Vec<Gate> {
-        let mut gates: Vec<Gate> = (0..self.servers.len()).map(|i| self.gate(i)).collect();
+        let now = Instant::now();
+        let mut gates: Vec<Gate> = (0..self.servers.len()).map(|i| self.gate(i, now)).collect();
         let unknown: Vec<usize> = (0..gates.len())
             .filter(|&i| matches!(gates[i], Gate::CheckFirst))
             .collect();
@@ -824,8 +824,9 @@ impl Inner {
             return gates;
         }
         join_all(unknown.iter().map(|&i| self.check(i))).await;
+        let now = Instant::now();
         for i in unknown {
-            gates[i] = self.gate(i);
+            gates[i] = self.gate(i, now);
         }
         gates
     }
@@ -1093,8 +1094,13 @@ impl Inner {
     /// Whether server `i` is unknown since an error (a check is due or
     /// failed less than [`CHECK_EVERY`] ago): calls skip it, rather than
     /// wait the server timeout of a server that is probably down.
-    fn is_unusable(self: &Arc<Self>, i: usize) -> bool {
-        matches!(self.gate(i), Gate::CheckFirst | Gate::Down)
+    fn is_unusable(&self, i: usize) -> bool {
+        // What `gate` answers `CheckFirst` or `Down` for (or for a server
+        // with no connection, which callers find with `backend`), without
+        // its clock reading, clones and periodic check: calls that only read
+        // or release (twice per server per release) need no more.
+        let s = lock_state(&self.servers[i].state);
+        s.ready_at.is_none() || s.run_id.is_none()
     }
 
     /// Runs `op` on every usable connected server at once, each bounded by
