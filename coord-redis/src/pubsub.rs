@@ -89,6 +89,13 @@ struct Joined {
     refs: usize,
     /// Which lingering spell it is in (its unsubscribe is for that one only).
     idle_since: u64,
+    /// When its last listener left (the start of the lingering spell).
+    idle_at: tokio::time::Instant,
+    /// Whether a task waits to unsubscribe it once it has lingered
+    /// [`LINGER`]: one per channel, however often it is left meanwhile (a
+    /// task per leaving kept one timer per hand-over of a contended lock
+    /// alive for the whole [`LINGER`]).
+    sweeping: bool,
 }
 
 impl Live {
@@ -211,6 +218,8 @@ impl PubSubHub {
                         tx,
                         refs: 1,
                         idle_since: 0,
+                        idle_at: tokio::time::Instant::now(),
+                        sweeping: false,
                     };
                     map.insert(channel.clone(), joined);
                     (rx, true)
@@ -356,8 +365,14 @@ impl PubSubHub {
                     joined.refs = 0;
                     *last_idle += 1;
                     joined.idle_since = *last_idle;
+                    joined.idle_at = tokio::time::Instant::now();
                     *idle += 1;
-                    Some(*last_idle)
+                    if joined.sweeping {
+                        // The task waiting for it sees this spell.
+                        return;
+                    }
+                    joined.sweeping = true;
+                    Some((*last_idle, joined.idle_at))
                 }
                 Some(joined) if joined.refs == 1 => {
                     map.remove(&channel);
@@ -367,34 +382,18 @@ impl PubSubHub {
             }
         };
         drop(slot);
-        let live = if lingering.is_some() {
-            // Not kept alive meanwhile: a closed backend's connection goes.
-            let weak = Arc::downgrade(&live);
-            drop(live);
-            tokio::time::sleep(LINGER).await;
-            let Some(live) = weak.upgrade() else { return };
-            live
-        } else {
-            live
+        let (slot, live) = match lingering {
+            Some((since, at)) => match self.linger(live, &channel, since, at).await {
+                Some(still) => still,
+                None => return,
+            },
+            None => (self.live.lock().await, live),
         };
-        let slot = self.live.lock().await;
         if !slot
             .as_ref()
             .is_some_and(|current| Arc::ptr_eq(current, &live))
         {
             return;
-        }
-        if let Some(since) = lingering {
-            let mut channels = live.channels();
-            let still_idle = channels
-                .map
-                .get(&channel)
-                .is_some_and(|j| j.refs == 0 && j.idle_since == since);
-            if !still_idle {
-                return;
-            }
-            channels.map.remove(&channel);
-            channels.idle -= 1;
         }
         let mut sink = live.sink.clone();
         match tokio::time::timeout(self.timeout, sink.unsubscribe(&channel)).await {
@@ -403,6 +402,49 @@ impl PubSubHub {
             Err(_) => tracing::debug!(%channel, "UNSUBSCRIBE timed out"),
         }
         drop(slot);
+    }
+
+    /// Waits until `channel`, idle since its spell `since` began at `at`,
+    /// has lingered [`LINGER`] with nobody back, and removes it then (the
+    /// caller unsubscribes, holding the returned lock). Waits again while
+    /// it is left anew; `None` when it is listened to again (the next leaving
+    /// waits for it) or gone. The connection is not kept alive meanwhile: a
+    /// closed backend's connection goes.
+    async fn linger<'a>(
+        &'a self,
+        live: Arc<Live>,
+        channel: &str,
+        mut since: u64,
+        mut at: tokio::time::Instant,
+    ) -> Option<(tokio::sync::MutexGuard<'a, Option<Arc<Live>>>, Arc<Live>)> {
+        let weak = Arc::downgrade(&live);
+        drop(live);
+        loop {
+            tokio::time::sleep_until(at + LINGER).await;
+            let live = weak.upgrade()?;
+            let slot = self.live.lock().await;
+            if !slot
+                .as_ref()
+                .is_some_and(|current| Arc::ptr_eq(current, &live))
+            {
+                return None;
+            }
+            let mut channels = live.channels();
+            let joined = channels.map.get_mut(channel)?;
+            if joined.refs > 0 {
+                joined.sweeping = false;
+                return None;
+            }
+            if joined.idle_since != since {
+                // Left again since: wait for this spell's end.
+                (since, at) = (joined.idle_since, joined.idle_at);
+                continue;
+            }
+            channels.map.remove(channel);
+            channels.idle -= 1;
+            drop(channels);
+            return Some((slot, live));
+        }
     }
 }
 

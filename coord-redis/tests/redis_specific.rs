@@ -513,6 +513,37 @@ async fn a_channel_left_by_its_last_listener_lingers_then_is_unsubscribed() {
 }
 
 #[tokio::test]
+async fn a_channel_left_again_and_again_keeps_one_lingering_task() {
+    // A worker looping on a contended lock joins and leaves its channel on
+    // every wait: the channel lingers once, not once per leaving (a task
+    // per leaving, each sleeping the whole linger, piled up by the
+    // thousand under contention).
+    let server = RedisServer::spawn().expect("redis-server must start for this test");
+    let b = RedisBackend::connect(server.url(), &Settings::default())
+        .await
+        .unwrap();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    drop(b.subscribe("churn").await.unwrap());
+    let settle = || async {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+    };
+    settle().await;
+    let before = metrics.num_alive_tasks();
+    for _ in 0..100 {
+        drop(b.subscribe("churn").await.unwrap());
+        settle().await;
+    }
+    let after = metrics.num_alive_tasks();
+    assert!(
+        after <= before + 2,
+        "{} tasks more after 100 leavings ({before} -> {after})",
+        after.saturating_sub(before)
+    );
+}
+
+#[tokio::test]
 async fn pubsub_streams_end_when_the_server_dies_and_resubscribe_after() {
     let mut server = RedisServer::spawn().expect("redis-server must start for this test");
     let b = RedisBackend::connect(server.url(), &Settings::default())
