@@ -71,6 +71,16 @@ pub fn percent_decode(s: &str) -> Result<String> {
     decode(s).map_err(|why| Error::invalid(format!("not valid percent-encoding: {why}")))
 }
 
+/// Parses a duration given in a URL's query (`500ms`, `2s`, `1m`), for the
+/// parameter `key`; the error names the parameter and shows the format.
+pub fn parse_duration(key: &str, value: &str) -> Result<std::time::Duration> {
+    humantime_serde::re::humantime::parse_duration(value).map_err(|e| {
+        Error::invalid(format!(
+            "{key}={value:?} is not a duration ({e}); write it like 500ms, 2s or 1m"
+        ))
+    })
+}
+
 /// [`percent_decode`] with the reason it failed, so callers can say which part was bad.
 fn decode(s: &str) -> std::result::Result<String, &'static str> {
     let bytes = s.as_bytes();
@@ -224,6 +234,22 @@ mod tests {
         match r {
             Err(Error::InvalidArgument(m)) => m,
             other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn durations_parse_and_bad_ones_name_their_parameter() {
+        assert_eq!(
+            parse_duration("k", "500ms").unwrap(),
+            std::time::Duration::from_millis(500)
+        );
+        assert_eq!(
+            parse_duration("k", "2s").unwrap(),
+            std::time::Duration::from_secs(2)
+        );
+        for bad in ["", "5", "soon", "-1s"] {
+            let m = invalid(parse_duration("master_check", bad));
+            assert!(m.contains("master_check=") && m.contains("500ms"), "{m}");
         }
     }
 

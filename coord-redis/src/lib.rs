@@ -51,7 +51,7 @@ pub use backend::RedisBackend;
 pub use config::{DEFAULT_PORT, RedisConfig, RedisMode, RedisNode};
 pub use lock::fenced::RedisFencedStore;
 pub use lock::redlock::{RedlockBackend, RedlockConfig};
-pub use sentinel::{DEFAULT_SENTINEL_PORT, SentinelConfig};
+pub use sentinel::{DEFAULT_MASTER_CHECK, DEFAULT_SENTINEL_PORT, SentinelConfig};
 
 /// The `redis` crate this backend is built on, so users name the same version.
 pub use redis;

@@ -607,6 +607,45 @@ async fn a_grant_lost_in_replication_is_refused_by_fencing() {
     fresh.release().await.expect("b releases");
 }
 
+/// A backend that asks no sentinel for the master (`master_check=off`),
+/// so that only its requests can catch a missed event.
+async fn connect_without_master_check(set: &RedisSentinel) -> RedisBackend {
+    let url = format!("{}?master_check=off", set.url());
+    RedisBackend::connect(&url, set.settings())
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+}
+
+/// A backend that misses the `+switch-master` event (the sentinel it
+/// listens on is frozen) and makes no request at all still moves to the
+/// new master: the master check finds the sentinel silent within
+/// `connect_timeout`, the listener moves to the next sentinel and asks
+/// the sentinels for the master. Without the check it would stay on the
+/// old master until a request failed there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_switch_event_is_caught_by_the_master_check() {
+    let set = start();
+    let a = set.connect().await.expect("connect");
+    // The backend's event listener is on the first sentinel of the URL.
+    set.pause_sentinel(0).expect("pause sentinel 0");
+    let old = set.master_addr().await.expect("master");
+    let started = Instant::now();
+    let new = set.failover().await.expect("SENTINEL FAILOVER");
+    assert_ne!(old, new);
+    let bound = coord_redis::DEFAULT_MASTER_CHECK + set.settings().connect_timeout * 2;
+    within(bound, "the master check moves the backend", async {
+        while a.current_master().as_ref() != Some(&new) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    eprintln!(
+        "missed event, no requests: on the new master {:?} after SENTINEL FAILOVER",
+        started.elapsed()
+    );
+    set.resume_sentinel(0).expect("resume sentinel 0");
+}
+
 /// A backend that misses the `+switch-master` event (the sentinel it
 /// listens on is frozen) still follows a `SENTINEL FAILOVER`: once the
 /// sentinels demote the old master (seconds later), its requests fail
@@ -616,7 +655,7 @@ async fn a_grant_lost_in_replication_is_refused_by_fencing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missed_switch_event_is_caught_by_failed_requests() {
     let set = start();
-    let a = set.connect().await.expect("connect");
+    let a = connect_without_master_check(&set).await;
     let probe = probe_client(&a);
     // The backend's event listener is on the first sentinel of the URL.
     set.pause_sentinel(0).expect("pause sentinel 0");
@@ -666,7 +705,7 @@ async fn a_missed_switch_event_is_caught_by_failed_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_refused_by_a_demoted_master_goes_to_the_new_one() {
     let set = start();
-    let a = set.connect().await.expect("connect");
+    let a = connect_without_master_check(&set).await;
     let probe = probe_client(&a);
     set.pause_sentinel(0).expect("pause sentinel 0");
     let old = set.master_addr().await.expect("master");

@@ -3,15 +3,21 @@
 //! parameters).
 
 use std::fmt;
+use std::time::Duration;
 
-use coord_core::url::percent_decode;
+use coord_core::url::{parse_duration, percent_decode};
 use coord_core::{Error, Result};
 
 /// The default port of a Redis Sentinel.
 pub const DEFAULT_SENTINEL_PORT: u16 = 26379;
 
+/// How often the backend asks a sentinel which node is the master, unless
+/// the URL says otherwise (`?master_check=…`): once a second, as
+/// Redisson's `scanInterval`.
+pub const DEFAULT_MASTER_CHECK: Duration = Duration::from_secs(1);
+
 /// The query parameters a `redis+sentinel://` URL takes, for messages.
-const PARAMETERS: &str = "sentinel_username and sentinel_password";
+const PARAMETERS: &str = "sentinel_username, sentinel_password and master_check";
 
 /// What a `redis+sentinel://` URL says beyond the sentinels' addresses.
 /// Its `Debug` never shows the password.
@@ -22,6 +28,15 @@ const PARAMETERS: &str = "sentinel_username and sentinel_password";
 /// ACL user, `&sentinel_username=…`), since a sentinel configured without
 /// a password refuses an `AUTH`. Give both when both need one, even when
 /// they are the same password.
+///
+/// The backend hears of a failover from the sentinels' `+switch-master`
+/// events, and also asks the sentinel it listens to which node is the
+/// master every [`master_check`](Self::master_check) (default
+/// [`DEFAULT_MASTER_CHECK`]; `?master_check=250ms` sets another,
+/// `?master_check=off` none): a missed event, a move that failed, or a
+/// sentinel that stopped answering is caught within that time, even by a
+/// client whose old master still accepts its writes (cut off from the
+/// sentinels, not from the client).
 ///
 /// ```
 /// use coord_redis::{RedisConfig, RedisMode};
@@ -37,6 +52,7 @@ const PARAMETERS: &str = "sentinel_username and sentinel_password";
 /// assert_eq!(sentinel.master_name, "orders");
 /// assert_eq!(sentinel.password.as_deref(), Some("sentinel-pw"));
 /// assert!(!format!("{c:?}").contains("-pw"));
+/// assert_eq!(sentinel.master_check, Some(coord_redis::DEFAULT_MASTER_CHECK));
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -49,6 +65,9 @@ pub struct SentinelConfig {
     pub username: Option<String>,
     /// The sentinels' password (`sentinel_password=`), if any.
     pub password: Option<String>,
+    /// How often the backend asks the sentinel it listens to which node is
+    /// the master (`master_check=`; `None` for `off`).
+    pub master_check: Option<Duration>,
 }
 
 impl fmt::Debug for SentinelConfig {
@@ -57,6 +76,7 @@ impl fmt::Debug for SentinelConfig {
             .field("master_name", &self.master_name)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("master_check", &self.master_check)
             .finish()
     }
 }
@@ -100,12 +120,21 @@ impl SentinelConfig {
             master_name,
             username: None,
             password: None,
+            master_check: Some(DEFAULT_MASTER_CHECK),
         };
+        let mut check_given = false;
         for pair in query.unwrap_or_default().split('&') {
             if pair.is_empty() {
                 continue;
             }
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if key == "master_check" {
+                if std::mem::replace(&mut check_given, true) {
+                    return Err(Error::invalid(format!("query parameter {key} given twice")));
+                }
+                config.master_check = parse_master_check(value)?;
+                continue;
+            }
             let slot = match key {
                 "sentinel_username" => &mut config.username,
                 "sentinel_password" => &mut config.password,
@@ -124,6 +153,21 @@ impl SentinelConfig {
         }
         Ok((config, db))
     }
+}
+
+/// `master_check=`'s value: a duration of at least 10 ms, or `off`.
+fn parse_master_check(value: &str) -> Result<Option<Duration>> {
+    if value == "off" {
+        return Ok(None);
+    }
+    let every = parse_duration("master_check", value)?;
+    if every < Duration::from_millis(10) {
+        return Err(Error::invalid(format!(
+            "master_check={value} is below 10 ms; give a duration like 1s, or off for no \
+             check"
+        )));
+    }
+    Ok(Some(every))
 }
 
 #[cfg(test)]
@@ -147,6 +191,12 @@ mod tests {
 
         let (c, _) = SentinelConfig::parse("m", Some("sentinel_password=")).unwrap();
         assert_eq!(c.password, None, "an empty password is none");
+        assert_eq!(c.master_check, Some(DEFAULT_MASTER_CHECK));
+
+        let (c, _) = SentinelConfig::parse("m", Some("master_check=250ms")).unwrap();
+        assert_eq!(c.master_check, Some(Duration::from_millis(250)));
+        let (c, _) = SentinelConfig::parse("m", Some("master_check=off")).unwrap();
+        assert_eq!(c.master_check, None);
     }
 
     #[test]
@@ -169,6 +219,10 @@ mod tests {
                 "twice",
             ),
             ("m", Some("sentinel_password=%zz"), "sentinel_password"),
+            ("m", Some("master_check=soon"), "500ms"),
+            ("m", Some("master_check=1ms"), "below 10 ms"),
+            ("m", Some("master_check=0s"), "below 10 ms"),
+            ("m", Some("master_check=1s&master_check=off"), "twice"),
         ] {
             match SentinelConfig::parse(path, query) {
                 Err(Error::InvalidArgument(m)) => assert!(m.contains(needle), "{path:?}: {m}"),

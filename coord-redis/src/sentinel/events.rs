@@ -1,13 +1,22 @@
 //! The sentinels' `+switch-master` events: a task that stays subscribed
 //! on one sentinel at a time and moves the [`MasterTracker`] to each new
-//! master a sentinel announces.
+//! master a sentinel announces. Every `master_check` it also asks that
+//! sentinel which node is the master (`SENTINEL GET-MASTER-ADDR-BY-NAME`)
+//! and follows the answer: an event can be missed (published while the
+//! subscription was being set up again) and a move can fail (the new
+//! master slow to answer), and a client whose old master is cut off from
+//! the sentinels, but not from it, would otherwise go on writing there
+//! until the partition heals. A sentinel that does not answer within
+//! `connect_timeout` is left for the next one.
 
 use std::sync::Weak;
 use std::time::Duration;
 
 use futures::StreamExt;
 use redis::RedisError;
+use redis::aio::MultiplexedConnection;
 use tokio::sync::oneshot;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::config::RedisNode;
 use crate::sentinel::master::MasterTracker;
@@ -34,10 +43,35 @@ fn parse_switch(payload: &[u8], name: &str) -> Option<RedisNode> {
     }
 }
 
+/// The master `sentinel` names for `name`, unmapped; `None` when it knows
+/// no such master.
+async fn named_master(
+    sentinel: &mut MultiplexedConnection,
+    name: &str,
+) -> redis::RedisResult<Option<RedisNode>> {
+    let reply: Option<(String, u16)> = redis::cmd("SENTINEL")
+        .arg("GET-MASTER-ADDR-BY-NAME")
+        .arg(name)
+        .query_async(sentinel)
+        .await?;
+    Ok(reply.map(|(host, port)| RedisNode { host, port }))
+}
+
+/// The next tick of the master check, or never without one.
+async fn next_check(check: &mut Option<Interval>) {
+    match check {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Listens for `+switch-master` on one sentinel at a time, moving on to
-/// the next when its connection ends. Signals `ready` once first
-/// subscribed; after a reconnect, looks the master up (an event may have
-/// been missed meanwhile). Ends with the tracker.
+/// the next when its connection ends or it stops answering the master
+/// check. Signals `ready` once first subscribed; after a reconnect, looks
+/// the master up (an event may have been missed meanwhile). Ends with the
+/// tracker.
 pub(super) async fn listen(
     tracker: Weak<MasterTracker>,
     sentinels: Vec<redis::Client>,
@@ -56,14 +90,19 @@ pub(super) async fn listen(
         };
         let client = &sentinels[next % sentinels.len()];
         next = next.wrapping_add(1);
+        let check_every = tracker.upgrade().and_then(|t| t.check_every());
         let subscribed = tokio::time::timeout(timeout, async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(SWITCH_MASTER).await?;
-            Ok::<_, RedisError>(pubsub)
+            let asker = match check_every {
+                Some(_) => Some(client.get_multiplexed_async_connection().await?),
+                None => None,
+            };
+            Ok::<_, RedisError>((pubsub, asker))
         })
         .await;
-        let pubsub = match subscribed {
-            Ok(Ok(pubsub)) => pubsub,
+        let (pubsub, mut asker) = match subscribed {
+            Ok(Ok(subscribed)) => subscribed,
             other => {
                 tracing::debug!(
                     sentinel = ?client.get_connection_info().addr(),
@@ -91,16 +130,39 @@ pub(super) async fn listen(
                 t.follow(seen).await;
             }
         }
+        let mut check = check_every.map(|every| {
+            let mut interval = tokio::time::interval_at(Instant::now() + every, every);
+            interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            interval
+        });
         let mut messages = pubsub.into_on_message();
-        while let Some(msg) = messages.next().await {
-            let Some(t) = tracker.upgrade() else { return };
-            if let Some(node) = parse_switch(msg.get_payload_bytes(), &name) {
-                t.follow_announced(node).await;
+        let why = loop {
+            tokio::select! {
+                msg = messages.next() => {
+                    let Some(msg) = msg else { break "the +switch-master subscription ended" };
+                    let Some(t) = tracker.upgrade() else { return };
+                    if let Some(node) = parse_switch(msg.get_payload_bytes(), &name) {
+                        t.follow_announced(node).await;
+                    }
+                }
+                () = next_check(&mut check) => {
+                    let Some(asker) = asker.as_mut() else { continue };
+                    match tokio::time::timeout(timeout, named_master(asker, &name)).await {
+                        Ok(Ok(Some(node))) => {
+                            let Some(t) = tracker.upgrade() else { return };
+                            t.follow_announced(node).await;
+                        }
+                        // Not monitored (yet) by this sentinel: stay.
+                        Ok(Ok(None)) => {}
+                        Ok(Err(_)) => break "the sentinel refused the master check",
+                        Err(_) => break "the sentinel did not answer the master check in time",
+                    }
+                }
             }
-        }
+        };
         tracing::debug!(
             sentinel = ?client.get_connection_info().addr(),
-            "the +switch-master subscription ended; subscribing on the next sentinel"
+            "{why}; subscribing on the next sentinel"
         );
     }
 }

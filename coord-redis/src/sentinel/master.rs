@@ -10,6 +10,10 @@
 //!   to the new master as soon as a sentinel announces it. This is what
 //!   follows a `SENTINEL FAILOVER`, where the old master keeps answering
 //!   as a master until the sentinels demote it several seconds later.
+//!   The same task asks that sentinel for the master every `master_check`
+//!   (1 s by default), which catches an event that was missed or a move
+//!   that failed, and moves on to the next sentinel when one does not
+//!   answer within `connect_timeout`.
 //! * **Errors** (`connection.rs`): the command connection asks for a new lookup when the
 //!   master it talks to refuses a write (`READONLY`: a demoted master) or
 //!   cannot be reached ([`MasterTracker::follow`]); this catches a switch
@@ -176,6 +180,12 @@ impl MasterTracker {
         self.timeout
     }
 
+    /// How often the event listener asks its sentinel for the master
+    /// (the URL's `master_check`), if at all.
+    pub(super) fn check_every(&self) -> Option<Duration> {
+        self.config.sentinel.as_ref().and_then(|s| s.master_check)
+    }
+
     /// The database of every connection.
     pub(crate) fn db(&self) -> i64 {
         self.config.db
@@ -229,7 +239,8 @@ impl MasterTracker {
     }
 
     /// Moves to `node` (as `address_map` rewrites it), which a sentinel
-    /// announced as the new master, once it answers `ROLE` as a master.
+    /// announced or named as the master, once it answers `ROLE` as a
+    /// master; nothing when it is the master already.
     pub(super) async fn follow_announced(&self, node: RedisNode) {
         let node = mapped(&self.settings, &node.host, node.port);
         let _lookup = self.lookup.lock().await;

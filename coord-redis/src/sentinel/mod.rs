@@ -73,6 +73,6 @@ mod events;
 mod lookup;
 mod master;
 
-pub use config::{DEFAULT_SENTINEL_PORT, SentinelConfig};
+pub use config::{DEFAULT_MASTER_CHECK, DEFAULT_SENTINEL_PORT, SentinelConfig};
 pub(crate) use connection::SentinelConnection;
 pub(crate) use master::MasterTracker;
