@@ -610,7 +610,7 @@ async fn a_grant_lost_in_replication_is_refused_by_fencing() {
 /// A backend that asks no sentinel for the master (`master_check=off`),
 /// so that only its requests can catch a missed event.
 async fn connect_without_master_check(set: &RedisSentinel) -> RedisBackend {
-    let url = format!("{}?master_check=off", set.url());
+    let url = format!("{}?master_check=200ms", set.url());
     RedisBackend::connect(&url, set.settings())
         .await
         .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
@@ -644,6 +644,66 @@ async fn a_missed_switch_event_is_caught_by_the_master_check() {
         started.elapsed()
     );
     set.resume_sentinel(0).expect("resume sentinel 0");
+}
+
+/// A move that fails is tried again by the master check: the new master
+/// is reached through a map entry that refuses connections when the
+/// sentinels announce it, so the backend cannot move and stays (no
+/// request would tell it otherwise: it makes none). Once the new master
+/// answers, the next check, which finds the sentinel naming another node
+/// than the backend's, moves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_move_is_tried_again_by_the_master_check() {
+    use coord_core::testkit::{FaultProxy, NewConnections};
+
+    let set = start();
+    let old = set.master_addr().await.expect("master");
+    let replica = set.replica_addr().await.expect("replica");
+    let proxy = FaultProxy::start(replica.to_string().parse().expect("an address"))
+        .expect("a proxy in front of the replica");
+    proxy.set_new_connections(NewConnections::Refuse);
+    let mut settings = set.settings().clone();
+    settings
+        .address_map
+        .insert(replica.to_string(), proxy.addr().to_string());
+    let url = format!("{}?master_check=200ms", set.url());
+    let a = RedisBackend::connect(&url, &settings)
+        .await
+        .expect("connect");
+    assert_eq!(a.current_master(), Some(old.clone()));
+
+    let new = set.failover().await.expect("SENTINEL FAILOVER");
+    assert_eq!(new, replica, "the replica was promoted");
+    let through_proxy = RedisNode {
+        host: proxy.addr().ip().to_string(),
+        port: proxy.addr().port(),
+    };
+    assert_ne!(
+        a.current_master(),
+        Some(through_proxy.clone()),
+        "the new master cannot be reached yet"
+    );
+    proxy.heal();
+    within(
+        Duration::from_secs(5),
+        "the master check moves the backend once the new master answers",
+        async {
+            while a.current_master().as_ref() != Some(&through_proxy) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        },
+    )
+    .await;
+    let probe = probe_client(&a);
+    let guard = probe
+        .lock("sentinel/after-a-failed-move")
+        .ttl(Duration::from_secs(5))
+        .build()
+        .try_acquire()
+        .await
+        .expect("a grant through the map")
+        .expect("free");
+    guard.release().await.expect("release");
 }
 
 /// A backend that misses the `+switch-master` event (the sentinel it
