@@ -1,11 +1,14 @@
 //! Prometheus metrics, registered on a caller-provided registry.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+use crate::discovery::breaker::BreakerState;
 use crate::error::{Error, Result};
 
 /// The SDK's metrics (prefix `coord_`). Create once per registry with
@@ -28,6 +31,72 @@ pub struct Metrics {
     registration_events: IntCounterVec,
     config_reloads: IntCounterVec,
     breaker_calls: IntCounterVec,
+    /// How many breakers of each name export their series: a name's series
+    /// are removed when its last breaker goes, so that instances that come
+    /// and go (each with a breaker of its own) do not pile up series.
+    breakers: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// The `outcome` labels of `coord_breaker_calls_total`.
+const BREAKER_OUTCOMES: [&str; 4] = ["success", "failure", "slow", "rejected"];
+/// The states a breaker's transitions go from and to.
+const BREAKER_STATES: [BreakerState; 3] = [
+    BreakerState::Closed,
+    BreakerState::Open,
+    BreakerState::HalfOpen,
+];
+
+/// The series of one breaker (see [`Metrics::breaker`]); removed from the
+/// registry when the last breaker of its name drops its handles.
+#[derive(Debug)]
+pub(crate) struct BreakerSeries {
+    metrics: Metrics,
+    name: String,
+    /// `coord_breaker_state`.
+    pub(crate) state: IntGauge,
+    /// `coord_breaker_calls_total` by outcome.
+    pub(crate) success: IntCounter,
+    pub(crate) failure: IntCounter,
+    pub(crate) slow: IntCounter,
+    pub(crate) rejected: IntCounter,
+}
+
+impl BreakerSeries {
+    /// Counts a transition of the breaker (`coord_breaker_transitions_total`).
+    pub(crate) fn transition(&self, from: &str, to: &str) {
+        self.metrics
+            .breaker_transitions
+            .with_label_values(&[&self.name, from, to])
+            .inc();
+    }
+}
+
+impl Drop for BreakerSeries {
+    fn drop(&mut self) {
+        let m = &self.metrics;
+        let mut live = m.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(n) = live.get_mut(&self.name) else {
+            return;
+        };
+        *n -= 1;
+        if *n > 0 {
+            return;
+        }
+        live.remove(&self.name);
+        // Removing a series never created is an error that means nothing.
+        let name = self.name.as_str();
+        let _ = m.breaker_state.remove_label_values(&[name]);
+        for outcome in BREAKER_OUTCOMES {
+            let _ = m.breaker_calls.remove_label_values(&[name, outcome]);
+        }
+        for from in BREAKER_STATES {
+            for to in BREAKER_STATES {
+                let _ =
+                    m.breaker_transitions
+                        .remove_label_values(&[name, from.as_str(), to.as_str()]);
+            }
+        }
+    }
 }
 
 fn prom(e: prometheus::Error) -> Error {
@@ -177,6 +246,7 @@ impl Metrics {
                 &["breaker", "outcome"],
             )
             .map_err(prom)?,
+            breakers: Arc::default(),
         };
         registry
             .register(Box::new(m.cache_events.clone()))
@@ -288,22 +358,24 @@ impl Metrics {
         self.cache_load.with_label_values(&[backend, cache])
     }
 
-    /// The state gauge of circuit breaker `breaker` (`coord_breaker_state`).
-    pub(crate) fn breaker_state(&self, breaker: &str) -> IntGauge {
-        self.breaker_state.with_label_values(&[breaker])
-    }
-
-    /// The counter of breaker `breaker`'s transitions from `from` to `to`
-    /// (`coord_breaker_transitions_total`).
-    pub(crate) fn breaker_transition(&self, breaker: &str, from: &str, to: &str) -> IntCounter {
-        self.breaker_transitions
-            .with_label_values(&[breaker, from, to])
-    }
-
-    /// The counter of breaker `breaker`'s calls with `outcome`
-    /// (`coord_breaker_calls_total`).
-    pub(crate) fn breaker_calls(&self, breaker: &str, outcome: &str) -> IntCounter {
-        self.breaker_calls.with_label_values(&[breaker, outcome])
+    /// The series of circuit breaker `breaker` (`coord_breaker_*`,
+    /// labelled `breaker="<name>"`), exported until the last breaker of
+    /// that name drops them.
+    pub(crate) fn breaker(&self, breaker: &str) -> BreakerSeries {
+        let mut live = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        *live.entry(breaker.to_owned()).or_default() += 1;
+        // Made under the lock: a removal by the last breaker of the name
+        // never runs between the count and the series' creation.
+        let calls = |outcome| self.breaker_calls.with_label_values(&[breaker, outcome]);
+        BreakerSeries {
+            metrics: self.clone(),
+            name: breaker.to_owned(),
+            state: self.breaker_state.with_label_values(&[breaker]),
+            success: calls("success"),
+            failure: calls("failure"),
+            slow: calls("slow"),
+            rejected: calls("rejected"),
+        }
     }
 
     /// Counts a registration event of `service` (`coord_registration_events_total`).

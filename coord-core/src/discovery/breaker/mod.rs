@@ -47,7 +47,7 @@ pub use permit::{BreakerError, BreakerPermit};
 pub use state::{BreakerState, BreakerStats, BreakerTransition};
 
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
+use crate::metrics::{BreakerSeries, Metrics};
 use notify::Hooks;
 use state::Word;
 use window::Window;
@@ -110,7 +110,7 @@ struct Shared {
     inner: Mutex<Inner>,
     state_tx: watch::Sender<BreakerState>,
     hooks: Hooks,
-    metrics: OnceLock<BreakerMetrics>,
+    metrics: OnceLock<BreakerSeries>,
 }
 
 /// What the record path changes, under one lock.
@@ -125,17 +125,6 @@ struct Inner {
     failures: u64,
     slow_calls: u64,
     transitions: u64,
-}
-
-/// The breaker's series of the SDK metrics, resolved once.
-#[derive(Debug)]
-struct BreakerMetrics {
-    metrics: Metrics,
-    state: prometheus::IntGauge,
-    success: prometheus::IntCounter,
-    failure: prometheus::IntCounter,
-    slow: prometheus::IntCounter,
-    rejected: prometheus::IntCounter,
 }
 
 impl CircuitBreaker {
@@ -174,18 +163,15 @@ impl CircuitBreaker {
 
     /// Exports the breaker's state, transitions and calls on `metrics`
     /// (`coord_breaker_*`, labelled `breaker="<name>"`). Attach once, before
-    /// sharing the breaker; a second call keeps the first metrics.
+    /// sharing the breaker; a second call keeps the first metrics. The
+    /// series are removed from the registry when the last breaker of this
+    /// name exporting them is dropped (a service client's breaker goes with
+    /// its instance), so that instances that come and go leave no series
+    /// behind.
     #[must_use]
     pub fn with_metrics(self, metrics: Metrics) -> Self {
         let name = self.shared.name.as_str();
-        let m = BreakerMetrics {
-            state: metrics.breaker_state(name),
-            success: metrics.breaker_calls(name, "success"),
-            failure: metrics.breaker_calls(name, "failure"),
-            slow: metrics.breaker_calls(name, "slow"),
-            rejected: metrics.breaker_calls(name, "rejected"),
-            metrics,
-        };
+        let m = metrics.breaker(name);
         let inner = self.lock();
         m.state.set(inner.state.gauge_value());
         if self.shared.metrics.set(m).is_err() {

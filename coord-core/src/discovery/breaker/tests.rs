@@ -395,6 +395,46 @@ fn metrics_are_exported_on_the_registry() {
     }
 }
 
+/// A dropped breaker's series leave the registry once no other breaker of
+/// the same name exports them (instances that come and go, each with its
+/// own breaker, would otherwise pile up series for ever).
+#[test]
+fn a_dropped_breakers_series_leave_the_registry() {
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::register(&registry).unwrap();
+    let series = |name: &str| {
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap();
+        let label = format!(r#"breaker="{name}""#);
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&label))
+            .count()
+    };
+    let b = breaker().with_metrics(metrics.clone());
+    let twin = breaker().with_metrics(metrics.clone());
+    let other = CircuitBreaker::new("other", config())
+        .unwrap()
+        .with_metrics(metrics.clone());
+    calls(&b, true, FAST, 1);
+    calls(&b, true, SLOW, 1);
+    calls(&b, false, SLOW, 3);
+    assert!(b.try_call().is_err());
+    // The state, the four outcomes and the closed-to-open transition.
+    assert_eq!(series("b"), 6);
+    drop(b);
+    assert_eq!(series("b"), 6, "the twin still exports them");
+    drop(twin);
+    assert_eq!(series("b"), 0, "no breaker named b is left");
+    assert_eq!(series("other"), 5, "another breaker's series stay");
+    // A breaker of the name made again exports afresh.
+    let again = breaker().with_metrics(metrics);
+    assert!(again.try_call().is_ok());
+    assert_eq!(series("b"), 5);
+    drop((again, other));
+    assert_eq!(series("other"), 0);
+}
+
 #[test]
 fn invalid_configs_are_refused() {
     type Spoil = fn(&mut BreakerConfig);

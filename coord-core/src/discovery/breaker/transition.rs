@@ -122,9 +122,7 @@ impl CircuitBreaker {
             .store(Word::new(inner.generation, to, free).0, Ordering::Release);
         if let Some(m) = s.metrics.get() {
             m.state.set(to.gauge_value());
-            m.metrics
-                .breaker_transition(&s.name, from.as_str(), to.as_str())
-                .inc();
+            m.transition(from.as_str(), to.as_str());
         }
         s.state_tx.send_replace(to);
         s.hooks.push(BreakerTransition { from, to, at: now });
