@@ -20,6 +20,31 @@ pub(super) fn pick_weight(endpoint: &Endpoint) -> u32 {
     }
 }
 
+/// `load` per unit of `endpoint`'s weight (at least 1), for the
+/// least-loaded pickers: an endpoint of weight 3 counts its load a third as
+/// much, so it is given about three times the calls in flight of an
+/// endpoint of weight 1 (Envoy's weighted least request, with an active
+/// request bias of 1). With equal weights the order of the loads is kept.
+#[inline]
+pub(super) fn per_weight(load: f64, endpoint: &Endpoint) -> f64 {
+    load / f64::from(endpoint.weight().max(1))
+}
+
+/// Whether the endpoints' weights differ: the least-loaded pickers compare
+/// plain loads when they do not (the same order, without a division).
+pub(super) fn weights_differ(endpoints: &[Endpoint]) -> bool {
+    endpoints
+        .split_first()
+        .is_some_and(|(first, rest)| rest.iter().any(|e| e.weight() != first.weight()))
+}
+
+/// The calls in flight plus one, per unit of weight ([`per_weight`]): the
+/// plus one makes an idle endpoint of weight 3 beat an idle one of weight 1.
+#[inline]
+pub(super) fn in_flight_per_weight(endpoint: &Endpoint) -> f64 {
+    per_weight(f64::from(endpoint.in_flight()) + 1.0, endpoint)
+}
+
 /// The first available endpoint at `start` or after it, wrapping around.
 #[inline]
 pub(super) fn scan_from(endpoints: &[Endpoint], start: usize) -> Option<&Endpoint> {

@@ -3,14 +3,17 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::available::best_of;
+use super::available::{best_of, in_flight_per_weight, weights_differ};
 use super::{Balancer, Picker};
 use crate::discovery::Endpoint;
 
 /// Picks, among `choices` available endpoints drawn at random, the one with
-/// the fewest calls in flight ([`Endpoint::in_flight`]), as Envoy's
-/// `LEAST_REQUEST` does. When the set has no more endpoints than `choices`,
-/// it scans them all. Weights are ignored.
+/// the fewest calls in flight ([`Endpoint::in_flight`]) per unit of weight,
+/// as Envoy's `LEAST_REQUEST` does: the load compared is (in flight + 1) /
+/// weight, so an endpoint of weight 3 is given about three times the calls
+/// in flight of one of weight 1, and with equal weights the fewest calls in
+/// flight win. When the set has no more endpoints than `choices`, it scans
+/// them all.
 ///
 /// Two choices by default, Envoy's default too: going from one random
 /// candidate to two shrinks the worst endpoint's excess load exponentially
@@ -68,6 +71,7 @@ impl Balancer for LeastRequests {
 
     fn picker(&self, endpoints: Arc<[Endpoint]>) -> Box<dyn Picker> {
         Box::new(LeastRequestsPicker {
+            weighted: weights_differ(&endpoints),
             endpoints,
             choices: self.choices,
         })
@@ -77,11 +81,18 @@ impl Balancer for LeastRequests {
 struct LeastRequestsPicker {
     endpoints: Arc<[Endpoint]>,
     choices: usize,
+    /// Whether the weights differ (else the calls in flight are compared
+    /// as they are: the same order).
+    weighted: bool,
 }
 
 impl Picker for LeastRequestsPicker {
     fn pick(&self, _key: Option<u64>) -> Option<&Endpoint> {
-        best_of(&self.endpoints, self.choices, Endpoint::in_flight)
+        if self.weighted {
+            best_of(&self.endpoints, self.choices, in_flight_per_weight)
+        } else {
+            best_of(&self.endpoints, self.choices, Endpoint::in_flight)
+        }
     }
 
     fn endpoints(&self) -> &[Endpoint] {

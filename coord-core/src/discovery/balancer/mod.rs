@@ -13,8 +13,8 @@
 //! | [`WeightedRoundRobin`] | in turn, in proportion to the weights (nginx's smooth order) | O(1), O(log n) for huge cycles |
 //! | [`Random`] | uniformly at random | O(1) |
 //! | [`WeightedRandom`] | at random, in proportion to the weights | O(1) (alias method) |
-//! | [`LeastRequests`] | the fewest calls in flight among a few random candidates | O(choices) |
-//! | [`PowerOfTwoChoices`] | the less loaded of two random candidates, by calls in flight or by latency | O(1) |
+//! | [`LeastRequests`] | the fewest calls in flight per unit of weight among a few random candidates | O(choices) |
+//! | [`PowerOfTwoChoices`] | the less loaded of two random candidates per unit of weight, by calls in flight or by latency | O(1) |
 //! | [`ConsistentHash`] | the owner of the request's key on a hash ring, the same in every process | O(log n) |
 //!
 //! Every picker skips endpoints that are not

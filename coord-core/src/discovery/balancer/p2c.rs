@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::available::best_of;
+use super::available::{best_of, in_flight_per_weight, per_weight, weights_differ};
 use super::{Balancer, Picker};
 use crate::discovery::Endpoint;
 
@@ -14,10 +14,12 @@ use crate::discovery::Endpoint;
 const DEFAULT_LATENCY: Duration = Duration::from_millis(30);
 
 /// Draws two distinct available endpoints at random and picks the less
-/// loaded, ignoring weights. Load is either the calls in flight
+/// loaded per unit of weight. Load is either the calls in flight plus one
 /// ([`by_in_flight`](Self::by_in_flight)) or the peak-EWMA latency times
 /// the calls in flight plus one ([`by_latency`](Self::by_latency), tower's
-/// and Finagle's `PeakEwma`, read from [`Endpoint::latency_load`]). Ties go
+/// and Finagle's `PeakEwma`, read from [`Endpoint::latency_load`]), divided
+/// by the endpoint's weight: an endpoint of weight 3 counts its load a
+/// third as much. With equal weights that is the plain comparison. Ties go
 /// to the first draw. With two endpoints it compares both.
 ///
 /// Two random candidates instead of the least loaded of all keep a stale
@@ -91,6 +93,7 @@ impl Balancer for PowerOfTwoChoices {
 
     fn picker(&self, endpoints: Arc<[Endpoint]>) -> Box<dyn Picker> {
         Box::new(PowerOfTwoChoicesPicker {
+            weighted: weights_differ(&endpoints),
             endpoints,
             load: self.load,
         })
@@ -100,13 +103,22 @@ impl Balancer for PowerOfTwoChoices {
 struct PowerOfTwoChoicesPicker {
     endpoints: Arc<[Endpoint]>,
     load: Load,
+    /// Whether the weights differ (else the loads are compared as they
+    /// are: the same order).
+    weighted: bool,
 }
 
 impl Picker for PowerOfTwoChoicesPicker {
     fn pick(&self, _key: Option<u64>) -> Option<&Endpoint> {
-        match self.load {
-            Load::InFlight => best_of(&self.endpoints, 2, Endpoint::in_flight),
-            Load::Latency { default } => best_of(&self.endpoints, 2, |e| e.latency_load(default)),
+        match (self.load, self.weighted) {
+            (Load::InFlight, false) => best_of(&self.endpoints, 2, Endpoint::in_flight),
+            (Load::InFlight, true) => best_of(&self.endpoints, 2, in_flight_per_weight),
+            (Load::Latency { default }, false) => {
+                best_of(&self.endpoints, 2, |e| e.latency_load(default))
+            }
+            (Load::Latency { default }, true) => best_of(&self.endpoints, 2, |e| {
+                per_weight(e.latency_load(default), e)
+            }),
         }
     }
 

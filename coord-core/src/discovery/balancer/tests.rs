@@ -148,3 +148,47 @@ fn weights_past_the_validated_range_do_not_overflow() {
         }
     }
 }
+
+/// The calls in flight on each endpoint after `calls` calls were started,
+/// one pick at a time, and none finished.
+fn in_flight_after(picker: &dyn Picker, calls: usize) -> Vec<u32> {
+    let _held: Vec<_> = (0..calls)
+        .map(|_| picker.pick(None).expect("an endpoint").start_call())
+        .collect();
+    picker.endpoints().iter().map(Endpoint::in_flight).collect()
+}
+
+/// The least-loaded pickers weigh the load: calls in flight settle in
+/// proportion to the weights (without weights, 20 and 20).
+#[test]
+fn the_least_loaded_pickers_give_weights_their_share_of_calls_in_flight() {
+    let pickers: [Box<dyn Balancer>; 3] = [
+        Box::new(LeastRequests::default()),
+        Box::new(PowerOfTwoChoices::by_in_flight()),
+        Box::new(PowerOfTwoChoices::by_latency()),
+    ];
+    for balancer in pickers {
+        // Two endpoints: every pick compares both.
+        let picker = balancer.picker(set(&[1, 3]));
+        let flight = in_flight_after(picker.as_ref(), 40);
+        assert!(
+            (9..=11).contains(&flight[0]) && (29..=31).contains(&flight[1]),
+            "{}: {flight:?}",
+            balancer.name()
+        );
+        // Idle: the heavier endpoint first.
+        let picker = balancer.picker(set(&[1, 3]));
+        assert_eq!(picker.pick(None).unwrap().id(), "e1", "{}", balancer.name());
+    }
+    // More endpoints than choices: random candidates, shares near the weights.
+    fastrand::seed(11);
+    let picker = LeastRequests::default().picker(set(&[1, 1, 2, 4]));
+    let flight = in_flight_after(picker.as_ref(), 800);
+    for (got, weight) in flight.iter().zip([1.0, 1.0, 2.0, 4.0]) {
+        let expected = 800.0 * weight / 8.0;
+        assert!(
+            (f64::from(*got) - expected).abs() < expected * 0.15,
+            "{flight:?}"
+        );
+    }
+}
