@@ -607,10 +607,33 @@ async fn a_grant_lost_in_replication_is_refused_by_fencing() {
     fresh.release().await.expect("b releases");
 }
 
+/// Waits until a client is subscribed on sentinel 0 (`sub=1` in its
+/// `CLIENT LIST`): the backend's event listener, which starts there. Until
+/// then, pausing sentinel 0 would not make the backend miss an event: its
+/// listener would time out on it and subscribe on the next sentinel, looking
+/// the master up as it does.
+async fn listening_on_sentinel_0(set: &RedisSentinel) {
+    let sentinel = set.sentinel_nodes()[0].clone();
+    within(
+        Duration::from_secs(10),
+        "the backend's listener is subscribed on sentinel 0",
+        async {
+            loop {
+                let clients: String = on_node(&sentinel, redis::cmd("CLIENT").arg("LIST")).await;
+                if clients.lines().any(|l| l.contains(" sub=1 ")) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        },
+    )
+    .await;
+}
+
 /// A backend that asks no sentinel for the master (`master_check=off`),
 /// so that only its requests can catch a missed event.
 async fn connect_without_master_check(set: &RedisSentinel) -> RedisBackend {
-    let url = format!("{}?master_check=200ms", set.url());
+    let url = format!("{}?master_check=off", set.url());
     RedisBackend::connect(&url, set.settings())
         .await
         .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
@@ -626,7 +649,7 @@ async fn connect_without_master_check(set: &RedisSentinel) -> RedisBackend {
 async fn a_missed_switch_event_is_caught_by_the_master_check() {
     let set = start();
     let a = set.connect().await.expect("connect");
-    // The backend's event listener is on the first sentinel of the URL.
+    listening_on_sentinel_0(&set).await;
     set.pause_sentinel(0).expect("pause sentinel 0");
     let old = set.master_addr().await.expect("master");
     let started = Instant::now();
@@ -717,7 +740,7 @@ async fn a_missed_switch_event_is_caught_by_failed_requests() {
     let set = start();
     let a = connect_without_master_check(&set).await;
     let probe = probe_client(&a);
-    // The backend's event listener is on the first sentinel of the URL.
+    listening_on_sentinel_0(&set).await;
     set.pause_sentinel(0).expect("pause sentinel 0");
     let old = set.master_addr().await.expect("master");
     let started = Instant::now();
@@ -767,6 +790,7 @@ async fn a_write_refused_by_a_demoted_master_goes_to_the_new_one() {
     let set = start();
     let a = connect_without_master_check(&set).await;
     let probe = probe_client(&a);
+    listening_on_sentinel_0(&set).await;
     set.pause_sentinel(0).expect("pause sentinel 0");
     let old = set.master_addr().await.expect("master");
     let new = set.failover().await.expect("SENTINEL FAILOVER");

@@ -1,7 +1,7 @@
 //! Redis Sentinel: `redis+sentinel://` (and `rediss+sentinel://`) URLs.
 //!
 //! ```text
-//! redis+sentinel://[user:password@]s1[:26379],s2[:26379],…/<master-name>[/<db>][?sentinel_password=…&sentinel_username=…]
+//! redis+sentinel://[user:password@]s1[:26379],s2[:26379],…/<master-name>[/<db>][?sentinel_password=…&sentinel_username=…&master_check=1s]
 //! ```
 //!
 //! The hosts are the **sentinels** (port 26379 by default); the path names
@@ -27,6 +27,13 @@
 //! * a task stays subscribed to `+switch-master` on one sentinel (the next
 //!   one if that connection drops) and moves the connections to the new
 //!   master the moment a sentinel announces it;
+//! * the same task asks that sentinel which node is the master every
+//!   `master_check` (1 s by default; `?master_check=250ms` in the URL sets
+//!   another, `?master_check=off` none) and follows the answer, so a missed
+//!   event or a move that failed is caught within that time even while the
+//!   old master still takes this client's writes (cut off from the
+//!   sentinels, not from the client); a sentinel that does not answer
+//!   within `connect_timeout` is left for the next one;
 //! * a request refused by a demoted master (`READONLY`) or failing to reach
 //!   it makes the backend ask the sentinels again, and a refused request
 //!   is sent once more to the new master (it was not applied);
