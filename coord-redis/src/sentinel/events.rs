@@ -57,6 +57,16 @@ async fn named_master(
     Ok(reply.map(|(host, port)| RedisNode { host, port }))
 }
 
+/// Whether a failed master check means the sentinel is unwell (no answer,
+/// a broken connection): the listener then moves on to the next sentinel.
+/// Any other failure is an answer the check cannot use (a refusal by the
+/// sentinel's ACL, a reply of another shape), which another sentinel would
+/// most likely give too: the check stops instead of reconnecting every
+/// `master_check`.
+fn sentinel_unwell(e: &RedisError) -> bool {
+    e.is_timeout() || e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
 /// The next tick of the master check, or never without one.
 async fn next_check(check: &mut Option<Interval>) {
     match check {
@@ -154,7 +164,20 @@ pub(super) async fn listen(
                         }
                         // Not monitored (yet) by this sentinel: stay.
                         Ok(Ok(None)) => {}
-                        Ok(Err(_)) => break "the sentinel refused the master check",
+                        Ok(Err(e)) if sentinel_unwell(&e) => {
+                            break "the sentinel failed the master check"
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(
+                                sentinel = ?client.get_connection_info().addr(),
+                                error = %e,
+                                "the sentinel refuses SENTINEL GET-MASTER-ADDR-BY-NAME; the \
+                                 master check stops (allow the command to the sentinel user, \
+                                 or set master_check=off); failovers are still followed on \
+                                 +switch-master and on failed requests"
+                            );
+                            check = None;
+                        }
                         Err(_) => break "the sentinel did not answer the master check in time",
                     }
                 }
@@ -188,5 +211,22 @@ mod tests {
         assert_eq!(parse_switch(b"mymaster 127.0.0.1 7001", "mymaster"), None);
         assert_eq!(parse_switch(b"mymaster h 1 h notaport", "mymaster"), None);
         assert_eq!(parse_switch(b"\xff", "mymaster"), None);
+    }
+
+    #[test]
+    fn only_a_silent_or_broken_sentinel_is_left_for_the_next() {
+        use redis::ErrorKind;
+        let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(sentinel_unwell(&io));
+        let timeout = RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert!(sentinel_unwell(&timeout));
+        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(sentinel_unwell(&refused));
+        // An ACL refusal or an unexpected reply: the check stops instead.
+        let noperm =
+            RedisError::from((ErrorKind::Server(redis::ServerErrorKind::NoPerm), "NOPERM"));
+        assert!(!sentinel_unwell(&noperm));
+        let shape = RedisError::from((ErrorKind::UnexpectedReturnType, "not an address"));
+        assert!(!sentinel_unwell(&shape));
     }
 }
