@@ -37,7 +37,8 @@ pub struct Metrics {
     breakers: Arc<Mutex<HashMap<String, usize>>>,
 }
 
-/// The `outcome` labels of `coord_breaker_calls_total`.
+/// The `outcome` labels of `coord_breaker_calls_total`, in the order of
+/// [`BreakerSeries`]' counters.
 const BREAKER_OUTCOMES: [&str; 4] = ["success", "failure", "slow", "rejected"];
 /// The states a breaker's transitions go from and to.
 const BREAKER_STATES: [BreakerState; 3] = [
@@ -366,15 +367,16 @@ impl Metrics {
         *live.entry(breaker.to_owned()).or_default() += 1;
         // Made under the lock: a removal by the last breaker of the name
         // never runs between the count and the series' creation.
-        let calls = |outcome| self.breaker_calls.with_label_values(&[breaker, outcome]);
+        let [success, failure, slow, rejected] = BREAKER_OUTCOMES
+            .map(|outcome| self.breaker_calls.with_label_values(&[breaker, outcome]));
         BreakerSeries {
             metrics: self.clone(),
             name: breaker.to_owned(),
             state: self.breaker_state.with_label_values(&[breaker]),
-            success: calls("success"),
-            failure: calls("failure"),
-            slow: calls("slow"),
-            rejected: calls("rejected"),
+            success,
+            failure,
+            slow,
+            rejected,
         }
     }
 
