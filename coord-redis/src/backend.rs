@@ -1,8 +1,9 @@
 //! [`RedisBackend`]: connecting, health, and the shared state of its clones.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use coord_core::{Capabilities, ComponentHealth, Error, Result, Settings};
 use redis::{Cmd, FromRedisValue, Script, ServerErrorKind};
@@ -198,6 +199,34 @@ impl RedisBackend {
         }
         .instrument(span)
         .await
+    }
+
+    /// Runs `call` within `limit`, failing with [`Error::Timeout`] (`what`
+    /// says which call, `setting` what bounds it). When the call sends on
+    /// the shared connection (`on_shared`), that connection is given up at
+    /// the deadline: a call cut off from outside never reports redis-rs's
+    /// own timeout, which would (see `ResyncedManager`).
+    pub(crate) async fn bounded<T>(
+        &self,
+        limit: Duration,
+        what: &str,
+        setting: &str,
+        on_shared: bool,
+        call: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let mark = on_shared.then(|| self.inner.conn.mark());
+        match tokio::time::timeout(limit, call).await {
+            Ok(r) => r,
+            Err(_) => {
+                if let Some(mark) = mark {
+                    self.inner.conn.timed_out(mark);
+                }
+                Err(Error::Timeout(format!(
+                    "redis at {} did not answer {what} within {limit:?} ({setting})",
+                    self.inner.addr
+                )))
+            }
+        }
     }
 
     /// Runs `cmd` (an `EVALSHA` of `script`), loading the script and trying

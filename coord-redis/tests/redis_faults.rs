@@ -13,7 +13,7 @@ use coord_core::testkit::{
     blackholed_holder_is_refused_by_fencing, paused_holder_is_refused_by_fencing,
     unfenced_paused_holder_breaks_the_audit, within,
 };
-use coord_core::{Error, LockClient};
+use coord_core::{CacheBackend, Error, LockClient};
 use coord_redis::RedisBackend;
 use coord_redis::testkit::{RedisHarness, RedisServer};
 
@@ -103,20 +103,8 @@ async fn without_fencing_the_paused_holder_breaks_the_audit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_blackholed_holder_is_refused_by_fencing() {
     let h = RedisHarness::on(RedisServer::spawn().expect("redis-server must start for this test"));
-    let upstream = h
-        .server
-        .url()
-        .trim_start_matches("redis://")
-        .parse()
-        .expect("a spawned server's URL is redis://IP:PORT");
-    let proxy = FaultProxy::start(upstream).expect("start the fault proxy");
     let request_timeout = Duration::from_millis(500);
-    let mut settings = h.settings().clone();
-    settings.request_timeout = request_timeout;
-    settings.connect_timeout = Duration::from_secs(1);
-    let proxied = RedisBackend::connect(&format!("redis://{}", proxy.addr()), &settings)
-        .await
-        .expect("connect through the proxy");
+    let (proxy, proxied) = through_a_proxy(&h, request_timeout).await;
     let direct = h.new_backend().await;
     let ttl = Duration::from_secs(3);
     let report = blackholed_holder_is_refused_by_fencing(
@@ -125,12 +113,10 @@ async fn a_blackholed_holder_is_refused_by_fencing() {
         direct,
         ttl,
         request_timeout,
-        // The multiplexed connection does not survive the requests the
-        // blackhole swallowed: redis-rs does not reconnect after a timeout,
-        // and waits forever for their replies, so each later reply goes to
-        // an earlier, abandoned request and every call times out. The
-        // reset makes the client reconnect.
-        AfterHeal::ResetConnections,
+        // The connection the blackhole swallowed requests of is out of
+        // step with its replies for good; the backend replaces it after a
+        // timeout, so the client recovers with no reset.
+        AfterHeal::Flow,
     )
     .await;
     assert!(
@@ -139,4 +125,102 @@ async fn a_blackholed_holder_is_refused_by_fencing() {
         report.failed_call
     );
     eprintln!("{report:?}");
+}
+
+/// A link that swallows bytes (a proxy that drops what it reads during a
+/// partition, unlike TCP, which resends) leaves a multiplexed connection
+/// whose replies no longer line up with its requests: each reply would go
+/// to an earlier, abandoned request. After a timeout the backend must stop
+/// using that connection, so once the link flows again every reply reaches
+/// its own request (never another key's value) within a few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replies_reach_their_own_requests_after_a_link_swallowed_bytes() {
+    let h = RedisHarness::on(RedisServer::spawn().expect("redis-server must start for this test"));
+    let (proxy, proxied) = through_a_proxy(&h, Duration::from_millis(500)).await;
+    let proxied = Arc::new(proxied);
+    let direct = h.connect().await.expect("connect straight to the server");
+    let keys: Vec<String> = (0..8).map(|i| format!("k{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        direct
+            .set(
+                "lined-up",
+                key,
+                format!("v{i}").into(),
+                Duration::from_secs(60),
+                "test",
+            )
+            .await
+            .expect("set through the direct client");
+    }
+    let get_all = |backend: Arc<RedisBackend>| {
+        let keys = keys.clone();
+        async move {
+            let calls = keys.iter().map(|key| {
+                let (backend, key) = (backend.clone(), key.clone());
+                tokio::spawn(async move { backend.get("lined-up", &key).await })
+            });
+            let mut replies = Vec::new();
+            for call in calls {
+                replies.push(call.await.expect("the get's task"));
+            }
+            replies
+        }
+    };
+    let before = get_all(proxied.clone()).await;
+    assert!(before.iter().all(Result::is_ok), "{before:?}");
+
+    proxy.blackhole();
+    let cut = get_all(proxied.clone()).await;
+    assert!(
+        cut.iter().all(|r| matches!(r, Err(Error::Timeout(_)))),
+        "every call through the blackhole times out: {cut:?}"
+    );
+    proxy.heal();
+
+    within(
+        Duration::from_secs(10),
+        "every get through the healed link is answered",
+        async {
+            loop {
+                let replies = get_all(proxied.clone()).await;
+                for (i, reply) in replies.iter().enumerate() {
+                    if let Ok(value) = reply {
+                        let expected = format!("v{i}");
+                        assert_eq!(
+                            value.as_deref(),
+                            Some(expected.as_bytes()),
+                            "k{i} was answered with another request's reply: {replies:?}"
+                        );
+                    }
+                }
+                if replies.iter().all(Result::is_ok) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        },
+    )
+    .await;
+}
+
+/// A fault proxy in front of `h`'s server, and a backend connected through
+/// it with `request_timeout` (and a 1 s connect timeout).
+async fn through_a_proxy(
+    h: &RedisHarness,
+    request_timeout: Duration,
+) -> (FaultProxy, RedisBackend) {
+    let upstream = h
+        .server
+        .url()
+        .trim_start_matches("redis://")
+        .parse()
+        .expect("a spawned server's URL is redis://IP:PORT");
+    let proxy = FaultProxy::start(upstream).expect("start the fault proxy");
+    let mut settings = h.settings().clone();
+    settings.request_timeout = request_timeout;
+    settings.connect_timeout = Duration::from_secs(1);
+    let proxied = RedisBackend::connect(&format!("redis://{}", proxy.addr()), &settings)
+        .await
+        .expect("connect through the proxy");
+    (proxy, proxied)
 }

@@ -21,11 +21,12 @@ pub enum AfterHeal {
     Flow,
     /// The proxy heals and resets the connections it kept open, so the
     /// client must reconnect. For a client whose connection cannot survive
-    /// the bytes the blackhole swallowed for good: a multiplexed Redis
-    /// connection that does not reconnect after timeouts waits forever for
-    /// the replies to its swallowed requests, and hands each later reply to
-    /// an earlier, abandoned request (a real partition swallows nothing:
-    /// TCP resends the bytes).
+    /// the bytes the blackhole swallowed for good (a real partition
+    /// swallows nothing: TCP resends the bytes): a multiplexed connection
+    /// that pairs replies with requests by their order, and keeps using the
+    /// connection after a timeout, hands each later reply to an earlier,
+    /// abandoned request. (coord's Redis backend gives such a connection up
+    /// after a timeout, and is tested with [`AfterHeal::Flow`].)
     ResetConnections,
 }
 

@@ -176,13 +176,10 @@ impl RedisBackend {
     }
 
     async fn in_time<T>(&self, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-        match tokio::time::timeout(self.inner.request_timeout, call).await {
-            Ok(r) => r,
-            Err(_) => Err(coord_core::Error::Timeout(format!(
-                "redis at {} did not answer a cache call within {:?}",
-                self.inner.addr, self.inner.request_timeout
-            ))),
-        }
+        let on_shared = self.inner.cache_pool.is_none();
+        let limit = self.inner.request_timeout;
+        self.bounded(limit, "a cache call", "request_timeout", on_shared, call)
+            .await
     }
 }
 

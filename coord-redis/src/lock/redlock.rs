@@ -708,7 +708,11 @@ fn jitter(bound: Duration) -> Duration {
     })
 }
 
-/// Runs `fut`, failing with [`Error::Timeout`] after `limit`.
+/// The setting that bounds each server's calls, for messages.
+const SERVER_TIMEOUT: &str = "RedlockConfig::server_timeout";
+
+/// Runs `fut`, failing with [`Error::Timeout`] after `limit`: a connection
+/// (a call on one goes through [`RedisBackend::bounded`]).
 async fn bounded<T>(
     limit: Duration,
     addr: &str,
@@ -718,7 +722,7 @@ async fn bounded<T>(
     match tokio::time::timeout(limit, fut).await {
         Ok(r) => r,
         Err(_) => Err(Error::Timeout(format!(
-            "redis at {addr} did not answer {what} within {limit:?} (RedlockConfig::server_timeout)"
+            "redis at {addr} did not answer {what} within {limit:?} ({SERVER_TIMEOUT})"
         ))),
     }
 }
@@ -892,13 +896,15 @@ impl Inner {
         };
         let mut cmd = crate::lock::evalsha(&self.boot, 1);
         cmd.arg(boot_key(&backend));
-        let info = bounded(
-            limit,
-            &server.addr,
-            "INFO server",
-            backend.eval::<String>(&self.boot, &cmd),
-        )
-        .await;
+        let info = backend
+            .bounded(
+                limit,
+                "INFO server",
+                SERVER_TIMEOUT,
+                true,
+                backend.eval::<String>(&self.boot, &cmd),
+            )
+            .await;
         let info = match info {
             Ok(info) => info,
             Err(e) => {
@@ -996,7 +1002,9 @@ impl Inner {
         // which `try_acquire` allocates together per attempt) about 2.4 KB.
         let attempt =
             Box::pin(backend.redlock_acquire(name, owner, ttl, self.quarantine_ms, run_id, boot));
-        let vote = bounded(self.config.server_timeout, addr, "an acquisition", attempt)
+        let limit = self.config.server_timeout;
+        let vote = backend
+            .bounded(limit, "an acquisition", SERVER_TIMEOUT, true, attempt)
             .await
             .map(|v| match v {
                 ServerVote::Granted(token) => Vote::Granted(token),
@@ -1039,7 +1047,9 @@ impl Inner {
         let releases = touched.iter().map(|&i| async move {
             let Some(b) = self.backend(i) else { return };
             let addr = &self.servers[i].addr;
-            match bounded(self.config.server_timeout, addr, "a release", b.release(name, owner))
+            let release = b.release(name, owner);
+            match b
+                .bounded(self.config.server_timeout, "a release", SERVER_TIMEOUT, true, release)
                 .await
             {
                 Ok(()) | Err(Error::NotHeld(_)) => {}
@@ -1067,13 +1077,15 @@ impl Inner {
                 .arg(1)
                 .arg(&key)
                 .arg(token.as_u64());
-            let reply = bounded(
-                self.config.server_timeout,
-                addr,
-                "a fence raise",
-                b.eval::<Value>(script, &cmd),
-            )
-            .await;
+            let reply = b
+                .bounded(
+                    self.config.server_timeout,
+                    "a fence raise",
+                    SERVER_TIMEOUT,
+                    true,
+                    b.eval::<Value>(script, &cmd),
+                )
+                .await;
             match reply {
                 Ok(Value::Int(fence)) if u64::try_from(fence).is_ok_and(|f| f >= token.as_u64()) => {
                     true
@@ -1117,11 +1129,14 @@ impl Inner {
             } else {
                 self.backend(i)
             };
-            let fut = backend.map(&op);
+            let op = &op;
             async move {
-                let addr = &self.servers[i].addr;
-                let r = match fut {
-                    Some(f) => bounded(self.config.server_timeout, addr, what, f).await,
+                let limit = self.config.server_timeout;
+                let r = match backend {
+                    Some(b) => {
+                        b.bounded(limit, what, SERVER_TIMEOUT, true, op(b.clone()))
+                            .await
+                    }
                     None => Err(self.not_checked(i)),
                 };
                 if let Err(e) = &r {
@@ -1323,9 +1338,12 @@ impl LockBackend for RedlockBackend {
                 Gate::Quarantined(_) => return RenewVote::NotHeld,
                 Gate::CheckFirst | Gate::Down => return RenewVote::Failed(inner.not_checked(i)),
             };
-            let addr = &inner.servers[i].addr;
             let renewal = backend.renew(name, owner, server_ttl);
-            match bounded(inner.config.server_timeout, addr, "a renewal", renewal).await {
+            let limit = inner.config.server_timeout;
+            match backend
+                .bounded(limit, "a renewal", SERVER_TIMEOUT, true, renewal)
+                .await
+            {
                 Ok(()) => RenewVote::Renewed,
                 Err(Error::NotHeld(_)) => RenewVote::NotHeld,
                 Err(e) => {

@@ -18,7 +18,10 @@
 //!   it is not sent again here; the error (retryable `Unavailable`) is
 //!   returned once the lookup is done.
 //! * A timeout (a paused or overloaded master): the lookup runs in the
-//!   background, so the error is not delayed by it.
+//!   background, so the error is not delayed by it, and later requests go
+//!   to a new connection (see [`ResyncedManager`]).
+//!
+//! [`ResyncedManager`]: crate::connection::ResyncedManager
 
 use std::sync::Arc;
 
@@ -100,7 +103,8 @@ impl SentinelConnection {
         not_master: impl Fn(&T) -> bool,
     ) -> RedisResult<T> {
         let master = self.tracker.current();
-        let result = send(master.manager.clone()).await;
+        let (conn, id) = master.manager.connection();
+        let result = send(conn).await;
         let failure = match &result {
             Ok(reply) if not_master(reply) => Failure::NotMaster,
             Ok(_) => return result,
@@ -109,13 +113,16 @@ impl SentinelConnection {
         match failure {
             Failure::NotMaster => {
                 if self.tracker.follow(master.generation).await {
-                    return send(self.tracker.current().manager.clone()).await;
+                    return send(self.tracker.current().manager.connection().0).await;
                 }
             }
             Failure::Connection => {
                 self.tracker.follow(master.generation).await;
             }
             Failure::Timeout => {
+                // Replies on that connection may no longer match its
+                // requests (see `ResyncedManager`).
+                master.manager.timed_out(id);
                 let tracker = self.tracker.clone();
                 let seen = master.generation;
                 tokio::spawn(async move { tracker.follow(seen).await });

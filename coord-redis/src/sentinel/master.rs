@@ -19,8 +19,9 @@
 //!   cannot be reached ([`MasterTracker::follow`]); this catches a switch
 //!   whose event was missed.
 //!
-//! A move builds a new [`ConnectionManager`] (multiplexed, reconnecting
-//! by itself to its one address) for the new master, swaps it in, and
+//! A move builds a new [`ResyncedManager`] (multiplexed, reconnecting
+//! by itself to its one address, and given up for a new one after a
+//! timeout) for the new master, swaps it in, and
 //! bumps a generation that the pub/sub hub watches, so its streams end and
 //! are subscribed again on the new master.
 
@@ -30,12 +31,13 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use coord_core::{Error, Result, Settings};
 use redis::Role;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::{RedisConfig, RedisNode};
+use crate::connection::ResyncedManager;
 use crate::error::map_err;
 use crate::sentinel::events::listen;
 use crate::sentinel::lookup::{find_master, mapped, role_of};
@@ -49,7 +51,7 @@ pub(crate) struct Master {
     /// Its address, as the sentinels name it.
     pub(crate) node: RedisNode,
     /// The command connection to it.
-    pub(crate) manager: ConnectionManager,
+    pub(crate) manager: ResyncedManager,
     /// Bumped on every move to another master.
     pub(crate) generation: u64,
 }
@@ -288,11 +290,11 @@ async fn open_manager(
     config: &RedisConfig,
     node: &RedisNode,
     manager_config: &ConnectionManagerConfig,
-) -> Result<ConnectionManager> {
+) -> Result<ResyncedManager> {
     let info = config.connection_info(node)?;
     let addr = node.to_string();
     let client = redis::Client::open(info).map_err(|e| map_err(e, &addr))?;
-    ConnectionManager::new_with_config(client, manager_config.clone())
+    ResyncedManager::connect(client, manager_config.clone())
         .await
         .map_err(|e| map_err(e, &addr))
 }

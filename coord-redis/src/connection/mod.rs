@@ -1,12 +1,14 @@
 //! The command connection: a multiplexed, auto-reconnecting
-//! [`ConnectionManager`] for one server, a [`ClusterConnection`] for a
-//! cluster, or a [`SentinelConnection`] (a `ConnectionManager` that follows
-//! the sentinels' master), behind one enum so the lock code is written once.
+//! [`ConnectionManager`] for one server (a [`ResyncedManager`], given up
+//! for a new one after a timeout), a [`ClusterConnection`] for a cluster,
+//! or a [`SentinelConnection`] (a `ResyncedManager` that follows the
+//! sentinels' master), behind one enum so the lock code is written once.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use coord_core::{Result, Settings};
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
@@ -15,10 +17,14 @@ use crate::config::{RedisConfig, RedisMode};
 use crate::error::map_err;
 use crate::sentinel::{MasterTracker, SentinelConnection};
 
+mod resynced;
+
+pub(crate) use resynced::ResyncedManager;
+
 /// A cheap-to-clone handle on the command connection(s).
 #[derive(Clone)]
 pub(crate) enum Connection {
-    Standalone(ConnectionManager),
+    Standalone(Arc<ResyncedManager>),
     Cluster(ClusterConnection),
     Sentinel(SentinelConnection),
 }
@@ -44,9 +50,9 @@ impl Connection {
         match config.mode {
             RedisMode::Standalone => {
                 let client = standalone_client(config, 0)?;
-                ConnectionManager::new_with_config(client, manager_config(settings))
+                ResyncedManager::connect(client, manager_config(settings))
                     .await
-                    .map(Connection::Standalone)
+                    .map(|m| Connection::Standalone(Arc::new(m)))
                     .map_err(|e| map_err(e, &addr))
             }
             RedisMode::Sentinel => {
@@ -98,6 +104,28 @@ impl Connection {
         self.tracker().map_or(0, |t| t.current().generation)
     }
 
+    /// The id of the connection requests go to now (0 on a cluster): pass
+    /// it to [`timed_out`](Self::timed_out) when a call bounded by a
+    /// deadline of its own gave up.
+    pub(crate) fn mark(&self) -> u64 {
+        match self {
+            Connection::Standalone(c) => c.mark(),
+            Connection::Sentinel(c) => c.tracker().current().manager.mark(),
+            Connection::Cluster(_) => 0,
+        }
+    }
+
+    /// A call on connection `mark` gave up at its deadline: later requests
+    /// go to a new connection (see [`ResyncedManager`]). The cluster
+    /// client keeps its connections.
+    pub(crate) fn timed_out(&self, mark: u64) {
+        match self {
+            Connection::Standalone(c) => c.timed_out(mark),
+            Connection::Sentinel(c) => c.tracker().current().manager.timed_out(mark),
+            Connection::Cluster(_) => {}
+        }
+    }
+
     /// A reply said the server refused a write as a replica (`READONLY`
     /// inside a script's reply, which the connection cannot see): for a
     /// `redis+sentinel://` connection, looks the master up and returns
@@ -145,7 +173,7 @@ pub(crate) fn standalone_client(config: &RedisConfig, index: usize) -> Result<re
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Connection::Standalone(c) => c.req_packed_command(cmd),
+            Connection::Standalone(c) => Box::pin(c.send(cmd)),
             Connection::Cluster(c) => c.req_packed_command(cmd),
             Connection::Sentinel(c) => c.req_packed_command(cmd),
         }
@@ -158,7 +186,7 @@ impl ConnectionLike for Connection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Connection::Standalone(c) => c.req_packed_commands(cmd, offset, count),
+            Connection::Standalone(c) => Box::pin(c.send_pipeline(cmd, offset, count)),
             Connection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
             Connection::Sentinel(c) => c.req_packed_commands(cmd, offset, count),
         }
@@ -166,7 +194,7 @@ impl ConnectionLike for Connection {
 
     fn get_db(&self) -> i64 {
         match self {
-            Connection::Standalone(c) => c.get_db(),
+            Connection::Standalone(c) => c.db(),
             Connection::Cluster(c) => c.get_db(),
             Connection::Sentinel(c) => c.get_db(),
         }
