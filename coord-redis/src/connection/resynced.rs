@@ -100,7 +100,7 @@ impl ResyncedManager {
     }
 
     /// The connection requests go to now, and its id.
-    pub(crate) fn connection(&self) -> (ConnectionManager, u64) {
+    fn connection(&self) -> (ConnectionManager, u64) {
         let current = self.current.load();
         (current.manager.clone(), current.id)
     }

@@ -1,6 +1,7 @@
 //! [`SentinelConnection`]: the command connection of a `redis+sentinel://`
-//! backend, a [`ConnectionManager`] to the current master that is swapped
-//! for one to the new master when the master changes.
+//! backend, a [`ResyncedManager`] (a `ConnectionManager`) to the current
+//! master that is swapped for one to the new master when the master
+//! changes.
 //!
 //! `ConnectionManager` is multiplexed and reconnects by itself, but always
 //! to the one address it was made for: after a failover it would keep
@@ -26,10 +27,10 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::ConnectionLike;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 
-use crate::sentinel::master::MasterTracker;
+use crate::sentinel::master::{Master, MasterTracker};
 
 /// A cheap-to-clone handle on the master's command connection.
 #[derive(Clone, Debug)]
@@ -99,12 +100,11 @@ impl SentinelConnection {
     /// server's refusal as a replica.
     async fn request<'a, T>(
         &'a self,
-        send: impl Fn(ConnectionManager) -> BoxFuture<'a, RedisResult<T>>,
+        send: impl Fn(Arc<Master>) -> BoxFuture<'a, RedisResult<T>>,
         not_master: impl Fn(&T) -> bool,
     ) -> RedisResult<T> {
         let master = self.tracker.current();
-        let (conn, id) = master.manager.connection();
-        let result = send(conn).await;
+        let result = send(master.clone()).await;
         let failure = match &result {
             Ok(reply) if not_master(reply) => Failure::NotMaster,
             Ok(_) => return result,
@@ -113,16 +113,14 @@ impl SentinelConnection {
         match failure {
             Failure::NotMaster => {
                 if self.tracker.follow(master.generation).await {
-                    return send(self.tracker.current().manager.connection().0).await;
+                    return send(self.tracker.current()).await;
                 }
             }
             Failure::Connection => {
                 self.tracker.follow(master.generation).await;
             }
             Failure::Timeout => {
-                // Replies on that connection may no longer match its
-                // requests (see `ResyncedManager`).
-                master.manager.timed_out(id);
+                // (The manager has retired the connection already.)
                 let tracker = self.tracker.clone();
                 let seen = master.generation;
                 tokio::spawn(async move { tracker.follow(seen).await });
@@ -137,7 +135,7 @@ impl ConnectionLike for SentinelConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         let this = &*self;
         Box::pin(this.request(
-            move |mut conn| Box::pin(async move { conn.req_packed_command(cmd).await }),
+            move |master| Box::pin(async move { master.manager.send(cmd).await }),
             refused,
         ))
     }
@@ -150,8 +148,8 @@ impl ConnectionLike for SentinelConnection {
     ) -> RedisFuture<'a, Vec<Value>> {
         let this = &*self;
         Box::pin(this.request(
-            move |mut conn| {
-                Box::pin(async move { conn.req_packed_commands(cmd, offset, count).await })
+            move |master| {
+                Box::pin(async move { master.manager.send_pipeline(cmd, offset, count).await })
             },
             |replies: &Vec<Value>| replies.iter().any(refused),
         ))
