@@ -96,6 +96,10 @@ impl CoordBuilder {
         if let Some(url) = self.url {
             settings.url = url;
         }
+        // A URL pasted with a space or a newline around it.
+        if settings.url.trim().len() != settings.url.len() {
+            settings.url = settings.url.trim().to_owned();
+        }
         // The same checks as for loaded settings, for settings made in code.
         settings.validate()?;
         let span = tracing::debug_span!("coord.connect", url = %redact(&settings.url));
@@ -335,7 +339,11 @@ impl Coord {
 
     /// Deregisters every instance registered through this `Coord` (first,
     /// so that callers stop picking it), then releases every held lock and
-    /// closes the backend, within `timeout`.
+    /// closes the backend, within `timeout`. From then on every lock
+    /// acquisition through it (a waiting one at its next attempt) fails
+    /// with [`Error::Closed`]; caches, config handles and service clients
+    /// already built are not stopped (drop them). Call it last, before the
+    /// process exits.
     pub async fn shutdown(&self, timeout: Duration) -> Result<()> {
         let work = async {
             let deregistered = self.inner.discovery.deregister_all().await;
@@ -388,6 +396,20 @@ mod tests {
         assert_eq!(coord.health().await.status, HealthStatus::Healthy);
         drop(cache);
         assert_eq!(coord.health_report().await.components.len(), 1);
+    }
+}
+
+#[cfg(all(test, feature = "memory"))]
+mod url_tests {
+    use super::*;
+
+    /// A URL pasted with spaces or a newline around it connects.
+    #[tokio::test]
+    async fn spaces_around_the_url_are_ignored() {
+        let coord = Coord::connect("  memory://pasted\n")
+            .await
+            .expect("connect");
+        assert_eq!(coord.settings().url, "memory://pasted");
     }
 }
 

@@ -1,7 +1,8 @@
 //! Connecting to the wrong thing, or to something that does not answer:
 //! every connect is bounded by `connect_timeout` and every call by
 //! `request_timeout`, and the error says what is wrong (a password is
-//! needed; this does not look like a Redis / etcd server).
+//! needed; this does not look like a Redis / etcd server), and is not
+//! retryable when another kind of server answered.
 
 use std::time::Duration;
 
@@ -107,13 +108,17 @@ async fn redis_at_an_etcd_or_http_port_says_so() {
     let etcd = EtcdServer::shared().expect("etcd");
     let etcd_addr = etcd.endpoints()[0].trim_start_matches("http://").to_owned();
     let (http_addr, task) = http_listener().await;
-    for addr in [etcd_addr, http_addr] {
+    // etcd closes what is not HTTP without a word, as a proxy with no
+    // server behind it would: that may pass, so it is retryable; an HTTP
+    // server's answer will not change.
+    for (addr, retryable) in [(etcd_addr, true), (http_addr, false)] {
         let (e, took) = connect_err(&format!("redis://{addr}")).await;
         assert!(took < CONNECT + SLACK, "{addr}: connect took {took:?}");
         assert!(
             e.to_string().contains("does not look like a Redis server"),
             "{addr}: {e}"
         );
+        assert_eq!(e.is_retryable(), retryable, "{addr}: {e}");
     }
     task.abort();
 }
@@ -127,6 +132,10 @@ async fn etcd_at_a_redis_port_says_so() {
     assert!(
         e.to_string().contains("does not look like an etcd server"),
         "{e}"
+    );
+    assert!(
+        !e.is_retryable(),
+        "a Redis server's answer will not change: {e}"
     );
 }
 

@@ -70,6 +70,12 @@ pub enum Error {
         #[source]
         source: Option<BoxError>,
     },
+    /// The client was shut down ([`LockClient::shutdown`], `Coord::shutdown`)
+    /// and takes no new work: make a new one.
+    ///
+    /// [`LockClient::shutdown`]: crate::LockClient::shutdown
+    #[error("closed: {0}")]
+    Closed(String),
     /// Any other error reported by a backend.
     #[error("{backend} error: {message}")]
     Backend {
@@ -149,7 +155,8 @@ impl Error {
             | Error::Unsupported(message)
             | Error::CircuitOpen(message)
             | Error::NoInstances(message)
-            | Error::Frozen(message) => *message = format!("{context}: {message}"),
+            | Error::Frozen(message)
+            | Error::Closed(message) => *message = format!("{context}: {message}"),
             Error::Conflict { .. } => {}
         }
         self
@@ -189,6 +196,7 @@ impl Error {
             Error::CircuitOpen(m) => Error::CircuitOpen(m.clone()),
             Error::NoInstances(m) => Error::NoInstances(m.clone()),
             Error::Frozen(m) => Error::Frozen(m.clone()),
+            Error::Closed(m) => Error::Closed(m.clone()),
             Error::Conflict { expected, actual } => Error::Conflict {
                 expected: expected.clone(),
                 actual: actual.clone(),
@@ -210,6 +218,7 @@ impl Error {
             Error::CircuitOpen(_) => "circuit_open",
             Error::NoInstances(_) => "no_instances",
             Error::Frozen(_) => "frozen",
+            Error::Closed(_) => "closed",
             Error::Codec { .. } => "codec",
             Error::Backend { .. } => "backend",
         }

@@ -31,7 +31,10 @@ use crate::lock::FencingToken;
 pub fn stale_token(what: &str, token: FencingToken, newest: FencingToken) -> Error {
     Error::Conflict {
         expected: format!("a fencing token >= {newest} for {what}"),
-        actual: format!("token {token} (its holder lost the lock)"),
+        actual: format!(
+            "a write with token {token}, from a hold that has ended (released, expired or \
+             lost: a newer holder has written since)"
+        ),
     }
 }
 

@@ -221,13 +221,18 @@ impl Settings {
 
     /// The figment [`Settings::load`] reads, to layer more providers on it.
     pub fn figment() -> Figment {
-        Figment::from(Serialized::defaults(Settings::default()))
-            .merge(Toml::file("coord.toml"))
-            .merge(
-                Env::prefixed(ENV_PREFIX)
-                    .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"))
-                    .split("__"),
-            )
+        let figment = Figment::from(Serialized::defaults(Settings::default()));
+        // The working directory's coord.toml, if any, by its absolute path:
+        // `Toml::file` would search the parents for a relative one.
+        let figment = match std::env::current_dir() {
+            Ok(dir) => figment.merge(Toml::file(dir.join("coord.toml"))),
+            Err(_) => figment,
+        };
+        figment.merge(
+            Env::prefixed(ENV_PREFIX)
+                .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"))
+                .split("__"),
+        )
     }
 
     /// Extracts settings from any figment, with errors that name the field
@@ -338,26 +343,47 @@ fn split_address(address: &str) -> Option<(String, Option<u16>)> {
 fn settings_error(error: figment::Error) -> Error {
     let messages: Vec<String> = error
         .into_iter()
-        .map(|e| match &e.kind {
-            figment::error::Kind::UnknownField(field, _) => {
-                let from_env = e
-                    .metadata
-                    .as_ref()
-                    .is_some_and(|m| m.name.contains("environment"));
-                let mut path: Vec<&str> = e.path.iter().map(String::as_str).collect();
-                if path.last() != Some(&field.as_str()) {
-                    path.push(field);
+        .map(|e| {
+            let from_env = e
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.name.contains("environment"));
+            let source = source_of(e.metadata.as_ref());
+            match &e.kind {
+                figment::error::Kind::UnknownField(field, _) => {
+                    let mut path: Vec<&str> = e.path.iter().map(String::as_str).collect();
+                    if path.last() != Some(&field.as_str()) {
+                        path.push(field);
+                    }
+                    unknown_key(&path.join("."), from_env, &source)
                 }
-                unknown_key(&path.join("."), from_env)
+                // figment's own text names the key with its profile
+                // (`default.lock.ttl`), which coord does not use.
+                kind if !e.path.is_empty() => {
+                    format!("{kind} for `{}` in {source}", e.path.join("."))
+                }
+                _ => e.to_string(),
             }
-            _ => e.to_string(),
         })
         .collect();
     Error::invalid(format!("bad coord settings: {}", messages.join("; ")))
 }
 
-/// The message for an unknown settings key (`dotted`, as figment saw it).
-fn unknown_key(dotted: &str, from_env: bool) -> String {
+/// Where a setting came from, for messages: a file's path, else the
+/// provider's name (`environment variable(s)`, `TOML source string`).
+fn source_of(metadata: Option<&figment::Metadata>) -> String {
+    match metadata {
+        Some(m) => match &m.source {
+            Some(figment::Source::File(path)) => path.display().to_string(),
+            _ => m.name.to_string(),
+        },
+        None => "the settings".to_owned(),
+    }
+}
+
+/// The message for an unknown settings key (`dotted`, as figment saw it,
+/// from `source`).
+fn unknown_key(dotted: &str, from_env: bool, source: &str) -> String {
     let env_name = |key: &str| format!("{ENV_PREFIX}{}", key.replace('.', "__").to_uppercase());
     // An environment variable with single underscores (COORD_LOCK_TTL)
     // arrives as `lock_ttl`: compare with '.' and '_' alike.
@@ -379,7 +405,7 @@ fn unknown_key(dotted: &str, from_env: bool) -> String {
         )
     } else {
         (
-            format!("`{dotted}` in coord.toml"),
+            format!("`{dotted}` in {source}"),
             closest.map(|k| format!("; did you mean `{k}`?")),
         )
     };
@@ -543,6 +569,47 @@ mod tests {
         let mut listed: Vec<String> = SETTINGS_KEYS.iter().map(|k| (*k).to_owned()).collect();
         listed.sort();
         assert_eq!(keys, listed);
+    }
+
+    #[test]
+    fn only_the_working_directorys_file_is_read() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("coord.toml", "conect_timeout = \"2s\"\n")?;
+            let below = jail.directory().join("service");
+            std::fs::create_dir(&below).expect("a subdirectory");
+            jail.change_dir(&below)?;
+            // The parent's coord.toml (a typo in it) is not read.
+            let s = Settings::load().expect("no coord.toml here: the defaults");
+            assert_eq!(s.url, Settings::default().url);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_name_where_the_setting_came_from() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("coord.toml", "conect_timeout = \"2s\"\n")?;
+            let msg = Settings::load().unwrap_err().to_string();
+            let path = jail.directory().join("coord.toml");
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+
+            jail.create_file("coord.toml", "[lock]\nttl = 10\n")?;
+            let msg = Settings::load().unwrap_err().to_string();
+            assert!(
+                msg.contains("`lock.ttl`") && !msg.contains("default.lock.ttl"),
+                "{msg}"
+            );
+
+            // A provider of the application's own, not coord.toml.
+            let figment = Figment::from(Serialized::defaults(Settings::default()))
+                .merge(Toml::string("conect_timeout = \"2s\""));
+            let msg = Settings::from_figment(figment).unwrap_err().to_string();
+            assert!(
+                msg.contains("`conect_timeout` in TOML source string"),
+                "{msg}"
+            );
+            Ok(())
+        });
     }
 
     #[test]

@@ -348,12 +348,15 @@ async fn explain_connect_error(e: Error, config: &EtcdConfig, left: Duration) ->
     }
     let peer = probe(host, left.min(Duration::from_secs(2))).await;
     match peer {
-        Peer::Redis | Peer::RedisNeedsAuth | Peer::Other(_) | Peer::Http(_) => Error::unavailable(
+        // Another server answered: trying again cannot help.
+        Peer::Redis | Peer::RedisNeedsAuth | Peer::Other(_) | Peer::Http(_) => Error::backend(
+            "etcd",
             format!(
                 "etcd at {host} {}: this does not look like an etcd server; check the URL's \
                  host and port (etcd listens on 2379 by default, Redis on 6379)",
                 peer.describe()
             ),
+            false,
             Some(Box::new(e) as _),
         ),
         _ => e,

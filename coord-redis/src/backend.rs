@@ -309,14 +309,20 @@ async fn explain_connect_error(e: Error, config: &RedisConfig, left: std::time::
              check the URL's host and port ({port} by default)",
             peer.describe()
         )),
-        other => Error::unavailable(
-            format!(
+        other => {
+            let message = format!(
                 "{who} at {addr} {}: this does not look like {what}; check the URL's \
                  host and port ({port} by default, etcd on 2379)",
                 other.describe()
-            ),
-            Some(Box::new(e) as _),
-        ),
+            );
+            match other {
+                // A proxy with no server behind it does this too: it may
+                // pass.
+                Peer::ClosedSilently => Error::unavailable(message, Some(Box::new(e) as _)),
+                // Another server answered: trying again cannot help.
+                _ => Error::backend("redis", message, false, Some(Box::new(e) as _)),
+            }
+        }
     }
 }
 

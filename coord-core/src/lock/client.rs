@@ -55,6 +55,8 @@ pub(crate) struct ClientShared {
     /// a networked backend's acquisitions skip the in-process fast path.
     pub(crate) answers_at_once: AtomicBool,
     waiting: AtomicUsize,
+    /// Set by [`LockClient::shutdown`]: no new acquisitions.
+    closed: AtomicBool,
     held: HeldGuards,
     /// Owners whose holds have ended, for reuse (see [`ClientShared::take_owner`]).
     idle_owners: OwnerPool,
@@ -127,6 +129,7 @@ impl LockClientBuilder {
                 metrics: self.metrics,
                 answers_at_once: AtomicBool::new(true),
                 waiting: AtomicUsize::new(0),
+                closed: AtomicBool::new(false),
                 held: HeldGuards::default(),
                 idle_owners: OwnerPool::default(),
                 renewals: Arc::new(RenewalScheduler::new()),
@@ -215,8 +218,11 @@ impl LockClient {
     }
 
     /// Releases every lock this client holds, then closes the backend.
-    /// Guards still alive afterwards report their lock as lost.
+    /// Guards still alive afterwards report their lock as lost, and every
+    /// acquisition from then on (a waiting one at its next attempt) fails
+    /// with [`Error::Closed`].
     pub async fn shutdown(&self) -> Result<()> {
+        self.shared.closed.store(true, Ordering::Release);
         let held = self.shared.held.drain();
         let mut first_error = None;
         for guard in held {
@@ -235,7 +241,29 @@ impl LockClient {
     }
 }
 
+impl LockClient {
+    /// Takes locks again after a shutdown: only for tests of what a
+    /// shutdown leaves behind.
+    #[cfg(test)]
+    pub(crate) fn reopen(&self) {
+        self.shared.closed.store(false, Ordering::Release);
+    }
+}
+
 impl ClientShared {
+    /// [`Error::Closed`] once the client was shut down: no new acquisition
+    /// starts, and a waiting one gives up at its next attempt.
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed(
+                "this lock client was shut down (LockClient::shutdown or Coord::shutdown); \
+                 make a new one to take locks again"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Renews a hold through the backend call of its kind.
     pub(crate) async fn renew_hold(
         &self,

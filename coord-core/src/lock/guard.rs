@@ -318,7 +318,13 @@ impl LockGuard {
         &self.shared.owner
     }
 
-    /// The lease TTL the backend granted.
+    /// How long each grant or renewal of this hold counts as valid, from
+    /// an instant taken before it was requested: the lease TTL the backend
+    /// granted, less what the backend keeps back. Memory and Redis: the TTL
+    /// asked for. etcd: the client's shared lease (whose TTL etcd rounds up
+    /// to whole seconds, at least about 2 s), less a sixth of it and what
+    /// had already run of it, so 25 s for the default 30 s, and about
+    /// 1.67 s for a 500 ms TTL.
     pub fn ttl(&self) -> Duration {
         self.shared.ttl
     }

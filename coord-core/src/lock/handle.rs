@@ -388,6 +388,7 @@ impl Lock {
     /// Checks the request and picks the owner; `true` when the owner comes
     /// from the client's pool (and goes back to it when the hold ends).
     fn check_and_owner(&self) -> Result<(LockOwner, bool)> {
+        self.client.shared.check_open()?;
         if !self.cells.checked.load(Ordering::Relaxed) {
             validate_lock_request(&self.name, self.ttl)?;
             self.kind.validate()?;
@@ -463,6 +464,10 @@ impl Lock {
         }
         let mut answered = first;
         loop {
+            if let Err(closed) = shared.check_open() {
+                self.recycle(owner, pooled);
+                return Err(closed);
+            }
             let answer = match answered.take() {
                 Some(answer) => answer,
                 None => self.attempt(&owner, pooled, Instant::now()).await?,

@@ -184,6 +184,10 @@ impl Lock {
             events = Some(listen_until(deadline, self.listen(&owner)).await);
         }
         loop {
+            if let Err(closed) = shared.check_open() {
+                entry.leave().await;
+                return Err(closed);
+            }
             let reply = self.enqueue_once(&owner).await;
             let arrived = Instant::now();
             let retry_after = match reply {

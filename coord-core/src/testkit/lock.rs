@@ -503,7 +503,9 @@ pub async fn reacquire_by_same_owner_is_idempotent(h: &dyn LockHarness) {
     backend.release(&name, &owner).await.expect("release");
 }
 
-/// `shutdown()` releases every lock the client holds.
+/// `shutdown()` releases every lock the client holds; from then on the
+/// client takes no lock: new acquisitions fail with [`Error::Closed`], and
+/// so do its waiters (lease and fair) at their next attempt.
 pub async fn shutdown_releases_held_locks(h: &dyn LockHarness) {
     let a = client(h).await;
     let b = client(h).await;
@@ -513,6 +515,40 @@ pub async fn shutdown_releases_held_locks(h: &dyn LockHarness) {
         guards.push(a.lock(n.clone()).build().acquire().await.expect("acquire"));
     }
     assert_eq!(a.held(), 2);
+    // `a`'s acquisitions wait for locks `b` holds: a lease lock's, and a
+    // fair lock's where the backend has queued locks (Redlock has not).
+    let busy = unique_name("shut-busy");
+    let _held = hold(&b, &busy).await;
+    let mut waiting_for = vec![a.lock(busy.clone())];
+    let busy_fair = unique_name("shut-busy");
+    let held_fair = b
+        .lock(busy_fair.clone())
+        .fair()
+        .ttl(Duration::from_secs(30))
+        .build()
+        .acquire()
+        .await;
+    match &held_fair {
+        Ok(_) => waiting_for.push(a.lock(busy_fair).fair()),
+        Err(Error::Unsupported(_)) => {}
+        Err(e) => panic!("acquire the fair lock: {e}"),
+    }
+    let poll = Duration::from_millis(100);
+    let waiters: Vec<_> = waiting_for
+        .into_iter()
+        .map(|builder| {
+            let lock = builder.poll_interval(poll).build();
+            tokio::spawn(async move { lock.acquire().await.map(drop) })
+        })
+        .collect();
+    let count = waiters.len();
+    within(Duration::from_secs(10), "a's waiters wait", async {
+        while a.waiting() < count {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
     a.shutdown().await.expect("shutdown");
     for (n, g) in names.iter().zip(&guards) {
         assert!(!g.is_held());
@@ -521,6 +557,20 @@ pub async fn shutdown_releases_held_locks(h: &dyn LockHarness) {
             .release()
             .await
             .expect("release");
+    }
+    let again = a.lock(names[0].clone()).build().acquire().await;
+    assert!(matches!(again, Err(Error::Closed(_))), "{again:?}");
+    let tried = a.lock(unique_name("shut")).build().try_acquire().await;
+    assert!(matches!(tried, Err(Error::Closed(_))), "{tried:?}");
+    for waiter in waiters {
+        let waited = within(
+            Duration::from_secs(5),
+            "a waiter of the shut-down client gives up",
+            waiter,
+        )
+        .await
+        .expect("the waiter's task");
+        assert!(matches!(waited, Err(Error::Closed(_))), "{waited:?}");
     }
 }
 
