@@ -123,6 +123,22 @@ async fn redis_at_an_etcd_or_http_port_says_so() {
     task.abort();
 }
 
+/// Nothing listens at the address: `connect` fails at once on both
+/// backends (the refusal is an answer), not at `connect_timeout`.
+#[tokio::test]
+async fn nothing_listening_fails_connect_at_once() {
+    let addr = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        listener.local_addr().expect("addr").to_string()
+    };
+    for url in [format!("redis://{addr}"), format!("etcd://{addr}")] {
+        let (e, took) = connect_err(&url).await;
+        assert!(took < CONNECT / 2, "{url}: connect took {took:?}: {e}");
+        assert!(e.to_string().contains("running"), "{url}: {e}");
+        assert!(e.is_retryable(), "{url}: a server may start there: {e}");
+    }
+}
+
 #[tokio::test]
 async fn etcd_at_a_redis_port_says_so() {
     let redis = RedisServer::start().expect("redis");

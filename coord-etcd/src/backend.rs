@@ -10,7 +10,7 @@ use etcd_client::{Client, ConnectOptions, GetOptions};
 use tracing::Instrument;
 
 use crate::config::EtcdConfig;
-use crate::error::{call, deadline, map};
+use crate::error::{call, deadline, is_refused, map};
 use crate::lease::{LeasePool, MIN_LEASE_SECS, PooledLease};
 use crate::members::Members;
 use crate::server_version::{EtcdVersion, stall_revocation_warning};
@@ -292,9 +292,11 @@ async fn connect(config: EtcdConfig, settings: &Settings) -> Result<EtcdBackend>
             {
                 Ok(_) => return Ok(client),
                 Err(e) => {
+                    // Nothing listens there: say so now, as for Redis.
+                    let refused = !members.is_list() && is_refused(&e);
                     let e = map("reach etcd", e);
                     // A leader election passes; anything else is an answer.
-                    if !e.is_retryable() || left() < Duration::from_millis(200) {
+                    if refused || !e.is_retryable() || left() < Duration::from_millis(200) {
                         return Err(unavailable(e));
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;

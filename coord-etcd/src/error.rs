@@ -70,6 +70,28 @@ pub(crate) fn map(what: &str, err: etcd_client::Error) -> Error {
     }
 }
 
+/// Whether the connection was refused: nothing listens at the address
+/// (an io error of that kind anywhere in the error's sources, or a gRPC
+/// status that says so), unlike a cluster that answers `Unavailable` while
+/// it elects a leader.
+pub(crate) fn is_refused(err: &etcd_client::Error) -> bool {
+    // A lazy channel's failed connect is a status whose sources lead to
+    // the io error (etcd-client's own error does not expose its source).
+    let mut source: Option<&(dyn std::error::Error + 'static)> = match err {
+        etcd_client::Error::GRpcStatus(status) => Some(status),
+        other => Some(other),
+    };
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 fn is_transport_message(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     [
