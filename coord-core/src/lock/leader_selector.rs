@@ -35,7 +35,8 @@ impl Election {
     /// `value`, runs `lead` for the term, and when the term ends (`lead`
     /// returned, or leadership was lost) resigns and campaigns again.
     /// Returns how many terms it led, once cancelled; an error only for
-    /// a campaign that cannot succeed (a bad name or TTL). Campaign errors
+    /// a campaign that cannot succeed (a bad name or TTL, or the client was
+    /// shut down: [`Error::Closed`]). Campaign errors
     /// that may pass (the backend unreachable) are retried after
     /// `retry_delay`. An error returned by `lead` is logged and ends the
     /// term.
@@ -87,7 +88,10 @@ impl Election {
             };
             let leadership = match campaign {
                 Ok(l) => l,
-                Err(e @ (Error::InvalidArgument(_) | Error::Unsupported(_))) => return Err(e),
+                // Trying again cannot help: bad input, or a client shut down.
+                Err(e @ (Error::InvalidArgument(_) | Error::Unsupported(_) | Error::Closed(_))) => {
+                    return Err(e);
+                }
                 Err(e) => {
                     tracing::warn!(election = %self.lock_name(), error = %e, "campaign failed; trying again");
                     tokio::select! {
@@ -133,5 +137,38 @@ impl Election {
                 _ = tokio::time::sleep(retry_delay) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    use crate::error::Error;
+    use crate::lock::LockClient;
+    use crate::memory::MemoryBackend;
+
+    /// A selector whose client was shut down stops with `Closed` instead of
+    /// campaigning again forever.
+    #[tokio::test]
+    async fn lead_stops_once_its_client_is_shut_down() {
+        let client = LockClient::new(Arc::new(MemoryBackend::new()));
+        let election = client.election("selector-shut").build();
+        client.shutdown().await.expect("shutdown");
+        let led = tokio::time::timeout(
+            Duration::from_secs(5),
+            election.lead(
+                "node",
+                CancellationToken::new(),
+                Duration::from_millis(10),
+                |_| async { Ok(()) },
+            ),
+        )
+        .await
+        .expect("lead() returns, not campaigns forever");
+        assert!(matches!(led, Err(Error::Closed(_))), "{led:?}");
     }
 }
