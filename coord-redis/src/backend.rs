@@ -214,6 +214,8 @@ impl RedisBackend {
         on_shared: bool,
         call: impl Future<Output = Result<T>>,
     ) -> Result<T> {
+        // (The timeout inline, not through `bounded`: a Redlock vote's
+        // future carries this one, and a nested future would grow it.)
         let mark = on_shared.then(|| self.inner.conn.mark());
         match tokio::time::timeout(limit, call).await {
             Ok(r) => r,
@@ -221,10 +223,7 @@ impl RedisBackend {
                 if let Some(mark) = mark {
                     self.inner.conn.timed_out(mark);
                 }
-                Err(Error::Timeout(format!(
-                    "redis at {} did not answer {what} within {limit:?} ({setting})",
-                    self.inner.addr
-                )))
+                Err(no_answer(&self.inner.addr, what, limit, setting))
             }
         }
     }
@@ -261,6 +260,30 @@ impl RedisBackend {
             }
         }
     }
+}
+
+/// Runs `call` within `limit`, failing with [`Error::Timeout`] that names
+/// the server at `addr`, the call (`what`) and the `setting` that bounds it.
+/// A call on a backend's connection goes through [`RedisBackend::bounded`],
+/// which also retires the connection at the deadline.
+pub(crate) async fn bounded<T>(
+    limit: Duration,
+    addr: &str,
+    what: &str,
+    setting: &str,
+    call: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => r,
+        Err(_) => Err(no_answer(addr, what, limit, setting)),
+    }
+}
+
+/// The [`Error::Timeout`] of a call to `addr` that `setting` bounded.
+fn no_answer(addr: &str, what: &str, limit: Duration, setting: &str) -> Error {
+    Error::Timeout(format!(
+        "redis at {addr} did not answer {what} within {limit:?} ({setting})"
+    ))
 }
 
 /// A pool of `size` connections to the (first) server of `config`, opened

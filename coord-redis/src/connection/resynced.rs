@@ -16,6 +16,7 @@ use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -39,7 +40,12 @@ pub(crate) struct ResyncedManager {
     /// Held while a replacement is made, so one timeout replaces once.
     replacing: Mutex<()>,
     client: redis::Client,
+    /// The managers' options, without a response timeout: `in_time` bounds
+    /// every request (and the wait for its connection) itself, with one
+    /// timer where the manager would add a second.
     config: ConnectionManagerConfig,
+    /// The bound of each request: the config's response timeout.
+    request_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for ResyncedManager {
@@ -52,11 +58,14 @@ impl std::fmt::Debug for ResyncedManager {
 
 impl ResyncedManager {
     /// Connects to `client`'s server (within the config's connection
-    /// timeout and retries, as [`ConnectionManager::new_with_config`]).
+    /// timeout and retries, as [`ConnectionManager::new_with_config`]);
+    /// the config's response timeout bounds each request.
     pub(crate) async fn connect(
         client: redis::Client,
         config: ConnectionManagerConfig,
     ) -> RedisResult<ResyncedManager> {
+        let request_timeout = config.response_timeout();
+        let config = config.set_response_timeout(None);
         let manager = ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
         Ok(ResyncedManager {
             current: ArcSwap::from_pointee(Current {
@@ -66,6 +75,7 @@ impl ResyncedManager {
             replacing: Mutex::new(()),
             client,
             config,
+            request_timeout,
         })
     }
 
@@ -131,14 +141,14 @@ impl ResyncedManager {
             .await
     }
 
-    /// Runs `request` on connection `id` within the response timeout;
-    /// a timeout (this one, or redis-rs's) gives the connection up.
+    /// Runs `request` on connection `id` within the response timeout; a
+    /// timeout gives the connection up.
     async fn in_time<T>(
         &self,
         id: u64,
         request: impl Future<Output = RedisResult<T>>,
     ) -> RedisResult<T> {
-        let result = match self.config.response_timeout() {
+        let result = match self.request_timeout {
             Some(limit) => match tokio::time::timeout(limit, request).await {
                 Ok(result) => result,
                 Err(_) => Err(io::Error::new(

@@ -711,22 +711,6 @@ fn jitter(bound: Duration) -> Duration {
 /// The setting that bounds each server's calls, for messages.
 const SERVER_TIMEOUT: &str = "RedlockConfig::server_timeout";
 
-/// Runs `fut`, failing with [`Error::Timeout`] after `limit`: a connection
-/// (a call on one goes through [`RedisBackend::bounded`]).
-async fn bounded<T>(
-    limit: Duration,
-    addr: &str,
-    what: &str,
-    fut: impl Future<Output = Result<T>>,
-) -> Result<T> {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::Timeout(format!(
-            "redis at {addr} did not answer {what} within {limit:?} ({SERVER_TIMEOUT})"
-        ))),
-    }
-}
-
 /// Whether an error says nothing about the server's state (a refusal or bad
 /// data, not a lost connection): such errors do not trigger a check.
 fn is_data_error(e: &Error) -> bool {
@@ -883,10 +867,11 @@ impl Inner {
                 let Some((config, settings)) = &server.reconnect else {
                     return Err(self.not_checked(i));
                 };
-                let b = bounded(
+                let b = crate::backend::bounded(
                     limit.max(settings.connect_timeout),
                     &server.addr,
                     "a connection",
+                    SERVER_TIMEOUT,
                     RedisBackend::connect_with(config.clone(), settings),
                 )
                 .await?;
