@@ -109,8 +109,15 @@ impl ServerProcess {
         self.child = Some(child);
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let deadline = Instant::now() + START_TIMEOUT;
+        let pid = self.pid();
         loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            // The port accepting is not enough: another test's server may
+            // have taken the port between `free_port` and our bind, and then
+            // ours exits (address in use) while theirs answers. So wait until
+            // the listener is our child's (where /proc tells).
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                && pid.and_then(|pid| listener_is_of(pid, self.port)) != Some(false)
+            {
                 return Ok(());
             }
             if let Some(child) = self.child.as_mut()
@@ -180,6 +187,37 @@ impl ServerProcess {
 
 /// Whether a start failed because its port was taken meanwhile: a process
 /// that exited before listening, or an engine that could not publish it.
+/// Whether the socket listening on TCP `port` belongs to process `pid`,
+/// from Linux's /proc; `None` where /proc cannot tell (another system, no
+/// listener found).
+fn listener_is_of(pid: u32, port: u16) -> Option<bool> {
+    let port_hex = format!(":{port:04X}");
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address, state (0A: LISTEN), inode.
+            if let (Some(local), Some(&"0A"), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+                && local.ends_with(&port_hex)
+            {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.iter().any(|i| target.to_string_lossy() == *i))
+    }))
+}
+
 fn lost_its_port(message: &str) -> bool {
     [
         "before listening",
@@ -225,6 +263,17 @@ mod tests {
         });
         assert!(r.is_err());
         assert_eq!(calls, 1, "other failures are not retried");
+    }
+
+    /// Another listener on the port (another test's server that took it
+    /// first) is not taken for ours: ours exits, and that is reported as
+    /// a lost port, which `retry_port_races` retries.
+    #[test]
+    fn another_process_on_the_port_is_not_taken_for_ours() {
+        let theirs = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let port = theirs.local_addr().expect("addr").port();
+        let err = ServerProcess::spawn("sleep", vec!["0.3".into()], port, "").unwrap_err();
+        assert!(lost_its_port(&err.to_string()), "{err}");
     }
 
     #[test]
