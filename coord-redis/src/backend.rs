@@ -13,6 +13,7 @@ use crate::config::{RedisConfig, RedisMode, RedisNode};
 use crate::connection::{Connection, standalone_client};
 use crate::error::map_err;
 use crate::pubsub::{Nodes, PubSubHub};
+use crate::sentinel::{ReplicaAck, eval_acked};
 
 /// A Redis backend of coord's primitives, on one server, a Redis Cluster,
 /// or the master that Redis Sentinels name (followed through failovers; see
@@ -52,6 +53,9 @@ pub(crate) struct Inner {
     pub(crate) cache_pool: Option<deadpool_redis::Pool>,
     /// The deadline of one request.
     pub(crate) request_timeout: std::time::Duration,
+    /// Whether (and how long) a lock's writes wait for a replica's
+    /// acknowledgement: behind Sentinel, unless `replica_ack=off`.
+    pub(crate) replica_ack: Option<ReplicaAck>,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -159,6 +163,11 @@ impl RedisBackend {
                     mode: config.mode,
                     cache_pool,
                     request_timeout: settings.request_timeout,
+                    replica_ack: config
+                        .sentinel
+                        .as_ref()
+                        .filter(|s| s.replica_ack)
+                        .map(|_| ReplicaAck::within(settings.request_timeout)),
                 }),
             })
         }
@@ -236,6 +245,38 @@ impl RedisBackend {
         self.eval_raw(script, cmd)
             .await
             .map_err(|e| map_err(e, &self.inner.addr))
+    }
+
+    /// [`eval`](Self::eval) for a lock's write (a grant, a renewal): behind
+    /// Sentinel it counts only once a replica acknowledged it (see
+    /// [`SentinelConfig::replica_ack`](crate::SentinelConfig::replica_ack)).
+    pub(crate) async fn eval_acked<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        cmd: &Cmd,
+    ) -> Result<T> {
+        self.eval_acked_raw(script, cmd)
+            .await
+            .map_err(|e| map_err(e, &self.inner.addr))
+    }
+
+    /// [`eval_acked`](Self::eval_acked) with the driver's error.
+    pub(crate) async fn eval_acked_raw<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        cmd: &Cmd,
+    ) -> redis::RedisResult<T> {
+        match &self.inner.replica_ack {
+            // Boxed: only Sentinel backends take this path, and inline its
+            // future would grow every script call's (a Redlock vote's too).
+            Some(ack) => Box::pin(eval_acked(&self.inner.conn, ack, script, cmd)).await,
+            None => self.eval_raw(script, cmd).await,
+        }
+    }
+
+    /// Whether a lock's writes wait for a replica's acknowledgement.
+    pub(crate) fn acks_writes(&self) -> bool {
+        self.inner.replica_ack.is_some()
     }
 
     /// [`eval`](Self::eval) with the driver's error, for a caller that maps

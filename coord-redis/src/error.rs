@@ -31,6 +31,10 @@ pub(crate) fn map_err(err: RedisError, addr: &str) -> Error {
             Some(Box::new(err) as _),
         );
     }
+    if err.code() == Some("NOREPLICAS") {
+        // Ours (`replica_ack`), or the server's `min-replicas-to-write`.
+        return Error::unavailable(format!("redis at {addr}: {err}"), Some(Box::new(err) as _));
+    }
     let retryable = matches!(
         err.kind(),
         ErrorKind::Server(
@@ -64,6 +68,7 @@ pub(crate) fn batch_item_error(message: &str, addr: &str) -> Error {
         "CLUSTERDOWN",
         "MASTERDOWN",
         "READONLY",
+        "NOREPLICAS",
     ]
     .iter()
     .any(|code| message.starts_with(code));

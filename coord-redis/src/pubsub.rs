@@ -136,19 +136,26 @@ impl PubSubHub {
     /// With `only`, a message wakes this stream only when it is empty or
     /// names `only` on one of its lines (the queue scripts publish the
     /// owners they let in, each with the token it was granted when they
-    /// could grant it: [`Wake::Granted`]).
+    /// could grant it: [`Wake::Granted`]). Without `grants`, such a grant
+    /// wakes the waiter to ask for it ([`Wake::Changed`]), as a grant that
+    /// must be acknowledged by a replica is confirmed by the waiter's own
+    /// call.
     pub(crate) async fn subscribe(
         self: &Arc<Self>,
         channel: String,
         only: Option<String>,
+        grants: bool,
     ) -> Result<ReleaseEvents> {
         let (rx, guard) = self.join(channel).await?;
         let stream =
-            futures::stream::unfold((rx, guard, only), |(mut rx, guard, only)| async move {
+            futures::stream::unfold((rx, guard, only), move |(mut rx, guard, only)| async move {
                 loop {
                     match rx.recv().await {
                         Ok(payload) => {
-                            if let Some(wake) = wake_of(&payload, only.as_deref()) {
+                            if let Some(mut wake) = wake_of(&payload, only.as_deref()) {
+                                if !grants {
+                                    wake = Wake::Changed;
+                                }
                                 return Some((wake, (rx, guard, only)));
                             }
                         }

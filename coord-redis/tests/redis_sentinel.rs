@@ -821,3 +821,87 @@ async fn a_write_refused_by_a_demoted_master_goes_to_the_new_one() {
     guard.release().await.expect("release");
     set.resume_sentinel(0).expect("resume sentinel 0");
 }
+
+/// A master whose replica does not acknowledge its writes (frozen here;
+/// cut off by a partition in the chaos suite, while the sentinels promote
+/// it) hands out no lock: a grant, a queued grant and a fenced write each
+/// fail with a retryable error, and the grant is given back. With
+/// `replica_ack=off` (the negative control) the same master grants, as
+/// asynchronous replication lets it. Once the replica answers again, the
+/// lock is granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_whose_replica_does_not_acknowledge_grants_nothing() {
+    let set = start();
+    let backend = set.connect().await.expect("connect");
+    let locks = probe_client(&backend);
+    let url = format!("{}?replica_ack=off", set.url());
+    let unacked = RedisBackend::connect(&url, set.settings())
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    let unacked_locks = probe_client(&unacked);
+    let master = set.master_addr().await.expect("master");
+    let replica = set.replica_addr().await.expect("replica");
+    let ttl = Duration::from_secs(10);
+
+    set.pause(&replica).expect("pause the replica");
+    let refused = |what: &str, r: Result<(), Error>| match r {
+        Err(e) if e.is_retryable() && e.to_string().contains("replica_ack") => {}
+        other => panic!("{what} on a master no replica acknowledges: {other:?}"),
+    };
+    let lease = locks.lock("sentinel/acked").ttl(ttl).build();
+    refused("a grant", lease.try_acquire().await.map(|_| ()));
+    let fair = locks.lock("sentinel/acked-fair").ttl(ttl).fair().build();
+    refused("a queued grant", fair.try_acquire().await.map(|_| ()));
+    let store = coord_redis::RedisFencedStore::new(&backend);
+    refused(
+        "a fenced write",
+        coord_core::FencedStore::write(&store, "k", coord_core::FencingToken::new(1), b"v").await,
+    );
+    // The refused grant is given back (in the background).
+    let key = lock_key(&set, "sentinel/acked");
+    within(
+        Duration::from_secs(10),
+        "the refused grant is released",
+        async {
+            loop {
+                let held: i64 = on_node(&master, redis::cmd("EXISTS").arg(&key)).await;
+                if held == 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        },
+    )
+    .await;
+    // Without the check, the master grants what its replica never saw.
+    let unchecked = unacked_locks
+        .lock("sentinel/acked")
+        .ttl(ttl)
+        .build()
+        .try_acquire()
+        .await
+        .expect("replica_ack=off grants")
+        .expect("the lock is free");
+    unchecked.release().await.expect("release");
+
+    set.resume(&replica).expect("resume the replica");
+    let guard = within(
+        Duration::from_secs(10),
+        "granted once acknowledged",
+        async {
+            loop {
+                match lease.try_acquire().await {
+                    Ok(Some(guard)) => return guard,
+                    Ok(None) => panic!("the lock is free"),
+                    Err(e) if e.is_retryable() => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    Err(e) => panic!("acquire: {e}"),
+                }
+            }
+        },
+    )
+    .await;
+    guard.renew().await.expect("an acknowledged renewal");
+    guard.release().await.expect("release");
+}

@@ -110,7 +110,7 @@ impl FencedStore for RedisFencedStore {
             .arg(value);
         let reply = self
             .backend
-            .eval_raw::<Value>(&self.script, &cmd)
+            .eval_acked_raw::<Value>(&self.script, &cmd)
             .await
             .map_err(|e| map_err(e, self.addr()))?;
         parse_write(&reply, key, &redis_key, token, self.addr())

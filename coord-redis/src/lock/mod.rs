@@ -160,7 +160,8 @@ async fn script_call<C: ScriptCall>(
     for c in calls {
         c.args(&mut cmd);
     }
-    backend.eval_raw::<Value>(script, &cmd).await
+    // Behind Sentinel, grants and releases count once a replica has them.
+    backend.eval_acked_raw::<Value>(script, &cmd).await
 }
 
 /// Sends `calls` as one script call; one result per call, in order. A
@@ -378,7 +379,7 @@ impl LockBackend for RedisBackend {
         let script = &self.inner.scripts.renew;
         let mut cmd = evalsha(script, 1);
         cmd.arg(keys.lock()).arg(owner.as_str()).arg(ttl_ms(ttl));
-        match self.eval::<i64>(script, &cmd).await? {
+        match self.eval_acked::<i64>(script, &cmd).await? {
             1 => Ok(()),
             _ => Err(not_held(name, owner)),
         }
@@ -399,7 +400,7 @@ impl LockBackend for RedisBackend {
 
     async fn subscribe(&self, name: &str) -> Result<ReleaseEvents> {
         let channel = LockKeys::new(&self.inner.lock_prefix, name).into_channel();
-        self.inner.pubsub.subscribe(channel, None).await
+        self.inner.pubsub.subscribe(channel, None, true).await
     }
 
     async fn force_release(&self, name: &str) -> Result<bool> {
@@ -422,7 +423,7 @@ impl LockBackend for RedisBackend {
             .arg(format!("{}:value", keys.lock()))
             .arg(owner.as_str())
             .arg(value);
-        if self.eval::<i64>(script, &cmd).await? == 1 {
+        if self.eval_acked::<i64>(script, &cmd).await? == 1 {
             Ok(())
         } else {
             Err(not_held(name, owner))

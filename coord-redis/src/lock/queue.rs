@@ -47,7 +47,9 @@
 //! answers with the grant. A fence that does not decode grants nothing and
 //! names the owners alone (they ask, and their `enqueue` reports it); an
 //! empty message (a mode that does not decode, or more than 128 entries let
-//! in at once) wakes every waiter to ask.
+//! in at once) wakes every waiter to ask. Behind Sentinel with `replica_ack`
+//! (the default), a named waiter asks too: its `enqueue` is acknowledged by a
+//! replica, the announcement is not.
 //!
 //! # Listing
 //!
@@ -474,7 +476,7 @@ impl RedisBackend {
         let script = &SCRIPTS.enqueue;
         let mut cmd = keys.cmd(script);
         cmd.arg(owner.as_str()).arg(mode.encode()).arg(ttl_ms(ttl));
-        let reply = self.eval::<Value>(script, &cmd).await?;
+        let reply = self.eval_acked::<Value>(script, &cmd).await?;
         parse_enqueue(&reply, ttl, &self.inner.addr)
     }
 
@@ -490,7 +492,7 @@ impl RedisBackend {
         let script = &SCRIPTS.renew;
         let mut cmd = keys.cmd(script);
         cmd.arg(owner.as_str()).arg(ttl_ms(ttl));
-        let reply = self.eval::<Value>(script, &cmd).await?;
+        let reply = self.eval_acked::<Value>(script, &cmd).await?;
         match parse_count(&reply, "queue_renew", &self.inner.addr)? {
             1 => Ok(()),
             _ => Err(not_held(name, owner)),
@@ -503,7 +505,7 @@ impl RedisBackend {
         let script = &SCRIPTS.dequeue;
         let mut cmd = keys.cmd(script);
         cmd.arg(owner.as_str());
-        let reply = self.eval::<Value>(script, &cmd).await?;
+        let reply = self.eval_acked::<Value>(script, &cmd).await?;
         match parse_count(&reply, "queue_dequeue", &self.inner.addr)? {
             1 => Ok(()),
             _ => Err(not_held(name, owner)),
@@ -521,7 +523,11 @@ impl RedisBackend {
         let channel = QueueKeys::new(&self.inner.lock_prefix, name).channel();
         self.inner
             .pubsub
-            .subscribe(channel, Some(owner.as_str().to_owned()))
+            .subscribe(
+                channel,
+                Some(owner.as_str().to_owned()),
+                !self.acks_writes(),
+            )
             .await
     }
 

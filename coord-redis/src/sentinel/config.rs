@@ -17,7 +17,7 @@ pub const DEFAULT_SENTINEL_PORT: u16 = 26379;
 pub const DEFAULT_MASTER_CHECK: Duration = Duration::from_secs(1);
 
 /// The query parameters a `redis+sentinel://` URL takes, for messages.
-const PARAMETERS: &str = "sentinel_username, sentinel_password and master_check";
+const PARAMETERS: &str = "sentinel_username, sentinel_password, master_check and replica_ack";
 
 /// What a `redis+sentinel://` URL says beyond the sentinels' addresses.
 /// Its `Debug` never shows the password.
@@ -38,6 +38,12 @@ const PARAMETERS: &str = "sentinel_username, sentinel_password and master_check"
 /// client whose old master still accepts its writes (cut off from the
 /// sentinels, not from the client).
 ///
+/// A lock grant, renewal or fenced write counts only once a replica has
+/// acknowledged it ([`replica_ack`](Self::replica_ack), on by default;
+/// `?replica_ack=off` turns it off): a master cut off from its replicas
+/// (whose sentinels are promoting one of them) then refuses to hand out
+/// locks the new master would not know of.
+///
 /// ```
 /// use coord_redis::{RedisConfig, RedisMode};
 ///
@@ -53,6 +59,7 @@ const PARAMETERS: &str = "sentinel_username, sentinel_password and master_check"
 /// assert_eq!(sentinel.password.as_deref(), Some("sentinel-pw"));
 /// assert!(!format!("{c:?}").contains("-pw"));
 /// assert_eq!(sentinel.master_check, Some(coord_redis::DEFAULT_MASTER_CHECK));
+/// assert!(sentinel.replica_ack);
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -68,6 +75,18 @@ pub struct SentinelConfig {
     /// How often the backend asks the sentinel it listens to which node is
     /// the master (`master_check=`; `None` for `off`).
     pub master_check: Option<Duration>,
+    /// Whether a lock's writes (grants, renewals, proclaimed values,
+    /// fenced writes) must be acknowledged by a replica (`replica_ack=`,
+    /// `on` by default, or `off`). Each such script is followed by `WAIT 1`
+    /// in the same round trip; when no replica acknowledged it in time
+    /// while the master lists replicas, the call fails with a retryable
+    /// [`Error::Unavailable`] and the write does not count (an acquisition
+    /// releases it). A master with no replica connected has nothing to
+    /// wait for: a replica that connects later receives the write in its
+    /// first sync. Queued locks' waiters then ask for their grant instead
+    /// of taking the release's announcement, so that a hand-over counts
+    /// only once acknowledged too.
+    pub replica_ack: bool,
 }
 
 impl fmt::Debug for SentinelConfig {
@@ -77,6 +96,7 @@ impl fmt::Debug for SentinelConfig {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("master_check", &self.master_check)
+            .field("replica_ack", &self.replica_ack)
             .finish()
     }
 }
@@ -121,8 +141,10 @@ impl SentinelConfig {
             username: None,
             password: None,
             master_check: Some(DEFAULT_MASTER_CHECK),
+            replica_ack: true,
         };
         let mut check_given = false;
+        let mut ack_given = false;
         for pair in query.unwrap_or_default().split('&') {
             if pair.is_empty() {
                 continue;
@@ -133,6 +155,21 @@ impl SentinelConfig {
                     return Err(Error::invalid(format!("query parameter {key} given twice")));
                 }
                 config.master_check = parse_master_check(value)?;
+                continue;
+            }
+            if key == "replica_ack" {
+                if std::mem::replace(&mut ack_given, true) {
+                    return Err(Error::invalid(format!("query parameter {key} given twice")));
+                }
+                config.replica_ack = match value {
+                    "on" => true,
+                    "off" => false,
+                    other => {
+                        return Err(Error::invalid(format!(
+                            "replica_ack={other} is neither on nor off"
+                        )));
+                    }
+                };
                 continue;
             }
             let slot = match key {
@@ -197,6 +234,11 @@ mod tests {
         assert_eq!(c.master_check, Some(Duration::from_millis(250)));
         let (c, _) = SentinelConfig::parse("m", Some("master_check=off")).unwrap();
         assert_eq!(c.master_check, None);
+        assert!(c.replica_ack, "on by default");
+        let (c, _) = SentinelConfig::parse("m", Some("replica_ack=off")).unwrap();
+        assert!(!c.replica_ack);
+        let (c, _) = SentinelConfig::parse("m", Some("replica_ack=on")).unwrap();
+        assert!(c.replica_ack);
     }
 
     #[test]
@@ -223,6 +265,8 @@ mod tests {
             ("m", Some("master_check=1ms"), "below 10 ms"),
             ("m", Some("master_check=0s"), "below 10 ms"),
             ("m", Some("master_check=1s&master_check=off"), "twice"),
+            ("m", Some("replica_ack=yes"), "neither on nor off"),
+            ("m", Some("replica_ack=on&replica_ack=off"), "twice"),
         ] {
             match SentinelConfig::parse(path, query) {
                 Err(Error::InvalidArgument(m)) => assert!(m.contains(needle), "{path:?}: {m}"),

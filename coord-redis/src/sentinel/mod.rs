@@ -1,7 +1,7 @@
 //! Redis Sentinel: `redis+sentinel://` (and `rediss+sentinel://`) URLs.
 //!
 //! ```text
-//! redis+sentinel://[user:password@]s1[:26379],s2[:26379],…/<master-name>[/<db>][?sentinel_password=…&sentinel_username=…&master_check=1s]
+//! redis+sentinel://[user:password@]s1[:26379],s2[:26379],…/<master-name>[/<db>][?sentinel_password=…&sentinel_username=…&master_check=1s&replica_ack=on]
 //! ```
 //!
 //! The hosts are the **sentinels** (port 26379 by default); the path names
@@ -52,9 +52,21 @@
 //! # What a failover does to locks
 //!
 //! Redis replicates asynchronously, so the promoted replica may not have
-//! received the last writes of the old master:
+//! received the last writes of the old master. A lock's writes (grants,
+//! renewals, proclaimed values, fenced writes) therefore count only once a
+//! replica has acknowledged them (`replica_ack`, on by default; see
+//! [`SentinelConfig::replica_ack`]): each script is sent with `WAIT 1` in
+//! the same round trip, and a master that lists replicas but got no
+//! acknowledgement within half the `request_timeout` (one that the
+//! sentinels' partition cut off from its replicas, while they promote one)
+//! answers with a retryable [`Unavailable`](coord_core::Error::Unavailable)
+//! error instead of a grant. Without that check, two masters could hand out
+//! the same lock during the partition, with tokens from the same clock that
+//! may even be equal. What is left:
 //!
-//! * **a lock grant can be lost**: a holder acquired on the old master,
+//! * **a lock grant can be lost** when the master had no replica connected
+//!   (nothing to wait for) and the replica promoted later never synced
+//!   with it again, or with `replica_ack=off`: a holder acquired on the old master,
 //!   the grant did not reach the replica, and after the failover another
 //!   client acquires the same lock. For a while **two holders overlap**,
 //!   each believing it holds the lock (the first learns otherwise at its
@@ -79,7 +91,9 @@ mod connection;
 mod events;
 mod lookup;
 mod master;
+mod replica_ack;
 
 pub use config::{DEFAULT_MASTER_CHECK, DEFAULT_SENTINEL_PORT, SentinelConfig};
 pub(crate) use connection::SentinelConnection;
 pub(crate) use master::MasterTracker;
+pub(crate) use replica_ack::{ReplicaAck, eval_acked};
