@@ -530,6 +530,12 @@ async fn scenario<F: Future<Output = Vec<ScenarioReport>>>(
     let reports = Box::pin(run).await;
     for r in &reports {
         eprintln!("  {}", r.row());
+        // Overlaps a scenario allows are not failures; show them anyway.
+        if r.overlaps_allowed {
+            for o in &r.overlaps {
+                eprintln!("    overlap (allowed): {o}");
+            }
+        }
     }
     eprintln!(
         "chaos: {name} took {:.1} s",

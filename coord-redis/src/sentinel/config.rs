@@ -38,11 +38,11 @@ const PARAMETERS: &str = "sentinel_username, sentinel_password, master_check and
 /// client whose old master still accepts its writes (cut off from the
 /// sentinels, not from the client).
 ///
-/// A lock grant, renewal or fenced write counts only once a replica has
-/// acknowledged it ([`replica_ack`](Self::replica_ack), on by default;
-/// `?replica_ack=off` turns it off): a master cut off from its replicas
-/// (whose sentinels are promoting one of them) then refuses to hand out
-/// locks the new master would not know of.
+/// A lock's write (grant, renewal, release, fenced write) counts only once
+/// a replica has acknowledged it ([`replica_ack`](Self::replica_ack), on by
+/// default; `?replica_ack=off` turns it off): a master cut off from its
+/// replicas (whose sentinels are promoting one of them) then refuses to
+/// hand out locks the new master would not know of.
 ///
 /// ```
 /// use coord_redis::{RedisConfig, RedisMode};
@@ -75,17 +75,20 @@ pub struct SentinelConfig {
     /// How often the backend asks the sentinel it listens to which node is
     /// the master (`master_check=`; `None` for `off`).
     pub master_check: Option<Duration>,
-    /// Whether a lock's writes (grants, renewals, proclaimed values,
-    /// fenced writes) must be acknowledged by a replica (`replica_ack=`,
-    /// `on` by default, or `off`). Each such script is followed by `WAIT 1`
-    /// in the same round trip; when no replica acknowledged it in time
-    /// while the master lists replicas, the call fails with a retryable
-    /// [`Error::Unavailable`] and the write does not count (an acquisition
-    /// releases it). A master with no replica connected has nothing to
-    /// wait for: a replica that connects later receives the write in its
-    /// first sync. Queued locks' waiters then ask for their grant instead
-    /// of taking the release's announcement, so that a hand-over counts
-    /// only once acknowledged too.
+    /// Whether a lock's writes (grants, renewals, releases, proclaimed
+    /// values, fenced writes) must be acknowledged by a replica
+    /// (`replica_ack=`, `on` by default, or `off`). Each such script is
+    /// followed by `WAIT 1` and `ROLE` in the same round trip; when no
+    /// replica acknowledged it within half the `request_timeout` (at most
+    /// 1 s) while the master lists replicas, the call fails with a
+    /// retryable [`Error::Unavailable`] and the caller does not take the
+    /// write as done (an acquisition releases what it was granted; the
+    /// write itself stays on that master until the sentinels demote it). A
+    /// master that lists no replica has nothing to wait for: a replica
+    /// that connects later receives the write in its first sync. Queued
+    /// locks' waiters ask for their grant instead of taking the release's
+    /// announcement, so that a hand-over counts only once acknowledged
+    /// too. The data nodes' ACL user needs `WAIT` and `ROLE`.
     pub replica_ack: bool,
 }
 

@@ -53,20 +53,23 @@
 //!
 //! Redis replicates asynchronously, so the promoted replica may not have
 //! received the last writes of the old master. A lock's writes (grants,
-//! renewals, proclaimed values, fenced writes) therefore count only once a
-//! replica has acknowledged them (`replica_ack`, on by default; see
-//! [`SentinelConfig::replica_ack`]): each script is sent with `WAIT 1` in
-//! the same round trip, and a master that lists replicas but got no
-//! acknowledgement within half the `request_timeout` (one that the
-//! sentinels' partition cut off from its replicas, while they promote one)
+//! renewals, releases, proclaimed values, fenced writes) therefore count
+//! only once a replica has acknowledged them (`replica_ack`, on by default;
+//! see [`SentinelConfig::replica_ack`]): each script is sent with `WAIT 1`
+//! and `ROLE` in the same round trip, and a master that lists a replica but
+//! got no acknowledgement within half the `request_timeout` (at most 1 s)
 //! answers with a retryable [`Unavailable`](coord_core::Error::Unavailable)
-//! error instead of a grant. Without that check, two masters could hand out
-//! the same lock during the partition, with tokens from the same clock that
-//! may even be equal. What is left:
+//! error instead: a master the sentinels' partition cut off from its
+//! replicas, while they promote one, grants nothing for as long as it lists
+//! them. Without that check, two masters handed out the same lock during
+//! the partition, with tokens from clocks that agree, once even equal ones.
+//! What is left:
 //!
-//! * **a lock grant can be lost** when the master had no replica connected
-//!   (nothing to wait for) and the replica promoted later never synced
-//!   with it again, or with `replica_ack=off`: a holder acquired on the old master,
+//! * **a lock grant can be lost** when the master listed no replica
+//!   (nothing to wait for: its replicas were gone, or a cut-off master's
+//!   replica links had closed before its clients moved), when the replica
+//!   that acknowledged is not the one promoted, or with `replica_ack=off`:
+//!   a holder acquired on the old master,
 //!   the grant did not reach the replica, and after the failover another
 //!   client acquires the same lock. For a while **two holders overlap**,
 //!   each believing it holds the lock (the first learns otherwise at its

@@ -1,15 +1,27 @@
 //! Lock writes that count only once a replica has them: a script sent with
-//! `WAIT 1` in the same round trip (see [`SentinelConfig::replica_ack`]).
+//! `WAIT 1` and `ROLE` in the same round trip (see
+//! [`SentinelConfig::replica_ack`]).
 //!
 //! Behind Sentinel, a master that a partition cuts off from its replicas
 //! and sentinels goes on answering the clients that still reach it while
 //! the sentinels promote a replica: without this check both masters would
 //! grant the same lock, with fencing tokens read from clocks that agree,
 //! so two holders could even carry the same token. With it, the cut-off
-//! master's grants are refused (the `WAIT` sees no acknowledgement while
-//! the master still lists its replica, which it does until
-//! `repl-timeout`, 60 s by default), and every grant that counts is on a
-//! replica the sentinels may promote.
+//! master's lock writes are refused for as long as it lists its replica
+//! (`ROLE` lists the replicas whose link is up; a link that a partition
+//! silenced stays up until `repl-timeout`, 60 s by default), so a grant
+//! that counts has reached a replica.
+//!
+//! What is left: a master that lists no replica has no one to wait for,
+//! and its writes count. That is the case of a master whose replicas are
+//! gone (crashed, or still in their first sync), and of a cut-off master
+//! whose replica links closed (a reset reached it, or `repl-timeout`
+//! passed) before its clients moved to the new master; Redis's own
+//! `min-replicas-to-write 1` (with `min-replicas-max-lag`) on the servers
+//! closes that too, at the cost of refusing writes while no replica is in
+//! sync. `WAIT` also holds back the other requests on the connection until
+//! it returns: about a round trip to the replica, or the whole wait when
+//! none acknowledges.
 //!
 //! [`SentinelConfig::replica_ack`]: crate::SentinelConfig::replica_ack
 
@@ -26,13 +38,14 @@ use crate::connection::Connection;
 #[derive(Debug)]
 pub(crate) struct ReplicaAck {
     wait: Duration,
-    /// `2 * generation + 1` when the master of that generation (see
-    /// `Connection::generation`) listed a replica when last asked. Else
-    /// (no replica listed, or a master not asked yet) `WAIT` could block
-    /// for its whole timeout, so writes go with `ROLE` instead, which tells
-    /// at once whether a replica is there.
-    listed: AtomicU64,
+    /// `4 * generation + LISTED` or `4 * generation + NONE_LISTED`: what
+    /// the master of that generation (see `Connection::generation`) said
+    /// when last asked; anything else means a master not asked yet.
+    state: AtomicU64,
 }
+
+const LISTED: u64 = 1;
+const NONE_LISTED: u64 = 2;
 
 impl ReplicaAck {
     /// Waits for half the `request_timeout` (at most a second, at least a
@@ -42,33 +55,65 @@ impl ReplicaAck {
     pub(crate) fn within(request_timeout: Duration) -> Self {
         ReplicaAck {
             wait: (request_timeout / 2).clamp(Duration::from_millis(1), Duration::from_secs(1)),
-            listed: AtomicU64::new(u64::MAX),
+            state: AtomicU64::new(u64::MAX),
         }
-    }
-
-    /// Whether the master of `generation` listed a replica when last asked.
-    fn listed(&self, generation: u64) -> bool {
-        self.listed.load(Ordering::Relaxed) == generation.wrapping_mul(2) + 1
-    }
-
-    fn set_listed(&self, generation: u64, listed: bool) {
-        let state = generation.wrapping_mul(2) + u64::from(listed);
-        self.listed.store(state, Ordering::Relaxed);
     }
 
     fn wait_ms(&self) -> u64 {
         u64::try_from(self.wait.as_millis()).unwrap_or(u64::MAX)
     }
+
+    /// Whether the master of `generation` listed a replica when last asked
+    /// (`None`: not asked yet).
+    fn listed(&self, generation: u64) -> Option<bool> {
+        let state = self.state.load(Ordering::Relaxed);
+        if state == u64::MAX || state / 4 != generation {
+            return None;
+        }
+        Some(state % 4 == LISTED)
+    }
+
+    fn set_listed(&self, generation: u64, listed: bool) {
+        let state = generation.wrapping_mul(4) + if listed { LISTED } else { NONE_LISTED };
+        self.state.store(state, Ordering::Relaxed);
+    }
 }
 
-/// Runs `cmd` (an `EVALSHA` of `script`) followed by `WAIT 1` in the same
-/// round trip, loading the script when the server does not know it. A
-/// reply that is not an error counts only when a replica acknowledged the
-/// write, or when the master lists no replica (`ROLE`); else the result is
-/// a `NOREPLICAS` error, the one Redis gives when `min-replicas-to-write`
-/// is not met. While the master lists no replica (and to a master not asked
-/// yet), the script goes with `ROLE` instead of `WAIT` (which would block for
-/// its whole timeout), and a replica listed gets a `WAIT` of its own.
+/// What a `ROLE` reply says.
+#[derive(Debug, PartialEq, Eq)]
+enum Role {
+    /// A master, listing `replicas` online replicas.
+    Master { replicas: usize },
+    /// A replica (or anything else): it applied no write.
+    Other,
+}
+
+fn role_of(reply: &Value) -> Role {
+    match reply {
+        Value::Array(parts) => match parts.as_slice() {
+            [Value::BulkString(kind), _, Value::Array(replicas), ..] if kind == b"master" => {
+                Role::Master {
+                    replicas: replicas.len(),
+                }
+            }
+            _ => Role::Other,
+        },
+        _ => Role::Other,
+    }
+}
+
+/// Runs `cmd` (an `EVALSHA` of `script`) followed by `WAIT 1` and `ROLE`
+/// in the same round trip, on the same connection, loading the script when
+/// the server does not know it. A reply that is not an error counts only
+/// when a replica acknowledged the write, or when the master, right after,
+/// lists no replica; else the result is a `NOREPLICAS` error, the one Redis
+/// gives when `min-replicas-to-write` is not met. While the master lists no
+/// replica, the script goes with `ROLE` alone (`WAIT` would block for its
+/// whole timeout), and a replica listed again refuses that write (the
+/// caller's retry waits for it). A master not asked yet (the first write,
+/// or the first after a failover) is asked with `ROLE` first. A server
+/// that is no master applied nothing: its reply (`READONLY`) is returned
+/// as it is, so that the caller follows the failover.
 pub(crate) async fn eval_acked<T: FromRedisValue>(
     conn: &Connection,
     ack: &ReplicaAck,
@@ -77,24 +122,35 @@ pub(crate) async fn eval_acked<T: FromRedisValue>(
 ) -> RedisResult<T> {
     let mut conn = conn.clone();
     let generation = conn.generation();
-    let waits = ack.listed(generation);
+    let waits = match ack.listed(generation) {
+        Some(listed) => listed,
+        None => {
+            let role: Value = redis::cmd("ROLE").query_async(&mut conn).await?;
+            let listed = !matches!(role_of(&role), Role::Master { replicas: 0 });
+            ack.set_listed(generation, listed);
+            listed
+        }
+    };
     let mut pipe = redis::pipe();
     pipe.add_command(cmd.clone());
     if waits {
         pipe.cmd("WAIT").arg(1).arg(ack.wait_ms());
-    } else {
-        pipe.cmd("ROLE");
     }
+    pipe.cmd("ROLE");
+    let count = if waits { 3 } else { 2 };
     let mut loads = 0;
     loop {
-        let replies = conn.req_packed_commands(&pipe, 0, 2).await?;
-        let Ok([reply, second]) = <[Value; 2]>::try_from(replies) else {
+        let mut replies = conn.req_packed_commands(&pipe, 0, count).await?;
+        if replies.len() != count {
             return Err(redis::RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
-                "a script with WAIT",
-                "not two replies".to_owned(),
+                "a script with WAIT and ROLE",
+                format!("{} replies", replies.len()),
             )));
-        };
+        }
+        let role = role_of(&replies[count - 1]);
+        let acks = replies.get(1).filter(|_| waits).cloned();
+        let reply = replies.swap_remove(0);
         if loads < 2
             && matches!(&reply, Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript))
         {
@@ -102,51 +158,18 @@ pub(crate) async fn eval_acked<T: FromRedisValue>(
             loads += 1;
             continue;
         }
-        let reply = reply.extract_error()?;
-        let acked = if !waits {
-            let listed = lists_replicas(&second);
-            ack.set_listed(generation, listed);
-            if listed {
-                let acks: Value = redis::cmd("WAIT")
-                    .arg(1)
-                    .arg(ack.wait_ms())
-                    .query_async(&mut conn)
-                    .await?;
-                matches!(acks, Value::Int(n) if n >= 1)
-            } else {
-                true
-            }
-        } else if matches!(second, Value::Int(n) if n >= 1) {
-            true
-        } else {
-            // (WAIT's own error, from a server that is no master any more,
-            // refuses too.)
-            let role: Value = redis::cmd("ROLE").query_async(&mut conn).await?;
-            let listed = lists_replicas(&role);
-            if !listed {
-                ack.set_listed(generation, false);
-            }
-            !listed
+        let Role::Master { replicas } = role else {
+            // A replica: nothing was applied (its READONLY is for the
+            // caller, which follows the failover).
+            return Ok(redis::from_redis_value(reply.extract_error()?)?);
         };
-        if !acked {
+        let reply = reply.extract_error()?;
+        ack.set_listed(generation, replicas > 0);
+        let acked = matches!(acks, Some(Value::Int(n)) if n >= 1);
+        if !acked && replicas > 0 {
             return Err(not_acknowledged(ack.wait));
         }
         return Ok(redis::from_redis_value(reply)?);
-    }
-}
-
-/// Whether a `ROLE` reply lists a replica: a master with none has no one
-/// to wait for; a server that is no master counts as listing one (it
-/// refuses).
-fn lists_replicas(role: &Value) -> bool {
-    match role {
-        Value::Array(parts) => match parts.as_slice() {
-            [Value::BulkString(kind), _, Value::Array(replicas), ..] if kind == b"master" => {
-                !replicas.is_empty()
-            }
-            _ => true,
-        },
-        _ => true,
     }
 }
 
@@ -193,17 +216,32 @@ mod tests {
 
     #[test]
     fn role_replies_tell_whether_a_replica_is_listed() {
-        let role = |resp: &[u8]| redis::parse_redis_value(resp).expect("RESP");
-        assert!(!lists_replicas(&role(
-            b"*3\r\n$6\r\nmaster\r\n:10\r\n*0\r\n"
-        )));
-        assert!(lists_replicas(&role(
-            b"*3\r\n$6\r\nmaster\r\n:10\r\n*1\r\n*3\r\n$9\r\n127.0.0.1\r\n$4\r\n6380\r\n$2\r\n10\r\n"
-        )));
-        assert!(lists_replicas(&role(
-            b"*5\r\n$5\r\nslave\r\n$9\r\n127.0.0.1\r\n:6379\r\n$9\r\nconnected\r\n:10\r\n"
-        )));
-        assert!(lists_replicas(&role(b"-ERR unknown\r\n")));
+        let role = |resp: &[u8]| role_of(&redis::parse_redis_value(resp).expect("RESP"));
+        assert_eq!(
+            role(b"*3\r\n$6\r\nmaster\r\n:10\r\n*0\r\n"),
+            Role::Master { replicas: 0 }
+        );
+        assert_eq!(
+            role(
+                b"*3\r\n$6\r\nmaster\r\n:10\r\n*1\r\n*3\r\n$9\r\n127.0.0.1\r\n$4\r\n6380\r\n$2\r\n10\r\n"
+            ),
+            Role::Master { replicas: 1 }
+        );
+        assert_eq!(
+            role(b"*5\r\n$5\r\nslave\r\n$9\r\n127.0.0.1\r\n:6379\r\n$9\r\nconnected\r\n:10\r\n"),
+            Role::Other
+        );
+        assert_eq!(role(b"-ERR unknown\r\n"), Role::Other);
+    }
+
+    #[test]
+    fn what_a_master_listed_is_remembered_per_generation() {
+        let ack = ReplicaAck::within(Duration::from_secs(1));
+        assert_eq!(ack.listed(0), None, "not asked yet");
+        ack.set_listed(0, true);
+        assert_eq!((ack.listed(0), ack.listed(1)), (Some(true), None));
+        ack.set_listed(1, false);
+        assert_eq!((ack.listed(0), ack.listed(1)), (None, Some(false)));
     }
 
     #[test]
