@@ -111,6 +111,28 @@ async fn replicated(set: &RedisSentinel, key: &str) {
     .await;
 }
 
+/// Waits until `master` lists an online replica (`ROLE`): right after the
+/// set starts, the replica may still be in its first sync, and a master
+/// lists only replicas in sync.
+async fn replica_online(master: &RedisNode) {
+    within(
+        Duration::from_secs(20),
+        "the master lists its replica",
+        async {
+            loop {
+                let role: redis::Value = on_node(master, &redis::cmd("ROLE")).await;
+                if let redis::Value::Array(parts) = &role
+                    && matches!(parts.get(2), Some(redis::Value::Array(r)) if !r.is_empty())
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        },
+    )
+    .await;
+}
+
 /// Two clients on one set, each with a lock client and the cache `name`.
 struct Pair {
     a: RedisBackend,
@@ -843,6 +865,8 @@ async fn a_master_whose_replica_does_not_acknowledge_grants_nothing() {
     let replica = set.replica_addr().await.expect("replica");
     let ttl = Duration::from_secs(10);
 
+    // A replica still in its first sync is not listed: nothing to wait for.
+    replica_online(&master).await;
     set.pause(&replica).expect("pause the replica");
     let refused = |what: &str, r: Result<(), Error>| match r {
         Err(e) if e.is_retryable() && e.to_string().contains("replica_ack") => {}
