@@ -56,6 +56,30 @@ async fn try_acquire_gives_a_late_grant_back() {
     assert!(lock.try_acquire().await.expect("attempt").is_some());
 }
 
+/// A late grant that arrives after the wait timeout is given back too: the
+/// acquisition fails with its timeout, and the lock is free at once rather
+/// than held by nobody until its lease ends.
+#[tokio::test(start_paused = true)]
+async fn acquire_gives_a_late_grant_back_when_its_wait_is_over() {
+    let (faulty, client, store) = setup();
+    let lock = client
+        .lock("late-at-the-deadline")
+        .ttl(Duration::from_secs(10))
+        .wait_timeout(Duration::from_secs(1))
+        .build();
+    faulty.inject_times(LockOp::TryAcquire, Fault::Delay(Duration::from_secs(11)), 1);
+    let err = lock.acquire().await.expect_err("no hold within the wait");
+    assert!(matches!(err, coord_core::Error::Timeout(_)), "{err:?}");
+    assert!(
+        store
+            .inspect("late-at-the-deadline")
+            .await
+            .expect("inspect")
+            .is_none(),
+        "the late grant was left behind until its lease ends"
+    );
+}
+
 /// A late grant whose give-back fails may still be held: its owner is not
 /// handed to the next acquisition (which would then "own" that stale hold).
 #[tokio::test(start_paused = true)]

@@ -356,26 +356,28 @@ impl Lock {
                 None
             }
             Attempt::LostOnArrival => {
-                // Give it back now, so that it does not block others until
-                // its lease ends; an error leaves it to expire.
-                let shared = &self.client.shared;
-                match shared
-                    .call("release", shared.backend.release(&self.name, &owner))
-                    .await
-                {
-                    Ok(()) | Err(Error::NotHeld(_)) => self.recycle(owner, pooled),
-                    // Maybe still held: the background release keeps the
-                    // owner out of the pool until it is surely gone.
-                    Err(_) => shared.release_in_background(
-                        self.name.clone(),
-                        owner,
-                        pooled,
-                        LockKind::Lease,
-                    ),
-                }
+                self.give_back(owner, pooled).await;
                 None
             }
         })
+    }
+
+    /// Gives back a grant that arrived too late to be a hold, so that it
+    /// does not block others until its lease ends; an error leaves it to
+    /// expire.
+    async fn give_back(&self, owner: LockOwner, pooled: bool) {
+        let shared = &self.client.shared;
+        match shared
+            .call("release", shared.backend.release(&self.name, &owner))
+            .await
+        {
+            Ok(()) | Err(Error::NotHeld(_)) => self.recycle(owner, pooled),
+            // Maybe still held: the background release keeps the owner out
+            // of the pool until it is surely gone.
+            Err(_) => {
+                shared.release_in_background(self.name.clone(), owner, pooled, LockKind::Lease)
+            }
+        }
     }
 
     fn record<T>(&self, op: &str, result: &Result<T>) {
@@ -472,6 +474,9 @@ impl Lock {
                 Some(answer) => answer,
                 None => self.attempt(&owner, pooled, Instant::now()).await?,
             };
+            // A grant that came too late: the lock is held by `owner` until
+            // given back.
+            let late_grant = matches!(answer, Attempt::LostOnArrival);
             let retry_after = match answer {
                 Attempt::Granted(grant, sent_at, arrived) => {
                     self.set_waited(waited);
@@ -488,7 +493,11 @@ impl Lock {
             };
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
-                self.recycle(owner, pooled);
+                if late_grant {
+                    self.give_back(owner, pooled).await;
+                } else {
+                    self.recycle(owner, pooled);
+                }
                 return Err(Error::Timeout(format!(
                     "lock {:?} still held by another owner after waiting {:?}",
                     &*self.name,
