@@ -80,6 +80,35 @@ async fn acquire_gives_a_late_grant_back_when_its_wait_is_over() {
     );
 }
 
+/// A grant that came too late is given back when the client shuts down
+/// while the acquisition waits, as at the end of its wait.
+#[tokio::test(start_paused = true)]
+async fn a_late_grant_is_given_back_when_the_client_shuts_down() {
+    let (faulty, client, store) = setup();
+    let lock = client
+        .lock("late-and-closed")
+        .ttl(Duration::from_secs(10))
+        .wait_timeout(Duration::from_secs(60))
+        .build();
+    faulty.inject_times(LockOp::TryAcquire, Fault::Delay(Duration::from_secs(11)), 1);
+    let waiting = tokio::spawn(async move { lock.acquire().await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    client.shutdown().await.expect("shutdown");
+    let result = waiting.await.expect("the acquisition task");
+    assert!(
+        matches!(result, Err(coord_core::Error::Closed(_))),
+        "{result:?}"
+    );
+    assert!(
+        store
+            .inspect("late-and-closed")
+            .await
+            .expect("inspect")
+            .is_none(),
+        "the late grant was left behind until its lease ends"
+    );
+}
+
 /// A late grant whose give-back fails may still be held: its owner is not
 /// handed to the next acquisition (which would then "own" that stale hold).
 #[tokio::test(start_paused = true)]
@@ -98,6 +127,21 @@ async fn a_late_grant_that_could_not_be_given_back_keeps_its_owner_out_of_the_po
         .expect("inspect")
         .expect("the late grant is still there: its release failed");
     let stale_owner = stale.holders[0].owner.clone();
+    // The background release lands on its first try; the owner still stays
+    // out of the pool, as the failed release could land later and end a new
+    // hold of the same owner.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while store
+            .inspect("late-stuck")
+            .await
+            .expect("inspect")
+            .is_some()
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("released in the background");
     let other = client
         .lock("other")
         .build()

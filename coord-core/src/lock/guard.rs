@@ -443,7 +443,10 @@ impl LockGuard {
     }
 
     /// Releases the lock. Returns [`Error::NotHeld`] when this owner no
-    /// longer holds it (it expired or was force-released).
+    /// longer holds it (it expired or was force-released). On another error
+    /// (the server did not answer in time, even after the retries) the
+    /// release goes on in the background: the lock is free once it lands,
+    /// or when its lease ends.
     pub async fn release(mut self) -> Result<()> {
         self.done = true;
         if self.shared.kind == LockKind::Reentrant {
@@ -478,8 +481,16 @@ impl LockGuard {
             let outcome = result.as_ref().map_or_else(Error::kind_label, |_| "ok");
             m.lock_op(client.backend_name, "release", outcome);
         }
-        if self.shared.pooled && clean && matches!(result, Ok(()) | Err(Error::NotHeld(_))) {
-            client.recycle_owner(self.shared.owner.clone());
+        match &result {
+            Ok(()) | Err(Error::NotHeld(_)) => {
+                if self.shared.pooled && clean {
+                    client.recycle_owner(self.shared.owner.clone());
+                }
+            }
+            // No answer after the retries: released in the background, so
+            // that the lock does not stay held until its lease ends (the
+            // owner stays out of the pool: the failed release may land).
+            Err(_) => client.release_in_background(name.clone(), owner.clone(), false, kind),
         }
         result
     }

@@ -372,10 +372,11 @@ impl Lock {
             .await
         {
             Ok(()) | Err(Error::NotHeld(_)) => self.recycle(owner, pooled),
-            // Maybe still held: the background release keeps the owner out
-            // of the pool until it is surely gone.
+            // Maybe still held: released in the background, and the owner
+            // never goes back to the pool, since the failed release may
+            // still land and would end a later hold of the same owner.
             Err(_) => {
-                shared.release_in_background(self.name.clone(), owner, pooled, LockKind::Lease)
+                shared.release_in_background(self.name.clone(), owner, false, LockKind::Lease)
             }
         }
     }
@@ -465,18 +466,23 @@ impl Lock {
             events = Some(listen_until(deadline, self.listen_for_releases()).await);
         }
         let mut answered = first;
+        // Whether the last answer was a grant that came too late: the lock
+        // is then held by `owner` until given back.
+        let mut late_grant = matches!(answered, Some(Attempt::LostOnArrival));
         loop {
             if let Err(closed) = shared.check_open() {
-                self.recycle(owner, pooled);
+                if late_grant {
+                    self.give_back(owner, pooled).await;
+                } else {
+                    self.recycle(owner, pooled);
+                }
                 return Err(closed);
             }
             let answer = match answered.take() {
                 Some(answer) => answer,
                 None => self.attempt(&owner, pooled, Instant::now()).await?,
             };
-            // A grant that came too late: the lock is held by `owner` until
-            // given back.
-            let late_grant = matches!(answer, Attempt::LostOnArrival);
+            late_grant = matches!(answer, Attempt::LostOnArrival);
             let retry_after = match answer {
                 Attempt::Granted(grant, sent_at, arrived) => {
                     self.set_waited(waited);

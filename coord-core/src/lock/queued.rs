@@ -24,6 +24,8 @@ struct Entry {
     name: Arc<str>,
     owner: Option<LockOwner>,
     pooled: bool,
+    /// A dequeue was sent (and may still land).
+    leaving: bool,
 }
 
 impl Entry {
@@ -40,6 +42,9 @@ impl Entry {
             return;
         };
         let kind = crate::lock::LockKind::Fair;
+        // From here a dequeue may be in flight: if this future is dropped,
+        // `Drop` must not return the owner to the pool.
+        self.leaving = true;
         let (result, clean) = self.shared.release_settled(&self.name, &owner, kind).await;
         self.owner = None;
         match result {
@@ -49,7 +54,12 @@ impl Entry {
                 }
             }
             Err(e) => {
-                tracing::debug!(lock = %self.name, error = %e, "could not leave the queue; the entry expires with its lease");
+                // No answer after the retries: leave in the background, so
+                // that the entry does not block the queue until its lease
+                // ends (and keep the owner out of the pool).
+                tracing::debug!(lock = %self.name, error = %e, "could not leave the queue; leaving in the background");
+                self.shared
+                    .release_in_background(self.name.clone(), owner, false, kind);
             }
         }
     }
@@ -61,7 +71,7 @@ impl Drop for Entry {
             self.shared.release_in_background(
                 self.name.clone(),
                 owner,
-                self.pooled,
+                self.pooled && !self.leaving,
                 crate::lock::LockKind::Fair,
             );
         }
@@ -99,6 +109,7 @@ impl Lock {
             name: self.name_arc().clone(),
             owner: Some(owner.clone()),
             pooled,
+            leaving: false,
         }
     }
 

@@ -114,9 +114,19 @@ pub(crate) async fn release(shared: &Arc<GuardShared>, id: u64) -> Result<()> {
     }
     let client = shared.client.clone();
     end_hold(shared, id);
-    client
+    let result = client
         .release_once(&shared.name, &shared.owner, shared.kind)
-        .await
+        .await;
+    if matches!(&result, Err(e) if !matches!(e, Error::NotHeld(_))) {
+        // As `LockGuard::release`: go on in the background.
+        client.release_in_background(
+            shared.name.clone(),
+            shared.owner.clone(),
+            false,
+            shared.kind,
+        );
+    }
+    result
 }
 
 /// A dropped guard: counts down at once; the last hold is released in the
