@@ -233,3 +233,22 @@ async fn a_queue_entry_whose_leave_got_no_answer_leaves_in_the_background() {
     .expect("acquire");
     got.release().await.expect("release");
 }
+
+/// An acquisition given up while its request is in flight (a timeout
+/// around `acquire()`, a cancelled campaign) gives back what the request
+/// granted, rather than leaving it held by nobody until its lease ends.
+#[tokio::test]
+async fn an_acquisition_dropped_in_flight_gives_its_grant_back() {
+    let (faulty, client, store) = setup();
+    faulty.inject_times(
+        LockOp::TryAcquire,
+        Fault::DelayReply(Duration::from_secs(5)),
+        1,
+    );
+    let lock = client.lock("dropped").ttl(LONG_TTL).build();
+    let given_up = tokio::time::timeout(Duration::from_millis(200), lock.acquire()).await;
+    assert!(given_up.is_err(), "the reply was still on its way");
+    freed(&store, "dropped").await;
+    let again = lock.try_acquire().await.expect("attempt");
+    assert!(again.is_some(), "free for the next acquisition");
+}

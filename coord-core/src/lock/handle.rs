@@ -574,7 +574,12 @@ impl Lock {
         }) {
             r
         } else {
-            shared
+            let in_flight = InFlight {
+                lock: self,
+                owner,
+                armed: true,
+            };
+            let result = shared
                 .retry
                 .run(|| {
                     shared.call(
@@ -582,7 +587,9 @@ impl Lock {
                         shared.backend.try_acquire(&self.name, owner, self.ttl),
                     )
                 })
-                .await
+                .await;
+            in_flight.answered();
+            result
         };
         let arrived = Instant::now();
         match result {
@@ -677,6 +684,36 @@ fn current_task() -> String {
     match tokio::task::try_id() {
         Some(id) => format!("task-{id}"),
         None => format!("thread-{:?}", std::thread::current().id()),
+    }
+}
+
+/// A lease request awaiting its answer. If the acquisition's future is
+/// dropped first (a `tokio::time::timeout` around `acquire()`, a cancelled
+/// campaign), the request may still grant: the owner's hold is then
+/// released in the background, and the owner stays out of the pool.
+struct InFlight<'a> {
+    lock: &'a Lock,
+    owner: &'a LockOwner,
+    armed: bool,
+}
+
+impl InFlight<'_> {
+    /// The answer arrived: whoever awaits it now owns the outcome.
+    fn answered(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.lock.client.shared.release_in_background(
+                self.lock.name.clone(),
+                self.owner.clone(),
+                false,
+                LockKind::Lease,
+            );
+        }
     }
 }
 

@@ -67,6 +67,9 @@ pub enum Fault {
     LoseReply,
     /// Waits this long, then reaches the backend.
     Delay(Duration),
+    /// Reaches the backend, then holds the reply back this long: a caller
+    /// that gives up meanwhile has had its operation applied.
+    DelayReply(Duration),
     /// For [`LockOp::Subscribe`]: a stream that never yields, as if the
     /// backend sent no notifications. Other operations pass through.
     Silence,
@@ -189,6 +192,11 @@ impl FaultyLockBackend {
             Some(Fault::Delay(d)) => {
                 tokio::time::sleep(d).await;
                 call.await
+            }
+            Some(Fault::DelayReply(d)) => {
+                let reply = call.await;
+                tokio::time::sleep(d).await;
+                reply
             }
         }
     }
