@@ -252,3 +252,40 @@ async fn an_acquisition_dropped_in_flight_gives_its_grant_back() {
     let again = lock.try_acquire().await.expect("attempt");
     assert!(again.is_some(), "free for the next acquisition");
 }
+
+/// A grant that arrives after `shutdown()` released the client's holds is
+/// not handed out as a guard on the closed client: the acquisition fails
+/// with `Closed` and the grant is given back, for leases and queued kinds.
+#[tokio::test(start_paused = true)]
+async fn a_grant_that_arrives_after_shutdown_is_given_back() {
+    for fair in [false, true] {
+        let (faulty, client, store) = setup();
+        let name = if fair { "closed-fair" } else { "closed-lease" };
+        let mut builder = client.lock(name).ttl(LONG_TTL);
+        if fair {
+            builder = builder.fair();
+        }
+        let lock = builder.build();
+        // The reply (a valid grant) arrives after the shutdown.
+        faulty.inject_times(
+            LockOp::TryAcquire,
+            Fault::DelayReply(Duration::from_secs(2)),
+            1,
+        );
+        let waiting = tokio::spawn(async move { lock.acquire().await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        client.shutdown().await.expect("shutdown");
+        let result = waiting.await.expect("the acquisition task");
+        assert!(
+            matches!(result, Err(coord_core::Error::Closed(_))),
+            "{name}: {result:?}"
+        );
+        let other = LockClient::new(Arc::new(store.clone()));
+        let mut builder = other.lock(name).ttl(LONG_TTL);
+        if fair {
+            builder = builder.fair();
+        }
+        let next = builder.build().try_acquire().await.expect("attempt");
+        assert!(next.is_some(), "{name}: the grant was left behind");
+    }
+}

@@ -362,9 +362,9 @@ impl Lock {
         })
     }
 
-    /// Gives back a grant that arrived too late to be a hold, so that it
-    /// does not block others until its lease ends; an error leaves it to
-    /// expire.
+    /// Gives back a grant that is not to be a hold (it arrived too late,
+    /// or after the client was shut down), so that it does not block others
+    /// until its lease ends; an error leaves it to expire.
     async fn give_back(&self, owner: LockOwner, pooled: bool) {
         let shared = &self.client.shared;
         match shared
@@ -592,6 +592,14 @@ impl Lock {
             result
         };
         let arrived = Instant::now();
+        if matches!(result, Ok(AcquireOutcome::Granted(_)))
+            && let Err(closed) = shared.check_open()
+        {
+            // Granted after `shutdown()` released the client's holds: not a
+            // hold either. (Boxed: a rare path, kept out of this future.)
+            Box::pin(self.give_back(owner.clone(), pooled)).await;
+            return Err(closed);
+        }
         match result {
             Ok(AcquireOutcome::Granted(grant)) if lost_on_arrival(&grant, sent_at, arrived) => {
                 tracing::debug!(lock = %self.name, ttl = ?grant.ttl, elapsed = ?(arrived - sent_at), "a grant arrived after its validity ended; not a hold");

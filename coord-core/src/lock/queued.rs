@@ -127,6 +127,11 @@ impl Lock {
             Ok((QueueOutcome::Granted(grant), sent_at))
                 if !crate::lock::handle::lost_on_arrival(&grant, sent_at, arrived) =>
             {
+                if let Err(closed) = self.client().shared.check_open() {
+                    // Granted after `shutdown()`: not a hold.
+                    entry.leave().await;
+                    return Err(closed);
+                }
                 let owner = entry.into_owner();
                 let timing = (sent_at, arrived);
                 Ok(Some(
@@ -211,6 +216,11 @@ impl Lock {
                     Some(Duration::ZERO)
                 }
                 Ok((QueueOutcome::Granted(grant), sent_at)) => {
+                    if let Err(closed) = shared.check_open() {
+                        // Granted after `shutdown()`: not a hold.
+                        entry.leave().await;
+                        return Err(closed);
+                    }
                     let owner = entry.into_owner();
                     self.set_waited(listen_first);
                     let timing = (sent_at, arrived);
@@ -273,6 +283,11 @@ impl Lock {
                         if token > fence
                             && !crate::lock::handle::lost_on_arrival(&grant, sent_at, arrived)
                         {
+                            if let Err(closed) = shared.check_open() {
+                                // Granted after `shutdown()`: not a hold.
+                                entry.leave().await;
+                                return Err(closed);
+                            }
                             let owner = entry.into_owner();
                             self.set_waited(listen_first);
                             let timing = (sent_at, arrived);
