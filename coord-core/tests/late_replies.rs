@@ -84,6 +84,19 @@ async fn acquire_gives_a_late_grant_back_when_its_wait_is_over() {
     );
 }
 
+/// Starts `lock.acquire()`, shuts `client` down a second later, and checks
+/// that the acquisition failed with `Closed`.
+async fn acquire_across_shutdown(client: &LockClient, lock: coord_core::Lock, what: &str) {
+    let waiting = tokio::spawn(async move { lock.acquire().await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    client.shutdown().await.expect("shutdown");
+    let result = waiting.await.expect("the acquisition task");
+    assert!(
+        matches!(result, Err(coord_core::Error::Closed(_))),
+        "{what}: {result:?}"
+    );
+}
+
 /// A grant that came too late is given back when the client shuts down
 /// while the acquisition waits, as at the end of its wait.
 #[tokio::test(start_paused = true)]
@@ -95,14 +108,7 @@ async fn a_late_grant_is_given_back_when_the_client_shuts_down() {
         .wait_timeout(Duration::from_secs(60))
         .build();
     faulty.inject_times(LockOp::TryAcquire, Fault::Delay(Duration::from_secs(11)), 1);
-    let waiting = tokio::spawn(async move { lock.acquire().await.map(|_| ()) });
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    client.shutdown().await.expect("shutdown");
-    let result = waiting.await.expect("the acquisition task");
-    assert!(
-        matches!(result, Err(coord_core::Error::Closed(_))),
-        "{result:?}"
-    );
+    acquire_across_shutdown(&client, lock, "late-and-closed").await;
     assert!(
         store
             .inspect("late-and-closed")
@@ -272,14 +278,7 @@ async fn a_grant_that_arrives_after_shutdown_is_given_back() {
             Fault::DelayReply(Duration::from_secs(2)),
             1,
         );
-        let waiting = tokio::spawn(async move { lock.acquire().await.map(|_| ()) });
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        client.shutdown().await.expect("shutdown");
-        let result = waiting.await.expect("the acquisition task");
-        assert!(
-            matches!(result, Err(coord_core::Error::Closed(_))),
-            "{name}: {result:?}"
-        );
+        acquire_across_shutdown(&client, lock, name).await;
         let other = LockClient::new(Arc::new(store.clone()));
         let mut builder = other.lock(name).ttl(LONG_TTL);
         if fair {
