@@ -170,39 +170,6 @@ async fn a_late_grant_that_could_not_be_given_back_keeps_its_owner_out_of_the_po
 /// by a release, not by its lease's end.
 const LONG_TTL: Duration = Duration::from_secs(60);
 
-/// Waits until `name` has no holder and no waiter, well within the TTL.
-async fn freed(store: &MemoryBackend, name: &str) {
-    within(
-        Duration::from_secs(10),
-        "released in the background, long before the 60 s lease ends",
-        async {
-            while store.inspect(name).await.expect("inspect").is_some() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        },
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn a_release_with_no_answer_goes_on_in_the_background() {
-    let (faulty, client, store) = setup();
-    let guard = client
-        .lock("unanswered")
-        .ttl(LONG_TTL)
-        .build()
-        .acquire()
-        .await
-        .expect("acquire");
-    faulty.inject_times(LockOp::Release, Fault::Unavailable, 1);
-    let err = guard
-        .release()
-        .await
-        .expect_err("the release got no answer");
-    assert!(err.is_retryable(), "{err:?}");
-    freed(&store, "unanswered").await;
-}
-
 #[tokio::test]
 async fn a_queue_entry_whose_leave_got_no_answer_leaves_in_the_background() {
     let (faulty, client, store) = setup();
@@ -238,25 +205,6 @@ async fn a_queue_entry_whose_leave_got_no_answer_leaves_in_the_background() {
     .await
     .expect("acquire");
     got.release().await.expect("release");
-}
-
-/// An acquisition given up while its request is in flight (a timeout
-/// around `acquire()`, a cancelled campaign) gives back what the request
-/// granted, rather than leaving it held by nobody until its lease ends.
-#[tokio::test]
-async fn an_acquisition_dropped_in_flight_gives_its_grant_back() {
-    let (faulty, client, store) = setup();
-    faulty.inject_times(
-        LockOp::TryAcquire,
-        Fault::DelayReply(Duration::from_secs(5)),
-        1,
-    );
-    let lock = client.lock("dropped").ttl(LONG_TTL).build();
-    let given_up = tokio::time::timeout(Duration::from_millis(200), lock.acquire()).await;
-    assert!(given_up.is_err(), "the reply was still on its way");
-    freed(&store, "dropped").await;
-    let again = lock.try_acquire().await.expect("attempt");
-    assert!(again.is_some(), "free for the next acquisition");
 }
 
 /// A grant that arrives after `shutdown()` released the client's holds is

@@ -581,3 +581,98 @@ pub async fn health_reports_healthy(h: &dyn LockHarness) {
     assert!(health.is_healthy(), "{health:?}");
     assert!(health.latency.is_some());
 }
+
+/// A client whose backend is `h`'s behind a [`FaultyLockBackend`], with no
+/// retries, so that one injected fault is what the caller sees.
+async fn faulty_client(h: &dyn LockHarness) -> (Arc<FaultyLockBackend>, LockClient) {
+    let faulty = Arc::new(FaultyLockBackend::new(h.new_backend().await));
+    let c = LockClient::builder(faulty.clone())
+        .retry(crate::retry::RetryPolicy::none())
+        .build()
+        .expect("lock client");
+    (faulty, c)
+}
+
+/// A lease long enough that a lock another client gets within the cases'
+/// bounds was freed by a release, not by its lease's end.
+const LONG_TTL: Duration = Duration::from_secs(30);
+
+/// Waits (at most 5 s, far below [`LONG_TTL`]) until another client takes
+/// `name`: whatever the faulty client was granted has been given back.
+async fn freed_for_another(h: &dyn LockHarness, name: &str, what: &str) {
+    let other = client(h).await;
+    let started = Instant::now();
+    let got = other
+        .lock(name.to_owned())
+        .ttl(LONG_TTL)
+        .wait_timeout(Duration::from_secs(10))
+        .build()
+        .acquire()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: another client cannot take the lock: {e}"));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{what}: the lock was free only after {:?}, as if left to its lease",
+        started.elapsed()
+    );
+    got.release().await.expect("release");
+}
+
+/// A release that gets no answer returns its error, and goes on in the
+/// background: the lock is free long before its lease ends.
+pub async fn unanswered_release_goes_on_in_the_background(h: &dyn LockHarness) {
+    let name = unique_name("unanswered-release");
+    let (faulty, c) = faulty_client(h).await;
+    let guard = c
+        .lock(name.clone())
+        .ttl(LONG_TTL)
+        .build()
+        .acquire()
+        .await
+        .expect("acquire");
+    faulty.inject_times(LockOp::Release, Fault::Unavailable, 1);
+    let err = guard
+        .release()
+        .await
+        .expect_err("the release got no answer");
+    assert!(err.is_retryable(), "{err:?}");
+    freed_for_another(h, &name, "an unanswered release").await;
+}
+
+/// An acquisition dropped while its request is in flight (a timeout
+/// around `acquire()`, a cancelled campaign) gives back what the request
+/// was granted.
+pub async fn acquisition_dropped_in_flight_gives_its_grant_back(h: &dyn LockHarness) {
+    let name = unique_name("dropped-in-flight");
+    let (faulty, c) = faulty_client(h).await;
+    faulty.inject_times(
+        LockOp::TryAcquire,
+        Fault::DelayReply(Duration::from_secs(3)),
+        1,
+    );
+    let lock = c.lock(name.clone()).ttl(LONG_TTL).build();
+    let given_up = tokio::time::timeout(Duration::from_millis(500), lock.acquire()).await;
+    assert!(given_up.is_err(), "the reply was still on its way");
+    freed_for_another(h, &name, "a dropped acquisition").await;
+}
+
+/// A grant that arrives after `shutdown()` is not a guard on the closed
+/// client: the acquisition fails with `Closed` and gives the grant back.
+pub async fn grant_after_shutdown_is_given_back(h: &dyn LockHarness) {
+    let name = unique_name("granted-after-shutdown");
+    let (faulty, c) = faulty_client(h).await;
+    faulty.inject_times(
+        LockOp::TryAcquire,
+        Fault::DelayReply(Duration::from_secs(1)),
+        1,
+    );
+    let lock = c.lock(name.clone()).ttl(LONG_TTL).build();
+    let waiting = tokio::spawn(async move { lock.acquire().await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.shutdown().await.expect("shutdown");
+    let result = within(Duration::from_secs(10), "the acquisition ends", waiting)
+        .await
+        .expect("the acquisition task");
+    assert!(matches!(result, Err(Error::Closed(_))), "{result:?}");
+    freed_for_another(h, &name, "a grant after shutdown").await;
+}

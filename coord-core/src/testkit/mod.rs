@@ -273,6 +273,9 @@ macro_rules! lock_conformance_tests {
             try_acquire_reports_busy,
             reacquire_by_same_owner_is_idempotent,
             shutdown_releases_held_locks,
+            unanswered_release_goes_on_in_the_background,
+            acquisition_dropped_in_flight_gives_its_grant_back,
+            grant_after_shutdown_is_given_back,
             health_reports_healthy,
         );
     };
