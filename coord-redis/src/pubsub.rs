@@ -132,23 +132,40 @@ impl PubSubHub {
         }
     }
 
-    /// Release signals of `channel`, subscribed (and confirmed) on return.
-    /// With `only`, a message wakes this stream only when it is empty or
-    /// names `only` on one of its lines (the queue scripts publish the
-    /// owners they let in, each with the token it was granted when they
-    /// could grant it: [`Wake::Granted`]). Without `grants`, such a grant
-    /// wakes the waiter to ask for it ([`Wake::Changed`]), as a grant that
-    /// must be acknowledged by a replica is confirmed by the waiter's own
-    /// call.
+    /// Release signals of `channels` (one stream of the messages of all of
+    /// them), subscribed (and confirmed) on return. With `only`, a message
+    /// wakes this stream only when it is empty or names `only` on one of its
+    /// lines (the queue scripts publish the owners they let in, each with the
+    /// token it was granted when they could grant it: [`Wake::Granted`]).
+    /// Without `grants`, such a grant wakes the waiter to ask for it
+    /// ([`Wake::Changed`]), as a grant that must be acknowledged by a replica
+    /// is confirmed by the waiter's own call.
     pub(crate) async fn subscribe(
         self: &Arc<Self>,
-        channel: String,
+        channels: Vec<String>,
         only: Option<String>,
         grants: bool,
     ) -> Result<ReleaseEvents> {
-        let (rx, guard) = self.join(channel).await?;
-        let stream =
-            futures::stream::unfold((rx, guard, only), move |(mut rx, guard, only)| async move {
+        let mut streams = Vec::with_capacity(channels.len());
+        for channel in channels {
+            let (rx, guard) = self.join(channel).await?;
+            streams.push(Self::wakes(rx, guard, only.clone(), grants));
+        }
+        Ok(ReleaseEvents::with_grants(futures::stream::select_all(
+            streams,
+        )))
+    }
+
+    /// The wake-ups of one joined channel (see [`subscribe`](Self::subscribe)).
+    fn wakes(
+        rx: broadcast::Receiver<Arc<[u8]>>,
+        guard: Subscription,
+        only: Option<String>,
+        grants: bool,
+    ) -> std::pin::Pin<Box<dyn futures::Stream<Item = Wake> + Send>> {
+        Box::pin(futures::stream::unfold(
+            (rx, guard, only),
+            move |(mut rx, guard, only)| async move {
                 loop {
                     match rx.recv().await {
                         Ok(payload) => {
@@ -165,8 +182,8 @@ impl PubSubHub {
                         Err(broadcast::error::RecvError::Closed) => return None,
                     }
                 }
-            });
-        Ok(ReleaseEvents::with_grants(stream))
+            },
+        ))
     }
 
     /// The messages of `channel`, subscribed (and confirmed) on return:

@@ -911,16 +911,21 @@ async fn an_announced_grant_of_an_earlier_entry_is_not_taken_for_the_current_one
         }
     })
     .await;
-    // A stale announcement: the holder's token, no higher than the fence.
-    let channel = key(&h, "stale", ":queue:released");
+    // A stale announcement: the holder's token, no higher than the fence,
+    // on the channel of the waiter's client (where grants are announced) and
+    // on the queue's (which every waiter listens to).
+    let queue_channel = key(&h, "stale", ":queue:released");
+    let client_channel = format!("{queue_channel}:{}", waiting.split(':').next().unwrap());
     let mut raw = raw(h.server.url()).await;
     let stale = format!("{waiting}\0{}", holder.fencing_token().as_u64());
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg(&channel)
-        .arg(&stale)
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    for channel in [&client_channel, &queue_channel] {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(&stale)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+    }
     let held = holder.fencing_token();
     holder.release().await.unwrap();
     let guard = within(LIMIT, "the waiter is granted", waiter)
@@ -934,6 +939,91 @@ async fn an_announced_grant_of_an_earlier_entry_is_not_taken_for_the_current_one
     let info = backend.list("stale").await.unwrap();
     assert_eq!(info[0].holders[0].token, Some(guard.fencing_token()));
     guard.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_grant_is_announced_to_the_grantees_client_only() {
+    // Two clients wait behind a holder. A release announces its grant on the
+    // channel of the grantee's client alone: the other client's connection
+    // and the queue's channel (which every waiter listens to) get nothing.
+    use futures::StreamExt;
+    let h = RedisHarness::start().await;
+    let clients: Vec<LockClient> = vec![
+        LockClient::new(h.new_backend().await),
+        LockClient::new(h.new_backend().await),
+        LockClient::new(h.new_backend().await),
+    ];
+    let lock = |c: &LockClient| c.lock("announce").fair().ttl(TTL).build();
+    let holder = lock(&clients[0]).acquire().await.unwrap();
+    let backend = h.connect().await.unwrap();
+    // The waiters' owners, in queue order (each queued before the next).
+    let mut waiting = Vec::new();
+    let mut waiters = Vec::new();
+    for client in &clients[1..] {
+        let l = lock(client);
+        waiters.push(tokio::spawn(async move { l.acquire().await.unwrap() }));
+        let n = waiting.len() + 1;
+        let owners = within(LIMIT, "the waiter is queued", async {
+            loop {
+                let info = backend.list("announce").await.unwrap();
+                let owners: Vec<String> = info
+                    .first()
+                    .map(|i| i.waiters.iter().map(|w| w.owner.clone()).collect())
+                    .unwrap_or_default();
+                if owners.len() == n {
+                    return owners;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        waiting = owners;
+    }
+    let queue_channel = key(&h, "announce", ":queue:released");
+    let channel_of = |owner: &str| format!("{queue_channel}:{}", owner.split(':').next().unwrap());
+    let (first, second) = (channel_of(&waiting[0]), channel_of(&waiting[1]));
+    assert_ne!(first, second, "two clients, two client ids");
+    let mut listener = redis::Client::open(h.server.url())
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    for channel in [&queue_channel, &first, &second] {
+        listener.subscribe(channel).await.unwrap();
+    }
+    let mut messages = listener.on_message();
+    let mut raw = raw(h.server.url()).await;
+    let mut next = async || {
+        let m = within(LIMIT, "a message", messages.next()).await.unwrap();
+        let payload: String = m.get_payload().unwrap();
+        (m.get_channel_name().to_owned(), payload)
+    };
+
+    holder.release().await.unwrap();
+    let granted = within(LIMIT, "the first waiter is granted", waiters.remove(0))
+        .await
+        .unwrap();
+    // A marker after the release: whatever the release published came first.
+    let marker = "marker";
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(&queue_channel)
+        .arg(marker)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let grant = format!("{}\0{}", waiting[0], granted.fencing_token().as_u64());
+    assert_eq!(next().await, (first.clone(), grant));
+    assert_eq!(next().await, (queue_channel.clone(), marker.to_owned()));
+
+    let token = granted.fencing_token();
+    granted.release().await.unwrap();
+    let last = within(LIMIT, "the second waiter is granted", waiters.remove(0))
+        .await
+        .unwrap();
+    assert!(last.fencing_token() > token);
+    let grant = format!("{}\0{}", waiting[1], last.fencing_token().as_u64());
+    assert_eq!(next().await, (second.clone(), grant));
+    last.release().await.unwrap();
 }
 
 #[tokio::test]

@@ -400,7 +400,7 @@ impl LockBackend for RedisBackend {
 
     async fn subscribe(&self, name: &str) -> Result<ReleaseEvents> {
         let channel = LockKeys::new(&self.inner.lock_prefix, name).into_channel();
-        self.inner.pubsub.subscribe(channel, None, true).await
+        self.inner.pubsub.subscribe(vec![channel], None, true).await
     }
 
     async fn force_release(&self, name: &str) -> Result<bool> {

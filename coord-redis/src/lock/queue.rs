@@ -21,8 +21,11 @@
 //! * `{ns}:lock:{name}:queue:fence`: the last token, kept forever (tokens are a
 //!   hybrid logical clock, like the lease lock's: they keep increasing across a
 //!   restart of a server without persistence);
-//! * the channel `{ns}:lock:{name}:queue:released`, published on whenever an
-//!   entry leaves.
+//! * the channel `{ns}:lock:{name}:queue:released`, published on when every
+//!   waiter is to look again, and one per client,
+//!   `{ns}:lock:{name}:queue:released:<client_id>`, on which an entry's leaving
+//!   announces the grants of that client's waiters it let in (so a grant
+//!   reaches the grantee's connection only, not every waiting client's).
 //!
 //! The four keys of the full form expire together when the last lease ends
 //! and are deleted when the queue empties. Each operation is one `EVALSHA` of a Lua
@@ -520,11 +523,14 @@ impl RedisBackend {
         name: &str,
         owner: &LockOwner,
     ) -> Result<ReleaseEvents> {
+        // The queue's channel (wake-ups of every waiter) and the one of this
+        // owner's client (the grants of its waiters), on one connection.
         let channel = QueueKeys::new(&self.inner.lock_prefix, name).channel();
+        let own = format!("{channel}:{}", owner.client_id());
         self.inner
             .pubsub
             .subscribe(
-                channel,
+                vec![channel, own],
                 Some(owner.as_str().to_owned()),
                 !self.acks_writes(),
             )

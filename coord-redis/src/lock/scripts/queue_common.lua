@@ -178,6 +178,26 @@ local function grant_waiters(owners)
   return lines
 end
 
+-- Publishes `lines` (one per admitted owner, from grant_waiters) on the channel of each
+-- owner's client, `Q .. ':released:' .. client_id` (an owner is `client_id:owner`, and a
+-- client id has no ':'), a client's lines in one message: only the connections of the
+-- clients let in receive them, not every waiting client's.
+local function announce(lines)
+  local by_client, order = {}, {}
+  for _, line in ipairs(lines) do
+    local channel = Q .. ':released:' .. (string.match(line, '^([^:]*):') or '')
+    if by_client[channel] then
+      by_client[channel] = by_client[channel] .. '\n' .. line
+    else
+      by_client[channel] = line
+      order[#order + 1] = channel
+    end
+  end
+  for _, channel in ipairs(order) do
+    redis.call('PUBLISH', channel, by_client[channel])
+  end
+end
+
 -- Keeps the keys alive until the last lease ends (deleting them once the queue is
 -- empty) and wakes the waiters that an entry's going let in. Called before every
 -- reply of a script that may have changed the queue.
@@ -191,7 +211,7 @@ local function finish()
     if wake == nil then
       redis.call('PUBLISH', Q .. ':released', '')
     elseif #wake > 0 then
-      redis.call('PUBLISH', Q .. ':released', table.concat(grant_waiters(wake), '\n'))
+      announce(grant_waiters(wake))
     end
   end
   -- The four keys share one expiry, set again only when the last lease moved or T

@@ -27,9 +27,11 @@
 -- (expand_solo in queue_common.lua), so nothing after it knows the compact form.
 -- A removal of an entry that lets waiting entries in grants them at once (each gets the
 -- next token of F) and publishes them, one line `owner NUL token` each, on the channel
--- `{ns}:lock:{name}:queue:released` (Q .. ':released'): only those waiters wake, and
--- they hold the lock without asking again (a line `owner` alone wakes a waiter to ask;
--- an empty message wakes every waiter).
+-- of the owner's client, `{ns}:lock:{name}:queue:released:<client_id>`
+-- (Q .. ':released:' .. client_id): only those waiters' connections receive it, and
+-- they hold the lock without asking again (a line `owner` alone wakes a waiter to ask).
+-- An empty message on `{ns}:lock:{name}:queue:released` (Q .. ':released'), which every
+-- waiter listens to as well, wakes every waiter.
 --
 -- A stored value the scripts cannot use makes them reply (tables, not error replies, so
 -- queue.rs can tell a corrupted value from a failed request):
