@@ -27,7 +27,8 @@
 //!   announces the grants of that client's waiters it let in (so a grant
 //!   reaches the grantee's connection only, not every waiting client's).
 //!
-//! The four keys of the full form expire together when the last lease ends
+//! The four keys of the full form expire together, at most two seconds after
+//! the last lease ends,
 //! and are deleted when the queue empties. Each operation is one `EVALSHA` of a Lua
 //! script (`scripts/queue_*.lua`, each prefixed with `queue_head.lua`, a fast path
 //! on the compact form where the operation has one, and `queue_common.lua`)

@@ -20,22 +20,43 @@ local function next_token(fence)
   return token
 end
 
+-- How long (ms) the keys of the full form outlive the last lease at most twice over
+-- (see finish).
+local KEY_PAD = 1000
+
+-- Whether this call wrote a token into T (which may have made T anew, without expiry).
+local tokens_written = false
+
+-- Records `owner`'s token in T.
+local function set_token(owner, token)
+  redis.call('HSET', T, owner, token)
+  tokens_written = true
+end
+
 -- Whether an entry was removed (the waiters are then woken, once per call).
 local changed = false
 
--- nil when every key is absent or of its type, else a message.
-local function check_types(expected)
-  for _, pair in ipairs(expected) do
-    local got = redis.call('TYPE', pair[1])['ok']
-    if got ~= 'none' and got ~= pair[2] then
-      return 'WRONGTYPE ' .. pair[1] .. ' is a ' .. got .. ', not a ' .. pair[2]
+-- A command of each type that reads a key's size: an integer reply, cheaper than
+-- TYPE's status reply, and a WRONGTYPE error for a key of another type.
+local SIZE_OF = { zset = 'ZCARD', hash = 'HLEN', string = 'STRLEN' }
+
+-- nil when each of `keys` is absent or of type `types[i]`, else a message.
+local function check_types(keys, types)
+  for i, key in ipairs(keys) do
+    local size = redis.pcall(SIZE_OF[types[i]], key)
+    if type(size) ~= 'number' then
+      local got = redis.call('TYPE', key)['ok']
+      return 'WRONGTYPE ' .. key .. ' is a ' .. got .. ', not a ' .. types[i]
     end
   end
   return nil
 end
 
+local QUEUE_KEYS = { Q, E, M, T, S }
+local QUEUE_TYPES = { 'zset', 'zset', 'hash', 'hash', 'string' }
+
 local function check_queue_types()
-  return check_types({ { Q, 'zset' }, { E, 'zset' }, { M, 'hash' }, { T, 'hash' }, { S, 'string' } })
+  return check_types(QUEUE_KEYS, QUEUE_TYPES)
 end
 
 -- Turns the compact entry S, if any, into the full form (see queue_head.lua): its
@@ -165,7 +186,7 @@ local function grant_waiters(owners)
     local token = fence and next_token(fence)
     fence = token
     if token then
-      redis.call('HSET', T, owner, int(token))
+      set_token(owner, int(token))
       last = token
       lines[i] = owner .. '\0' .. int(token)
     else
@@ -214,14 +235,24 @@ local function finish()
       announce(grant_waiters(wake))
     end
   end
-  -- The four keys share one expiry, set again only when the last lease moved or T
-  -- was made anew (it goes whenever no entry is granted; Q, E and M last as long as
-  -- the queue has an entry, so T's expiry stands for all four).
+  -- The four keys share one expiry, KEY_PAD after the end of the last lease, set
+  -- again only when the last lease now ends after it or more than 2 * KEY_PAD before
+  -- it (Q, E and M last as long as the queue has an entry, so M's expiry stands for
+  -- the three), and T's alone when this call made T anew (it goes whenever no entry is
+  -- granted: at every hand-over of an exclusive lock). The pad spares the four
+  -- PEXPIREAT of nearly every arrival at a busy queue (each new entry's lease ends a
+  -- little after the last one's).
   local last = redis.call('ZRANGE', E, -1, -1, 'WITHSCORES')
-  if last[2] and tonumber(last[2]) ~= redis.call('PEXPIRETIME', T) then
-    local at = int(tonumber(last[2]))
-    for _, key in ipairs({ Q, E, M, T }) do
-      redis.call('PEXPIREAT', key, at)
+  if last[2] then
+    local ends = tonumber(last[2])
+    local expiry = redis.call('PEXPIRETIME', M)
+    if ends > expiry or expiry > ends + 2 * KEY_PAD then
+      local at = int(ends + KEY_PAD)
+      for _, key in ipairs({ Q, E, M, T }) do
+        redis.call('PEXPIREAT', key, at)
+      end
+    elseif tokens_written and redis.call('PEXPIRETIME', T) == -1 then
+      redis.call('PEXPIREAT', T, expiry)
     end
   end
 end

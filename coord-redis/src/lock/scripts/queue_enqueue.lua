@@ -31,7 +31,7 @@
 
 -- owner, mode_arg and ttl are locals of queue_enqueue_fast.lua, which runs first.
 
-local bad_type = check_types({ { F, 'string' } })
+local bad_type = check_types({ F }, { 'string' })
 if bad_type then
   return { 'wrongtype', bad_type }
 end
@@ -120,7 +120,7 @@ if admitted then
     return { 'corrupt', 'fence', F, raw_fence or '' }
   end
   redis.call('SET', F, int(token))
-  redis.call('HSET', T, owner, int(token))
+  set_token(owner, int(token))
   finish()
   return token
 end

@@ -21,8 +21,9 @@
 -- KEYS[6]  F  `{ns}:lock:{name}:queue:fence`  STRING, the last token handed out by this
 --             queue, no TTL (never deleted, so tokens keep increasing)
 -- A queue is in one of two forms, never both: the compact form (S alone), or the full
--- form (Q, E, M and T, which expire together at the end of the last lease, PEXPIREAT,
--- and are deleted when the queue empties). The fast paths (queue_*_fast.lua) create,
+-- form (Q, E, M and T, which expire together, PEXPIREAT, at most two seconds after the
+-- end of the last lease (KEY_PAD in queue_common.lua), and are deleted when the queue
+-- empties). The fast paths (queue_*_fast.lua) create,
 -- renew and delete S; the general path first turns S into the full form
 -- (expand_solo in queue_common.lua), so nothing after it knows the compact form.
 -- A removal of an entry that lets waiting entries in grants them at once (each gets the
