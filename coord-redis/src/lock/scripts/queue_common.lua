@@ -72,12 +72,12 @@ local function expand_solo()
   if not owner or not decode_mode(mode) or not decode_token(token) or ends < 0 then
     return { 'corrupt', 'entry', S, raw }
   end
-  redis.call('ZADD', Q, 1, owner)
-  redis.call('ZADD', E, ends, owner)
+  redis.call('ZADD', Q, '1', owner)
+  redis.call('ZADD', E, int(ends), owner)
   redis.call('HSET', M, owner, mode)
   redis.call('HSET', T, owner, token)
   for _, key in ipairs({ Q, E, M, T }) do
-    redis.call('PEXPIREAT', key, ends)
+    redis.call('PEXPIREAT', key, int(ends))
   end
   redis.call('DEL', S)
   return nil
@@ -143,7 +143,7 @@ local function admitted_waiters()
   local wake = {}
   local ahead, exclusive_ahead = 0, false
   for from = 0, WAKE_SCAN - 1, WAKE_PAGE do
-    local owners = redis.call('ZRANGE', Q, from, from + WAKE_PAGE - 1)
+    local owners = redis.call('ZRANGE', Q, int(from), int(from + WAKE_PAGE - 1))
     for _, owner in ipairs(owners) do
       local mode = decode_mode(redis.call('HGET', M, owner))
       if mode == nil then
@@ -242,7 +242,7 @@ local function finish()
   -- granted: at every hand-over of an exclusive lock). The pad spares the four
   -- PEXPIREAT of nearly every arrival at a busy queue (each new entry's lease ends a
   -- little after the last one's).
-  local last = redis.call('ZRANGE', E, -1, -1, 'WITHSCORES')
+  local last = redis.call('ZRANGE', E, '-1', '-1', 'WITHSCORES')
   if last[2] then
     local ends = tonumber(last[2])
     local expiry = redis.call('PEXPIRETIME', M)

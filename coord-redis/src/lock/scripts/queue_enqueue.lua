@@ -29,7 +29,7 @@
 --   or a {'wrongtype', …} / {'corrupt', …} reply of queue_head.lua. A corrupted fence
 --   changes nothing; a corrupted mode ahead grants nothing.
 
--- owner, mode_arg and ttl are locals of queue_enqueue_fast.lua, which runs first.
+-- owner, mode_arg, ttl_arg and ttl are locals of queue_enqueue_fast.lua, which runs first.
 
 local bad_type = check_types({ F }, { 'string' })
 if bad_type then
@@ -78,7 +78,7 @@ else
     finish()
     return { 'corrupt', 'mode', 'ARGV[2]', mode_arg }
   end
-  local last = redis.call('ZRANGE', Q, -1, -1, 'WITHSCORES')
+  local last = redis.call('ZRANGE', Q, '-1', '-1', 'WITHSCORES')
   local seq = 1
   if last[2] then
     seq = tonumber(last[2]) + 1
@@ -98,7 +98,7 @@ else
   -- Every mode ahead is read (and must decode) before a shared entry is granted.
   admitted = true
   if pos > 0 then
-    local ahead = redis.call('ZRANGE', Q, 0, pos - 1)
+    local ahead = redis.call('ZRANGE', Q, '0', int(pos - 1))
     local modes = chunked('HMGET', M, ahead)
     for i = 1, #ahead do
       local m = decode_mode(modes[i])
@@ -127,7 +127,7 @@ end
 
 -- The first lease of the queue to end: no later than the first ahead of the entry
 -- (one read, where each lease ahead would be one argument more).
-local first = redis.call('ZRANGE', E, 0, 0, 'WITHSCORES')
+local first = redis.call('ZRANGE', E, '0', '0', 'WITHSCORES')
 local wait_ms = (tonumber(first[2]) or now_ms) - now_ms
 finish()
 return { 'queued', pos, math.max(wait_ms, 0), fence }

@@ -3,7 +3,8 @@
 -- mode_arg and ttl). KEYS, ARGV and replies: see queue_enqueue.lua. Returns from the
 -- script only when it grants; otherwise the general path runs.
 
-local owner, mode_arg, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local owner, mode_arg, ttl_arg = ARGV[1], ARGV[2], ARGV[3]
+local ttl = tonumber(ttl_arg)
 
 -- An empty queue (none of its keys exists) grants its first entry at once, in the
 -- compact form (S, see queue_head.lua): EXISTS, INCR of the fence, SET NX of S with the
@@ -26,7 +27,7 @@ local function grant_solo()
     return nil
   end
   local prefix = owner .. '\0' .. mode_arg .. '\0'
-  local held = redis.pcall('SET', S, prefix .. int(token), 'NX', 'PX', ttl, 'GET')
+  local held = redis.pcall('SET', S, prefix .. int(token), 'NX', 'PX', ttl_arg, 'GET')
   if held then
     -- S was there already (or is of another type): nothing granted.
     redis.call('DECR', F)
@@ -35,14 +36,14 @@ local function grant_solo()
     end
     local again = decode_token(select(3, split_solo(held)))
     if again then
-      redis.call('PEXPIRE', S, ttl)
+      redis.call('PEXPIRE', S, ttl_arg)
     end
     return again
   end
   -- The hybrid logical clock of acquire.lua, in token units (microseconds).
   local now = (redis.call('PEXPIRETIME', S) - ttl) * 1000
   if now - token > SLACK then
-    redis.call('INCRBY', F, now - token)
+    redis.call('INCRBY', F, int(now - token))
     token = now
     redis.call('SET', S, prefix .. int(token), 'KEEPTTL')
   end

@@ -17,7 +17,7 @@ if failed then
   return failed
 end
 purge()
-local owners = redis.call('ZRANGE', Q, 0, -1)
+local owners = redis.call('ZRANGE', Q, '0', '-1')
 local reply = {}
 if #owners > 0 then
   local modes = chunked('HMGET', M, owners)
