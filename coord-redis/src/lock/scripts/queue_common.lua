@@ -221,9 +221,10 @@ end
 
 -- Keeps the keys alive until the last lease ends (deleting them once the queue is
 -- empty) and wakes the waiters that an entry's going let in. Called before every
--- reply of a script that may have changed the queue.
-local function finish()
-  if redis.call('ZCARD', Q) == 0 then
+-- reply of a script that may have changed the queue; `queued` when this call leaves an
+-- entry in Q (so the queue is not empty).
+local function finish(queued)
+  if not queued and redis.call('ZCARD', Q) == 0 then
     redis.call('DEL', Q, E, M, T)
     return
   end
@@ -251,7 +252,8 @@ local function finish()
       for _, key in ipairs({ Q, E, M, T }) do
         redis.call('PEXPIREAT', key, at)
       end
-    elseif tokens_written and redis.call('PEXPIRETIME', T) == -1 then
+    elseif tokens_written then
+      -- T may be new (no expiry); else this sets the expiry it has.
       redis.call('PEXPIREAT', T, expiry)
     end
   end

@@ -31,15 +31,15 @@
 
 -- owner, mode_arg, ttl_arg and ttl are locals of queue_enqueue_fast.lua, which runs first.
 
-local bad_type = check_types({ F }, { 'string' })
-if bad_type then
-  return { 'wrongtype', bad_type }
+-- F first (prepare may write): a key of another type changes nothing.
+local raw_fence = redis.pcall('GET', F)
+if type(raw_fence) == 'table' then
+  return { 'wrongtype', 'WRONGTYPE ' .. F .. ' is a ' .. redis.call('TYPE', F)['ok'] .. ', not a string' }
 end
 local failed = prepare()
 if failed then
   return failed
 end
-local raw_fence = redis.call('GET', F)
 local fence = 0
 if raw_fence then
   fence = decode_token(raw_fence)
@@ -58,17 +58,17 @@ if pos then
   if raw_token then
     local token = decode_token(raw_token)
     if not token then
-      finish()
+      finish(true)
       return { 'corrupt', 'token', T .. ' ' .. owner, raw_token }
     end
     redis.call('ZADD', E, expires, owner)
-    finish()
+    finish(true)
     return token
   end
   local raw_mode = redis.call('HGET', M, owner)
   mode = decode_mode(raw_mode)
   if not mode then
-    finish()
+    finish(true)
     return { 'corrupt', 'mode', M .. ' ' .. owner, raw_mode or '' }
   end
   redis.call('ZADD', E, expires, owner)
@@ -103,7 +103,7 @@ else
     for i = 1, #ahead do
       local m = decode_mode(modes[i])
       if not m then
-        finish()
+        finish(true)
         return { 'corrupt', 'mode', M .. ' ' .. ahead[i], modes[i] or '' }
       end
       if m == 0 then
@@ -116,12 +116,12 @@ end
 if admitted then
   local token = next_token(fence)
   if not token then
-    finish()
+    finish(true)
     return { 'corrupt', 'fence', F, raw_fence or '' }
   end
   redis.call('SET', F, int(token))
   set_token(owner, int(token))
-  finish()
+  finish(true)
   return token
 end
 
@@ -129,5 +129,5 @@ end
 -- (one read, where each lease ahead would be one argument more).
 local first = redis.call('ZRANGE', E, '0', '0', 'WITHSCORES')
 local wait_ms = (tonumber(first[2]) or now_ms) - now_ms
-finish()
+finish(true)
 return { 'queued', pos, math.max(wait_ms, 0), fence }
