@@ -603,6 +603,49 @@ async fn corrupted_stored_values_are_errors_and_grant_nothing() {
         .unwrap();
     assert!(!entries, "nothing is queued next to a key of another type");
 
+    // The compact entry's key, and the fence, of another type (a list): the
+    // general path reads them rather than asking their type first.
+    let wrong_type = |err: Error| {
+        assert!(
+            matches!(
+                err,
+                Error::Backend {
+                    retryable: false,
+                    ..
+                }
+            ) && err.to_string().contains("WRONGTYPE"),
+            "{err:?}"
+        );
+    };
+    for (name, suffix) in [("solo-type", ":queue:solo"), ("fence-type", ":queue:fence")] {
+        let _: () = redis::cmd("RPUSH")
+            .arg(key(&h, name, suffix))
+            .arg("x")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        wrong_type(
+            b.enqueue(name, &owner("a"), HoldMode::Exclusive, TTL)
+                .await
+                .unwrap_err(),
+        );
+        let queued: bool = redis::cmd("EXISTS")
+            .arg(key(&h, name, ":queue"))
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert!(!queued, "{suffix}: nothing is queued next to it");
+    }
+    for err in [
+        b.dequeue("solo-type", &owner("a")).await.unwrap_err(),
+        b.renew_queued("solo-type", &owner("a"), TTL)
+            .await
+            .unwrap_err(),
+        b.force_release_queued("solo-type").await.unwrap_err(),
+    ] {
+        wrong_type(err);
+    }
+
     // A lease lock's corrupted fence, as inspect reads it.
     let _: () = redis::cmd("SET")
         .arg(key(&h, "lease", ""))

@@ -55,17 +55,26 @@ end
 local QUEUE_KEYS = { Q, E, M, T, S }
 local QUEUE_TYPES = { 'zset', 'zset', 'hash', 'hash', 'string' }
 
-local function check_queue_types()
-  return check_types(QUEUE_KEYS, QUEUE_TYPES)
+-- The types of Q, E, M, T and, `with_solo`, S (prepare leaves S to expand_solo, whose
+-- GET of S, before any write, checks its type).
+local function check_queue_types(with_solo)
+  if with_solo then
+    return check_types(QUEUE_KEYS, QUEUE_TYPES)
+  end
+  return check_types({ Q, E, M, T }, QUEUE_TYPES)
 end
 
 -- Turns the compact entry S, if any, into the full form (see queue_head.lua): its
 -- owner first in Q, its lease end (S's expiry) in E, its mode and token in M and T.
--- Returns nil, or a {'corrupt', …} reply when S does not decode (nothing changed).
+-- Returns nil, or a {'corrupt', …} reply when S does not decode, or a {'wrongtype', …}
+-- one when S is not a string (nothing changed).
 local function expand_solo()
-  local raw = redis.call('GET', S)
+  local raw = redis.pcall('GET', S)
   if not raw then
     return nil
+  end
+  if type(raw) == 'table' then
+    return { 'wrongtype', 'WRONGTYPE ' .. S .. ' is a ' .. redis.call('TYPE', S)['ok'] .. ', not a string' }
   end
   local owner, mode, token = split_solo(raw)
   local ends = redis.call('PEXPIRETIME', S)
@@ -86,7 +95,7 @@ end
 -- The start of every general path: the keys' types checked and the compact entry
 -- expanded. Returns nil, or the reply that ends the script.
 local function prepare()
-  local bad_type = check_queue_types()
+  local bad_type = check_queue_types(false)
   if bad_type then
     return { 'wrongtype', bad_type }
   end
@@ -160,6 +169,10 @@ local function admitted_waiters()
       end
       if redis.call('HEXISTS', T, owner) == 0 then
         wake[#wake + 1] = owner
+      end
+      if mode == 0 then
+        -- An exclusive entry admitted is the only one: nothing behind it is.
+        return wake
       end
       ahead = ahead + 1
       exclusive_ahead = exclusive_ahead or mode == 0

@@ -10,7 +10,7 @@
 -- entry went. Returns how many granted entries were removed (expired ones, purged,
 -- are not counted), or a {'wrongtype', …} reply of queue_head.lua.
 
-local bad_type = check_queue_types()
+local bad_type = check_queue_types(true)
 if bad_type then
   return { 'wrongtype', bad_type }
 end
