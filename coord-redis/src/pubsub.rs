@@ -151,9 +151,7 @@ impl PubSubHub {
             let (rx, guard) = self.join(channel).await?;
             streams.push(Self::wakes(rx, guard, only.clone(), grants));
         }
-        Ok(ReleaseEvents::with_grants(futures::stream::select_all(
-            streams,
-        )))
+        Ok(ReleaseEvents::with_grants(until_one_ends(streams)))
     }
 
     /// The wake-ups of one joined channel (see [`subscribe`](Self::subscribe)).
@@ -511,6 +509,25 @@ fn wake_of(payload: &[u8], only: Option<&str>) -> Option<Wake> {
     })
 }
 
+/// The items of `streams` as they come, ending as soon as one of them ends.
+/// The channels of one subscription are joined one after the other: a
+/// connection that dies between two joins ends the streams of the first
+/// while the next ones live on a new connection, and a merge that went on
+/// would leave its waiter deaf to the ended channels for the rest of its
+/// wait. Ended, the subscription is made anew (or the waiter polls).
+fn until_one_ends<S>(streams: Vec<S>) -> impl futures::Stream<Item = S::Item> + Send + 'static
+where
+    S: futures::Stream + Unpin + Send + 'static,
+    S::Item: Send + 'static,
+{
+    let ends = streams
+        .into_iter()
+        .map(|s| s.map(Some).chain(futures::stream::iter([None])));
+    futures::stream::select_all(ends)
+        .take_while(|item| std::future::ready(item.is_some()))
+        .filter_map(std::future::ready)
+}
+
 /// Held by each stream; leaves the channel when the stream is dropped.
 #[derive(Debug)]
 struct Subscription {
@@ -537,8 +554,44 @@ impl Drop for Subscription {
 
 #[cfg(test)]
 mod tests {
-    use super::wake_of;
+    use super::{until_one_ends, wake_of};
     use coord_core::{FencingToken, Wake};
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn a_subscription_ends_when_one_of_its_channels_ends() {
+        // One channel ended (its connection died between two joins) while
+        // the other lives on: the merged stream must end, so that the waiter
+        // subscribes again rather than stay deaf to the first channel.
+        let limit = std::time::Duration::from_secs(5);
+        let (_live_tx, live_rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+        let ended = futures::stream::iter([1u32]).boxed();
+        let merged = until_one_ends(vec![stream_of(live_rx), ended]);
+        let seen: Vec<u32> = tokio::time::timeout(limit, merged.collect())
+            .await
+            .expect("the merge ends with its first channel");
+        assert_eq!(seen, [1]);
+
+        // Both alive: it delivers from both, and ends when one ends.
+        let (tx1, rx1) = tokio::sync::mpsc::unbounded_channel::<u32>();
+        let (tx2, rx2) = tokio::sync::mpsc::unbounded_channel::<u32>();
+        let mut merged = Box::pin(until_one_ends(vec![stream_of(rx1), stream_of(rx2)]));
+        tx1.send(1).unwrap();
+        tx2.send(2).unwrap();
+        let mut got = vec![merged.next().await.unwrap(), merged.next().await.unwrap()];
+        got.sort_unstable();
+        assert_eq!(got, [1, 2]);
+        drop(tx2);
+        let next = tokio::time::timeout(limit, merged.next()).await;
+        assert_eq!(next.expect("the merge ends"), None);
+        drop(tx1);
+    }
+
+    fn stream_of(
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<u32>,
+    ) -> futures::stream::BoxStream<'static, u32> {
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+    }
 
     #[test]
     fn a_queue_waiter_wakes_only_when_named_or_for_everyone() {
