@@ -517,8 +517,8 @@ impl RedisBackend {
     }
 
     /// [`LockBackend::subscribe_queue`](coord_core::LockBackend::subscribe_queue):
-    /// every waiter of a queue shares its channel, and wakes only for the
-    /// messages that name it (see the module documentation).
+    /// a waiter listens to the queue's channel and to its client's, and wakes
+    /// only for the messages that name it (see the module documentation).
     pub(crate) async fn queue_subscribe(
         &self,
         name: &str,

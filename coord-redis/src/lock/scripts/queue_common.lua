@@ -150,7 +150,7 @@ local WAKE_PAGE = 8
 -- more admitted entries than WAKE_SCAN).
 local function admitted_waiters()
   local wake = {}
-  local ahead, exclusive_ahead = 0, false
+  local ahead = 0
   for from = 0, WAKE_SCAN - 1, WAKE_PAGE do
     local owners = redis.call('ZRANGE', Q, int(from), int(from + WAKE_PAGE - 1))
     for _, owner in ipairs(owners) do
@@ -162,7 +162,8 @@ local function admitted_waiters()
       if mode == 0 then
         admitted = ahead == 0
       else
-        admitted = not exclusive_ahead and ahead < mode
+        -- (No exclusive entry is ahead: an admitted one ends the scan below.)
+        admitted = ahead < mode
       end
       if not admitted then
         return wake
@@ -175,7 +176,6 @@ local function admitted_waiters()
         return wake
       end
       ahead = ahead + 1
-      exclusive_ahead = exclusive_ahead or mode == 0
     end
     if #owners < WAKE_PAGE then
       return wake
@@ -232,8 +232,8 @@ local function announce(lines)
   end
 end
 
--- Keeps the keys alive until the last lease ends (deleting them once the queue is
--- empty) and wakes the waiters that an entry's going let in. Called before every
+-- Keeps the keys alive until the last lease ends, and up to 2 * KEY_PAD after (deleting
+-- them once the queue is empty) and wakes the waiters that an entry's going let in. Called before every
 -- reply of a script that may have changed the queue; `queued` when this call leaves an
 -- entry in Q (so the queue is not empty).
 local function finish(queued)
@@ -267,7 +267,7 @@ local function finish(queued)
       end
     elseif tokens_written then
       -- T may be new (no expiry); else this sets the expiry it has.
-      redis.call('PEXPIREAT', T, expiry)
+      redis.call('PEXPIREAT', T, int(expiry))
     end
   end
 end

@@ -5,8 +5,8 @@
 -- KEYS[1..6]  Q, E, M, T, S, F of the queue (see queue_head.lua)
 -- ARGV[1]     the owner (`client_id:owner`)
 --
--- Purges the entries whose lease ended first. Publishes on Q .. ':released' when any
--- entry went. Returns 1 when the owner's entry was queued (now removed), 0 when it was
+-- Purges the entries whose lease ended first. When any entry went, grants the waiters
+-- it lets in and announces them on their clients' channels (see queue_head.lua). Returns 1 when the owner's entry was queued (now removed), 0 when it was
 -- not (an expired entry counts as absent), or a {'wrongtype', …} reply of
 -- queue_head.lua.
 

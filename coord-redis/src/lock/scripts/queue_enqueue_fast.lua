@@ -1,6 +1,6 @@
 -- queue_enqueue_fast.lua: the fast path of queue_enqueue.lua (after queue_head.lua,
 -- before queue_common.lua and queue_enqueue.lua, which use its locals owner,
--- mode_arg and ttl). KEYS, ARGV and replies: see queue_enqueue.lua. Returns from the
+-- mode_arg, ttl_arg and ttl). KEYS, ARGV and replies: see queue_enqueue.lua. Returns from the
 -- script only when it grants; otherwise the general path runs.
 
 local owner, mode_arg, ttl_arg = ARGV[1], ARGV[2], ARGV[3]
@@ -14,7 +14,16 @@ local ttl = tonumber(ttl_arg)
 -- Anything else returns nil and takes the general path below: a queue in the full form,
 -- another owner's compact entry (which the general path expands), and anything unusual
 -- (a key of another type, a fence or mode that does not decode), which the general path
--- reports. On the way out nothing is left changed (the fence's INCR is undone).
+-- reports. On the way out nothing is left changed (the fence's INCR is undone, and a
+-- fence it made is deleted).
+local function undo_incr(token)
+  if token == 1 then
+    redis.call('DEL', F)
+  else
+    redis.call('DECR', F)
+  end
+end
+
 local function grant_solo()
   if not decode_mode(mode_arg) or redis.call('EXISTS', Q, E, M, T) ~= 0 then
     return nil
@@ -22,7 +31,7 @@ local function grant_solo()
   local token = redis.pcall('INCR', F)
   if type(token) ~= 'number' or token < 1 or token >= MAX_TOKEN then
     if type(token) == 'number' then
-      redis.call('DECR', F)
+      undo_incr(token)
     end
     return nil
   end
@@ -30,7 +39,7 @@ local function grant_solo()
   local held = redis.pcall('SET', S, prefix .. int(token), 'NX', 'PX', ttl_arg, 'GET')
   if held then
     -- S was there already (or is of another type): nothing granted.
-    redis.call('DECR', F)
+    undo_incr(token)
     if type(held) ~= 'string' or not solo_of(held, owner) then
       return nil
     end

@@ -6,8 +6,8 @@
 -- KEYS[1..6]  Q, E, M, T, S, F of the queue (see queue_head.lua)
 -- ARGV        none
 --
--- Purges the entries whose lease ended first. Publishes on Q .. ':released' when any
--- entry went. Returns how many granted entries were removed (expired ones, purged,
+-- Purges the entries whose lease ended first. When any entry went, grants the waiters
+-- it lets in and announces them on their clients' channels (see queue_head.lua). Returns how many granted entries were removed (expired ones, purged,
 -- are not counted), or a {'wrongtype', …} reply of queue_head.lua.
 
 local bad_type = check_queue_types(true)

@@ -52,7 +52,8 @@ local SLACK = 10000
 local CHUNK = 1000
 
 -- An integer as a command argument, never in exponent form. ('%d' formats it as a C
--- long: exact below 2^53, and much cheaper than a float format; a Lua number passed to
+-- long: exact below 2^53 where a long has 64 bits, as on every 64-bit Redis build that
+-- runs on Linux or macOS, and much cheaper than a float format; a Lua number passed to
 -- redis.call as it is goes through the server's '%.17g'.)
 local function int(n)
   return string.format('%d', n)
