@@ -570,7 +570,19 @@ async fn corrupted_stored_values_are_errors_and_grant_nothing() {
     }
     granted(&b, "solo", "b", HoldMode::Exclusive).await;
 
-    // A queue key of another type.
+    // A queue key of another type: refused, not granted.
+    let wrong_type = |err: Error| {
+        assert!(
+            matches!(
+                err,
+                Error::Backend {
+                    retryable: false,
+                    ..
+                }
+            ) && err.to_string().contains("WRONGTYPE"),
+            "{err:?}"
+        );
+    };
     let _: () = redis::cmd("SET")
         .arg(key(&h, "type", ":queue:mode"))
         .arg("x")
@@ -585,16 +597,7 @@ async fn corrupted_stored_values_are_errors_and_grant_nothing() {
         b.renew_queued("type", &owner("a"), TTL).await.unwrap_err(),
         b.force_release_queued("type").await.unwrap_err(),
     ] {
-        assert!(
-            matches!(
-                err,
-                Error::Backend {
-                    retryable: false,
-                    ..
-                }
-            ) && err.to_string().contains("WRONGTYPE"),
-            "{err:?}"
-        );
+        wrong_type(err);
     }
     let entries: bool = redis::cmd("EXISTS")
         .arg(key(&h, "type", ":queue"))
@@ -605,18 +608,6 @@ async fn corrupted_stored_values_are_errors_and_grant_nothing() {
 
     // The compact entry's key, and the fence, of another type (a list): the
     // general path reads them rather than asking their type first.
-    let wrong_type = |err: Error| {
-        assert!(
-            matches!(
-                err,
-                Error::Backend {
-                    retryable: false,
-                    ..
-                }
-            ) && err.to_string().contains("WRONGTYPE"),
-            "{err:?}"
-        );
-    };
     for (name, suffix) in [("solo-type", ":queue:solo"), ("fence-type", ":queue:fence")] {
         let _: () = redis::cmd("RPUSH")
             .arg(key(&h, name, suffix))
