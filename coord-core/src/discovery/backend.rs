@@ -131,6 +131,17 @@ pub trait RegistryBackend: Send + Sync + fmt::Debug + 'static {
     /// watchers; `false` if it was not there (or another owner holds it).
     async fn deregister(&self, service: &str, id: &str, owner: &str) -> Result<bool>;
 
+    /// Leaves `owner`'s registration of `service`/`id` to expire within
+    /// `ttl` from now, its renewals stopped by the caller (as if its
+    /// process had crashed, though the client's other registrations live
+    /// on). A backend where an instance expires on its own unless renewed
+    /// has nothing to do (the default); one whose registrations of a client
+    /// share a lease that the others keep alive moves the entry off it.
+    async fn abandon(&self, service: &str, id: &str, owner: &str, ttl: Duration) -> Result<()> {
+        let _ = (service, id, owner, ttl);
+        Ok(())
+    }
+
     /// The names of the services with at least one live instance, sorted.
     async fn services(&self) -> Result<Vec<String>>;
 

@@ -120,6 +120,15 @@ impl RegistrationShared {
     }
 
     /// Removes the instance (only this owner's entry) and stops renewing.
+    /// Leaves the entry to expire within its TTL (see [`Registration::abandon`]).
+    async fn abandon(&self) -> Result<()> {
+        let _writing = self.writing.lock().await;
+        let (service, id) = self.key();
+        self.backend
+            .abandon(&service, &id, &self.owner, self.ttl)
+            .await
+    }
+
     pub(crate) async fn deregister(&self) -> Result<bool> {
         self.stop.cancel();
         let _writing = self.writing.lock().await;
@@ -254,10 +263,22 @@ impl Registration {
     }
 
     /// Stops renewing and leaves the entry to expire within its TTL, as if
-    /// the process had crashed. For tests and hand-overs.
+    /// the process had crashed (the client's other registrations live on).
+    /// For tests and hand-overs. On a backend whose registrations of one
+    /// client share a lease (etcd), the entry is moved in the background to
+    /// a lease of its own that nobody renews; if that fails (a warning is
+    /// logged), it lives as long as the client's other registrations.
     pub fn abandon(mut self) {
         self.finished = true;
         self.shared.stop.cancel();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let shared = self.shared.clone();
+            runtime.spawn(async move {
+                if let Err(e) = shared.abandon().await {
+                    tracing::warn!(error = %e, "could not leave the abandoned registration to expire on its own; it lives as long as the client's other registrations of its TTL");
+                }
+            });
+        }
     }
 }
 

@@ -47,6 +47,7 @@ pub const CASES: &[&str] = &[
     "deregister_removes_the_instance",
     "watchers_see_register_and_deregister",
     "a_crashed_clients_instance_expires_within_its_ttl",
+    "an_abandoned_instance_expires_while_its_client_renews_others",
     "status_weight_and_metadata_changes_propagate",
     "a_thousand_instances_register_and_list",
     "the_newest_registration_of_an_id_wins",
@@ -185,6 +186,51 @@ pub async fn a_crashed_clients_instance_expires_within_its_ttl(h: &dyn Discovery
     .expect("the watcher runs");
     assert!(stopped.elapsed() <= ttl + Duration::from_secs(1));
     assert!(reader.instances(&svc).await.expect("list").is_empty());
+}
+
+/// An abandoned registration expires within its TTL even while the same
+/// client keeps other registrations of the same TTL alive (a backend that
+/// shares one lease between them must not let their renewals keep it).
+pub async fn an_abandoned_instance_expires_while_its_client_renews_others(
+    h: &dyn DiscoveryHarness,
+) {
+    let ttl = Duration::from_secs(2);
+    let d = DiscoveryClient::new(h.new_registry_backend().await);
+    let reader = client(h).await;
+    let svc = unique_service("abandon");
+    let watcher = reader.watch(&svc).await.expect("watch");
+    let abandoned = d
+        .register_with_ttl(instance(&svc, "a", 1), ttl)
+        .await
+        .expect("register a");
+    let kept = d
+        .register_with_ttl(instance(&svc, "b", 2), ttl)
+        .await
+        .expect("register b");
+    until(&watcher, "the watcher sees a and b", |s| {
+        s.instances.len() == 2
+    })
+    .await;
+    let stopped = Instant::now();
+    abandoned.abandon();
+    let mut rx = watcher.subscribe();
+    within(
+        ttl + Duration::from_secs(1),
+        "the abandoned instance expires (TTL + 1 s) while b is renewed",
+        rx.wait_for(|s| ids(s) == ["b"]),
+    )
+    .await
+    .expect("the watcher runs");
+    assert!(stopped.elapsed() <= ttl + Duration::from_secs(1));
+    // b outlives a's expiry by more than its own TTL: it is still renewed.
+    tokio::time::sleep(ttl + Duration::from_millis(500)).await;
+    let listed = reader.instances(&svc).await.expect("list");
+    assert_eq!(
+        listed.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        ["b"],
+        "only the abandoned instance expired"
+    );
+    assert!(kept.deregister().await.expect("deregister b"));
 }
 
 /// Status, weight and metadata changes reach watchers; an invalid change is

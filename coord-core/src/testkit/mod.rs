@@ -179,6 +179,7 @@ macro_rules! discovery_conformance_tests {
             deregister_removes_the_instance,
             watchers_see_register_and_deregister,
             a_crashed_clients_instance_expires_within_its_ttl,
+            an_abandoned_instance_expires_while_its_client_renews_others,
             status_weight_and_metadata_changes_propagate,
             a_thousand_instances_register_and_list,
             the_newest_registration_of_an_id_wins,

@@ -22,7 +22,9 @@
 //!   newest registration of an id wins); renew keeps the lease alive and
 //!   reads the key to tell `Renewed`, `Missing` and `Replaced` apart;
 //!   deregister deletes the key only while it holds the caller's record
-//!   (a read, then a delete guarded by the key's mod revision).
+//!   (a read, then a delete guarded by the key's mod revision); abandon
+//!   moves the key to a lease of its own that nobody renews (the shared
+//!   lease lives on for the client's other registrations).
 //! * **Reads** ([`read`]): a service's listing is a range over its prefix,
 //!   in pages of [`read::PAGE`] keys pinned to the first page's revision,
 //!   so 10,000 instances list as one snapshot whose revision a watch can
@@ -104,6 +106,10 @@ impl RegistryBackend for EtcdBackend {
 
     async fn deregister(&self, service: &str, id: &str, owner: &str) -> Result<bool> {
         self.registry_delete(service, id, owner).await
+    }
+
+    async fn abandon(&self, service: &str, id: &str, owner: &str, ttl: Duration) -> Result<()> {
+        self.registry_abandon(service, id, owner, ttl).await
     }
 
     async fn services(&self) -> Result<Vec<String>> {

@@ -8,6 +8,9 @@
 //! * deregister: a read of the key, then a delete only if it still holds
 //!   the caller's record (compared on its mod revision); a lost race reads
 //!   the key again in the same transaction.
+//! * abandon: the entry moved, by a put guarded by its mod revision, to a
+//!   lease of its own that nobody keeps alive (the bucket's lease lives on
+//!   for the client's other registrations).
 
 use std::time::Duration;
 
@@ -110,6 +113,52 @@ impl EtcdBackend {
             // a lease this client no longer keeps alive: register it again.
             _ => Ok(RenewOutcome::Missing),
         }
+    }
+
+    pub(super) async fn registry_abandon(
+        &self,
+        service: &str,
+        id: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<()> {
+        const WHAT: &str = "abandon a registration";
+        let key = self.instance_key(service, id);
+        let timeout = self.inner.timeout;
+        let mut kv = self.inner.client.kv_client();
+        let stored = call(WHAT, timeout, kv.get(key.as_str(), None))
+            .await?
+            .take_kvs()
+            .into_iter()
+            .next();
+        let Some(entry) = stored else {
+            return Ok(());
+        };
+        if owner_of(&entry).as_deref() != Some(owner) {
+            return Ok(());
+        }
+        let mut leases = self.inner.client.lease_client();
+        let secs = i64::try_from(bucket(ttl)).unwrap_or(i64::MAX);
+        let lease = call(WHAT, timeout, leases.grant(secs, None)).await?.id();
+        let options = PutOptions::new().with_lease(lease);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                entry.mod_revision(),
+            )])
+            .and_then([TxnOp::put(key.as_str(), entry.value(), Some(options))]);
+        let moved = call(WHAT, timeout, kv.txn(txn))
+            .await
+            .map(|r| r.succeeded());
+        if moved.as_ref().map_or(true, |moved| !moved) {
+            // Written anew meanwhile (by its owner or another): not ours to
+            // move. The lease goes (it would expire unused anyway).
+            if let Err(e) = call(WHAT, timeout, leases.revoke(lease)).await {
+                tracing::debug!(lease, error = %e, "could not revoke an unused lease; it expires");
+            }
+        }
+        moved.map(|_| ())
     }
 
     pub(super) async fn registry_delete(
