@@ -180,6 +180,38 @@ async fn a_hold_that_runs_out_is_reported_to_the_backend_once() {
     assert_eq!(backend.holds_lost(), 1, "the backend was told once");
 }
 
+/// A renewal that hangs (a server that accepts and never answers, where
+/// `request_timeout` may exceed what is left of the lease) puts the hold at
+/// risk once less than a third of its TTL is left unconfirmed, well before
+/// the loss; an answer clears it.
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_renewal_signals_at_risk_before_loss() {
+    let (backend, holder, _) = setup();
+    let ttl = Duration::from_secs(3);
+    let guard = holder
+        .lock("hung")
+        .ttl(ttl)
+        .build()
+        .acquire()
+        .await
+        .unwrap();
+    let granted = Instant::now();
+    backend.inject(LockOp::Renew, Fault::Delay(Duration::from_secs(60)));
+    tokio::time::timeout(Duration::from_millis(2500), guard.at_risk())
+        .await
+        .expect("at risk while the renewal due at 1 s hangs, a third of the TTL before the end");
+    let at = granted.elapsed();
+    assert!(
+        at >= Duration::from_millis(1900) && at <= Duration::from_millis(2100),
+        "at risk when a third of the TTL is left: {at:?}"
+    );
+    assert!(guard.is_held(), "at risk, not lost");
+    let err = tokio::time::timeout(Duration::from_secs(2), guard.lost())
+        .await
+        .expect("lost when the lease runs out unconfirmed");
+    assert!(matches!(err, Error::LockLost(_)), "{err}");
+}
+
 /// A failed renewal puts the hold at risk (before any loss); a renewal
 /// that succeeds again clears it, and the lock was never lost.
 #[tokio::test(start_paused = true)]

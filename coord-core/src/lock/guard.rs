@@ -120,11 +120,12 @@ impl GuardShared {
         self.lost_reason().is_some()
     }
 
-    /// Records a failed renewal (the watchdog retries while the lease
-    /// lasts): the hold is at risk until a renewal succeeds.
-    pub(crate) fn renewal_failed(&self) {
+    /// Records a renewal in trouble, `why` (one failed and is retried, or
+    /// one is still unanswered with a third of the lease left): the hold is
+    /// at risk until a renewal succeeds.
+    pub(crate) fn renewal_in_trouble(&self, why: &str) {
         if !self.at_risk.swap(true, Ordering::AcqRel) {
-            tracing::warn!(lock = %self.name, token = %self.token, "lock at risk: renewal failed; retrying while the lease lasts");
+            tracing::warn!(lock = %self.name, token = %self.token, "lock at risk: {why}");
             if let Some(m) = &self.client.metrics {
                 m.lock_at_risk(self.client.backend_name, self.stats.label());
             }
@@ -335,15 +336,18 @@ impl LockGuard {
         self.shared.valid_until()
     }
 
-    /// Whether the last renewal failed and is being retried: the lock is
-    /// still held (until [`valid_until`](Self::valid_until)) but at risk of
-    /// being lost, like Curator's SUSPENDED before LOST. Cleared when a
-    /// renewal succeeds. Counted in `coord_lock_at_risk_total`.
+    /// Whether the renewals are in trouble: the last one failed and is
+    /// being retried, or one is still unanswered with less than a third of
+    /// the TTL left (a server that does not answer). The lock is still held
+    /// (until [`valid_until`](Self::valid_until)) but at risk of being lost,
+    /// like Curator's SUSPENDED before LOST. Cleared when a renewal
+    /// succeeds. Counted in `coord_lock_at_risk_total`.
     pub fn is_at_risk(&self) -> bool {
         self.shared.at_risk.load(Ordering::Acquire) && !self.shared.is_lost()
     }
 
-    /// Resolves when the lock becomes at risk (a renewal failed; see
+    /// Resolves when the lock becomes at risk (a renewal failed, or is
+    /// unanswered with a third of the TTL left; see
     /// [`is_at_risk`](Self::is_at_risk)), or is lost, whichever comes
     /// first: time to pause work that must not outlive the lock, or to
     /// checkpoint.

@@ -98,8 +98,9 @@ async fn run(client: Weak<ClientShared>, scheduler: Arc<RenewalScheduler>) {
 }
 
 /// One renewal of `guard`. A refused renewal loses the lock at once; a
-/// failed one is retried soon while the lease lasts, then loses it. Never
-/// renews after loss or release.
+/// failed one is retried soon while the lease lasts, then loses it; one
+/// unanswered (or failing) with a third of the lease left puts the hold at
+/// risk. Never renews after loss or release.
 async fn renew_once(guard: Arc<GuardShared>) {
     let client = guard.client.clone();
     let period = guard.ttl / 3;
@@ -120,10 +121,25 @@ async fn renew_once(guard: Arc<GuardShared>) {
             client.renew_hold(&guard.name, &guard.owner, guard.ttl, guard.kind),
         )
     });
-    let result = tokio::select! {
-        biased;
-        _ = guard.stop.cancelled() => return,
-        r = tokio::time::timeout(budget, renew) => r,
+    // Unanswered with less than a third of the TTL left (a server that
+    // accepts and never answers, while `request_timeout` may exceed what is
+    // left of the lease): at risk, before the loss.
+    let warn_at = valid_until.checked_sub(period).unwrap_or(sent_at);
+    let renewing = tokio::time::timeout(budget, renew);
+    tokio::pin!(renewing);
+    let mut warned = false;
+    let result = loop {
+        tokio::select! {
+            biased;
+            _ = guard.stop.cancelled() => return,
+            r = &mut renewing => break r,
+            _ = tokio::time::sleep_until(warn_at), if !warned => {
+                warned = true;
+                guard.renewal_in_trouble(
+                    "renewal unanswered with a third of the lease left; still waiting for it",
+                );
+            }
+        }
     };
     let (outcome, next) = match result {
         Ok(Ok(())) => {
@@ -137,7 +153,7 @@ async fn renew_once(guard: Arc<GuardShared>) {
         }
         Ok(Err(e)) if Instant::now() < guard.valid_until() => {
             tracing::debug!(lock = %guard.name, error = %e, "renewal failed; retrying while the lease lasts");
-            guard.renewal_failed();
+            guard.renewal_in_trouble("renewal failed; retrying while the lease lasts");
             let retry_at = Instant::now() + (period / 8).max(Duration::from_millis(5));
             (e.kind_label(), Some(retry_at))
         }
