@@ -22,7 +22,7 @@ fn every_case_is_listed() {
     assert_eq!(coord_core::testkit::kinds::CASES.len(), 22);
     assert_eq!(coord_core::testkit::fenced::CASES.len(), 3);
     assert_eq!(coord_core::testkit::cache::CASES.len(), 24);
-    assert_eq!(coord_core::testkit::discovery::CASES.len(), 14);
+    assert_eq!(coord_core::testkit::discovery::CASES.len(), 15);
     assert_eq!(coord_core::testkit::config::CASES.len(), 20);
     assert_eq!(coord_core::testkit::config::WORKFLOW_CASES.len(), 8);
 }

@@ -212,6 +212,38 @@ async fn an_unanswered_renewal_signals_at_risk_before_loss() {
     assert!(matches!(err, Error::LockLost(_)), "{err}");
 }
 
+/// Releasing a guard already lost answers `NotHeld` at once, without
+/// waiting on a server that does not answer (the release is still sent, in
+/// the background, in case the key outlived the client's view of it).
+#[tokio::test(start_paused = true)]
+async fn releasing_a_lost_guard_answers_not_held_at_once() {
+    let (backend, holder, _) = setup();
+    let guard = holder
+        .lock("gone")
+        .ttl(Duration::from_secs(3))
+        .build()
+        .acquire()
+        .await
+        .unwrap();
+    backend.inject(LockOp::Renew, Fault::Delay(Duration::from_secs(60)));
+    backend.inject(LockOp::Release, Fault::Delay(Duration::from_secs(60)));
+    tokio::time::timeout(Duration::from_secs(4), guard.lost())
+        .await
+        .expect("lost when the lease runs out unconfirmed");
+    let released = tokio::time::timeout(Duration::from_millis(10), guard.release())
+        .await
+        .expect("no wait on the server for a guard known to be lost");
+    assert!(matches!(released, Err(Error::NotHeld(_))), "{released:?}");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while backend.calls(LockOp::Release) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the release is sent in the background"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A failed renewal puts the hold at risk (before any loss); a renewal
 /// that succeeds again clears it, and the lock was never lost.
 #[tokio::test(start_paused = true)]

@@ -447,14 +447,35 @@ impl LockGuard {
     }
 
     /// Releases the lock. Returns [`Error::NotHeld`] when this owner no
-    /// longer holds it (it expired or was force-released). On another error
-    /// (the server did not answer in time, even after the retries) the
-    /// release goes on in the background: the lock is free once it lands,
-    /// or when its lease ends.
+    /// longer holds it (it expired or was force-released), at once for a
+    /// guard already [lost](Self::lost) (its release is still sent, in the
+    /// background, in case the key outlived the client's view of it). On
+    /// another error (the server did not answer in time, even after the
+    /// retries) the release goes on in the background: the lock is free
+    /// once it lands, or when its lease ends.
     pub async fn release(mut self) -> Result<()> {
         self.done = true;
         if self.shared.kind == LockKind::Reentrant {
             return Box::pin(crate::lock::reentrant::release(&self.shared, self.id)).await;
+        }
+        if let Some(reason) = self.shared.lost_reason() {
+            // Nothing to wait for (a server that does not answer would hold
+            // the caller for its timeouts): the owner stays out of the pool,
+            // as a renewal of it may still be in flight.
+            let client = &self.shared.client;
+            client.untrack(self.id, &self.shared);
+            let (name, owner) = (&self.shared.name, &self.shared.owner);
+            // (After a shutdown, which released the client's holds itself,
+            // there is nothing left to send.)
+            if client.check_open().is_ok() {
+                client.release_in_background(name.clone(), owner.clone(), false, self.shared.kind);
+            }
+            if let Some(m) = &client.metrics {
+                m.lock_op(client.backend_name, "release", "not_held");
+            }
+            return Err(Error::NotHeld(format!(
+                "lock {name:?} was lost before its release ({reason})"
+            )));
         }
         let now = Instant::now();
         self.shared.record_hold_at(now);
