@@ -104,6 +104,15 @@ async fn redis_without_the_password_it_needs_fails_at_connect() {
 }
 
 #[tokio::test]
+async fn redis_database_out_of_range_is_invalid_argument() {
+    let server = RedisServer::spawn().expect("redis-server");
+    let (e, _) = connect_err(&format!("{}/99", server.url())).await;
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+    assert!(!e.is_retryable());
+    assert!(e.to_string().contains("no such database"), "{e}");
+}
+
+#[tokio::test]
 async fn redis_at_an_etcd_or_http_port_says_so() {
     let etcd = EtcdServer::shared().expect("etcd");
     let etcd_addr = etcd.endpoints()[0].trim_start_matches("http://").to_owned();

@@ -31,9 +31,13 @@ pub(crate) fn map(what: &str, err: etcd_client::Error) -> Error {
                     boxed(err),
                 ),
                 DEADLINE_EXCEEDED => Error::Timeout(message),
-                // tonic's own request timeout.
+                // tonic's own request timeout: `request_timeout`.
                 CANCELLED if status.message().contains("Timeout expired") => {
-                    Error::Timeout(message)
+                    Error::Timeout(format!(
+                        "{what}: etcd did not answer within the request timeout \
+                         (request_timeout in coord settings); check that etcd is running \
+                         and reachable"
+                    ))
                 }
                 ABORTED | RESOURCE_EXHAUSTED | CANCELLED => {
                     Error::backend(BACKEND, message, true, boxed(err))
@@ -163,6 +167,14 @@ mod tests {
         );
         assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
         assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn the_clients_request_timeout_names_the_setting() {
+        let status = etcd_client::Error::GRpcStatus(tonic::Status::cancelled("Timeout expired"));
+        let e = map("grant a cache lease", status);
+        assert!(matches!(e, Error::Timeout(_)), "{e:?}");
+        assert!(e.to_string().contains("request_timeout"), "{e}");
     }
 
     #[tokio::test]

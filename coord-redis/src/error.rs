@@ -31,6 +31,13 @@ pub(crate) fn map_err(err: RedisError, addr: &str) -> Error {
             Some(Box::new(err) as _),
         );
     }
+    if err.to_string().contains("DB index is out of range") {
+        // The `SELECT` of the URL's database, at connect.
+        return Error::invalid(format!(
+            "redis at {addr} has no such database ({err}): the number after the URL's \
+             last `/` must be below the server's `databases` setting (16 by default: 0-15)"
+        ));
+    }
     if err.code() == Some("NOREPLICAS") {
         // Ours (`replica_ack`), or the server's `min-replicas-to-write`.
         return Error::unavailable(format!("redis at {addr}: {err}"), Some(Box::new(err) as _));

@@ -152,6 +152,7 @@ impl Election {
     pub async fn campaign(&self, value: impl Into<String>) -> Result<Leadership> {
         let value = value.into();
         self.check()?;
+        check_value(&value, "campaign")?;
         let guard = self.lock(&value).acquire().await?;
         Ok(Leadership { guard, value })
     }
@@ -160,6 +161,7 @@ impl Election {
     pub async fn try_campaign(&self, value: impl Into<String>) -> Result<Option<Leadership>> {
         let value = value.into();
         self.check()?;
+        check_value(&value, "campaign")?;
         let guard = self.lock(&value).try_acquire().await?;
         Ok(guard.map(|guard| Leadership { guard, value }))
     }
@@ -337,9 +339,7 @@ impl Leadership {
     /// ```
     pub async fn proclaim(&mut self, value: impl Into<String>) -> Result<()> {
         let value = value.into();
-        if value.contains('\0') {
-            return Err(Error::invalid("a proclaimed value contains a NUL byte"));
-        }
+        check_value(&value, "proclaimed")?;
         let client = &self.guard.shared.client;
         let name = &self.guard.shared.name;
         let owner = &self.guard.shared.owner;
@@ -358,5 +358,40 @@ impl Leadership {
     /// The guard of the lock behind the term.
     pub fn guard(&self) -> &LockGuard {
         &self.guard
+    }
+}
+
+/// A leader's value (`what`: campaign or proclaimed) carries no NUL byte:
+/// it is stored in the lock's owner, where a NUL byte is a separator.
+fn check_value(value: &str, what: &str) -> Result<()> {
+    if value.contains('\0') {
+        return Err(Error::invalid(format!(
+            "election: a {what} value contains a NUL byte; use text without one"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::memory::MemoryBackend;
+    use crate::{Error, LockClient};
+
+    /// A value with a NUL byte is refused as the caller's value, not as
+    /// the lock owner coord builds from it.
+    #[tokio::test]
+    async fn a_campaign_value_with_a_nul_byte_is_refused_by_name() {
+        let client = LockClient::new(Arc::new(MemoryBackend::new()));
+        let election = client.election("nul").build();
+        let err = election.campaign("a\0b").await.unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+        assert!(err.to_string().contains("campaign value"), "{err}");
+        let err = election.try_campaign("a\0b").await.unwrap_err();
+        assert!(err.to_string().contains("campaign value"), "{err}");
+        let mut term = election.campaign("ok").await.unwrap();
+        let err = term.proclaim("x\0y").await.unwrap_err();
+        assert!(err.to_string().contains("proclaimed value"), "{err}");
     }
 }
