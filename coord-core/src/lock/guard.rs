@@ -391,7 +391,11 @@ impl LockGuard {
             let woken = self.shared.lost_wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            if let Some(reason) = self.shared.lost_reason() {
+            // (Renewals stop at a loss, and only then before a release: one
+            // atomic read on the hot path, the reason read only when lost.)
+            if self.shared.stop.is_cancelled()
+                && let Some(reason) = self.shared.lost_reason()
+            {
                 return Error::LockLost(format!("{:?}: {reason}", &*self.shared.name));
             }
             let until = self.shared.valid_until();
