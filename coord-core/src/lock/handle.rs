@@ -34,6 +34,57 @@ pub(crate) async fn listen_until(
 /// lived shorter than this (then it polls, so a failing channel cannot spin).
 pub(crate) const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
 
+/// The longest a waiter whose notifications keep failing goes without trying
+/// to listen again (see [`Relisten`]).
+const RELISTEN_MAX: Duration = Duration::from_secs(30);
+
+/// When a waiter whose notifications failed (a refused subscription, a
+/// channel that died at once) and who polls meanwhile listens again:
+/// [`RESUBSCRIBE_AFTER`] after the failure, then twice as long after each
+/// further one, up to [`RELISTEN_MAX`]. A server that was restarting is
+/// heard again about a second after it answers, not only at the end of the
+/// wait, and one that keeps failing costs a subscription now and then,
+/// never a spin.
+#[derive(Debug)]
+pub(crate) struct Relisten {
+    at: Option<Instant>,
+    backoff: Duration,
+}
+
+impl Relisten {
+    pub(crate) fn new() -> Self {
+        Relisten {
+            at: None,
+            backoff: RESUBSCRIBE_AFTER,
+        }
+    }
+
+    /// The notifications failed now: listen again after the backoff.
+    pub(crate) fn failed(&mut self) {
+        self.at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(RELISTEN_MAX);
+    }
+
+    /// A channel lived long enough: the next failure waits the least again.
+    pub(crate) fn lived(&mut self) {
+        self.backoff = RESUBSCRIBE_AFTER;
+    }
+
+    /// `wake`, or the time to listen again if that comes first.
+    pub(crate) fn wake(&self, wake: Instant) -> Instant {
+        self.at.map_or(wake, |at| wake.min(at))
+    }
+
+    /// Whether it is time to listen again (once per failure).
+    pub(crate) fn due(&mut self) -> bool {
+        let due = self.at.is_some_and(|at| Instant::now() >= at);
+        if due {
+            self.at = None;
+        }
+        due
+    }
+}
+
 /// Options of one lock; start from [`LockClient::lock`].
 #[derive(Debug, Clone)]
 #[must_use]
@@ -461,9 +512,10 @@ impl Lock {
         let mut subscribed_at: Option<Instant> = None;
         let mut _waiting = None;
         let mut waited = false;
+        let mut relisten = Relisten::new();
         if first.is_none() {
             subscribed_at = Some(Instant::now());
-            events = Some(listen_until(deadline, self.listen_for_releases()).await);
+            events = Some(listen_until(deadline, self.listen_for_releases(&mut relisten)).await);
         }
         let mut answered = first;
         // Whether the last answer was a grant that came too late: the lock
@@ -514,7 +566,8 @@ impl Lock {
                 // Listen first, then try again at once: a release between the
                 // failed attempt and the subscription is not missed.
                 subscribed_at = Some(Instant::now());
-                events = Some(listen_until(deadline, self.listen_for_releases()).await);
+                events =
+                    Some(listen_until(deadline, self.listen_for_releases(&mut relisten)).await);
                 _waiting = Some(shared.waiting_enter());
                 continue;
             };
@@ -533,26 +586,33 @@ impl Lock {
                     // The backend lost its notification channel (a dropped
                     // pub/sub connection, a cancelled watch). Listen again and
                     // retry at once, unless the new channel died young too:
-                    // then poll rather than spin.
+                    // then poll, and listen again later (`Relisten`).
                     if subscribed_at.is_some_and(|at| at.elapsed() >= RESUBSCRIBE_AFTER) {
                         tracing::debug!("release notifications ended; listening again");
+                        relisten.lived();
                         events = None;
                     } else {
                         tracing::debug!("release notifications ended again at once; polling");
+                        relisten.failed();
                         events = Some(ReleaseEvents::never());
                     }
                 },
-                _ = tokio::time::sleep_until(wake) => {}
+                _ = tokio::time::sleep_until(relisten.wake(wake)) => if relisten.due() {
+                    // Polling since the notifications failed: listen again.
+                    events = None;
+                },
             }
         }
     }
 
-    /// Release signals of this lock; never fails (polls instead).
-    async fn listen_for_releases(&self) -> ReleaseEvents {
+    /// Release signals of this lock; never fails (polls instead, and
+    /// listens again later: see [`Relisten`]).
+    async fn listen_for_releases(&self, relisten: &mut Relisten) -> ReleaseEvents {
         match self.client.shared.backend.subscribe(&self.name).await {
             Ok(ev) => ev,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot listen for releases; polling");
+                relisten.failed();
                 ReleaseEvents::never()
             }
         }

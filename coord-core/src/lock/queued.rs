@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::lock::backend::{ReleaseEvents, Wake};
 use crate::lock::client::ClientShared;
 use crate::lock::guard::LockGuard;
-use crate::lock::handle::{Lock, RESUBSCRIBE_AFTER, listen_until};
+use crate::lock::handle::{Lock, RESUBSCRIBE_AFTER, Relisten, listen_until};
 use crate::lock::queue::{HoldMode, QueueOutcome};
 use crate::lock::types::{FencingToken, LockGrant, LockOwner};
 
@@ -160,8 +160,9 @@ impl Lock {
         e
     }
 
-    /// Listens for changes that may grant `owner`; never fails (polls instead).
-    async fn listen(&self, owner: &LockOwner) -> ReleaseEvents {
+    /// Listens for changes that may grant `owner`; never fails (polls
+    /// instead, and listens again later: see [`Relisten`]).
+    async fn listen(&self, owner: &LockOwner, relisten: &mut Relisten) -> ReleaseEvents {
         match self
             .client()
             .shared
@@ -172,6 +173,7 @@ impl Lock {
             Ok(ev) => ev,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot listen for queue changes; polling");
+                relisten.failed();
                 ReleaseEvents::never()
             }
         }
@@ -193,11 +195,12 @@ impl Lock {
         let mut queued_at: Option<(Instant, FencingToken)> = None;
         let mut waited = false;
         let mut listen_first = false;
+        let mut relisten = Relisten::new();
         if self.waited_last_time() {
             // Contended last time: listen before asking, so that the first
             // answer, if it queues the entry, needs no second one.
             subscribed_at = Some(Instant::now());
-            events = Some(listen_until(deadline, self.listen(&owner)).await);
+            events = Some(listen_until(deadline, self.listen(&owner, &mut relisten)).await);
         }
         loop {
             if let Err(closed) = shared.check_open() {
@@ -257,7 +260,7 @@ impl Lock {
                 // Listen first, then ask again at once, so a removal between
                 // the answer and the subscription is not missed.
                 subscribed_at = Some(Instant::now());
-                events = Some(listen_until(deadline, self.listen(&owner)).await);
+                events = Some(listen_until(deadline, self.listen(&owner, &mut relisten)).await);
                 _waiting = Some(shared.waiting_enter());
                 continue;
             };
@@ -299,14 +302,22 @@ impl Lock {
                         // A change ahead of us (or a lost channel): listen
                         // anew, as the backend may watch another predecessor
                         // now, then ask again.
+                        if !alive {
+                            relisten.lived();
+                        }
                         subscribed_at = Some(Instant::now());
-                        events = Some(listen_until(deadline, self.listen(&owner)).await);
+                        events = Some(listen_until(deadline, self.listen(&owner, &mut relisten)).await);
                     } else {
                         tracing::debug!("queue notifications ended again at once; polling");
+                        relisten.failed();
                         events = Some(ReleaseEvents::never());
                     }
                 },
-                _ = tokio::time::sleep_until(wake) => {}
+                _ = tokio::time::sleep_until(relisten.wake(wake)) => if relisten.due() {
+                    // Polling since the notifications failed: listen again,
+                    // then ask again.
+                    events = None;
+                },
             }
         }
     }
