@@ -153,7 +153,7 @@ impl Metrics {
             lock_at_risk: IntCounterVec::new(
                 Opts::new(
                     "coord_lock_at_risk_total",
-                    "Holds whose renewal failed and is being retried (at risk of loss), per lock",
+                    "Holds whose renewal failed, or was unanswered with a third of the TTL left (at risk of loss), per lock",
                 ),
                 &["backend", "lock"],
             )
@@ -327,7 +327,8 @@ impl Metrics {
         self.lock_lost.with_label_values(&[backend, lock]).inc();
     }
 
-    /// Records a hold of `lock` becoming at risk (a renewal failed).
+    /// Records a hold of `lock` becoming at risk (a renewal failed, or was
+    /// unanswered with a third of the TTL left).
     pub fn lock_at_risk(&self, backend: &str, lock: &str) {
         self.lock_at_risk.with_label_values(&[backend, lock]).inc();
     }

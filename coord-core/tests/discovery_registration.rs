@@ -187,3 +187,36 @@ async fn the_registering_side_health_check_marks_the_instance_down_and_up() {
     .expect("watchers see it Up again")
     .unwrap();
 }
+
+/// A shutdown's `deregister_all` leaves an abandoned registration to expire
+/// (as a crashed process would), and removes the others.
+#[tokio::test]
+async fn deregister_all_leaves_an_abandoned_registration_to_expire() {
+    let store = MemoryBackend::new();
+    let d = DiscoveryClient::new(Arc::new(store.clone()));
+    let ttl = Duration::from_secs(2);
+    let a = d
+        .register_with_ttl(ServiceInstance::new("abandon-all", "a", "127.0.0.1:1"), ttl)
+        .await
+        .unwrap();
+    let _b = d
+        .register_with_ttl(ServiceInstance::new("abandon-all", "b", "127.0.0.1:2"), ttl)
+        .await
+        .unwrap();
+    a.abandon();
+    d.deregister_all().await.unwrap();
+    let ids = |listing: RegistryListing| {
+        listing
+            .instances
+            .into_iter()
+            .map(|i| i.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(store.list_instances("abandon-all").await.unwrap()),
+        ["a"],
+        "b deregistered, a left to expire"
+    );
+    tokio::time::sleep(ttl + Duration::from_millis(500)).await;
+    assert!(ids(store.list_instances("abandon-all").await.unwrap()).is_empty());
+}

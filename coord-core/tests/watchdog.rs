@@ -212,6 +212,32 @@ async fn an_unanswered_renewal_signals_at_risk_before_loss() {
     assert!(matches!(err, Error::LockLost(_)), "{err}");
 }
 
+/// A late renewal that is answered after all clears the risk it raised.
+#[tokio::test(start_paused = true)]
+async fn a_late_renewal_answered_clears_the_risk() {
+    let (backend, holder, _) = setup();
+    let ttl = Duration::from_secs(3);
+    let guard = holder
+        .lock("late")
+        .ttl(ttl)
+        .build()
+        .acquire()
+        .await
+        .unwrap();
+    // The renewal due at 1 s reaches the backend at 2.5 s.
+    backend.inject_times(LockOp::Renew, Fault::Delay(Duration::from_millis(1500)), 1);
+    tokio::time::timeout(Duration::from_millis(2500), guard.at_risk())
+        .await
+        .expect("at risk at 2 s");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while guard.is_at_risk() {
+        assert!(Instant::now() < deadline, "the answer clears the risk");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(guard.is_held());
+    guard.release().await.unwrap();
+}
+
 /// Releasing a guard already lost answers `NotHeld` at once, without
 /// waiting on a server that does not answer (the release is still sent, in
 /// the background, in case the key outlived the client's view of it).
@@ -242,6 +268,42 @@ async fn releasing_a_lost_guard_answers_not_held_at_once() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A lease lock with a fixed owner acquires with the same owner again: the
+/// release of a lost guard must not go on behind the caller's back, where it
+/// would end the next hold.
+#[tokio::test(start_paused = true)]
+async fn releasing_a_lost_guard_of_a_fixed_owner_spares_its_next_hold() {
+    let (backend, holder, other) = setup();
+    let lock = holder
+        .lock("fixed")
+        .owner("worker-1")
+        .ttl(Duration::from_secs(3))
+        .build();
+    let guard = lock.acquire().await.unwrap();
+    backend.inject(LockOp::Renew, Fault::Delay(Duration::from_secs(60)));
+    tokio::time::timeout(Duration::from_secs(4), guard.lost())
+        .await
+        .expect("lost when the lease runs out unconfirmed");
+    let _ = guard.release().await;
+    backend.clear();
+    let again = lock
+        .acquire()
+        .await
+        .expect("the fixed owner acquires again");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        other
+            .lock("fixed")
+            .build()
+            .try_acquire()
+            .await
+            .unwrap()
+            .is_none(),
+        "the new hold is still there"
+    );
+    again.release().await.unwrap();
 }
 
 /// A failed renewal puts the hold at risk (before any loss); a renewal

@@ -143,7 +143,8 @@ pub(crate) async fn deadline<T>(
 ) -> coord_core::Result<Result<T, etcd_client::Error>> {
     tokio::time::timeout(timeout, fut).await.map_err(|_| {
         Error::Timeout(format!(
-            "{what}: no answer from etcd within {timeout:?} (check that etcd is running and reachable)"
+            "{what}: no answer from etcd within {timeout:?} (request_timeout in coord settings, \
+             or connect_timeout while connecting); check that etcd is running and reachable"
         ))
     })
 }
@@ -188,5 +189,6 @@ mod tests {
         .unwrap_err();
         assert!(matches!(e, Error::Timeout(_)), "{e:?}");
         assert!(e.is_retryable());
+        assert!(e.to_string().contains("request_timeout"), "{e}");
     }
 }

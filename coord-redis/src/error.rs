@@ -133,6 +133,17 @@ mod tests {
     }
 
     #[test]
+    fn a_database_out_of_range_is_invalid_argument() {
+        let err = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "DB index is out of range",
+        ));
+        let mapped = map_err(err, "h:1");
+        assert!(matches!(mapped, Error::InvalidArgument(_)), "{mapped:?}");
+        assert!(mapped.to_string().contains("databases"), "{mapped}");
+    }
+
+    #[test]
     fn busy_loading_is_retryable_and_others_are_not() {
         let busy = RedisError::from((ErrorKind::Server(ServerErrorKind::BusyLoading), "loading"));
         assert!(map_err(busy, "h:1").is_retryable());

@@ -132,9 +132,10 @@ pub trait RegistryBackend: Send + Sync + fmt::Debug + 'static {
     async fn deregister(&self, service: &str, id: &str, owner: &str) -> Result<bool>;
 
     /// Leaves `owner`'s registration of `service`/`id` to expire within
-    /// `ttl` from now, its renewals stopped by the caller (as if its
-    /// process had crashed, though the client's other registrations live
-    /// on). A backend where an instance expires on its own unless renewed
+    /// `ttl` from now (as the backend keeps TTLs: etcd rounds them up to
+    /// whole seconds, at least 2 s), its renewals stopped by the caller (as
+    /// if its process had crashed, though the client's other registrations
+    /// live on). A backend where an instance expires on its own unless renewed
     /// has nothing to do (the default); one whose registrations of a client
     /// share a lease that the others keep alive moves the entry off it.
     async fn abandon(&self, service: &str, id: &str, owner: &str, ttl: Duration) -> Result<()> {

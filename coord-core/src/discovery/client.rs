@@ -126,6 +126,7 @@ impl DiscoveryClient {
 
     /// Deregisters every live registration made through this client (and
     /// its clones), waiting for each; the first error, after trying all.
+    /// An [abandoned](super::Registration::abandon) one is left to expire.
     pub async fn deregister_all(&self) -> Result<()> {
         let live: Vec<_> = {
             let mut live = self.registrations.lock().unwrap_or_else(|e| e.into_inner());
@@ -133,6 +134,9 @@ impl DiscoveryClient {
         };
         let mut first = None;
         for r in live.iter().filter_map(Weak::upgrade) {
+            if r.is_abandoned() {
+                continue;
+            }
             if let Err(e) = r.deregister().await {
                 first.get_or_insert(e);
             }

@@ -1,7 +1,7 @@
 //! A registration: an instance kept alive in the registry by a background
 //! task, updated in place, and removed on `deregister` or drop.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -77,6 +77,10 @@ pub(crate) struct RegistrationShared {
     writing: tokio::sync::Mutex<()>,
     events: broadcast::Sender<RegistrationEvent>,
     stop: CancellationToken,
+    /// Set by [`Registration::abandon`]: the entry is left to expire, and
+    /// [`DiscoveryClient::deregister_all`](super::DiscoveryClient::deregister_all)
+    /// (a shutdown) leaves it alone, as a crashed process would.
+    abandoned: AtomicBool,
     reregistrations: AtomicU64,
     metrics: Option<crate::Metrics>,
 }
@@ -105,6 +109,13 @@ impl RegistrationShared {
     /// Applies `change` to the instance and stores it.
     async fn update(&self, change: impl FnOnce(&mut ServiceInstance)) -> Result<()> {
         let _writing = self.writing.lock().await;
+        if self.stop.is_cancelled() {
+            // Deregistered or abandoned meanwhile (a health probe in
+            // flight): storing it would bring the instance back.
+            return Err(crate::Error::Closed(
+                "the registration has ended (deregistered or abandoned)".into(),
+            ));
+        }
         let mut next = self.instance();
         let (service, id) = (next.service.clone(), next.id.clone());
         change(&mut next);
@@ -119,7 +130,6 @@ impl RegistrationShared {
         Ok(())
     }
 
-    /// Removes the instance (only this owner's entry) and stops renewing.
     /// Leaves the entry to expire within its TTL (see [`Registration::abandon`]).
     async fn abandon(&self) -> Result<()> {
         let _writing = self.writing.lock().await;
@@ -129,6 +139,12 @@ impl RegistrationShared {
             .await
     }
 
+    /// Whether [`Registration::abandon`] left the entry to expire.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire)
+    }
+
+    /// Removes the instance (only this owner's entry) and stops renewing.
     pub(crate) async fn deregister(&self) -> Result<bool> {
         self.stop.cancel();
         let _writing = self.writing.lock().await;
@@ -155,6 +171,7 @@ impl Registration {
             writing: tokio::sync::Mutex::new(()),
             events: broadcast::channel(64).0,
             stop: CancellationToken::new(),
+            abandoned: AtomicBool::new(false),
             reregistrations: AtomicU64::new(0),
             metrics,
         });
@@ -244,6 +261,7 @@ impl Registration {
                     };
                     match s.update(|i| i.status = status).await {
                         Ok(()) => s.emit(RegistrationEvent::HealthChanged { healthy }),
+                        Err(_) if stop.is_cancelled() => return,
                         Err(e) => {
                             tracing::warn!(error = %e, "could not store the health check's status; trying at the next probe");
                             state = super::health_check::Hysteresis::new();
@@ -270,6 +288,7 @@ impl Registration {
     /// logged), it lives as long as the client's other registrations.
     pub fn abandon(mut self) {
         self.finished = true;
+        self.shared.abandoned.store(true, Ordering::Release);
         self.shared.stop.cancel();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let shared = self.shared.clone();

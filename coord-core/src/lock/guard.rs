@@ -87,8 +87,9 @@ pub(crate) struct GuardShared {
     pub(crate) holds: AtomicUsize,
     /// When the grant arrived (for hold-time statistics).
     granted_at: Instant,
-    /// Whether the last renewal failed (and is being retried): the hold is
-    /// at risk of being lost. Cleared by a successful renewal.
+    /// Whether the renewals are in trouble (the last one failed and is
+    /// retried, or one is unanswered with a third of the TTL left): the hold
+    /// is at risk of being lost. Cleared by a successful renewal.
     at_risk: AtomicBool,
     /// Wakes `at_risk()` waiters when `at_risk` is set.
     at_risk_wake: Notify,
@@ -391,11 +392,7 @@ impl LockGuard {
             let woken = self.shared.lost_wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            // (Renewals stop at a loss, and only then before a release: one
-            // atomic read on the hot path, the reason read only when lost.)
-            if self.shared.stop.is_cancelled()
-                && let Some(reason) = self.shared.lost_reason()
-            {
+            if let Some(reason) = self.shared.lost_reason() {
                 return Error::LockLost(format!("{:?}: {reason}", &*self.shared.name));
             }
             let until = self.shared.valid_until();
@@ -451,9 +448,11 @@ impl LockGuard {
     }
 
     /// Releases the lock. Returns [`Error::NotHeld`] when this owner no
-    /// longer holds it (it expired or was force-released), at once for a
-    /// guard already [lost](Self::lost) (its release is still sent, in the
-    /// background, in case the key outlived the client's view of it). On
+    /// longer holds it (it expired or was force-released); at once for a
+    /// guard already [lost](Self::lost) whose owner no later acquisition
+    /// shares (every kind but a reentrant lock or a lease lock with a fixed
+    /// `owner`), its release still sent, in the background, in case the key
+    /// outlived the client's view of it. On
     /// another error (the server did not answer in time, even after the
     /// retries) the release goes on in the background: the lock is free
     /// once it lands, or when its lease ends.
@@ -462,15 +461,25 @@ impl LockGuard {
         if self.shared.kind == LockKind::Reentrant {
             return Box::pin(crate::lock::reentrant::release(&self.shared, self.id)).await;
         }
-        if let Some(reason) = self.shared.lost_reason() {
-            // Nothing to wait for (a server that does not answer would hold
-            // the caller for its timeouts): the owner stays out of the pool,
-            // as a renewal of it may still be in flight.
+        // A guard already lost, whose owner is its own (pooled, or tagged
+        // for a queued kind): nothing to wait for, where a server that does
+        // not answer would hold the caller for its timeouts. (A fixed owner
+        // of a lease lock is the same on the next acquisition, which a
+        // release sent in the background could end: it waits, as before.)
+        // `stop` is cancelled before a release only by a loss: one atomic
+        // read on the hot path, the reason's mutex only when lost.
+        let own_owner = self.shared.pooled || self.shared.kind.is_queued();
+        if own_owner
+            && self.shared.stop.is_cancelled()
+            && let Some(reason) = self.shared.lost_reason()
+        {
             let client = &self.shared.client;
+            self.shared.record_hold_at(Instant::now());
             client.untrack(self.id, &self.shared);
             let (name, owner) = (&self.shared.name, &self.shared.owner);
-            // (After a shutdown, which released the client's holds itself,
-            // there is nothing left to send.)
+            // The owner stays out of the pool, as a renewal of it may still
+            // be in flight. (After a shutdown, which released the client's
+            // holds itself, there is nothing left to send.)
             if client.check_open().is_ok() {
                 client.release_in_background(name.clone(), owner.clone(), false, self.shared.kind);
             }

@@ -12,6 +12,7 @@ use crate::lock::backend::ReleaseEvents;
 use crate::lock::client::LockClient;
 use crate::lock::guard::LockGuard;
 use crate::lock::kind::LockKind;
+use crate::lock::relisten::Relisten;
 use crate::lock::stats::StatsCell;
 use crate::lock::types::{AcquireOutcome, LockGrant, LockOwner, validate_lock_request};
 
@@ -30,60 +31,10 @@ pub(crate) async fn listen_until(
     }
 }
 
-/// A waiter whose notification channel ends listens again, unless the channel
-/// lived shorter than this (then it polls, so a failing channel cannot spin).
+/// A waiter whose notification channel ends listens again at once, unless
+/// the channel lived shorter than this: then it polls, and listens again
+/// later ([`Relisten`]), so a failing channel cannot make it spin.
 pub(crate) const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
-
-/// The longest a waiter whose notifications keep failing goes without trying
-/// to listen again (see [`Relisten`]).
-const RELISTEN_MAX: Duration = Duration::from_secs(30);
-
-/// When a waiter whose notifications failed (a refused subscription, a
-/// channel that died at once) and who polls meanwhile listens again:
-/// [`RESUBSCRIBE_AFTER`] after the failure, then twice as long after each
-/// further one, up to [`RELISTEN_MAX`]. A server that was restarting is
-/// heard again about a second after it answers, not only at the end of the
-/// wait, and one that keeps failing costs a subscription now and then,
-/// never a spin.
-#[derive(Debug)]
-pub(crate) struct Relisten {
-    at: Option<Instant>,
-    backoff: Duration,
-}
-
-impl Relisten {
-    pub(crate) fn new() -> Self {
-        Relisten {
-            at: None,
-            backoff: RESUBSCRIBE_AFTER,
-        }
-    }
-
-    /// The notifications failed now: listen again after the backoff.
-    pub(crate) fn failed(&mut self) {
-        self.at = Some(Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(RELISTEN_MAX);
-    }
-
-    /// A channel lived long enough: the next failure waits the least again.
-    pub(crate) fn lived(&mut self) {
-        self.backoff = RESUBSCRIBE_AFTER;
-    }
-
-    /// `wake`, or the time to listen again if that comes first.
-    pub(crate) fn wake(&self, wake: Instant) -> Instant {
-        self.at.map_or(wake, |at| wake.min(at))
-    }
-
-    /// Whether it is time to listen again (once per failure).
-    pub(crate) fn due(&mut self) -> bool {
-        let due = self.at.is_some_and(|at| Instant::now() >= at);
-        if due {
-            self.at = None;
-        }
-        due
-    }
-}
 
 /// Options of one lock; start from [`LockClient::lock`].
 #[derive(Debug, Clone)]

@@ -12,6 +12,7 @@ mod multi;
 mod queue;
 mod queued;
 mod reentrant;
+mod relisten;
 mod renewal;
 mod shards;
 mod stats;

@@ -12,8 +12,9 @@ use crate::error::{Error, Result};
 use crate::lock::backend::{ReleaseEvents, Wake};
 use crate::lock::client::ClientShared;
 use crate::lock::guard::LockGuard;
-use crate::lock::handle::{Lock, RESUBSCRIBE_AFTER, Relisten, listen_until};
+use crate::lock::handle::{Lock, RESUBSCRIBE_AFTER, listen_until};
 use crate::lock::queue::{HoldMode, QueueOutcome};
+use crate::lock::relisten::Relisten;
 use crate::lock::types::{FencingToken, LockGrant, LockOwner};
 
 /// A queue entry that is not (yet) a guard's: dropping it (a cancelled or
@@ -302,9 +303,8 @@ impl Lock {
                         // A change ahead of us (or a lost channel): listen
                         // anew, as the backend may watch another predecessor
                         // now, then ask again.
-                        if !alive {
-                            relisten.lived();
-                        }
+                        // (Either way the channel worked.)
+                        relisten.lived();
                         subscribed_at = Some(Instant::now());
                         events = Some(listen_until(deadline, self.listen(&owner, &mut relisten)).await);
                     } else {

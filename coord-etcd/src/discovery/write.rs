@@ -125,18 +125,10 @@ impl EtcdBackend {
         const WHAT: &str = "abandon a registration";
         let key = self.instance_key(service, id);
         let timeout = self.inner.timeout;
-        let mut kv = self.inner.client.kv_client();
-        let stored = call(WHAT, timeout, kv.get(key.as_str(), None))
-            .await?
-            .take_kvs()
-            .into_iter()
-            .next();
-        let Some(entry) = stored else {
+        let Some(entry) = self.own_entry(WHAT, &key, owner).await? else {
             return Ok(());
         };
-        if owner_of(&entry).as_deref() != Some(owner) {
-            return Ok(());
-        }
+        let mut kv = self.inner.client.kv_client();
         let mut leases = self.inner.client.lease_client();
         let secs = i64::try_from(bucket(ttl)).unwrap_or(i64::MAX);
         let lease = call(WHAT, timeout, leases.grant(secs, None)).await?.id();
@@ -148,17 +140,28 @@ impl EtcdBackend {
                 entry.mod_revision(),
             )])
             .and_then([TxnOp::put(key.as_str(), entry.value(), Some(options))]);
-        let moved = call(WHAT, timeout, kv.txn(txn))
-            .await
-            .map(|r| r.succeeded());
-        if moved.as_ref().map_or(true, |moved| !moved) {
+        let moved = call(WHAT, timeout, kv.txn(txn)).await?.succeeded();
+        if !moved {
             // Written anew meanwhile (by its owner or another): not ours to
-            // move. The lease goes (it would expire unused anyway).
+            // move. The unused lease goes. (After an error it stays: the
+            // put may have landed, and the lease expires anyway.)
             if let Err(e) = call(WHAT, timeout, leases.revoke(lease)).await {
                 tracing::debug!(lease, error = %e, "could not revoke an unused lease; it expires");
             }
         }
-        moved.map(|_| ())
+        Ok(())
+    }
+
+    /// The stored entry of `key` when it holds `owner`'s record; `None`
+    /// when the key is absent or holds another owner's (or no) record.
+    async fn own_entry(&self, what: &str, key: &str, owner: &str) -> Result<Option<KeyValue>> {
+        let mut kv = self.inner.client.kv_client();
+        let stored = call(what, self.inner.timeout, kv.get(key, None))
+            .await?
+            .take_kvs()
+            .into_iter()
+            .next();
+        Ok(stored.filter(|entry| owner_of(entry).as_deref() == Some(owner)))
     }
 
     pub(super) async fn registry_delete(
@@ -167,14 +170,10 @@ impl EtcdBackend {
         id: &str,
         owner: &str,
     ) -> Result<bool> {
+        const WHAT: &str = "deregister an instance";
         let key = self.instance_key(service, id);
         let mut kv = self.inner.client.kv_client();
-        let read = kv.get(key.as_str(), None);
-        let mut stored = call("deregister an instance", self.inner.timeout, read)
-            .await?
-            .take_kvs()
-            .into_iter()
-            .next();
+        let mut stored = self.own_entry(WHAT, &key, owner).await?;
         for _ in 0..DELETE_TRIES {
             let Some(entry) = stored else {
                 return Ok(false);
@@ -190,7 +189,7 @@ impl EtcdBackend {
                 )])
                 .and_then([TxnOp::delete(key.as_str(), None)])
                 .or_else([TxnOp::get(key.as_str(), None)]);
-            let resp = call("deregister an instance", self.inner.timeout, kv.txn(txn)).await?;
+            let resp = call(WHAT, self.inner.timeout, kv.txn(txn)).await?;
             if resp.succeeded() {
                 return Ok(true);
             }
