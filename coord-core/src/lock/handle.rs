@@ -550,6 +550,7 @@ impl Lock {
                 },
                 _ = tokio::time::sleep_until(relisten.wake(wake)) => if relisten.due() {
                     // Polling since the notifications failed: listen again.
+                    tracing::debug!("release notifications failed earlier; listening again");
                     events = None;
                 },
             }

@@ -316,6 +316,7 @@ impl Lock {
                 _ = tokio::time::sleep_until(relisten.wake(wake)) => if relisten.due() {
                     // Polling since the notifications failed: listen again,
                     // then ask again.
+                    tracing::debug!("queue notifications failed earlier; listening again");
                     events = None;
                 },
             }
