@@ -452,10 +452,10 @@ impl LockGuard {
     /// guard already [lost](Self::lost) whose owner no later acquisition
     /// shares (every kind but a reentrant lock or a lease lock with a fixed
     /// `owner`), its release still sent, in the background, in case the key
-    /// outlived the client's view of it. On
-    /// another error (the server did not answer in time, even after the
-    /// retries) the release goes on in the background: the lock is free
-    /// once it lands, or when its lease ends.
+    /// outlived the client's view of it. On another error (the server did
+    /// not answer in time, even after the retries) the release goes on in
+    /// the background: the lock is free once it lands, or when its lease
+    /// ends.
     pub async fn release(mut self) -> Result<()> {
         self.done = true;
         if self.shared.kind == LockKind::Reentrant {
