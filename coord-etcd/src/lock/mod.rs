@@ -46,7 +46,8 @@ impl LockBackend for EtcdBackend {
                 .inner
                 .leases
                 .fresh(bucket, start, Duration::from_secs(bucket) * 2 / 3)
-                .await?;
+                .await
+                .map_err(|e| e.context(format_args!("acquire lock {name:?}")))?;
             let txn = acquire_txn(&keys, &own, lease.id);
             let mut kv = self.inner.client.kv_client();
             let resp = match deadline("acquire a lock", self.inner.timeout, kv.txn(txn)).await? {

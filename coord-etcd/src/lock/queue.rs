@@ -127,7 +127,10 @@ impl EtcdBackend {
             // lease. A linearizable read answers as the transaction's
             // read-only branch would, without a write through raft (and its
             // WAL sync) on every wake-up of every waiter.
-            let lease = pool.fresh(bucket, start, min_remaining).await?;
+            let lease = pool
+                .fresh(bucket, start, min_remaining)
+                .await
+                .map_err(|e| e.context(format_args!("acquire lock {name:?}")))?;
             let read = self.read_queue(&keys, "enqueue").await?;
             pool.observe(read.header());
             let kvs = read.kvs();
@@ -140,7 +143,10 @@ impl EtcdBackend {
         }
         let mut lease_retried = false;
         for _ in 0..MAX_ATTEMPTS {
-            let lease = pool.fresh(bucket, start, min_remaining).await?;
+            let lease = pool
+                .fresh(bucket, start, min_remaining)
+                .await
+                .map_err(|e| e.context(format_args!("acquire lock {name:?}")))?;
             let txn = enqueue_txn(&keys, &own, &value, lease.id);
             let mut kv = self.inner.client.kv_client();
             let resp = match deadline("enqueue", self.inner.timeout, kv.txn(txn)).await? {
