@@ -44,6 +44,23 @@ async fn holder_and_waiter_of(
     (guard, waiting)
 }
 
+/// Releases `guard` and checks that the waiter gets the lock within a
+/// second: woken by a channel it listens to, not by its [`POLL`].
+async fn released_wakes_the_waiter(guard: LockGuard, waiting: tokio::task::JoinHandle<LockGuard>) {
+    let released_at = tokio::time::Instant::now();
+    guard.release().await.unwrap();
+    let won = tokio::time::timeout(Duration::from_secs(60), waiting)
+        .await
+        .expect("the waiter got the lock")
+        .unwrap();
+    assert!(
+        released_at.elapsed() < Duration::from_secs(1),
+        "woken by a channel, not by the {POLL:?} poll: {:?}",
+        released_at.elapsed()
+    );
+    drop(won);
+}
+
 /// A waiter whose subscription was refused (the server was down for a
 /// moment) listens again once it answers, rather than poll for the rest of
 /// its wait: the release wakes it, long before its next poll.
@@ -61,18 +78,7 @@ async fn a_refused_subscription_is_made_again(fair: bool) {
     );
     assert!(!waiting.is_finished());
 
-    let released_at = tokio::time::Instant::now();
-    guard.release().await.unwrap();
-    let won = tokio::time::timeout(Duration::from_secs(60), waiting)
-        .await
-        .expect("the waiter got the lock")
-        .unwrap();
-    assert!(
-        released_at.elapsed() < Duration::from_secs(1),
-        "woken by the channel made again, not by the {POLL:?} poll: {:?}",
-        released_at.elapsed()
-    );
-    drop(won);
+    released_wakes_the_waiter(guard, waiting).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -101,18 +107,7 @@ async fn a_waiter_listens_again_when_its_notifications_end() {
     assert_eq!(faulty.calls(LockOp::Subscribe), 2);
     assert!(!waiting.is_finished());
 
-    let released_at = tokio::time::Instant::now();
-    guard.release().await.unwrap();
-    let won = tokio::time::timeout(Duration::from_secs(60), waiting)
-        .await
-        .expect("the waiter got the lock")
-        .unwrap();
-    assert!(
-        released_at.elapsed() < Duration::from_secs(1),
-        "woken by the new channel, not by the {POLL:?} poll: {:?}",
-        released_at.elapsed()
-    );
-    drop(won);
+    released_wakes_the_waiter(guard, waiting).await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use coord_core::memory::MemoryBackend;
 use coord_core::testkit::{Fault, FaultyLockBackend, LockOp};
-use coord_core::{Error, LockClient};
+use coord_core::{Error, LockClient, LockGuard};
 use tokio::time::Instant;
 
 fn setup() -> (Arc<FaultyLockBackend>, LockClient, LockClient) {
@@ -16,6 +16,14 @@ fn setup() -> (Arc<FaultyLockBackend>, LockClient, LockClient) {
     let holder = LockClient::new(backend.clone());
     let other = LockClient::new(Arc::new(store));
     (backend, holder, other)
+}
+
+/// Hangs every renewal of `guard` (a 3 s TTL) until it is lost.
+async fn lose_to_a_hung_renewal(backend: &FaultyLockBackend, guard: &LockGuard) {
+    backend.inject(LockOp::Renew, Fault::Delay(Duration::from_secs(60)));
+    tokio::time::timeout(Duration::from_secs(4), guard.lost())
+        .await
+        .expect("lost when the lease runs out unconfirmed");
 }
 
 fn renewals(b: &FaultyLockBackend) -> usize {
@@ -251,11 +259,8 @@ async fn releasing_a_lost_guard_answers_not_held_at_once() {
         .acquire()
         .await
         .unwrap();
-    backend.inject(LockOp::Renew, Fault::Delay(Duration::from_secs(60)));
     backend.inject(LockOp::Release, Fault::Delay(Duration::from_secs(60)));
-    tokio::time::timeout(Duration::from_secs(4), guard.lost())
-        .await
-        .expect("lost when the lease runs out unconfirmed");
+    lose_to_a_hung_renewal(&backend, &guard).await;
     let released = tokio::time::timeout(Duration::from_millis(10), guard.release())
         .await
         .expect("no wait on the server for a guard known to be lost");
@@ -282,10 +287,7 @@ async fn releasing_a_lost_guard_of_a_fixed_owner_spares_its_next_hold() {
         .ttl(Duration::from_secs(3))
         .build();
     let guard = lock.acquire().await.unwrap();
-    backend.inject(LockOp::Renew, Fault::Delay(Duration::from_secs(60)));
-    tokio::time::timeout(Duration::from_secs(4), guard.lost())
-        .await
-        .expect("lost when the lease runs out unconfirmed");
+    lose_to_a_hung_renewal(&backend, &guard).await;
     let _ = guard.release().await;
     backend.clear();
     let again = lock

@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::discovery::{
-    DiscoveryClient, DiscoveryEvent, InstanceStatus, RegistrationEvent, RegistryBackend,
-    ServiceInstance, ServiceSnapshot, ServiceWatcher,
+    DiscoveryClient, DiscoveryEvent, InstanceStatus, Registration, RegistrationEvent,
+    RegistryBackend, ServiceInstance, ServiceSnapshot, ServiceWatcher,
 };
 use crate::error::Error;
 use crate::testkit::within;
@@ -174,18 +174,24 @@ pub async fn a_crashed_clients_instance_expires_within_its_ttl(h: &dyn Discovery
         .await
         .expect("register");
     until(&watcher, "the watcher sees a", |s| s.instances.len() == 1).await;
+    abandon_until(reg, &watcher, ttl, &[]).await;
+    assert!(reader.instances(&svc).await.expect("list").is_empty());
+}
+
+/// Abandons `reg` and waits until `watcher` lists just `left`: within the
+/// TTL plus one second.
+async fn abandon_until(reg: Registration, watcher: &ServiceWatcher, ttl: Duration, left: &[&str]) {
     let stopped = Instant::now();
     reg.abandon();
     let mut rx = watcher.subscribe();
     within(
         ttl + Duration::from_secs(1),
         "the abandoned instance expires (TTL + 1 s)",
-        rx.wait_for(|s| s.instances.is_empty()),
+        rx.wait_for(|s| ids(s) == left),
     )
     .await
     .expect("the watcher runs");
     assert!(stopped.elapsed() <= ttl + Duration::from_secs(1));
-    assert!(reader.instances(&svc).await.expect("list").is_empty());
 }
 
 /// An abandoned registration expires within its TTL even while the same
@@ -211,17 +217,7 @@ pub async fn an_abandoned_instance_expires_while_its_client_renews_others(
         s.instances.len() == 2
     })
     .await;
-    let stopped = Instant::now();
-    abandoned.abandon();
-    let mut rx = watcher.subscribe();
-    within(
-        ttl + Duration::from_secs(1),
-        "the abandoned instance expires (TTL + 1 s) while b is renewed",
-        rx.wait_for(|s| ids(s) == ["b"]),
-    )
-    .await
-    .expect("the watcher runs");
-    assert!(stopped.elapsed() <= ttl + Duration::from_secs(1));
+    abandon_until(abandoned, &watcher, ttl, &["b"]).await;
     // b outlives a's expiry by more than its own TTL: it is still renewed.
     tokio::time::sleep(ttl + Duration::from_millis(500)).await;
     let listed = reader.instances(&svc).await.expect("list");
