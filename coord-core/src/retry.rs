@@ -13,6 +13,9 @@ use crate::settings::RetrySettings;
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     backoff: ExponentialBuilder,
+    /// How long a waiting lock acquisition keeps trying while the backend
+    /// fails (`max_elapsed`), and its pause between tries (`max_backoff`).
+    ride_out: (Duration, Duration),
 }
 
 impl RetryPolicy {
@@ -25,6 +28,7 @@ impl RetryPolicy {
                 .with_max_times(settings.max_retries)
                 .with_total_delay(Some(settings.max_elapsed))
                 .with_jitter(),
+            ride_out: (settings.max_elapsed, settings.max_backoff),
         }
     }
 
@@ -32,6 +36,7 @@ impl RetryPolicy {
     pub fn none() -> Self {
         RetryPolicy {
             backoff: ExponentialBuilder::default().with_max_times(0),
+            ride_out: (Duration::ZERO, Duration::ZERO),
         }
     }
 
@@ -39,7 +44,15 @@ impl RetryPolicy {
     pub fn within(&self, budget: Duration) -> Self {
         RetryPolicy {
             backoff: self.backoff.with_total_delay(Some(budget)),
+            ride_out: (self.ride_out.0.min(budget), self.ride_out.1),
         }
+    }
+
+    /// How long a waiting lock acquisition keeps trying through retryable
+    /// errors (the settings' `max_elapsed`; none for [`RetryPolicy::none`]),
+    /// and how long it pauses between tries (`max_backoff`).
+    pub(crate) fn ride_out(&self) -> (Duration, Duration) {
+        self.ride_out
     }
 
     /// Runs `op` until it succeeds, fails with an error that is not

@@ -208,3 +208,25 @@ async fn a_blackholed_holder_is_refused_by_fencing() {
     );
     eprintln!("{report:?}");
 }
+
+/// Waiters ride out a restart: etcd is down for 2.5 s (longer than one
+/// call's retries) and comes back with its data; a lease and a fair waiter,
+/// with the default retry settings, each get their lock once the holder
+/// releases it, with no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiters_ride_out_a_restart() {
+    let h = EtcdHarness::start_isolated().await;
+    assert!(
+        h.server().is_spawned(),
+        "this test kills etcd, which it can only do to a server it spawned: \
+         unset COORD_TEST_ETCD_ENDPOINTS"
+    );
+    let holder = LockClient::new(Arc::new(h.connect().await.expect("connect")));
+    let waiters = LockClient::new(Arc::new(h.connect().await.expect("connect")));
+    let outage = async {
+        h.server().stop().expect("kill etcd");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        tokio::task::block_in_place(|| h.server().restart()).expect("restart etcd on its data");
+    };
+    coord_core::testkit::waiters_ride_out_a_server_outage(holder, waiters, outage).await;
+}

@@ -224,3 +224,21 @@ async fn through_a_proxy(
         .expect("connect through the proxy");
     (proxy, proxied)
 }
+
+/// Waiters ride out a restart: Redis is down for 2.5 s (longer than one
+/// call's retries) and comes back empty; a lease and a fair waiter, with the
+/// default retry settings, each get their lock, with no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiters_ride_out_a_restart() {
+    let server = RedisServer::spawn_process(&[]).expect("redis-server must start for this test");
+    let mut h = RedisHarness::on(server);
+    let holder = LockClient::new(h.new_backend().await);
+    let waiters = LockClient::new(h.new_backend().await);
+    let server = &mut h.server;
+    let outage = async move {
+        server.stop().expect("kill redis-server");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        tokio::task::block_in_place(|| server.restart()).expect("restart redis-server");
+    };
+    coord_core::testkit::waiters_ride_out_a_server_outage(holder, waiters, outage).await;
+}

@@ -12,6 +12,7 @@ use crate::lock::backend::ReleaseEvents;
 use crate::lock::client::LockClient;
 use crate::lock::guard::LockGuard;
 use crate::lock::kind::LockKind;
+use crate::lock::outage::Outage;
 use crate::lock::relisten::Relisten;
 use crate::lock::stats::StatsCell;
 use crate::lock::types::{AcquireOutcome, LockGrant, LockOwner, validate_lock_request};
@@ -237,6 +238,12 @@ impl Lock {
     /// backend's release notification, or at the holder's lease end, or at
     /// the poll interval at the latest. Returns [`Error::Timeout`] when the
     /// wait timeout passes first.
+    ///
+    /// A backend that fails with a retryable error (a restart, a failover)
+    /// is asked again with the same owner, as if the lock were held, until
+    /// it answers, the wait timeout passes, or it has failed for the retry
+    /// policy's `max_elapsed` in a row; the last error is then returned,
+    /// saying how long the backend failed.
     pub async fn acquire(&self) -> Result<LockGuard> {
         let span = tracing::debug_span!("coord.lock.acquire", backend = self.client.shared.backend_name, lock = %self.name);
         if span.is_disabled()
@@ -349,7 +356,14 @@ impl Lock {
         pooled: bool,
     ) -> Result<Option<LockGuard>> {
         let started = Instant::now();
-        Ok(match self.attempt(&owner, pooled, started).await? {
+        let answer = match self.attempt(&owner, pooled, started).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.drop_failed(owner, pooled, &e);
+                return Err(e);
+            }
+        };
+        Ok(match answer {
             Attempt::Granted(grant, sent_at, arrived) => {
                 Some(self.guard(owner, pooled, grant, (sent_at, arrived), started, false))
             }
@@ -435,27 +449,31 @@ impl Lock {
             None
         } else {
             // The first attempt goes out now: one clock reading less.
-            match self.attempt(&owner, pooled, started).await? {
-                Attempt::Granted(grant, sent_at, arrived) => {
+            match self.attempt(&owner, pooled, started).await {
+                Ok(Attempt::Granted(grant, sent_at, arrived)) => {
                     self.set_waited(false);
                     let timing = (sent_at, arrived);
                     return Ok(self.guard(owner, pooled, grant, timing, started, false));
                 }
-                refused => Some(refused),
+                // Refused, or failed: the waiting loop waits or rides out
+                // the failure (see `Outage`).
+                answer => Some(answer),
             }
         };
         Box::pin(self.wait_for_lease(owner, pooled, started, first)).await
     }
 
-    /// [`Lock::acquire_lease`] after a first attempt that did not grant
-    /// (`first`), or from the start when `first` is `None`: listens for
-    /// releases and tries again until granted or the wait timeout passes.
+    /// [`Lock::acquire_lease`] after a first attempt (sent at `started`)
+    /// that did not grant (`first`), or from the start when `first` is
+    /// `None`: listens for releases and tries again until granted or the
+    /// wait timeout passes. A backend that fails is asked again with the
+    /// same owner (see [`Outage`]).
     async fn wait_for_lease(
         &self,
         owner: LockOwner,
         pooled: bool,
         started: Instant,
-        first: Option<Attempt>,
+        first: Option<Result<Attempt>>,
     ) -> Result<LockGuard> {
         let deadline = self.wait_timeout.map(|t| started + t);
         let shared = &self.client.shared;
@@ -469,9 +487,12 @@ impl Lock {
             events = Some(listen_until(deadline, self.listen_for_releases(&mut relisten)).await);
         }
         let mut answered = first;
-        // Whether the last answer was a grant that came too late: the lock
-        // is then held by `owner` until given back.
-        let mut late_grant = matches!(answered, Some(Attempt::LostOnArrival));
+        let mut sent_at = started;
+        let mut outage = Outage::new(&shared.retry);
+        // Whether the last answer was a grant that came too late, or a
+        // failure (which may have been applied): the lock may then be held
+        // by `owner` until given back.
+        let mut late_grant = matches!(answered, Some(Ok(Attempt::LostOnArrival) | Err(_)));
         loop {
             if let Err(closed) = shared.check_open() {
                 if late_grant {
@@ -483,7 +504,37 @@ impl Lock {
             }
             let answer = match answered.take() {
                 Some(answer) => answer,
-                None => self.attempt(&owner, pooled, Instant::now()).await?,
+                None => {
+                    sent_at = Instant::now();
+                    self.attempt(&owner, pooled, sent_at).await
+                }
+            };
+            let answer = match answer {
+                Ok(answer) => {
+                    outage.answered();
+                    answer
+                }
+                Err(e) => match outage.failed(&e, sent_at, deadline) {
+                    // The request may have been applied: the owner is kept,
+                    // and its next grant renews whatever this one got.
+                    Some(again) => {
+                        late_grant = true;
+                        // Dropped while it waits: the owner's maybe-hold is
+                        // released in the background.
+                        let maybe_held = InFlight {
+                            lock: self,
+                            owner: &owner,
+                            armed: true,
+                        };
+                        tokio::time::sleep_until(again).await;
+                        maybe_held.answered();
+                        continue;
+                    }
+                    None => {
+                        self.drop_failed(owner, pooled, &e);
+                        return Err(outage.gave_up(e, format_args!("lock {:?}", &*self.name)));
+                    }
+                },
             };
             late_grant = matches!(answer, Attempt::LostOnArrival);
             let retry_after = match answer {
@@ -570,8 +621,9 @@ impl Lock {
         }
     }
 
-    /// One attempt. On an error the request may have been applied, so the
-    /// owner is handed to a background release (never assumed "not acquired").
+    /// One attempt. On an error the request may have been applied: the
+    /// caller asks again with the same owner or gives it up
+    /// ([`Lock::drop_failed`]), never assumes "not acquired".
     /// `sent_at` is a reading of the clock taken just before the call:
     /// validity counts from before the request is sent (before the first
     /// retry, which only makes it shorter), never from wall-clock time.
@@ -619,21 +671,23 @@ impl Lock {
             }
             Ok(AcquireOutcome::Granted(grant)) => Ok(Attempt::Granted(grant, sent_at, arrived)),
             Ok(AcquireOutcome::Held { retry_after }) => Ok(Attempt::Held(retry_after)),
-            Err(e) => {
-                if matches!(e, Error::InvalidArgument(_) | Error::Unsupported(_)) {
-                    self.recycle(owner.clone(), pooled);
-                } else {
-                    // The request may have been applied: clean up, never
-                    // assume "not acquired".
-                    shared.release_in_background(
-                        self.name.clone(),
-                        owner.clone(),
-                        pooled,
-                        LockKind::Lease,
-                    );
-                }
-                Err(e)
-            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives up on `owner` after an attempt failed with `e`: the request
+    /// may have been applied, so the owner is handed to a background
+    /// release (never assumed "not acquired"), unless it was refused outright.
+    fn drop_failed(&self, owner: LockOwner, pooled: bool, e: &Error) {
+        if matches!(e, Error::InvalidArgument(_) | Error::Unsupported(_)) {
+            self.recycle(owner, pooled);
+        } else {
+            self.client.shared.release_in_background(
+                self.name.clone(),
+                owner,
+                pooled,
+                LockKind::Lease,
+            );
         }
     }
 

@@ -9,6 +9,7 @@ mod handle;
 mod kind;
 mod leader_selector;
 mod multi;
+mod outage;
 mod queue;
 mod queued;
 mod reentrant;

@@ -1,6 +1,7 @@
 //! The acquire loop of queued kinds (fair locks, semaphores, read-write
 //! locks): join the backend's queue once, then wait for a grant, keeping the
-//! entry's lease alive, and leave the queue at once on timeout or
+//! entry's lease alive (and the entry through a backend that fails for a
+//! while: see [`Outage`]), and leave the queue at once on timeout or
 //! cancellation.
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use crate::lock::backend::{ReleaseEvents, Wake};
 use crate::lock::client::ClientShared;
 use crate::lock::guard::LockGuard;
 use crate::lock::handle::{Lock, RESUBSCRIBE_AFTER, listen_until};
+use crate::lock::outage::Outage;
 use crate::lock::queue::{HoldMode, QueueOutcome};
 use crate::lock::relisten::Relisten;
 use crate::lock::types::{FencingToken, LockGrant, LockOwner};
@@ -197,6 +199,7 @@ impl Lock {
         let mut waited = false;
         let mut listen_first = false;
         let mut relisten = Relisten::new();
+        let mut outage = Outage::new(&shared.retry);
         if self.waited_last_time() {
             // Contended last time: listen before asking, so that the first
             // answer, if it queues the entry, needs no second one.
@@ -208,8 +211,12 @@ impl Lock {
                 entry.leave().await;
                 return Err(closed);
             }
+            let sent = Instant::now();
             let reply = self.enqueue_once(&owner).await;
             let arrived = Instant::now();
+            if reply.is_ok() {
+                outage.answered();
+            }
             let retry_after = match reply {
                 Ok((QueueOutcome::Granted(grant), sent_at))
                     if crate::lock::handle::lost_on_arrival(&grant, sent_at, arrived) =>
@@ -245,7 +252,21 @@ impl Lock {
                     listen_first = fence.is_some();
                     retry_after
                 }
-                Err(e) => return Err(self.failed(entry, e)),
+                Err(e) => match outage.failed(&e, sent, deadline) {
+                    // The entry is kept (the request may have been applied):
+                    // its next enqueue renews it, or queues it again after a
+                    // restart that lost it.
+                    Some(again) => {
+                        queued_at = None;
+                        tokio::time::sleep_until(again).await;
+                        continue;
+                    }
+                    None => {
+                        let e = self.failed(entry, e);
+                        let what = format_args!("{} lock {:?}", self.kind(), self.name());
+                        return Err(outage.gave_up(e, what));
+                    }
+                },
             };
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {

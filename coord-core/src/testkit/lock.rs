@@ -31,6 +31,12 @@ pub const CASES: &[&str] = &[
     "try_acquire_reports_busy",
     "reacquire_by_same_owner_is_idempotent",
     "shutdown_releases_held_locks",
+    "unanswered_release_goes_on_in_the_background",
+    "acquisition_dropped_in_flight_gives_its_grant_back",
+    "grant_after_shutdown_is_given_back",
+    "waiter_rides_out_a_failing_backend",
+    "lost_reply_is_asked_again_as_the_same_hold",
+    "waiter_gives_up_on_a_backend_that_keeps_failing",
     "health_reports_healthy",
 ];
 
@@ -675,4 +681,21 @@ pub async fn grant_after_shutdown_is_given_back(h: &dyn LockHarness) {
         .expect("the acquisition task");
     assert!(matches!(result, Err(Error::Closed(_))), "{result:?}");
     freed_for_another(h, &name, "a grant after shutdown").await;
+}
+
+/// A waiter whose backend fails for a while (a restart, a failover) keeps
+/// waiting, and gets the lock once the backend answers again.
+pub async fn waiter_rides_out_a_failing_backend(h: &dyn LockHarness) {
+    crate::testkit::outage::waiter_rides_out_a_failing_backend(h, false).await;
+}
+
+/// An acquisition whose applied request lost its reply asks again with the
+/// same owner: one hold, and nothing left held after its release.
+pub async fn lost_reply_is_asked_again_as_the_same_hold(h: &dyn LockHarness) {
+    crate::testkit::outage::lost_reply_is_asked_again_as_the_same_hold(h, false).await;
+}
+
+/// A backend that keeps failing ends the wait after `retry.max_elapsed`.
+pub async fn waiter_gives_up_on_a_backend_that_keeps_failing(h: &dyn LockHarness) {
+    crate::testkit::outage::waiter_gives_up_on_a_backend_that_keeps_failing(h, false).await;
 }

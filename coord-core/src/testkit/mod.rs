@@ -31,6 +31,7 @@ mod fence_audit;
 pub mod fenced;
 pub mod kinds;
 pub mod lock;
+mod outage;
 mod process;
 
 use std::future::Future;
@@ -48,6 +49,7 @@ pub use fence_audit::{
     WorkloadReport, paused_holder, paused_holder_is_refused_by_fencing,
     unfenced_paused_holder_breaks_the_audit,
 };
+pub use outage::waiters_ride_out_a_server_outage;
 pub use process::ServerProcess;
 
 #[doc(hidden)]
@@ -277,6 +279,9 @@ macro_rules! lock_conformance_tests {
             unanswered_release_goes_on_in_the_background,
             acquisition_dropped_in_flight_gives_its_grant_back,
             grant_after_shutdown_is_given_back,
+            waiter_rides_out_a_failing_backend,
+            lost_reply_is_asked_again_as_the_same_hold,
+            waiter_gives_up_on_a_backend_that_keeps_failing,
             health_reports_healthy,
         );
     };

@@ -208,3 +208,21 @@ pub async fn a_handle_that_waited_is_woken_again_on_its_next_waits(h: &dyn LockH
         }
     }
 }
+
+/// A queued waiter whose backend fails for a while keeps its place in the
+/// wait (its entry, asked again), and is granted once the backend answers.
+pub async fn waiter_rides_out_a_failing_backend(h: &dyn LockHarness) {
+    crate::testkit::outage::waiter_rides_out_a_failing_backend(h, true).await;
+}
+
+/// An enqueue whose applied request lost its reply is asked again with the
+/// same entry: one hold, and nothing left in the queue after its release.
+pub async fn lost_reply_is_asked_again_as_the_same_hold(h: &dyn LockHarness) {
+    crate::testkit::outage::lost_reply_is_asked_again_as_the_same_hold(h, true).await;
+}
+
+/// A backend that keeps failing ends a queued wait after
+/// `retry.max_elapsed`, and leaves no entry behind.
+pub async fn waiter_gives_up_on_a_backend_that_keeps_failing(h: &dyn LockHarness) {
+    crate::testkit::outage::waiter_gives_up_on_a_backend_that_keeps_failing(h, true).await;
+}

@@ -1,0 +1,217 @@
+//! Conformance cases shared by the lease and fair lock suites: a waiting
+//! acquisition rides out a backend that fails for a while (a restart, a
+//! failover), within its wait timeout and the retry policy's `max_elapsed`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::lock::{Lock, LockClient, LockGuard};
+use crate::retry::RetryPolicy;
+use crate::settings::RetrySettings;
+use crate::testkit::{Fault, FaultyLockBackend, LockHarness, LockOp, unique_name, within};
+
+/// A lease long enough that nothing in these cases ends by expiry.
+const LONG_TTL: Duration = Duration::from_secs(60);
+
+/// A client behind a [`FaultyLockBackend`] whose calls are not retried one
+/// by one (a failure is what the waiting loop sees), and whose waiting
+/// acquisitions ride out `budget` of failures, asking every 100 ms.
+async fn riding_client(
+    h: &dyn LockHarness,
+    budget: Duration,
+) -> (Arc<FaultyLockBackend>, LockClient) {
+    let faulty = Arc::new(FaultyLockBackend::new(h.new_backend().await));
+    let retry = RetryPolicy::new(&RetrySettings {
+        max_retries: 0,
+        max_backoff: Duration::from_millis(100),
+        max_elapsed: budget,
+        ..RetrySettings::default()
+    });
+    let c = LockClient::builder(faulty.clone())
+        .retry(retry)
+        .build()
+        .expect("lock client");
+    (faulty, c)
+}
+
+fn lock(c: &LockClient, name: &str, fair: bool) -> Lock {
+    let b = c
+        .lock(name.to_owned())
+        .ttl(LONG_TTL)
+        .wait_timeout(Duration::from_secs(60));
+    if fair { b.fair() } else { b }.build()
+}
+
+/// Waits (at most 10 s) until `faulty` has seen `n` acquisition requests.
+async fn until_asked(faulty: &FaultyLockBackend, n: usize) {
+    within(
+        Duration::from_secs(10),
+        &format!("{n} acquisition requests"),
+        async {
+            while faulty.calls(LockOp::TryAcquire) < n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        },
+    )
+    .await;
+}
+
+/// Checks that another client takes `name` at once: nothing is left held.
+async fn free_for_another(h: &dyn LockHarness, name: &str, fair: bool, what: &str) {
+    let other = LockClient::new(h.new_backend().await);
+    let got = lock(&other, name, fair)
+        .try_acquire()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let got = got.unwrap_or_else(|| panic!("{what}: the lock is still held"));
+    got.release().await.expect("release");
+}
+
+/// A waiter whose backend fails for a while (longer than one call's
+/// retries) keeps waiting, and gets the lock once the backend answers and
+/// the holder has released it: no error reaches the caller.
+pub(crate) async fn waiter_rides_out_a_failing_backend(h: &dyn LockHarness, fair: bool) {
+    let name = unique_name("rides-out");
+    let holder_client = LockClient::new(h.new_backend().await);
+    let held = lock(&holder_client, &name, fair)
+        .acquire()
+        .await
+        .expect("holder");
+    let (faulty, c) = riding_client(h, Duration::from_secs(30)).await;
+    faulty.inject(LockOp::TryAcquire, Fault::Unavailable);
+    let waiter = lock(&c, &name, fair);
+    let waiting = tokio::spawn(async move { waiter.acquire().await });
+    // Ten failed requests, about a second of failures: still waiting.
+    until_asked(&faulty, 10).await;
+    assert!(
+        !waiting.is_finished(),
+        "the waiter gave up on a backend that failed for about a second: {:?}",
+        waiting.await
+    );
+    faulty.clear();
+    let token = held.fencing_token();
+    held.release().await.expect("holder releases");
+    let got = within(Duration::from_secs(20), "the waiter gets the lock", waiting)
+        .await
+        .expect("waiter task")
+        .expect("the waiter rode out the failures");
+    assert!(got.fencing_token() > token, "a grant after the holder's");
+    got.release().await.expect("release");
+    free_for_another(h, &name, fair, "after the ridden-out wait").await;
+}
+
+/// A request that was applied but whose reply was lost is asked again with
+/// the same owner: the caller gets one hold, and its release frees the lock
+/// (nothing is left held by the first request).
+pub(crate) async fn lost_reply_is_asked_again_as_the_same_hold(h: &dyn LockHarness, fair: bool) {
+    let name = unique_name("lost-reply-again");
+    let (faulty, c) = riding_client(h, Duration::from_secs(30)).await;
+    faulty.inject_times(LockOp::TryAcquire, Fault::LoseReply, 1);
+    let got: LockGuard = within(
+        Duration::from_secs(20),
+        "the acquisition asks again",
+        lock(&c, &name, fair).acquire(),
+    )
+    .await
+    .expect("the acquisition asked again after the lost reply");
+    assert!(faulty.calls(LockOp::TryAcquire) >= 2);
+    got.release().await.expect("release");
+    free_for_another(h, &name, fair, "after a hold whose first reply was lost").await;
+}
+
+/// A backend that keeps failing ends the wait after the policy's
+/// `max_elapsed`, long before the wait timeout, with the backend's error,
+/// which says how long it failed; nothing is left held.
+pub(crate) async fn waiter_gives_up_on_a_backend_that_keeps_failing(
+    h: &dyn LockHarness,
+    fair: bool,
+) {
+    let name = unique_name("gives-up");
+    let (faulty, c) = riding_client(h, Duration::from_secs(1)).await;
+    faulty.inject(LockOp::TryAcquire, Fault::Unavailable);
+    let started = Instant::now();
+    let result = within(
+        Duration::from_secs(20),
+        "the acquisition gives up",
+        lock(&c, &name, fair).acquire(),
+    )
+    .await;
+    let Err(err) = result else {
+        panic!("the backend never answered, yet the acquisition succeeded");
+    };
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(err.to_string().contains("retry.max_elapsed"), "{err}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "asked again for about the budget: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        faulty.calls(LockOp::TryAcquire) >= 5,
+        "asked again meanwhile"
+    );
+    faulty.clear();
+    free_for_another(h, &name, fair, "after giving up").await;
+}
+
+/// A real outage, for the backend crates' fault tests: a lease and a fair
+/// lock are held by `holder`, `waiters` (two clients of one server, with
+/// the default retry settings) waits for each, and `outage` makes the server
+/// stop answering for longer than one call's retries (1–2 s), then come
+/// back. Each waiter must get its lock, once the server is back and the
+/// holder has released it (or the restart lost it): no error reaches the
+/// waiters.
+pub async fn waiters_ride_out_a_server_outage(
+    holder: LockClient,
+    waiters: LockClient,
+    outage: impl std::future::Future<Output = ()>,
+) {
+    let lease_name = unique_name("outage-lease");
+    let fair_name = unique_name("outage-fair");
+    let lease = lock(&holder, &lease_name, false)
+        .acquire()
+        .await
+        .expect("hold the lease lock");
+    let fair = lock(&holder, &fair_name, true)
+        .acquire()
+        .await
+        .expect("hold the fair lock");
+    let mut waiting = Vec::new();
+    for (name, is_fair) in [(lease_name.clone(), false), (fair_name.clone(), true)] {
+        let l = lock(&waiters, &name, is_fair);
+        waiting.push(tokio::spawn(async move { l.acquire().await }));
+    }
+    within(Duration::from_secs(20), "both waiters wait", async {
+        while waiters.waiting() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    outage.await;
+    // Given back once the server answers (a restart may have lost it: then
+    // the release answers that it was not held).
+    let _ = within(
+        Duration::from_secs(20),
+        "the holder releases",
+        lease.release(),
+    )
+    .await;
+    let _ = within(
+        Duration::from_secs(20),
+        "the holder releases",
+        fair.release(),
+    )
+    .await;
+    for (w, name) in waiting.into_iter().zip([lease_name, fair_name]) {
+        let got = within(Duration::from_secs(30), "the waiter gets the lock", w)
+            .await
+            .expect("waiter task")
+            .unwrap_or_else(|e| {
+                panic!("the waiter for {name:?} failed instead of riding out the outage: {e}")
+            });
+        got.release().await.expect("release after the outage");
+    }
+}
