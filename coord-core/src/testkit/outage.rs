@@ -158,60 +158,83 @@ pub(crate) async fn waiter_gives_up_on_a_backend_that_keeps_failing(
 }
 
 /// A real outage, for the backend crates' fault tests: a lease and a fair
-/// lock are held by `holder`, `waiters` (two clients of one server, with
-/// the default retry settings) waits for each, and `outage` makes the server
-/// stop answering for longer than one call's retries (1–2 s), then come
-/// back. Each waiter must get its lock, once the server is back and the
-/// holder has released it (or the restart lost it): no error reaches the
-/// waiters.
+/// lock are held by `holder`; `waiters` (a client of the same server, with
+/// the default retry settings) waits for each with two acquisitions; and
+/// `outage` makes the server stop answering for longer than one call's
+/// retries (1–2 s), then come back. Every waiter must get its lock, with no
+/// error: the first once the holder has released it (or the restart lost
+/// it), the second within a second of the first's release, woken by a
+/// notification it listens to again after the outage (its poll is 20 s
+/// away).
 pub async fn waiters_ride_out_a_server_outage(
     holder: LockClient,
     waiters: LockClient,
     outage: impl std::future::Future<Output = ()>,
 ) {
-    let lease_name = unique_name("outage-lease");
-    let fair_name = unique_name("outage-fair");
-    let lease = lock(&holder, &lease_name, false)
-        .acquire()
-        .await
-        .expect("hold the lease lock");
-    let fair = lock(&holder, &fair_name, true)
-        .acquire()
-        .await
-        .expect("hold the fair lock");
+    let names = [
+        (unique_name("outage-lease"), false),
+        (unique_name("outage-fair"), true),
+    ];
+    let mut held = Vec::new();
     let mut waiting = Vec::new();
-    for (name, is_fair) in [(lease_name.clone(), false), (fair_name.clone(), true)] {
-        let l = lock(&waiters, &name, is_fair);
-        waiting.push(tokio::spawn(async move { l.acquire().await }));
+    for (name, fair) in &names {
+        let guard = lock(&holder, name, *fair).acquire().await;
+        held.push(guard.unwrap_or_else(|e| panic!("hold {name:?}: {e}")));
+        let pair: Vec<_> = (0..2)
+            .map(|_| {
+                let l = lock(&waiters, name, *fair);
+                tokio::spawn(async move { l.acquire().await })
+            })
+            .collect();
+        waiting.push(pair);
     }
-    within(Duration::from_secs(20), "both waiters wait", async {
-        while waiters.waiting() < 2 {
+    within(Duration::from_secs(20), "all four waiters wait", async {
+        while waiters.waiting() < 4 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
     .await;
     outage.await;
-    // Given back once the server answers (a restart may have lost it: then
-    // the release answers that it was not held).
-    let _ = within(
-        Duration::from_secs(20),
-        "the holder releases",
-        lease.release(),
-    )
-    .await;
-    let _ = within(
-        Duration::from_secs(20),
-        "the holder releases",
-        fair.release(),
-    )
-    .await;
-    for (w, name) in waiting.into_iter().zip([lease_name, fair_name]) {
-        let got = within(Duration::from_secs(30), "the waiter gets the lock", w)
-            .await
-            .expect("waiter task")
-            .unwrap_or_else(|e| {
-                panic!("the waiter for {name:?} failed instead of riding out the outage: {e}")
-            });
-        got.release().await.expect("release after the outage");
+    // Not a synchronisation: the scenario. The waiters are answered again
+    // (each asks within `retry.max_backoff`, 1 s) and find the locks held
+    // (or one of them takes a lock the restart lost); what follows needs
+    // them to have listened again by themselves.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for guard in held {
+        // A restart without persistence lost it: then `NotHeld`.
+        let _ = within(
+            Duration::from_secs(20),
+            "the holder releases",
+            guard.release(),
+        )
+        .await;
+    }
+    for (pair, (name, _)) in waiting.into_iter().zip(&names) {
+        let got = |r: std::result::Result<crate::Result<LockGuard>, tokio::task::JoinError>| {
+            r.expect("waiter task").unwrap_or_else(|e| {
+                panic!("a waiter for {name:?} failed instead of riding out the outage: {e}")
+            })
+        };
+        let [a, b]: [_; 2] = pair.try_into().expect("two waiters");
+        let (first, second) = match within(
+            Duration::from_secs(30),
+            "a waiter gets the lock",
+            futures::future::select(a, b),
+        )
+        .await
+        {
+            futures::future::Either::Left((r, other)) => (got(r), other),
+            futures::future::Either::Right((r, other)) => (got(r), other),
+        };
+        let released = Instant::now();
+        first.release().await.expect("release after the outage");
+        let second = got(within(Duration::from_secs(30), "the other waiter gets it", second).await);
+        assert!(
+            released.elapsed() < Duration::from_secs(1),
+            "{name:?}: the second waiter got the lock {:?} after the release, as if it \
+             had not listened again after the outage",
+            released.elapsed()
+        );
+        second.release().await.expect("release");
     }
 }
