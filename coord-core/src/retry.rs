@@ -32,6 +32,12 @@ impl RetryPolicy {
         }
     }
 
+    /// [`RetryPolicy::none`], shared.
+    pub(crate) fn no_retries() -> &'static RetryPolicy {
+        static NONE: std::sync::LazyLock<RetryPolicy> = std::sync::LazyLock::new(RetryPolicy::none);
+        &NONE
+    }
+
     /// No retries at all.
     pub fn none() -> Self {
         RetryPolicy {

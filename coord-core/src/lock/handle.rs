@@ -16,6 +16,7 @@ use crate::lock::outage::Outage;
 use crate::lock::relisten::Relisten;
 use crate::lock::stats::StatsCell;
 use crate::lock::types::{AcquireOutcome, LockGrant, LockOwner, validate_lock_request};
+use crate::retry::RetryPolicy;
 
 /// `listening`'s release signals, or, when `deadline` passes first (a
 /// server that does not confirm a subscription), none: the waiter polls,
@@ -112,7 +113,10 @@ impl LockBuilder {
         self
     }
 
-    /// Wait forever in `acquire()` (the default unless settings say otherwise).
+    /// Wait forever in `acquire()` (the default unless settings say
+    /// otherwise) while the lock is held. A backend that fails still ends
+    /// the wait once it has failed for the retry policy's `max_elapsed` in
+    /// a row (see [`Lock::acquire`]).
     pub fn wait_forever(mut self) -> Self {
         self.wait_timeout = None;
         self
@@ -240,10 +244,11 @@ impl Lock {
     /// wait timeout passes first.
     ///
     /// A backend that fails with a retryable error (a restart, a failover)
-    /// is asked again with the same owner, as if the lock were held, until
-    /// it answers, the wait timeout passes, or it has failed for the retry
-    /// policy's `max_elapsed` in a row; the last error is then returned,
-    /// saying how long the backend failed.
+    /// is asked again with the same owner, one request at a time, as if the
+    /// lock were held, until it answers, the wait timeout passes
+    /// ([`Error::Timeout`], naming the backend's error), or it has failed
+    /// for the retry policy's `max_elapsed` in a row (the backend's error,
+    /// saying how long it failed).
     pub async fn acquire(&self) -> Result<LockGuard> {
         let span = tracing::debug_span!("coord.lock.acquire", backend = self.client.shared.backend_name, lock = %self.name);
         if span.is_disabled()
@@ -356,7 +361,7 @@ impl Lock {
         pooled: bool,
     ) -> Result<Option<LockGuard>> {
         let started = Instant::now();
-        let answer = match self.attempt(&owner, pooled, started).await {
+        let answer = match self.attempt(&owner, pooled, started, true).await {
             Ok(answer) => answer,
             Err(e) => {
                 self.drop_failed(owner, pooled, &e);
@@ -449,7 +454,7 @@ impl Lock {
             None
         } else {
             // The first attempt goes out now: one clock reading less.
-            match self.attempt(&owner, pooled, started).await {
+            match self.attempt(&owner, pooled, started, true).await {
                 Ok(Attempt::Granted(grant, sent_at, arrived)) => {
                     self.set_waited(false);
                     let timing = (sent_at, arrived);
@@ -487,14 +492,17 @@ impl Lock {
             events = Some(listen_until(deadline, self.listen_for_releases(&mut relisten)).await);
         }
         let mut answered = first;
-        let mut sent_at = started;
         let mut outage = Outage::new(&shared.retry);
         // Whether the last answer was a grant that came too late, or a
         // failure (which may have been applied): the lock may then be held
         // by `owner` until given back.
-        let mut late_grant = matches!(answered, Some(Ok(Attempt::LostOnArrival) | Err(_)));
+        let mut late_grant = false;
         loop {
-            if let Err(closed) = shared.check_open() {
+            // (An answer already here is taken first: the attempt that got
+            // it checked the client.)
+            if answered.is_none()
+                && let Err(closed) = shared.check_open()
+            {
                 if late_grant {
                     self.give_back(owner, pooled).await;
                 } else {
@@ -504,9 +512,11 @@ impl Lock {
             }
             let answer = match answered.take() {
                 Some(answer) => answer,
+                // While the backend fails, one request at a time: the
+                // outage's pauses are the retries.
                 None => {
-                    sent_at = Instant::now();
-                    self.attempt(&owner, pooled, sent_at).await
+                    let retries = !outage.riding();
+                    self.attempt(&owner, pooled, Instant::now(), retries).await
                 }
             };
             let answer = match answer {
@@ -514,7 +524,7 @@ impl Lock {
                     outage.answered();
                     answer
                 }
-                Err(e) => match outage.failed(&e, sent_at, deadline) {
+                Err(e) => match outage.failed(&e, &self.name, deadline) {
                     // The request may have been applied: the owner is kept,
                     // and its next grant renews whatever this one got.
                     Some(again) => {
@@ -621,13 +631,21 @@ impl Lock {
         }
     }
 
-    /// One attempt. On an error the request may have been applied: the
-    /// caller asks again with the same owner or gives it up
-    /// ([`Lock::drop_failed`]), never assumes "not acquired".
+    /// One attempt, with the client's retries of retryable errors unless
+    /// `retries` is false (an outage's pauses are the retries). On an error
+    /// the request may have been applied: the caller asks again with the
+    /// same owner or gives it up ([`Lock::drop_failed`]), never assumes "not
+    /// acquired".
     /// `sent_at` is a reading of the clock taken just before the call:
     /// validity counts from before the request is sent (before the first
     /// retry, which only makes it shorter), never from wall-clock time.
-    async fn attempt(&self, owner: &LockOwner, pooled: bool, sent_at: Instant) -> Result<Attempt> {
+    async fn attempt(
+        &self,
+        owner: &LockOwner,
+        pooled: bool,
+        sent_at: Instant,
+        retries: bool,
+    ) -> Result<Attempt> {
         let shared = &self.client.shared;
         // An in-process backend answers at once: no future, no retry (it
         // never fails transiently).
@@ -643,8 +661,12 @@ impl Lock {
                 owner,
                 armed: true,
             };
-            let result = shared
-                .retry
+            let policy = if retries {
+                &shared.retry
+            } else {
+                RetryPolicy::no_retries()
+            };
+            let result = policy
                 .run(|| {
                     shared.call(
                         "try_acquire",
@@ -681,6 +703,9 @@ impl Lock {
     fn drop_failed(&self, owner: LockOwner, pooled: bool, e: &Error) {
         if matches!(e, Error::InvalidArgument(_) | Error::Unsupported(_)) {
             self.recycle(owner, pooled);
+        } else if matches!(e, Error::Closed(_)) {
+            // A grant after `shutdown()`, which the attempt gave back (and
+            // the closed client lends no owner again).
         } else {
             self.client.shared.release_in_background(
                 self.name.clone(),

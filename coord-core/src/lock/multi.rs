@@ -58,7 +58,9 @@ impl MultiLockBuilder {
 
     /// Takes every lock of the set, in name order, waiting while any is
     /// held, within one deadline. All or nothing: on a timeout or an error
-    /// the locks taken so far are released before the error is returned.
+    /// the locks taken so far are released before the error is returned;
+    /// so they are when one taken early was lost while a later one was
+    /// awaited ([`Error::LockLost`]).
     /// An empty set is [`Error::InvalidArgument`].
     pub async fn acquire(&self) -> Result<MultiLockGuard> {
         if self.names.is_empty() {
@@ -90,6 +92,19 @@ impl MultiLockBuilder {
                     });
                 }
             }
+        }
+        // A lock taken early may have been lost while a later one was
+        // awaited (its lease ran out, a server restarted): not all of them.
+        if let Some(lost) = guards.iter().find(|g| !g.is_held()) {
+            let e = Error::LockLost(format!(
+                "multi-lock of {} locks: {:?} was lost while the others were being acquired \
+                 (after {:?}; nothing stays held)",
+                self.names.len(),
+                lost.name(),
+                started.elapsed()
+            ));
+            release_all(guards).await;
+            return Err(e);
         }
         Ok(MultiLockGuard { guards })
     }

@@ -18,6 +18,7 @@ use crate::lock::outage::Outage;
 use crate::lock::queue::{HoldMode, QueueOutcome};
 use crate::lock::relisten::Relisten;
 use crate::lock::types::{FencingToken, LockGrant, LockOwner};
+use crate::retry::RetryPolicy;
 
 /// A queue entry that is not (yet) a guard's: dropping it (a cancelled or
 /// failed acquisition) removes it from the queue in the background, so it
@@ -88,12 +89,21 @@ impl Lock {
             .expect("queued paths run for queued kinds only")
     }
 
-    /// One `enqueue` with retries; the instant before it was sent.
-    async fn enqueue_once(&self, owner: &LockOwner) -> Result<(QueueOutcome, Instant)> {
+    /// One `enqueue`, with the client's retries unless `retries` is false
+    /// (an outage's pauses are the retries); the instant before it was sent.
+    async fn enqueue_once(
+        &self,
+        owner: &LockOwner,
+        retries: bool,
+    ) -> Result<(QueueOutcome, Instant)> {
         let shared = &self.client().shared;
         let sent_at = Instant::now();
-        let outcome = shared
-            .retry
+        let policy = if retries {
+            &shared.retry
+        } else {
+            RetryPolicy::no_retries()
+        };
+        let outcome = policy
             .run(|| {
                 shared.call(
                     "enqueue",
@@ -124,7 +134,7 @@ impl Lock {
     ) -> Result<Option<LockGuard>> {
         let started = Instant::now();
         let entry = self.entry(&owner, pooled);
-        let reply = self.enqueue_once(&owner).await;
+        let reply = self.enqueue_once(&owner, true).await;
         let arrived = Instant::now();
         match reply {
             Ok((QueueOutcome::Granted(grant), sent_at))
@@ -187,7 +197,7 @@ impl Lock {
         let shared = self.client().shared.clone();
         let started = Instant::now();
         let deadline = self.deadline(started);
-        let entry = self.entry(&owner, pooled);
+        let mut entry = self.entry(&owner, pooled);
         // A waiting entry's lease is the lock's TTL: refresh it well before.
         let refresh = (self.ttl() / 3).max(Duration::from_millis(1));
         let mut events: Option<ReleaseEvents> = None;
@@ -211,8 +221,7 @@ impl Lock {
                 entry.leave().await;
                 return Err(closed);
             }
-            let sent = Instant::now();
-            let reply = self.enqueue_once(&owner).await;
+            let reply = self.enqueue_once(&owner, !outage.riding()).await;
             let arrived = Instant::now();
             if reply.is_ok() {
                 outage.answered();
@@ -252,12 +261,16 @@ impl Lock {
                     listen_first = fence.is_some();
                     retry_after
                 }
-                Err(e) => match outage.failed(&e, sent, deadline) {
+                Err(e) => match outage.failed(&e, self.name(), deadline) {
                     // The entry is kept (the request may have been applied):
                     // its next enqueue renews it, or queues it again after a
                     // restart that lost it.
                     Some(again) => {
                         queued_at = None;
+                        // Cancelled from here, a late enqueue could still
+                        // land after the background dequeue: the owner
+                        // stays out of the pool.
+                        entry.pooled = false;
                         tokio::time::sleep_until(again).await;
                         continue;
                     }

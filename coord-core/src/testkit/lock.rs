@@ -37,6 +37,8 @@ pub const CASES: &[&str] = &[
     "waiter_rides_out_a_failing_backend",
     "lost_reply_is_asked_again_as_the_same_hold",
     "waiter_gives_up_on_a_backend_that_keeps_failing",
+    "wait_timeout_ends_a_ride_out",
+    "cancelled_ride_out_gives_back_its_grant",
     "health_reports_healthy",
 ];
 
@@ -698,4 +700,15 @@ pub async fn lost_reply_is_asked_again_as_the_same_hold(h: &dyn LockHarness) {
 /// A backend that keeps failing ends the wait after `retry.max_elapsed`.
 pub async fn waiter_gives_up_on_a_backend_that_keeps_failing(h: &dyn LockHarness) {
     crate::testkit::outage::waiter_gives_up_on_a_backend_that_keeps_failing(h, false).await;
+}
+
+/// The wait timeout passes while the backend fails: `Timeout`, on time.
+pub async fn wait_timeout_ends_a_ride_out(h: &dyn LockHarness) {
+    crate::testkit::outage::wait_timeout_ends_a_ride_out(h, false).await;
+}
+
+/// An acquisition cancelled while it rides out a failure gives back what
+/// its applied request was granted.
+pub async fn cancelled_ride_out_gives_back_its_grant(h: &dyn LockHarness) {
+    crate::testkit::outage::cancelled_ride_out_gives_back_its_grant(h, false).await;
 }

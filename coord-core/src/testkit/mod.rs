@@ -282,6 +282,8 @@ macro_rules! lock_conformance_tests {
             waiter_rides_out_a_failing_backend,
             lost_reply_is_asked_again_as_the_same_hold,
             waiter_gives_up_on_a_backend_that_keeps_failing,
+            wait_timeout_ends_a_ride_out,
+            cancelled_ride_out_gives_back_its_grant,
             health_reports_healthy,
         );
     };

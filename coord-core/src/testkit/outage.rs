@@ -59,14 +59,25 @@ async fn until_asked(faulty: &FaultyLockBackend, n: usize) {
     .await;
 }
 
-/// Checks that another client takes `name` at once: nothing is left held.
+/// Checks that another client takes `name` within 5 s (a cleanup may go on
+/// in the background), far below [`LONG_TTL`]: nothing was left held.
 async fn free_for_another(h: &dyn LockHarness, name: &str, fair: bool, what: &str) {
     let other = LockClient::new(h.new_backend().await);
-    let got = lock(&other, name, fair)
-        .try_acquire()
-        .await
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let got = got.unwrap_or_else(|| panic!("{what}: the lock is still held"));
+    let lock = lock(&other, name, fair);
+    let got = within(
+        Duration::from_secs(5),
+        &format!("{what}: the lock is free for another client"),
+        async {
+            loop {
+                match lock.try_acquire().await {
+                    Ok(Some(g)) => return g,
+                    Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Err(e) => panic!("{what}: {e}"),
+                }
+            }
+        },
+    )
+    .await;
     got.release().await.expect("release");
 }
 
@@ -124,13 +135,15 @@ pub(crate) async fn lost_reply_is_asked_again_as_the_same_hold(h: &dyn LockHarne
 
 /// A backend that keeps failing ends the wait after the policy's
 /// `max_elapsed`, long before the wait timeout, with the backend's error,
-/// which says how long it failed; nothing is left held.
+/// which says how long it failed. The first request was applied (its reply
+/// lost): what it was granted is given back.
 pub(crate) async fn waiter_gives_up_on_a_backend_that_keeps_failing(
     h: &dyn LockHarness,
     fair: bool,
 ) {
     let name = unique_name("gives-up");
     let (faulty, c) = riding_client(h, Duration::from_secs(1)).await;
+    faulty.inject_times(LockOp::TryAcquire, Fault::LoseReply, 1);
     faulty.inject(LockOp::TryAcquire, Fault::Unavailable);
     let started = Instant::now();
     let result = within(
@@ -150,11 +163,57 @@ pub(crate) async fn waiter_gives_up_on_a_backend_that_keeps_failing(
         started.elapsed()
     );
     assert!(
-        faulty.calls(LockOp::TryAcquire) >= 5,
+        faulty.calls(LockOp::TryAcquire) >= 3,
         "asked again meanwhile"
     );
     faulty.clear();
     free_for_another(h, &name, fair, "after giving up").await;
+}
+
+/// The wait timeout passes while the backend fails: the acquisition ends
+/// with `Timeout` (naming the backend's error) by its wait timeout, not
+/// after the outage budget or a request sent at the deadline.
+pub(crate) async fn wait_timeout_ends_a_ride_out(h: &dyn LockHarness, fair: bool) {
+    let name = unique_name("ride-out-timeout");
+    let (faulty, c) = riding_client(h, Duration::from_secs(30)).await;
+    faulty.inject(LockOp::TryAcquire, Fault::Unavailable);
+    let wait = Duration::from_millis(1500);
+    let l = c.lock(name.clone()).ttl(LONG_TTL).wait_timeout(wait);
+    let l = if fair { l.fair() } else { l }.build();
+    let started = Instant::now();
+    let result = within(Duration::from_secs(20), "the acquisition ends", l.acquire()).await;
+    let elapsed = started.elapsed();
+    let Err(err) = result else {
+        panic!("the backend never answered, yet the acquisition succeeded");
+    };
+    assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("injected fault"),
+        "names the backend's error: {err}"
+    );
+    assert!(
+        elapsed >= wait / 2 && elapsed < wait + Duration::from_millis(500),
+        "ended by the {wait:?} wait timeout: {elapsed:?}"
+    );
+    faulty.clear();
+}
+
+/// An acquisition cancelled while it rides out a failure (a timeout around
+/// `acquire()`, an aborted task) gives back what its applied request (whose
+/// reply was lost) was granted: the lock is free long before its lease ends.
+pub(crate) async fn cancelled_ride_out_gives_back_its_grant(h: &dyn LockHarness, fair: bool) {
+    let name = unique_name("ride-out-cancelled");
+    let (faulty, c) = riding_client(h, Duration::from_secs(30)).await;
+    faulty.inject_times(LockOp::TryAcquire, Fault::LoseReply, 1);
+    faulty.inject(LockOp::TryAcquire, Fault::Unavailable);
+    let l = lock(&c, &name, fair);
+    let acquiring = tokio::spawn(async move { l.acquire().await.map(|_| ()) });
+    until_asked(&faulty, 3).await;
+    assert!(!acquiring.is_finished(), "riding out the failures");
+    acquiring.abort();
+    let _ = acquiring.await;
+    faulty.clear();
+    free_for_another(h, &name, fair, "after a cancelled ride-out").await;
 }
 
 /// A real outage, for the backend crates' fault tests: a lease and a fair

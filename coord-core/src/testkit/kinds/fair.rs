@@ -209,8 +209,9 @@ pub async fn a_handle_that_waited_is_woken_again_on_its_next_waits(h: &dyn LockH
     }
 }
 
-/// A queued waiter whose backend fails for a while keeps its place in the
-/// wait (its entry, asked again), and is granted once the backend answers.
+/// A queued waiter whose backend fails for a while keeps its entry (asked
+/// again: its place, as long as the backend kept the entry), and is
+/// granted once the backend answers.
 pub async fn waiter_rides_out_a_failing_backend(h: &dyn LockHarness) {
     crate::testkit::outage::waiter_rides_out_a_failing_backend(h, true).await;
 }
@@ -225,4 +226,15 @@ pub async fn lost_reply_is_asked_again_as_the_same_hold(h: &dyn LockHarness) {
 /// `retry.max_elapsed`, and leaves no entry behind.
 pub async fn waiter_gives_up_on_a_backend_that_keeps_failing(h: &dyn LockHarness) {
     crate::testkit::outage::waiter_gives_up_on_a_backend_that_keeps_failing(h, true).await;
+}
+
+/// The wait timeout passes while the backend fails: `Timeout`, on time.
+pub async fn wait_timeout_ends_a_ride_out(h: &dyn LockHarness) {
+    crate::testkit::outage::wait_timeout_ends_a_ride_out(h, true).await;
+}
+
+/// An acquisition cancelled while it rides out a failure gives back what
+/// its applied request was granted.
+pub async fn cancelled_ride_out_gives_back_its_grant(h: &dyn LockHarness) {
+    crate::testkit::outage::cancelled_ride_out_gives_back_its_grant(h, true).await;
 }

@@ -1,10 +1,12 @@
 //! Multi-lock: all or nothing, in one deadlock-free order, one guard.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::testkit::kinds::client;
-use crate::testkit::{LockHarness, unique_name, within};
+use crate::lock::LockClient;
+use crate::testkit::kinds::{client, short_ttl};
+use crate::testkit::{Fault, FaultyLockBackend, LockHarness, LockOp, unique_name, within};
 
 /// One lock of the set is held elsewhere: the multi-lock times out within
 /// its one deadline and leaves none of the others held.
@@ -89,4 +91,58 @@ pub async fn opposite_orders_do_not_deadlock(h: &dyn LockHarness) {
     let c = client(h).await;
     let after = c.multi_lock([x, y]).try_acquire().await.expect("try");
     assert!(after.is_some(), "everything was released");
+}
+
+/// A lock taken early whose lease runs out while a later one is awaited
+/// (its renewals fail) fails the whole acquisition with `LockLost`, and
+/// nothing stays held: never a guard with a member already lost.
+pub async fn a_member_lost_while_waiting_fails_the_whole(h: &dyn LockHarness) {
+    let base = unique_name("multi-lost");
+    let names = [format!("{base}/a"), format!("{base}/b")];
+    let other = client(h).await;
+    let faulty = Arc::new(FaultyLockBackend::new(h.new_backend().await));
+    let c = LockClient::new(faulty.clone());
+    let ttl = short_ttl(&c);
+    let blocker = other
+        .lock(names[1].clone())
+        .ttl(Duration::from_secs(30))
+        .build()
+        .acquire()
+        .await
+        .expect("hold b");
+    faulty.inject(LockOp::Renew, Fault::Unavailable);
+    let acquiring = {
+        let multi = c
+            .multi_lock(names.clone())
+            .ttl(ttl)
+            .wait_timeout(Duration::from_secs(60));
+        tokio::spawn(async move { multi.acquire().await.map(|_| ()) })
+    };
+    // Not a synchronisation: the scenario. `a` is taken at once and lost
+    // at its lease end (its renewals fail); `b` is freed well after.
+    tokio::time::sleep(ttl * 3).await;
+    assert!(!acquiring.is_finished(), "still waiting for b");
+    blocker.release().await.expect("release b");
+    let result = within(Duration::from_secs(20), "the multi-lock ends", acquiring)
+        .await
+        .expect("multi-lock task");
+    assert!(matches!(result, Err(Error::LockLost(_))), "{result:?}");
+    faulty.clear();
+    // (A lost member's release may go on in the background.)
+    for name in &names {
+        let lock = other
+            .lock(name.clone())
+            .ttl(Duration::from_secs(30))
+            .build();
+        let free = within(Duration::from_secs(10), "the member is free", async {
+            loop {
+                if let Some(g) = lock.try_acquire().await.expect("try") {
+                    return g;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        free.release().await.expect("release");
+    }
 }
