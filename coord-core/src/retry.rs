@@ -8,14 +8,27 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use crate::error::{Error, Result};
 use crate::settings::RetrySettings;
 
+/// How a waiting lock acquisition keeps trying through retryable errors,
+/// one request at a time: for `budget` of failures in a row (the settings'
+/// `max_elapsed`; none for [`RetryPolicy::none`]), pausing `first_pause`
+/// (`initial_backoff`) after the first, twice as long after each next one,
+/// up to `max_pause` (`max_backoff`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RideOut {
+    pub(crate) budget: Duration,
+    pub(crate) first_pause: Duration,
+    pub(crate) max_pause: Duration,
+}
+
 /// How retryable errors are retried: exponential backoff with full jitter,
-/// bounded by a number of attempts and a total delay.
+/// bounded by a number of attempts, a total delay, and a total time for
+/// the retries (their calls included) of `max_elapsed`.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     backoff: ExponentialBuilder,
-    /// How long a waiting lock acquisition keeps trying while the backend
-    /// fails (`max_elapsed`), and its pause between tries (`max_backoff`).
-    ride_out: (Duration, Duration),
+    /// How a waiting lock acquisition keeps trying while the backend
+    /// fails: see [`RideOut`].
+    ride_out: RideOut,
 }
 
 impl RetryPolicy {
@@ -28,7 +41,11 @@ impl RetryPolicy {
                 .with_max_times(settings.max_retries)
                 .with_total_delay(Some(settings.max_elapsed))
                 .with_jitter(),
-            ride_out: (settings.max_elapsed, settings.max_backoff),
+            ride_out: RideOut {
+                budget: settings.max_elapsed,
+                first_pause: settings.initial_backoff,
+                max_pause: settings.max_backoff,
+            },
         }
     }
 
@@ -42,7 +59,11 @@ impl RetryPolicy {
     pub fn none() -> Self {
         RetryPolicy {
             backoff: ExponentialBuilder::default().with_max_times(0),
-            ride_out: (Duration::ZERO, Duration::ZERO),
+            ride_out: RideOut {
+                budget: Duration::ZERO,
+                first_pause: Duration::ZERO,
+                max_pause: Duration::ZERO,
+            },
         }
     }
 
@@ -50,14 +71,15 @@ impl RetryPolicy {
     pub fn within(&self, budget: Duration) -> Self {
         RetryPolicy {
             backoff: self.backoff.with_total_delay(Some(budget)),
-            ride_out: (self.ride_out.0.min(budget), self.ride_out.1),
+            ride_out: RideOut {
+                budget: self.ride_out.budget.min(budget),
+                ..self.ride_out
+            },
         }
     }
 
-    /// How long a waiting lock acquisition keeps trying through retryable
-    /// errors (the settings' `max_elapsed`; none for [`RetryPolicy::none`]),
-    /// and how long it pauses between tries (`max_backoff`).
-    pub(crate) fn ride_out(&self) -> (Duration, Duration) {
+    /// How a waiting lock acquisition keeps trying through retryable errors.
+    pub(crate) fn ride_out(&self) -> RideOut {
         self.ride_out
     }
 
@@ -86,10 +108,17 @@ impl RetryPolicy {
         Fut: Future<Output = Result<T>>,
     {
         let mut delays = self.backoff.build();
+        // The calls count too, not only the sleeps: a server that never
+        // answers costs each call a request timeout, and the retries of
+        // those must not take six of them.
+        let started = tokio::time::Instant::now();
         loop {
             let Some(delay) = delays.next() else {
                 return last;
             };
+            if started.elapsed() + delay > self.ride_out.budget {
+                return last;
+            }
             if let Err(err) = &last {
                 tracing::debug!(error = %err, ?delay, "retrying after a retryable error");
             }
@@ -155,6 +184,23 @@ mod tests {
             .await;
         assert!(matches!(out, Err(Error::NotHeld(_))));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_failures_end_the_retries_by_max_elapsed() {
+        let calls = AtomicUsize::new(0);
+        let out: Result<()> = RetryPolicy::default()
+            .run(|| async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                // A server that never answers: each call takes a request
+                // timeout.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Err(Error::Timeout("no answer".into()))
+            })
+            .await;
+        assert!(matches!(out, Err(Error::Timeout(_))));
+        // Not 1 + 5 retries of 5 s each: the retries end once 5 s passed.
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]

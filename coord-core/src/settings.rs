@@ -102,9 +102,10 @@ pub struct RetrySettings {
     pub max_backoff: Duration,
     /// Most attempts after the first. Default 5.
     pub max_retries: usize,
-    /// Total time spent sleeping between attempts at most; also how long a
-    /// waiting lock acquisition keeps asking a backend that fails, before it
-    /// gives up. Default 5 s.
+    /// Total time of the retries at most (the sleeps between attempts, and
+    /// the attempts after the first); also how long a waiting lock
+    /// acquisition keeps asking a backend that fails, before it gives up.
+    /// Default 5 s.
     #[serde(with = "humantime_serde")]
     pub max_elapsed: Duration,
 }

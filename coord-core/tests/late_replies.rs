@@ -43,6 +43,28 @@ async fn acquire_asks_again_instead_of_returning_a_lost_guard() {
     guard.release().await.expect("release");
 }
 
+/// A grant whose reply took nearly all of its TTL (less than a tenth left,
+/// too little for a renewal to answer in time) is not returned either: the
+/// acquisition asks again, and its guard has most of its validity ahead.
+#[tokio::test(start_paused = true)]
+async fn acquire_asks_again_instead_of_returning_a_nearly_lost_guard() {
+    let (faulty, client, _) = setup();
+    faulty.inject_times(LockOp::TryAcquire, Fault::Delay(TTL * 95 / 100), 1);
+    let lock = client
+        .lock("nearly-late")
+        .ttl(TTL)
+        .wait_timeout(Duration::from_secs(5))
+        .build();
+    let guard = lock.acquire().await.expect("acquire");
+    assert!(
+        guard.valid_until() >= Instant::now() + TTL / 2,
+        "acquire returned a guard with {:?} of its {TTL:?} left",
+        guard.valid_until() - Instant::now()
+    );
+    assert_eq!(faulty.calls(LockOp::TryAcquire), 2, "asked again once");
+    guard.release().await.expect("release");
+}
+
 #[tokio::test(start_paused = true)]
 async fn try_acquire_gives_a_late_grant_back() {
     let (faulty, client, store) = setup();

@@ -202,10 +202,12 @@ enum Attempt {
     LostOnArrival,
 }
 
-/// Whether a grant whose request was sent at `sent_at` is already past its
-/// validity: such a guard would be lost on arrival.
+/// Whether a grant whose request was sent at `sent_at` is past its
+/// validity, or so nearly (less than a tenth of its TTL left) that its guard
+/// would be lost before a renewal could answer: a guard lost on arrival.
+/// (Asking again with the same owner renews it instead.)
 pub(crate) fn lost_on_arrival(grant: &LockGrant, sent_at: Instant, arrived: Instant) -> bool {
-    arrived.saturating_duration_since(sent_at) >= grant.ttl
+    arrived.saturating_duration_since(sent_at) >= grant.ttl - grant.ttl / 10
 }
 
 impl Lock {
@@ -454,7 +456,11 @@ impl Lock {
             None
         } else {
             // The first attempt goes out now: one clock reading less.
-            match self.attempt(&owner, pooled, started, true).await {
+            // One request: a failure goes to the waiting loop's `Outage`.
+            // (Not bounded by the wait timeout, which would grow every
+            // acquisition's future by a timer: a hung server holds it for
+            // its `request_timeout` at most.)
+            match self.attempt(&owner, pooled, started, false).await {
                 Ok(Attempt::Granted(grant, sent_at, arrived)) => {
                     self.set_waited(false);
                     let timing = (sent_at, arrived);
@@ -492,6 +498,8 @@ impl Lock {
             events = Some(listen_until(deadline, self.listen_for_releases(&mut relisten)).await);
         }
         let mut answered = first;
+        // When the request of the answer at hand was sent.
+        let mut sent_at = started;
         let mut outage = Outage::new(&shared.retry);
         // Whether the last answer was a grant that came too late, or a
         // failure (which may have been applied): the lock may then be held
@@ -512,11 +520,25 @@ impl Lock {
             }
             let answer = match answered.take() {
                 Some(answer) => answer,
-                // While the backend fails, one request at a time: the
-                // outage's pauses are the retries.
+                // One request at a time, with no retries of its own (a
+                // failure's pauses are the `Outage`'s), ending by the
+                // deadline: a hung server cannot hold the wait past it.
                 None => {
-                    let retries = !outage.riding();
-                    self.attempt(&owner, pooled, Instant::now(), retries).await
+                    sent_at = Instant::now();
+                    let attempt = self.attempt(&owner, pooled, sent_at, false);
+                    match deadline {
+                        None => attempt.await,
+                        Some(d) => match tokio::time::timeout_at(d, attempt).await {
+                            Ok(answer) => answer,
+                            // Still in flight: its `InFlight` gives back
+                            // whatever it is granted, and keeps the owner
+                            // out of the pool.
+                            Err(_) => {
+                                let what = format_args!("lock {:?}", &*self.name);
+                                return Err(outage.unanswered_at_deadline(what, started.elapsed()));
+                            }
+                        },
+                    }
                 }
             };
             let answer = match answer {
@@ -524,7 +546,7 @@ impl Lock {
                     outage.answered();
                     answer
                 }
-                Err(e) => match outage.failed(&e, &self.name, deadline) {
+                Err(e) => match outage.failed(&e, &self.name, sent_at, deadline) {
                     // The request may have been applied: the owner is kept,
                     // and its next grant renews whatever this one got.
                     Some(again) => {

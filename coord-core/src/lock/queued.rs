@@ -221,7 +221,25 @@ impl Lock {
                 entry.leave().await;
                 return Err(closed);
             }
-            let reply = self.enqueue_once(&owner, !outage.riding()).await;
+            // One request at a time, with no retries of its own (a
+            // failure's pauses are the `Outage`'s), ending by the deadline:
+            // a hung server cannot hold the wait past it.
+            let sent = Instant::now();
+            let enqueue = self.enqueue_once(&owner, false);
+            let reply = match deadline {
+                None => enqueue.await,
+                Some(d) => match tokio::time::timeout_at(d, enqueue).await {
+                    Ok(reply) => reply,
+                    Err(_) => {
+                        // The enqueue may still land: the entry leaves in
+                        // the background, its owner out of the pool.
+                        entry.pooled = false;
+                        drop(entry);
+                        let what = format_args!("{} lock {:?}", self.kind(), self.name());
+                        return Err(outage.unanswered_at_deadline(what, started.elapsed()));
+                    }
+                },
+            };
             let arrived = Instant::now();
             if reply.is_ok() {
                 outage.answered();
@@ -261,7 +279,7 @@ impl Lock {
                     listen_first = fence.is_some();
                     retry_after
                 }
-                Err(e) => match outage.failed(&e, self.name(), deadline) {
+                Err(e) => match outage.failed(&e, self.name(), sent, deadline) {
                     // The entry is kept (the request may have been applied):
                     // its next enqueue renews it, or queues it again after a
                     // restart that lost it.

@@ -39,6 +39,7 @@ pub const CASES: &[&str] = &[
     "waiter_gives_up_on_a_backend_that_keeps_failing",
     "wait_timeout_ends_a_ride_out",
     "cancelled_ride_out_gives_back_its_grant",
+    "hung_backend_cannot_hold_the_wait_past_its_timeout",
     "health_reports_healthy",
 ];
 
@@ -711,4 +712,10 @@ pub async fn wait_timeout_ends_a_ride_out(h: &dyn LockHarness) {
 /// its applied request was granted.
 pub async fn cancelled_ride_out_gives_back_its_grant(h: &dyn LockHarness) {
     crate::testkit::outage::cancelled_ride_out_gives_back_its_grant(h, false).await;
+}
+
+/// A backend that hangs on a waiting acquisition's request cannot hold the
+/// wait past its wait timeout.
+pub async fn hung_backend_cannot_hold_the_wait_past_its_timeout(h: &dyn LockHarness) {
+    crate::testkit::outage::hung_backend_cannot_hold_the_wait_past_its_timeout(h, false).await;
 }

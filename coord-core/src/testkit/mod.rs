@@ -284,6 +284,7 @@ macro_rules! lock_conformance_tests {
             waiter_gives_up_on_a_backend_that_keeps_failing,
             wait_timeout_ends_a_ride_out,
             cancelled_ride_out_gives_back_its_grant,
+            hung_backend_cannot_hold_the_wait_past_its_timeout,
             health_reports_healthy,
         );
     };

@@ -238,3 +238,9 @@ pub async fn wait_timeout_ends_a_ride_out(h: &dyn LockHarness) {
 pub async fn cancelled_ride_out_gives_back_its_grant(h: &dyn LockHarness) {
     crate::testkit::outage::cancelled_ride_out_gives_back_its_grant(h, true).await;
 }
+
+/// A backend that hangs on a waiting acquisition's request cannot hold the
+/// wait past its wait timeout.
+pub async fn hung_backend_cannot_hold_the_wait_past_its_timeout(h: &dyn LockHarness) {
+    crate::testkit::outage::hung_backend_cannot_hold_the_wait_past_its_timeout(h, true).await;
+}
