@@ -18,7 +18,7 @@ coord_core::cache_conformance_tests!(
 /// The suite lists every case the macro runs.
 #[test]
 fn every_case_is_listed() {
-    assert_eq!(coord_core::testkit::lock::CASES.len(), 24);
+    assert_eq!(coord_core::testkit::lock::CASES.len(), 25);
     assert_eq!(coord_core::testkit::kinds::CASES.len(), 29);
     assert_eq!(coord_core::testkit::fenced::CASES.len(), 3);
     assert_eq!(coord_core::testkit::cache::CASES.len(), 24);

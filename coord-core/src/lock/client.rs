@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::capabilities::Capabilities;
 use crate::error::{Error, Result};
@@ -41,6 +41,13 @@ use crate::settings::{LockSettings, Settings};
 pub struct LockClient {
     pub(crate) shared: Arc<ClientShared>,
 }
+
+/// The first pause before a failed background release is sent again.
+const BACKGROUND_RELEASE_FIRST_PAUSE: Duration = Duration::from_secs(1);
+/// The longest pause between a background release's tries.
+const BACKGROUND_RELEASE_MAX_PAUSE: Duration = Duration::from_secs(30);
+/// How long a background release is tried at most.
+const BACKGROUND_RELEASE_FOR: Duration = Duration::from_secs(600);
 
 #[derive(Debug)]
 pub(crate) struct ClientShared {
@@ -393,6 +400,16 @@ impl ClientShared {
     /// Releases `owner`'s hold on `name` in the background (a dropped guard,
     /// or an acquisition whose reply was lost and so may have succeeded).
     /// A pooled owner is reused once the release has surely ended its hold.
+    ///
+    /// A release the backend does not answer (an outage longer than the
+    /// call's retries) is sent again, [`BACKGROUND_RELEASE_FIRST_PAUSE`]
+    /// later, then twice as long after each failure up to
+    /// [`BACKGROUND_RELEASE_MAX_PAUSE`], for [`BACKGROUND_RELEASE_FOR`] at
+    /// most: a lock whose lease outlives its TTL (etcd keeps a client's
+    /// locks of one TTL on one lease, which its other locks keep alive)
+    /// would otherwise stay held after the outage. It stops early once this
+    /// client holds the same lock with the same owner again (a fixed
+    /// owner's next hold, which a late release must not end).
     pub(crate) fn release_in_background(
         self: &Arc<Self>,
         name: Arc<str>,
@@ -406,15 +423,48 @@ impl ClientShared {
         };
         let shared = self.clone();
         handle.spawn(async move {
-            match shared.release_settled(&name, &owner, kind).await {
-                (Ok(()) | Err(Error::NotHeld(_)), clean) => {
-                    if pooled && clean {
-                        shared.recycle_owner(owner);
+            let started = tokio::time::Instant::now();
+            let mut pause = BACKGROUND_RELEASE_FIRST_PAUSE;
+            loop {
+                match shared.release_settled(&name, &owner, kind).await {
+                    (Ok(()) | Err(Error::NotHeld(_)), clean) => {
+                        if pooled && clean {
+                            shared.recycle_owner(owner);
+                        }
+                        if pause > BACKGROUND_RELEASE_FIRST_PAUSE {
+                            tracing::info!(lock = %name, "background release done once the backend answered");
+                        }
+                        return;
+                    }
+                    (Err(e), _) if !e.is_retryable() => {
+                        tracing::warn!(lock = %name, error = %e, "background release refused; the lock stays held until its lease ends");
+                        return;
+                    }
+                    (Err(e), _) => {
+                        if started.elapsed() >= BACKGROUND_RELEASE_FOR {
+                            tracing::warn!(lock = %name, error = %e, "background release still fails; giving up: the lock stays held until its lease ends");
+                            return;
+                        }
+                        if pause == BACKGROUND_RELEASE_FIRST_PAUSE {
+                            tracing::warn!(lock = %name, error = %e, "background release failed; sending it again until the backend answers");
+                        }
                     }
                 }
-                (Err(e), _) => tracing::warn!(lock = %name, error = %e, "background release failed; the lock expires with its TTL"),
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(BACKGROUND_RELEASE_MAX_PAUSE);
+                if shared.holds(&name, &owner) {
+                    return;
+                }
             }
         });
+    }
+
+    /// Whether this client holds `name` with `owner` now.
+    fn holds(&self, name: &str, owner: &LockOwner) -> bool {
+        self.held
+            .all()
+            .iter()
+            .any(|g| &*g.name == name && g.owner == *owner)
     }
 
     pub(crate) fn track(&self, guard: Arc<GuardShared>) -> u64 {

@@ -32,6 +32,7 @@ pub const CASES: &[&str] = &[
     "reacquire_by_same_owner_is_idempotent",
     "shutdown_releases_held_locks",
     "unanswered_release_goes_on_in_the_background",
+    "background_release_is_sent_again_until_answered",
     "acquisition_dropped_in_flight_gives_its_grant_back",
     "grant_after_shutdown_is_given_back",
     "waiter_rides_out_a_failing_backend",
@@ -646,6 +647,26 @@ pub async fn unanswered_release_goes_on_in_the_background(h: &dyn LockHarness) {
         .expect_err("the release got no answer");
     assert!(err.is_retryable(), "{err:?}");
     freed_for_another(h, &name, "an unanswered release").await;
+}
+
+/// A background release that gets no answer (a dropped guard during an
+/// outage longer than the call's retries) is sent again until the backend
+/// answers: the lock is free soon after, not only when its lease ends (on
+/// etcd, never while the client's other locks keep their shared lease).
+pub async fn background_release_is_sent_again_until_answered(h: &dyn LockHarness) {
+    let name = unique_name("background-release-again");
+    let (faulty, c) = faulty_client(h).await;
+    let guard = c
+        .lock(name.clone())
+        .ttl(LONG_TTL)
+        .build()
+        .acquire()
+        .await
+        .expect("acquire");
+    faulty.inject_times(LockOp::Release, Fault::Unavailable, 2);
+    drop(guard);
+    freed_for_another(h, &name, "a background release that failed twice").await;
+    assert!(faulty.calls(LockOp::Release) >= 3, "sent again");
 }
 
 /// An acquisition dropped while its request is in flight (a timeout

@@ -277,6 +277,7 @@ macro_rules! lock_conformance_tests {
             reacquire_by_same_owner_is_idempotent,
             shutdown_releases_held_locks,
             unanswered_release_goes_on_in_the_background,
+            background_release_is_sent_again_until_answered,
             acquisition_dropped_in_flight_gives_its_grant_back,
             grant_after_shutdown_is_given_back,
             waiter_rides_out_a_failing_backend,
