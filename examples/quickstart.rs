@@ -9,6 +9,7 @@
 //! ```
 
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coord::Coord;
@@ -35,7 +36,8 @@ async fn run() -> coord::Result<()> {
     let health = coord.health().await;
     println!(
         "connected to {} ({:?}, round trip {:?})",
-        coord.settings().url,
+        // (Without the password, if the URL has one.)
+        coord::url::redact(&coord.settings().url),
         health.status,
         health.latency.unwrap_or_default()
     );
@@ -57,9 +59,12 @@ async fn run() -> coord::Result<()> {
 
     println!("two workers contend for the same lock:");
     let started = Instant::now();
+    // The tokens in grant order (pushed while holding the lock).
+    let tokens = Arc::new(Mutex::new(Vec::new()));
     let mut workers = Vec::new();
     for worker in ["alice", "bob"] {
         let lock = lock.clone();
+        let tokens = tokens.clone();
         workers.push(tokio::spawn(async move {
             for round in 1..=3 {
                 let guard = lock.acquire().await?;
@@ -68,6 +73,7 @@ async fn run() -> coord::Result<()> {
                     started.elapsed(),
                     guard.fencing_token()
                 );
+                tokens.lock().unwrap().push(guard.fencing_token());
                 // The protected work. Stop if the lock is lost meanwhile.
                 tokio::select! {
                     lost = guard.lost() => return Err(lost),
@@ -84,6 +90,17 @@ async fn run() -> coord::Result<()> {
         w.await.expect("worker task panicked")?;
     }
     coord.shutdown(Duration::from_secs(5)).await?;
-    println!("done: every grant had a larger token than the one before");
-    Ok(())
+    let tokens = tokens.lock().unwrap().clone();
+    if tokens.windows(2).all(|w| w[0] < w[1]) {
+        println!(
+            "done: each of the {} grants had a larger token than the one before",
+            tokens.len()
+        );
+        Ok(())
+    } else {
+        Err(coord::Error::Conflict {
+            expected: "fencing tokens that increase with each grant".into(),
+            actual: format!("{tokens:?}"),
+        })
+    }
 }

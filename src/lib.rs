@@ -13,6 +13,9 @@ pub use coord_core::{
     Result, RetryPolicy, RetrySettings, Settings, StoredKind, fence,
 };
 
+/// URL helpers: [`url::redact`] hides a URL's password for logs.
+pub use coord_core::url;
+
 /// Caches: the backend trait, codecs, validation helpers.
 pub use coord_core::cache;
 

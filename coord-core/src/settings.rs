@@ -365,6 +365,8 @@ fn settings_error(error: figment::Error) -> Error {
                 kind if !e.path.is_empty() => {
                     format!("{kind} for `{}` in {source}", e.path.join("."))
                 }
+                // A file that does not parse: say which file.
+                _ if e.metadata.is_some() => format!("{source}: {e}"),
                 _ => e.to_string(),
             }
         })
@@ -452,6 +454,21 @@ mod tests {
             assert_eq!(s.lock.poll_interval, Duration::from_millis(250));
             assert_eq!(s.namespace, "coord");
             assert!(s.lock.watchdog);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_file_that_does_not_parse_is_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("coord.toml", "url = \"memory://\n")?;
+            let err = Settings::load().unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument(_)));
+            let msg = err.to_string();
+            assert!(
+                msg.contains("coord.toml") && msg.contains("TOML parse error"),
+                "{msg}"
+            );
             Ok(())
         });
     }

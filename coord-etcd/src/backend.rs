@@ -391,9 +391,10 @@ impl fmt::Debug for EtcdBackend {
 }
 
 /// Asks the server's version in the background (a connect is not delayed)
-/// and warns once when that version has a fault that changes what locks
-/// promise ([`EtcdVersion::revokes_leases_after_a_stall`]).
+/// and warns, once per process, when that version has a fault that changes
+/// what locks promise ([`EtcdVersion::revokes_leases_after_a_stall`]).
 fn warn_of_known_server_faults(mut client: Client, timeout: Duration) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
@@ -403,7 +404,11 @@ fn warn_of_known_server_faults(mut client: Client, timeout: Duration) {
         };
         match EtcdVersion::parse(status.version()) {
             Some(v) if v.revokes_leases_after_a_stall() => {
-                tracing::warn!("{}", stall_revocation_warning(v));
+                if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::debug!(version = %v, "etcd version with a known lease fault (warned before)");
+                } else {
+                    tracing::warn!("{}", stall_revocation_warning(v));
+                }
             }
             Some(v) => tracing::debug!(version = %v, "etcd version"),
             None => tracing::debug!(version = status.version(), "unreadable etcd version"),

@@ -130,6 +130,8 @@ impl MemoryBackend {
         let mut caps = Capabilities::new("memory");
         caps.linearizable = true;
         caps.fencing = true;
+        // Fair locks, semaphores and read-write locks queue in request order.
+        caps.fair_ordering = true;
         caps.native_ttl = true;
         caps.watch = true;
         MemoryBackend {
