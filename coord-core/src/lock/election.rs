@@ -203,6 +203,11 @@ impl Election {
     /// leader may still be missed). A failed read is yielded as an error and
     /// the stream goes on. The stream is boxed: no pinning needed.
     ///
+    /// Observing starts when the stream is first polled, not when it is
+    /// made: to see every term from some point on (a test, a dashboard
+    /// started before the candidates), await its first item, the current
+    /// leader, before that point, as below.
+    ///
     /// ```
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// use futures::StreamExt;
