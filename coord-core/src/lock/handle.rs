@@ -12,7 +12,7 @@ use crate::lock::backend::ReleaseEvents;
 use crate::lock::client::LockClient;
 use crate::lock::guard::LockGuard;
 use crate::lock::kind::LockKind;
-use crate::lock::outage::Outage;
+use crate::lock::outage::{LAST_LOOK, Outage};
 use crate::lock::relisten::Relisten;
 use crate::lock::stats::StatsCell;
 use crate::lock::types::{AcquireOutcome, LockGrant, LockOwner, validate_lock_request};
@@ -522,22 +522,28 @@ impl Lock {
                 Some(answer) => answer,
                 // One request at a time, with no retries of its own (a
                 // failure's pauses are the `Outage`'s), ending by the
-                // deadline: a hung server cannot hold the wait past it.
+                // deadline (or `LAST_LOOK` after a request sent at it): a
+                // hung server cannot hold the wait past it.
                 None => {
                     sent_at = Instant::now();
                     let attempt = self.attempt(&owner, pooled, sent_at, false);
                     match deadline {
                         None => attempt.await,
-                        Some(d) => match tokio::time::timeout_at(d, attempt).await {
-                            Ok(answer) => answer,
-                            // Still in flight: its `InFlight` gives back
-                            // whatever it is granted, and keeps the owner
-                            // out of the pool.
-                            Err(_) => {
-                                let what = format_args!("lock {:?}", &*self.name);
-                                return Err(outage.unanswered_at_deadline(what, started.elapsed()));
+                        Some(d) => {
+                            match tokio::time::timeout_at(d.max(sent_at + LAST_LOOK), attempt).await
+                            {
+                                Ok(answer) => answer,
+                                // Still in flight: its `InFlight` gives back
+                                // whatever it is granted, and keeps the owner
+                                // out of the pool.
+                                Err(_) => {
+                                    let what = format_args!("lock {:?}", &*self.name);
+                                    return Err(
+                                        outage.unanswered_at_deadline(what, started.elapsed())
+                                    );
+                                }
                             }
-                        },
+                        }
                     }
                 }
             };

@@ -48,6 +48,11 @@ const MIN_PAUSE: Duration = Duration::from_millis(5);
 /// (which the deadline cuts short if it gets no answer).
 const LAST_TRY_BEFORE: Duration = Duration::from_millis(20);
 
+/// How long a request sent at (or just before) a waiting acquisition's
+/// deadline may take past it: the last look at the lock, which a backend
+/// that works answers in time (a hung one is cut short by then).
+pub(crate) const LAST_LOOK: Duration = Duration::from_millis(100);
+
 /// How long the backend fails before a waiting acquisition warns of it (a
 /// blip that one retry rides out is not worth a warning).
 const WARN_AFTER: Duration = Duration::from_secs(1);

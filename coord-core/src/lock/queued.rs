@@ -14,7 +14,7 @@ use crate::lock::backend::{ReleaseEvents, Wake};
 use crate::lock::client::ClientShared;
 use crate::lock::guard::LockGuard;
 use crate::lock::handle::{Lock, RESUBSCRIBE_AFTER, listen_until};
-use crate::lock::outage::Outage;
+use crate::lock::outage::{LAST_LOOK, Outage};
 use crate::lock::queue::{HoldMode, QueueOutcome};
 use crate::lock::relisten::Relisten;
 use crate::lock::types::{FencingToken, LockGrant, LockOwner};
@@ -222,13 +222,14 @@ impl Lock {
                 return Err(closed);
             }
             // One request at a time, with no retries of its own (a
-            // failure's pauses are the `Outage`'s), ending by the deadline:
-            // a hung server cannot hold the wait past it.
+            // failure's pauses are the `Outage`'s), ending by the deadline
+            // (or `LAST_LOOK` after a request sent at it): a hung server
+            // cannot hold the wait past it.
             let sent = Instant::now();
             let enqueue = self.enqueue_once(&owner, false);
             let reply = match deadline {
                 None => enqueue.await,
-                Some(d) => match tokio::time::timeout_at(d, enqueue).await {
+                Some(d) => match tokio::time::timeout_at(d.max(sent + LAST_LOOK), enqueue).await {
                     Ok(reply) => reply,
                     Err(_) => {
                         // The enqueue may still land: the entry leaves in

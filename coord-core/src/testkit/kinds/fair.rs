@@ -76,6 +76,11 @@ pub async fn cancelled_waiter_leaves_the_queue(h: &dyn LockHarness) {
     // A waiter that gives up.
     let quitter = lock(Duration::from_millis(300)).acquire().await;
     assert!(matches!(quitter, Err(Error::Timeout(_))), "{quitter:?}");
+    let msg = quitter.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        msg.contains("not granted") && !msg.contains("did not answer"),
+        "the backend answered every request: {msg}"
+    );
     // A waiter that is cancelled while queued.
     let cancelled = {
         let l = lock(long);
