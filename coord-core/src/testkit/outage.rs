@@ -11,6 +11,7 @@ use crate::error::Error;
 use crate::lock::{Lock, LockClient, LockGuard};
 use crate::retry::RetryPolicy;
 use crate::settings::RetrySettings;
+use crate::testkit::kinds::until_waiting;
 use crate::testkit::{Fault, FaultyLockBackend, LockHarness, LockOp, unique_name, within};
 
 /// A lease long enough that nothing in these cases ends by expiry.
@@ -43,6 +44,13 @@ fn lock(c: &LockClient, name: &str, fair: bool) -> Lock {
         .ttl(LONG_TTL)
         .wait_timeout(Duration::from_secs(60));
     if fair { b.fair() } else { b }.build()
+}
+
+/// `name` held by a client of its own (returned, to keep it alive).
+async fn hold(h: &dyn LockHarness, name: &str, fair: bool) -> (LockClient, LockGuard) {
+    let holder = LockClient::new(h.new_backend().await);
+    let held = lock(&holder, name, fair).acquire().await.expect("holder");
+    (holder, held)
 }
 
 /// Waits (at most 10 s) until `faulty` has seen `n` acquisition requests.
@@ -86,11 +94,7 @@ async fn free_for_another(h: &dyn LockHarness, name: &str, fair: bool, what: &st
 /// the holder has released it: no error reaches the caller.
 pub(crate) async fn waiter_rides_out_a_failing_backend(h: &dyn LockHarness, fair: bool) {
     let name = unique_name("rides-out");
-    let holder_client = LockClient::new(h.new_backend().await);
-    let held = lock(&holder_client, &name, fair)
-        .acquire()
-        .await
-        .expect("holder");
+    let (_holder_client, held) = hold(h, &name, fair).await;
     let (faulty, c) = riding_client(h, Duration::from_secs(30)).await;
     faulty.inject(LockOp::TryAcquire, Fault::Unavailable);
     let waiter = lock(&c, &name, fair);
@@ -209,11 +213,7 @@ pub(crate) async fn hung_backend_cannot_hold_the_wait_past_its_timeout(
     fair: bool,
 ) {
     let name = unique_name("hung-backend");
-    let holder_client = LockClient::new(h.new_backend().await);
-    let held = lock(&holder_client, &name, fair)
-        .acquire()
-        .await
-        .expect("holder");
+    let (_holder_client, held) = hold(h, &name, fair).await;
     // The default retries: each hung request would be retried.
     let faulty = Arc::new(FaultyLockBackend::new(h.new_backend().await));
     let c = LockClient::new(faulty.clone());
@@ -227,12 +227,7 @@ pub(crate) async fn hung_backend_cannot_hold_the_wait_past_its_timeout(
     let l = if fair { l.fair() } else { l }.build();
     let started = Instant::now();
     let waiting = tokio::spawn(async move { l.acquire().await.map(|_| ()) });
-    within(Duration::from_secs(10), "the waiter waits", async {
-        while c.waiting() < 1 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    until_waiting(&c, 1).await;
     faulty.inject(LockOp::TryAcquire, Fault::Delay(Duration::from_secs(30)));
     let held = if fair {
         Some(held)
@@ -308,12 +303,7 @@ pub async fn waiters_ride_out_a_server_outage(
             .collect();
         waiting.push(pair);
     }
-    within(Duration::from_secs(20), "all four waiters wait", async {
-        while waiters.waiting() < 4 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    until_waiting(&waiters, 4).await;
     outage.await;
     // Not a synchronisation: the scenario. The waiters are answered again
     // (each asks within `retry.max_backoff`, 1 s) and find the locks held
