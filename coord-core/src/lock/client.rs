@@ -14,7 +14,7 @@ use crate::lock::handle::LockBuilder;
 use crate::lock::kind::LockKind;
 use crate::lock::reentrant::ReentrantSlots;
 use crate::lock::renewal::RenewalScheduler;
-use crate::lock::shards::{HeldGuards, OwnerPool};
+use crate::lock::shards::HoldTables;
 use crate::lock::stats::{LockStats, StatsTable};
 use crate::lock::types::LockOwner;
 use crate::metrics::Metrics;
@@ -64,9 +64,9 @@ pub(crate) struct ClientShared {
     waiting: AtomicUsize,
     /// Set by [`LockClient::shutdown`]: no new acquisitions.
     closed: AtomicBool,
-    held: HeldGuards,
-    /// Owners whose holds have ended, for reuse (see [`ClientShared::take_owner`]).
-    idle_owners: OwnerPool,
+    /// The guards it holds and the owners it reuses (see
+    /// [`ClientShared::take_owner`]).
+    pub(crate) tables: HoldTables,
     pub(crate) renewals: Arc<RenewalScheduler>,
     pub(crate) stats: StatsTable,
     pub(crate) reentrant: ReentrantSlots,
@@ -137,8 +137,7 @@ impl LockClientBuilder {
                 answers_at_once: AtomicBool::new(true),
                 waiting: AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
-                held: HeldGuards::default(),
-                idle_owners: OwnerPool::default(),
+                tables: HoldTables::default(),
                 renewals: Arc::new(RenewalScheduler::new()),
                 stats: StatsTable::default(),
                 reentrant: ReentrantSlots::default(),
@@ -204,7 +203,7 @@ impl LockClient {
 
     /// How many locks this client holds (guards not yet released or dropped).
     pub fn held(&self) -> usize {
-        self.shared.held.len()
+        self.shared.tables.len()
     }
 
     /// What this client saw of lock `name`: acquisitions, contended
@@ -230,7 +229,7 @@ impl LockClient {
     /// with [`Error::Closed`].
     pub async fn shutdown(&self) -> Result<()> {
         self.shared.closed.store(true, Ordering::Release);
-        let held = self.shared.held.drain();
+        let held = self.shared.tables.drain();
         let mut first_error = None;
         for guard in held {
             guard.mark_closed("the client was shut down");
@@ -376,8 +375,8 @@ impl ClientShared {
     /// client ever writes to its peak concurrency, which keeps backends that
     /// key holders by owner (etcd) from piling up deleted keys.
     pub(crate) fn take_owner(&self) -> LockOwner {
-        self.idle_owners
-            .take()
+        self.tables
+            .take_owner()
             .unwrap_or_else(|| LockOwner::unique(&self.client_id))
     }
 
@@ -394,7 +393,7 @@ impl ClientShared {
     /// prefix, and each new one leaves a deleted key that every later
     /// acquisition's range compare walks until the next compaction.
     pub(crate) fn recycle_owner(&self, owner: LockOwner) {
-        self.idle_owners.put(owner);
+        self.tables.put_owner(owner);
     }
 
     /// Releases `owner`'s hold on `name` in the background (a dropped guard,
@@ -461,23 +460,23 @@ impl ClientShared {
 
     /// Whether this client holds `name` with `owner` now.
     fn holds(&self, name: &str, owner: &LockOwner) -> bool {
-        self.held
+        self.tables
             .all()
             .iter()
             .any(|g| &*g.name == name && g.owner == *owner)
     }
 
     pub(crate) fn track(&self, guard: Arc<GuardShared>) -> u64 {
-        self.held.insert(guard)
+        self.tables.insert(guard)
     }
 
     /// The guards held now (for the renewal task's scan).
     pub(crate) fn held_guards(&self) -> Vec<Arc<GuardShared>> {
-        self.held.all()
+        self.tables.all()
     }
 
     pub(crate) fn untrack(&self, id: u64, guard: &Arc<GuardShared>) {
-        self.held.remove(id, guard);
+        self.tables.remove(id, guard);
     }
 
     pub(crate) fn waiting_enter(self: &Arc<Self>) -> WaitingMark {

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::lock::client::ClientShared;
 use crate::lock::kind::LockKind;
 use crate::lock::renewal::RenewalScheduler;
+use crate::lock::shards::LockedShard;
 use crate::lock::stats::StatsCell;
 use crate::lock::types::{FencingToken, LockGrant, LockOwner};
 
@@ -229,8 +230,11 @@ pub struct LockGuard {
 }
 
 impl LockGuard {
+    /// A guard of a new grant, tracked in `shard` (locked by the caller,
+    /// which took the grant's owner from it) or else in the client's table.
     #[allow(clippy::too_many_arguments)] // one call site, each argument named there
     pub(crate) fn new(
+        shard: Option<&mut LockedShard<'_>>,
         client: Arc<ClientShared>,
         name: Arc<str>,
         owner: LockOwner,
@@ -242,6 +246,7 @@ impl LockGuard {
         kind: LockKind,
         stats: Arc<StatsCell>,
     ) -> Self {
+        let ttl_nanos = grant.ttl.as_nanos() as u64;
         let shared = Arc::new(GuardShared {
             client,
             name,
@@ -250,12 +255,12 @@ impl LockGuard {
             token: grant.token,
             ttl: grant.ttl,
             base: sent_at,
-            valid_for_nanos: AtomicU64::new(grant.ttl.as_nanos() as u64),
+            valid_for_nanos: AtomicU64::new(ttl_nanos),
             lost: Mutex::new(None),
             lost_wake: Notify::new(),
             stop: StopSignal::default(),
             watchdog: watchdog_on,
-            next_renewal_nanos: AtomicU64::new((grant.ttl / 3).as_nanos() as u64),
+            next_renewal_nanos: AtomicU64::new(ttl_nanos / 3),
             renewing: AtomicBool::new(false),
             kind,
             holds: AtomicUsize::new(1),
@@ -264,9 +269,14 @@ impl LockGuard {
             at_risk_wake: Notify::new(),
             stats,
         });
-        let id = shared.client.track(shared.clone());
+        let id = match shard {
+            Some(shard) => shard.insert(shared.clone()),
+            None => shared.client.track(shared.clone()),
+        };
         if watchdog_on {
-            RenewalScheduler::schedule(&shared.client, shared.next_renewal());
+            RenewalScheduler::schedule_first(&shared.client, ttl_nanos / 3, || {
+                shared.next_renewal()
+            });
         }
         LockGuard {
             shared,
@@ -494,20 +504,19 @@ impl LockGuard {
         self.shared.record_hold_at(now);
         self.shared.stop.cancel();
         let client = &self.shared.client;
-        client.untrack(self.id, &self.shared);
         let span = tracing::debug_span!("coord.lock.release", backend = client.backend_name, lock = %self.shared.name);
         let (name, owner, kind) = (&self.shared.name, &self.shared.owner, self.shared.kind);
-        // An in-process backend answers at once; a disabled span is not
-        // entered on every poll.
-        let at_once = span.is_disabled() && !kind.is_queued();
-        // (The answer is the `if let`'s scrutinee, dropped before the `else`:
-        // the future does not keep it across the backend call.)
-        let (result, clean) = if let Some(result) = at_once
-            .then(|| client.call_now("release", |b| b.release_now(name, owner, now)))
-            .flatten()
+        // An in-process backend answers at once (a disabled span is not
+        // entered on every poll).
+        if span.is_disabled() && !kind.is_queued() && client.answers_at_once.load(Ordering::Relaxed)
         {
-            (result, true)
-        } else if span.is_disabled() {
+            if let Some(result) = self.release_at_once(now) {
+                return result;
+            }
+        } else {
+            client.untrack(self.id, &self.shared);
+        }
+        let (result, clean) = if span.is_disabled() {
             // Inline, with no allocation: its retries are boxed apart (see
             // `RetryPolicy::run`), so it adds little to this future.
             client.release_settled(name, owner, kind).await
@@ -515,20 +524,50 @@ impl LockGuard {
             let release = client.release_settled(name, owner, kind);
             Box::pin(tracing::Instrument::instrument(release, span)).await
         };
+        // Released, or surely not held: a clean release's owner is reused.
+        if matches!(result, Ok(()) | Err(Error::NotHeld(_))) && self.shared.pooled && clean {
+            client.recycle_owner(self.shared.owner.clone());
+        }
+        self.released(result)
+    }
+
+    /// The release of a lease lock by an in-process backend, answered at
+    /// once (`None` when the backend must be awaited): the guard is
+    /// untracked, the lock released at `now` and the owner kept for reuse
+    /// under one lock of the guard's shard. Untracks the guard either way.
+    fn release_at_once(&self, now: Instant) -> Option<Result<()>> {
+        let (client, name, owner) = (&self.shared.client, &self.shared.name, &self.shared.owner);
+        let mut shard = client.tables.lock_shard_of(self.id);
+        let untracked = shard.remove(self.id, &self.shared);
+        let answer = client.call_now("release", |b| b.release_now(name, owner, now));
+        if self.shared.pooled && matches!(answer, Some(Ok(()) | Err(Error::NotHeld(_)))) {
+            shard.put_owner(owner.clone());
+        }
+        drop(shard);
+        drop(untracked);
+        Some(self.released(answer?))
+    }
+
+    /// Counts the release's `result` and, when the backend did not answer
+    /// it (after the retries), releases in the background, so that the lock
+    /// does not stay held until its lease ends (the owner stays out of the
+    /// pool: the failed release may land).
+    fn released(&self, result: Result<()>) -> Result<()> {
+        let client = &self.shared.client;
         if let Some(m) = &client.metrics {
             let outcome = result.as_ref().map_or_else(Error::kind_label, |_| "ok");
             m.lock_op(client.backend_name, "release", outcome);
         }
-        match &result {
-            Ok(()) | Err(Error::NotHeld(_)) => {
-                if self.shared.pooled && clean {
-                    client.recycle_owner(self.shared.owner.clone());
-                }
-            }
-            // No answer after the retries: released in the background, so
-            // that the lock does not stay held until its lease ends (the
-            // owner stays out of the pool: the failed release may land).
-            Err(_) => client.release_in_background(name.clone(), owner.clone(), false, kind),
+        if let Err(e) = &result
+            && !matches!(e, Error::NotHeld(_))
+        {
+            let shared = &self.shared;
+            client.release_in_background(
+                shared.name.clone(),
+                shared.owner.clone(),
+                false,
+                shared.kind,
+            );
         }
         result
     }

@@ -14,6 +14,7 @@ use crate::lock::guard::LockGuard;
 use crate::lock::kind::LockKind;
 use crate::lock::outage::{LAST_LOOK, Outage};
 use crate::lock::relisten::Relisten;
+use crate::lock::shards::LockedShard;
 use crate::lock::stats::StatsCell;
 use crate::lock::types::{AcquireOutcome, LockGrant, LockOwner, validate_lock_request};
 use crate::retry::RetryPolicy;
@@ -256,9 +257,10 @@ impl Lock {
         if span.is_disabled()
             && let Some(guard) = self.acquire_at_once()
         {
-            let result = Ok(guard);
-            self.record("acquire", &result);
-            return result;
+            if let Some(m) = &self.client.shared.metrics {
+                m.lock_op(self.client.shared.backend_name, "acquire", "ok");
+            }
+            return Ok(guard);
         }
         // The general path runs inline: an uncontended lease acquisition
         // allocates no future (an allocation per call, often freed on
@@ -307,7 +309,32 @@ impl Lock {
         {
             return None;
         }
-        let (owner, pooled) = self.check_and_owner().ok()?;
+        if self.owner.is_some() {
+            // A fixed owner: not from the pool.
+            let (owner, pooled) = self.check_and_owner().ok()?;
+            return self.grant_at_once(None, owner, pooled);
+        }
+        // The owner is taken from, and the guard tracked in, this thread's
+        // shard under one lock. Checked under it: a shutdown closes the
+        // client before it drains the shards, so either this sees the
+        // client closed or the shutdown finds this guard.
+        let mut shard = shared.tables.lock_thread_shard();
+        shared.check_open().ok()?;
+        let owner = shard
+            .take_owner()
+            .unwrap_or_else(|| LockOwner::unique(&shared.client_id));
+        self.grant_at_once(Some(&mut shard), owner, true)
+    }
+
+    /// [`Lock::acquire_at_once`] with `owner`: its guard is tracked in
+    /// `shard` when given (where a refused `owner` goes back too).
+    fn grant_at_once(
+        &self,
+        mut shard: Option<&mut LockedShard<'_>>,
+        owner: LockOwner,
+        pooled: bool,
+    ) -> Option<LockGuard> {
+        let shared = &self.client.shared;
         // One clock reading: the backend grants at `now` and the answer is
         // there at once, with no reply in flight to outlive the grant (a
         // thread stalled past the TTL inside this call is no different from
@@ -317,23 +344,20 @@ impl Lock {
         let answer = shared.call_now("try_acquire", |b| {
             b.try_acquire_now(&self.name, &owner, self.ttl, now)
         });
-        match answer {
-            Some(Ok(AcquireOutcome::Granted(grant))) => {
-                Some(self.guard(owner, pooled, grant, (now, now), now, false))
-            }
-            // A backend to await: from now on the general path only.
-            None => {
-                shared.answers_at_once.store(false, Ordering::Relaxed);
-                self.recycle(owner, pooled);
-                None
-            }
-            // Held, or an error answered at once (nothing was applied): the
-            // general path asks again and waits or reports.
-            _ => {
-                self.recycle(owner, pooled);
-                None
-            }
+        if let Some(Ok(AcquireOutcome::Granted(grant))) = answer {
+            return Some(self.guard_in(shard, owner, pooled, grant, (now, now), now, false));
         }
+        if answer.is_none() {
+            // A backend to await: from now on the general path only.
+            shared.answers_at_once.store(false, Ordering::Relaxed);
+        }
+        // Held, or an error answered at once (nothing was applied): the
+        // general path asks again and waits or reports.
+        match (pooled, shard.as_mut()) {
+            (true, Some(shard)) => shard.put_owner(owner),
+            _ => self.recycle(owner, pooled),
+        }
+        None
     }
 
     async fn acquire_unspanned(&self) -> Result<LockGuard> {
@@ -749,12 +773,32 @@ impl Lock {
         owner: LockOwner,
         pooled: bool,
         grant: LockGrant,
+        timing: (Instant, Instant),
+        started: Instant,
+        contended: bool,
+    ) -> LockGuard {
+        self.guard_in(None, owner, pooled, grant, timing, started, contended)
+    }
+
+    /// [`Lock::guard`], tracked in `shard` when given (see [`LockGuard::new`]).
+    #[allow(clippy::too_many_arguments)] // two call sites, each argument named there
+    fn guard_in(
+        &self,
+        shard: Option<&mut LockedShard<'_>>,
+        owner: LockOwner,
+        pooled: bool,
+        grant: LockGrant,
         (sent_at, granted_at): (Instant, Instant),
         started: Instant,
         contended: bool,
     ) -> LockGuard {
         let shared = &self.client.shared;
-        let waited = granted_at.saturating_duration_since(started);
+        // (Granted at its start, the in-process grant: no clock arithmetic.)
+        let waited = if granted_at == started {
+            Duration::ZERO
+        } else {
+            granted_at.saturating_duration_since(started)
+        };
         let stats = self.stats_cell();
         stats.acquired(waited, contended);
         if let Some(m) = &shared.metrics {
@@ -762,6 +806,7 @@ impl Lock {
             m.lock_granted(shared.backend_name, stats.label(), waited, contended);
         }
         LockGuard::new(
+            shard,
             shared.clone(),
             self.name.clone(),
             owner,

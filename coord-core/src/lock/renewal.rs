@@ -44,6 +44,25 @@ impl RenewalScheduler {
         at.saturating_duration_since(self.base).as_nanos() as u64
     }
 
+    /// Makes sure the first renewal of a new guard, `period_nanos` after its
+    /// grant (at `due()`), happens on time. A period of [`IDLE_TICK`] or
+    /// more needs nothing once the task runs: it scans again within
+    /// [`IDLE_TICK`] of any moment, so before the renewal is due, even when
+    /// a scan running now misses the guard (that scan's next one comes
+    /// within [`IDLE_TICK`] of its start, which was before the grant).
+    pub(crate) fn schedule_first(
+        client: &Arc<ClientShared>,
+        period_nanos: u64,
+        due: impl FnOnce() -> Instant,
+    ) {
+        if period_nanos >= IDLE_TICK.as_nanos() as u64
+            && client.renewals.started.load(Ordering::Acquire)
+        {
+            return;
+        }
+        Self::schedule(client, due());
+    }
+
     /// Makes sure a renewal due at `due` happens on time: starts the task on
     /// first use, and wakes it when it would sleep past `due`.
     pub(crate) fn schedule(client: &Arc<ClientShared>, due: Instant) {
@@ -175,5 +194,49 @@ async fn renew_once(guard: Arc<GuardShared>) {
         guard.set_next_renewal(next);
         guard.renewing.store(false, Ordering::SeqCst);
         RenewalScheduler::schedule(&client, next);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::LockClient;
+    use crate::memory::MemoryBackend;
+
+    /// A guard whose first renewal is an idle tick or more away does not
+    /// wake the running task ([`RenewalScheduler::schedule_first`]): the
+    /// task's next scans must still renew it on time, including a scan that
+    /// was due just before the grant.
+    ///
+    /// [`RenewalScheduler::schedule_first`]: super::RenewalScheduler::schedule_first
+    #[tokio::test(start_paused = true)]
+    async fn a_guard_due_an_idle_tick_or_more_away_is_renewed_without_a_wake_up() {
+        let client = LockClient::new(Arc::new(MemoryBackend::new()));
+        // Starts the renewal task, which then sleeps an idle tick at a time.
+        let _first = client
+            .lock("renewal/first")
+            .build()
+            .acquire()
+            .await
+            .expect("acquire");
+        for offset_ms in [0, 1, 500, 999] {
+            tokio::time::sleep(Duration::from_millis(offset_ms)).await;
+            // A period of exactly the idle tick: the tightest case.
+            let guard = client
+                .lock(format!("renewal/idle/{offset_ms}"))
+                .ttl(Duration::from_secs(3))
+                .build()
+                .acquire()
+                .await
+                .expect("acquire");
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            assert!(
+                guard.is_held(),
+                "a 3 s lease acquired {offset_ms} ms into a tick was not renewed"
+            );
+            guard.release().await.expect("release");
+        }
     }
 }

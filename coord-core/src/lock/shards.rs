@@ -27,67 +27,133 @@ fn thread_shard() -> usize {
     SHARD.with(|s| *s)
 }
 
-/// The guards a client holds (the renewal task and shutdown walk them).
+/// The guards a client holds (the renewal task and shutdown walk them) and
+/// the owner ids it reuses, in one table per shard: an in-process grant
+/// takes an owner and tracks its guard under one lock, and its release
+/// untracks the guard and keeps the owner under one lock
+/// ([`HoldTables::lock_thread_shard`], [`HoldTables::lock_shard_of`]).
 ///
-/// Each shard is a slab: a guard's id is its slot and its shard, so that
-/// tracking one costs a mutex and a slot, with no hashing and no counter
-/// shared by every thread. A guard is added to its thread's shard.
+/// Each shard's guards are a slab: a guard's id is its slot and its shard,
+/// so that tracking one costs a slot, with no hashing and no counter shared
+/// by every thread. A guard is added to its thread's shard.
 #[derive(Debug, Default)]
-pub(crate) struct HeldGuards {
-    shards: [Mutex<Slab>; SHARDS],
+pub(crate) struct HoldTables {
+    shards: [Mutex<HoldShard>; SHARDS],
 }
 
-/// One shard of [`HeldGuards`]: slots, and the free ones.
+/// One shard of [`HoldTables`]: guard slots, the free ones, and idle owners.
 #[derive(Debug, Default)]
-struct Slab {
+pub(crate) struct HoldShard {
     slots: Vec<Option<Arc<GuardShared>>>,
     free: Vec<usize>,
+    /// Owner ids whose holds surely ended, reused by later acquisitions (a
+    /// new id costs a formatted string).
+    idle_owners: Vec<LockOwner>,
 }
 
-impl HeldGuards {
-    /// Tracks `guard`; returns its id (for [`HeldGuards::remove`]).
-    pub(crate) fn insert(&self, guard: Arc<GuardShared>) -> u64 {
-        let shard = thread_shard();
-        let mut slab = lock(&self.shards[shard]);
-        let slot = match slab.free.pop() {
+/// A shard of [`HoldTables`], locked.
+#[derive(Debug)]
+pub(crate) struct LockedShard<'a> {
+    shard: MutexGuard<'a, HoldShard>,
+    index: usize,
+}
+
+impl LockedShard<'_> {
+    /// Tracks `guard`; returns its id (for [`LockedShard::remove`]).
+    pub(crate) fn insert(&mut self, guard: Arc<GuardShared>) -> u64 {
+        let shard = &mut *self.shard;
+        let slot = match shard.free.pop() {
             Some(slot) => {
-                slab.slots[slot] = Some(guard);
+                shard.slots[slot] = Some(guard);
                 slot
             }
             None => {
-                slab.slots.push(Some(guard));
-                slab.slots.len() - 1
+                shard.slots.push(Some(guard));
+                shard.slots.len() - 1
             }
         };
-        (slot * SHARDS + shard) as u64
+        (slot * SHARDS + self.index) as u64
     }
 
-    /// Stops tracking `guard`, tracked as `id`. A slot that holds another
-    /// guard by now (its guard was drained by shutdown, and the slot
+    /// Stops tracking `guard`, tracked as `id` in this shard, and returns
+    /// it (to be dropped once the shard is unlocked). A slot that holds
+    /// another guard by now (its guard was drained by shutdown, and the slot
     /// reused) is left alone.
-    pub(crate) fn remove(&self, id: u64, guard: &Arc<GuardShared>) {
-        let (slot, shard) = (id as usize / SHARDS, id as usize % SHARDS);
-        let removed = {
-            let mut slab = lock(&self.shards[shard]);
-            match slab.slots.get_mut(slot) {
-                Some(held) if held.as_ref().is_some_and(|g| Arc::ptr_eq(g, guard)) => {
-                    let removed = held.take();
-                    slab.free.push(slot);
-                    removed
-                }
-                _ => None,
+    #[must_use = "drop the guard once the shard is unlocked"]
+    pub(crate) fn remove(&mut self, id: u64, guard: &Arc<GuardShared>) -> Option<Arc<GuardShared>> {
+        debug_assert_eq!(id as usize % SHARDS, self.index, "the guard's own shard");
+        let slot = id as usize / SHARDS;
+        let shard = &mut *self.shard;
+        match shard.slots.get_mut(slot) {
+            Some(held) if held.as_ref().is_some_and(|g| Arc::ptr_eq(g, guard)) => {
+                let removed = held.take();
+                shard.free.push(slot);
+                removed
             }
-        };
+            _ => None,
+        }
+    }
+
+    /// An idle owner id, if any.
+    pub(crate) fn take_owner(&mut self) -> Option<LockOwner> {
+        self.shard.idle_owners.pop()
+    }
+
+    /// Keeps `owner` for reuse (dropped when the shard has enough).
+    pub(crate) fn put_owner(&mut self, owner: LockOwner) {
+        if self.shard.idle_owners.len() < MAX_IDLE_OWNERS_PER_SHARD {
+            self.shard.idle_owners.push(owner);
+        }
+    }
+}
+
+impl HoldTables {
+    /// This thread's shard, locked: where its grants are tracked.
+    pub(crate) fn lock_thread_shard(&self) -> LockedShard<'_> {
+        let index = thread_shard();
+        LockedShard {
+            shard: lock(&self.shards[index]),
+            index,
+        }
+    }
+
+    /// The shard of the guard tracked as `id`, locked.
+    pub(crate) fn lock_shard_of(&self, id: u64) -> LockedShard<'_> {
+        let index = id as usize % SHARDS;
+        LockedShard {
+            shard: lock(&self.shards[index]),
+            index,
+        }
+    }
+
+    /// Tracks `guard`; returns its id (for [`HoldTables::remove`]).
+    pub(crate) fn insert(&self, guard: Arc<GuardShared>) -> u64 {
+        self.lock_thread_shard().insert(guard)
+    }
+
+    /// Stops tracking `guard`, tracked as `id` (see [`LockedShard::remove`]).
+    pub(crate) fn remove(&self, id: u64, guard: &Arc<GuardShared>) {
+        let removed = self.lock_shard_of(id).remove(id, guard);
         // Dropped outside the shard's lock.
         drop(removed);
+    }
+
+    /// An idle owner id of this thread's shard, if any.
+    pub(crate) fn take_owner(&self) -> Option<LockOwner> {
+        self.lock_thread_shard().take_owner()
+    }
+
+    /// Keeps `owner` for reuse (dropped when the shard has enough).
+    pub(crate) fn put_owner(&self, owner: LockOwner) {
+        self.lock_thread_shard().put_owner(owner);
     }
 
     pub(crate) fn len(&self) -> usize {
         self.shards
             .iter()
             .map(|s| {
-                let slab = lock(s);
-                slab.slots.len() - slab.free.len()
+                let shard = lock(s);
+                shard.slots.len() - shard.free.len()
             })
             .sum()
     }
@@ -104,8 +170,8 @@ impl HeldGuards {
     pub(crate) fn drain(&self) -> Vec<Arc<GuardShared>> {
         let mut all = Vec::new();
         for s in &self.shards {
-            let mut slab = lock(s);
-            let Slab { slots, free } = &mut *slab;
+            let mut shard = lock(s);
+            let HoldShard { slots, free, .. } = &mut *shard;
             for (i, held) in slots.iter_mut().enumerate() {
                 if let Some(g) = held.take() {
                     all.push(g);
@@ -114,28 +180,6 @@ impl HeldGuards {
             }
         }
         all
-    }
-}
-
-/// Owner ids whose holds surely ended, reused by later acquisitions (a new
-/// id costs a formatted string).
-#[derive(Debug, Default)]
-pub(crate) struct OwnerPool {
-    shards: [Mutex<Vec<LockOwner>>; SHARDS],
-}
-
-impl OwnerPool {
-    /// An idle owner id of this thread's shard, if any.
-    pub(crate) fn take(&self) -> Option<LockOwner> {
-        lock(&self.shards[thread_shard()]).pop()
-    }
-
-    /// Keeps `owner` for reuse (dropped when the shard is full).
-    pub(crate) fn put(&self, owner: LockOwner) {
-        let mut idle = lock(&self.shards[thread_shard()]);
-        if idle.len() < MAX_IDLE_OWNERS_PER_SHARD {
-            idle.push(owner);
-        }
     }
 }
 

@@ -75,7 +75,8 @@ pub struct LockStats {
 
 /// A [`DurationHistogram`] updated with atomics: buckets are counted
 /// singly and made cumulative when read (their total is the count). A
-/// record costs two atomic additions, and a third only for a new maximum.
+/// record costs two atomic additions (one for a zero duration), and a third
+/// only for a new maximum.
 #[derive(Debug, Default)]
 struct AtomicHistogram {
     sum_nanos: AtomicU64,
@@ -86,7 +87,10 @@ struct AtomicHistogram {
 impl AtomicHistogram {
     fn record(&self, d: Duration) {
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        // (An in-process grant waits no time: no addition to the sum.)
+        if nanos > 0 {
+            self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        }
         if nanos > self.max_nanos.load(Ordering::Relaxed) {
             self.max_nanos.fetch_max(nanos, Ordering::Relaxed);
         }
