@@ -43,6 +43,43 @@ async fn acquire_asks_again_instead_of_returning_a_lost_guard() {
     guard.release().await.expect("release");
 }
 
+/// A grant whose reply came late is tracked well after the request its
+/// lease counts from: its first renewal, already due, must wake the renewal
+/// task (whatever its period), not wait for the task's next scan, which
+/// would come after the lease ended.
+#[tokio::test(start_paused = true)]
+async fn a_late_grant_is_renewed_before_its_lease_ends() {
+    let (faulty, client, _) = setup();
+    // Starts the renewal task, which then scans once a second.
+    let _running = client
+        .lock("late/running")
+        .ttl(Duration::from_secs(30))
+        .build()
+        .acquire()
+        .await
+        .expect("acquire");
+    // TTL 3 s, renewed 1 s after its request; the reply takes 2.2 s (more
+    // than a tenth of the TTL is left: a hold).
+    faulty.inject_times(
+        LockOp::TryAcquire,
+        Fault::Delay(Duration::from_millis(2200)),
+        1,
+    );
+    let lock = client
+        .lock("late/renewed")
+        .ttl(Duration::from_secs(3))
+        .build();
+    let sent = Instant::now();
+    let guard = lock.acquire().await.expect("acquire");
+    tokio::time::sleep_until(sent + Duration::from_millis(2500)).await;
+    assert!(
+        guard.valid_until() > sent + Duration::from_secs(3),
+        "the overdue first renewal of a late grant waited for the next scan"
+    );
+    assert!(guard.is_held());
+    guard.release().await.expect("release");
+}
+
 /// A grant whose reply took nearly all of its TTL (less than a tenth left,
 /// too little for a renewal to answer in time) is not returned either: the
 /// acquisition asks again, and its guard has most of its validity ahead.

@@ -230,8 +230,9 @@ pub struct LockGuard {
 }
 
 impl LockGuard {
-    /// A guard of a new grant, tracked in `shard` (locked by the caller,
-    /// which took the grant's owner from it) or else in the client's table.
+    /// A guard of a new grant, tracked in `shard` (locked by the caller
+    /// before it read the clock for the grant, and where it took the grant's
+    /// owner) or else in the client's table.
     #[allow(clippy::too_many_arguments)] // one call site, each argument named there
     pub(crate) fn new(
         shard: Option<&mut LockedShard<'_>>,
@@ -269,14 +270,18 @@ impl LockGuard {
             at_risk_wake: Notify::new(),
             stats,
         });
+        // Tracked in the shard locked before its clock was read, or later.
+        let tracked_at_grant = shard.is_some();
         let id = match shard {
             Some(shard) => shard.insert(shared.clone()),
             None => shared.client.track(shared.clone()),
         };
-        if watchdog_on {
+        if watchdog_on && tracked_at_grant {
             RenewalScheduler::schedule_first(&shared.client, ttl_nanos / 3, || {
                 shared.next_renewal()
             });
+        } else if watchdog_on {
+            RenewalScheduler::schedule(&shared.client, shared.next_renewal());
         }
         LockGuard {
             shared,
@@ -545,7 +550,13 @@ impl LockGuard {
         }
         drop(shard);
         drop(untracked);
-        Some(self.released(answer?))
+        let Some(result) = answer else {
+            // A backend to await (a client whose locks are all new handles,
+            // which skip the at-once grant): from now on the general path.
+            client.answers_at_once.store(false, Ordering::Relaxed);
+            return None;
+        };
+        Some(self.released(result))
     }
 
     /// Counts the release's `result` and, when the backend did not answer

@@ -44,12 +44,16 @@ impl RenewalScheduler {
         at.saturating_duration_since(self.base).as_nanos() as u64
     }
 
-    /// Makes sure the first renewal of a new guard, `period_nanos` after its
-    /// grant (at `due()`), happens on time. A period of [`IDLE_TICK`] or
-    /// more needs nothing once the task runs: it scans again within
-    /// [`IDLE_TICK`] of any moment, so before the renewal is due, even when
-    /// a scan running now misses the guard (that scan's next one comes
-    /// within [`IDLE_TICK`] of its start, which was before the grant).
+    /// Makes sure the first renewal of a new in-process grant, `period_nanos`
+    /// after its clock base (at `due()`), happens on time, where the grant's
+    /// shard was locked before its clock was read and stayed locked until
+    /// the guard was tracked in it. A period of [`IDLE_TICK`] or more then
+    /// needs nothing once the task runs: it scans again within
+    /// [`IDLE_TICK`] of any moment, and a scan that misses the guard passed
+    /// its shard before the grant locked it, so started before the guard's
+    /// base, and the next scan comes within [`IDLE_TICK`] of that start.
+    /// (Any other guard is tracked after its base, a grant whose request
+    /// went out earlier: [`RenewalScheduler::schedule`].)
     pub(crate) fn schedule_first(
         client: &Arc<ClientShared>,
         period_nanos: u64,
@@ -205,8 +209,8 @@ mod tests {
     use crate::LockClient;
     use crate::memory::MemoryBackend;
 
-    /// A guard whose first renewal is an idle tick or more away does not
-    /// wake the running task ([`RenewalScheduler::schedule_first`]): the
+    /// An in-process grant whose first renewal is an idle tick or more away
+    /// does not wake the running task ([`RenewalScheduler::schedule_first`]): the
     /// task's next scans must still renew it on time, including a scan that
     /// was due just before the grant.
     ///
